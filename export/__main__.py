@@ -1,0 +1,142 @@
+"""python -m export: write the profile's models into the model repository.
+
+    python -m export --profile full --allow-random
+    python -m export --weights xception=/data/ffpp_c23.pth --weights efficientnet_b7=/data/b7
+
+Weights come from --weights, else the asset search path ($DEEPFAKE_ASSETS),
+else a download of a pinned asset. A model with none of these is an error,
+unless --allow-random: then it is exported with random weights and its
+provenance says trained = false.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from export import assets, efficientnet_b7, meso4, mesoinception4, xception
+from export.onnx_writer import FacesToPFake, export_onnx
+from export.repository import (
+    UNTRAINED,
+    Provenance,
+    config_files,
+    is_current,
+    profile_members,
+    source_digest,
+    vote_weights,
+    write_parameters,
+)
+from export.vote import write_vote
+
+ARCHITECTURES: dict[str, ModuleType] = {
+    "meso4": meso4,
+    "mesoinception4": mesoinception4,
+    "xception": xception,
+    "efficientnet_b7": efficientnet_b7,
+}
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+log = logging.getLogger("export")
+
+
+def find_weights(
+    name: str, explicit: Path | None, allow_random: bool, allow_download: bool
+) -> tuple[Path | None, Provenance]:
+    asset = assets.load_manifest()[ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
+    if explicit is not None:
+        path = explicit
+    else:
+        try:
+            path = assets.resolve(asset, allow_download)
+        except assets.AssetError as exc:
+            if not allow_random:
+                raise SystemExit(
+                    f"{name}: {exc}. Supply --weights {name}=PATH, add its "
+                    f"folder to ${assets.ENV_SEARCH_PATH}, or pass --allow-random"
+                ) from exc
+            log.warning("%s: %s; exporting RANDOM weights (trained = false)", name, exc)
+            return None, UNTRAINED
+    known = path.name == asset.file
+    return path, Provenance(
+        trained=True,
+        weights_file=path.name,
+        weights_sha256=assets.sha256_of(path),
+        weights_source=asset.source if known else "user-supplied checkpoint",
+        weights_licence=asset.licence if known else "as supplied by its owner",
+    )
+
+
+def export_member(
+    repo: Path, name: str, weights: Path | None, provenance: Provenance, force: bool
+) -> None:
+    arch = ARCHITECTURES[name]
+    model_dir = repo / "members" / name
+    target = model_dir / "1" / "model.onnx"
+    metadata = {**provenance.parameters(), "export_digest": source_digest()}
+    if force or not is_current(target, metadata):
+        model = arch.create_model()
+        if weights is not None:
+            arch.load_weights(model, weights)
+        partial = target.with_suffix(".onnx.part")  # Triton never sees half a file
+        export_onnx(FacesToPFake(model.eval(), arch.PRETRAINED_CFG), partial, metadata)
+        partial.replace(target)
+        log.info("%s: wrote %s", name, target)
+    else:
+        log.info("%s: %s is current", name, target)
+    for config in config_files(model_dir):
+        write_parameters(config, provenance.parameters())
+
+
+def export_vote(repo: Path, profile: str, provenance: dict[str, Provenance]) -> None:
+    members = profile_members(repo, profile)
+    weights = vote_weights(repo / "vote.toml", members, provenance)
+    write_vote(weights, repo / profile / "deepfake_vote" / "1" / "model.onnx")
+    total = sum(weights.values())
+    params = {
+        "vote_weights": ",".join(f"{m}={w / total:.6g}" for m, w in weights.items()),
+        "trained": str(all(provenance[m].trained for m, w in weights.items() if w)).lower(),
+    }
+    write_parameters(repo / profile / "deepfake_vote" / "config.pbtxt", params)
+    log.info("%s vote: %s", profile, params["vote_weights"])
+
+
+def parse_weights(items: list[str]) -> dict[str, Path]:
+    pairs = dict(item.split("=", 1) for item in items)
+    unknown = set(pairs) - set(ARCHITECTURES)
+    if unknown:
+        raise SystemExit(
+            f"--weights: unknown model(s) {sorted(unknown)}; known: {sorted(ARCHITECTURES)}"
+        )
+    return {name: Path(path) for name, path in pairs.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--profile", choices=["full", "lite"], default="full")
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH")
+    parser.add_argument(
+        "--allow-random",
+        action="store_true",
+        help="export models without weights with random ones (trained=false)",
+    )
+    parser.add_argument("--no-download", action="store_true")
+    parser.add_argument("--force", action="store_true", help="re-export even if current")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    explicit = parse_weights(args.weights)
+    provenance = {}
+    for name in profile_members(args.repository, args.profile):
+        weights, provenance[name] = find_weights(
+            name, explicit.get(name), args.allow_random, not args.no_download
+        )
+        export_member(args.repository, name, weights, provenance[name], args.force)
+    export_vote(args.repository, args.profile, provenance)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Write exported models and their provenance into the model repository.
+
+Layout (see model_repository/README.md): `members/<model>/` holds each
+detector, `<profile>/` the profile's vote and ensemble. The committed configs
+are the configuration; export adds only `1/model.onnx` and a provenance block
+of `parameters`, so anyone can read where the weights came from through
+Triton's model-config API.
+"""
+
+import hashlib
+import re
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+BEGIN = "# provenance: written by `python -m export`; change the weights, not this block"
+END = "# end provenance"
+_BLOCK = re.compile(rf"\n?{re.escape(BEGIN)}\n.*?{re.escape(END)}\n", re.S)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    trained: bool
+    weights_file: str
+    weights_sha256: str
+    weights_source: str
+    weights_licence: str
+
+    def parameters(self) -> dict[str, str]:
+        return {k: str(v).lower() if isinstance(v, bool) else v for k, v in asdict(self).items()}
+
+
+UNTRAINED = Provenance(
+    trained=False,
+    weights_file="",
+    weights_sha256="",
+    weights_source="random initialisation (seed 0): no weights were supplied",
+    weights_licence="n/a",
+)
+
+
+def read_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def profile_members(repo: Path, profile: str) -> list[str]:
+    config = read_config(repo / profile / "deepfake_ensemble" / "config.pbtxt")
+    return config.parameters["members"].string_value.split(",")
+
+
+def config_files(model_dir: Path) -> list[Path]:
+    """Every profile's config of one model: config.pbtxt and configs/*.pbtxt."""
+    return [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
+
+
+def write_parameters(config: Path, params: dict[str, str]) -> None:
+    """Replace (or append) the provenance block of `config`."""
+    lines = [BEGIN]
+    lines += [
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
+    ]
+    block = "\n".join([*lines, END]) + "\n"
+    text = _BLOCK.sub("", config.read_text())
+    config.write_text(text.rstrip("\n") + "\n" + block)
+    read_config(config)  # still a valid ModelConfig
+
+
+def read_parameters(config: Path) -> dict[str, str]:
+    return {k: v.string_value for k, v in read_config(config).parameters.items()}
+
+
+def source_digest() -> str:
+    """Changes whenever the export code does, so stale models are rebuilt."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def is_current(onnx_path: Path, metadata: dict[str, str]) -> bool:
+    if not onnx_path.exists():
+        return False
+    props = {
+        p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props
+    }
+    return props == metadata
+
+
+def vote_weights(
+    vote_file: Path, members: list[str], provenance: dict[str, Provenance]
+) -> dict[str, float]:
+    """The weights the vote uses: the file's, with untrained members at 0."""
+    with vote_file.open("rb") as f:
+        settings = tomllib.load(f)
+    count_untrained = bool(settings.get("count_untrained", False))
+    weights = {}
+    for member in members:
+        weight = float(settings["weights"].get(member, 0.0))
+        weights[member] = weight if provenance[member].trained or count_untrained else 0.0
+    if not any(weights.values()):
+        raise ValueError(
+            f"no member of {members} would vote: all are untrained or weigh 0 in "
+            f"{vote_file}; supply weights, or set count_untrained = true to vote with them"
+        )
+    return weights

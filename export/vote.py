@@ -1,0 +1,60 @@
+"""The ensemble's vote as an ONNX graph: a weighted mean of member P_FAKEs.
+
+A graph rather than Python so the NGC image runs it on its native backend and
+the weights are data in the file, readable next to the members' provenance.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from export.onnx_writer import OPSET, OUTPUT_NAME
+
+
+def member_output(member: str) -> str:
+    """The ensemble's (and the vote's) output name for one member's score."""
+    return f"{OUTPUT_NAME}_{member.upper()}"
+
+
+def build_vote(members: dict[str, float]) -> onnx.ModelProto:
+    """Inputs named after the members, [N, 1] each; outputs P_FAKE [N, 1] and
+    P_FAKE_<MEMBER> [N, 1], each input passed through.
+
+    Passing the member scores through the vote makes every ensemble output come
+    from this last step, so a client may request any subset of them: outputs of
+    earlier steps left unrequested deadlock the ensemble in Triton 2.51."""
+    total = sum(members.values())
+    if total <= 0:
+        raise ValueError(f"vote weights {members} sum to {total}: at least one must count")
+    weights = np.array([[w / total for w in members.values()]], dtype=np.float32)
+    inputs = [helper.make_tensor_value_info(m, TensorProto.FLOAT, ["N", 1]) for m in members]
+    passed = [member_output(m) for m in members]
+    nodes = [
+        helper.make_node("Concat", [i.name for i in inputs], ["scores"], axis=1),
+        helper.make_node("Mul", ["scores", "weights"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axis"], [OUTPUT_NAME], keepdims=1),
+        *(helper.make_node("Identity", [i.name], [p]) for i, p in zip(inputs, passed, strict=True)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "deepfake_vote",
+        inputs,
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1])
+            for name in (OUTPUT_NAME, *passed)
+        ],
+        initializer=[
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write_vote(members: dict[str, float], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(build_vote(members), str(path))
