@@ -1,0 +1,216 @@
+"""Run the real Triton Inference Server locally, from the nvidia-pytriton wheel.
+
+    python -m model_repository.local_triton --profile full
+
+The wheel ships tritonserver (2.51, as the NGC 24.10 image) with the python
+backend but no ONNX Runtime backend, so this assembles a backend directory in
+which `onnxruntime/model.py` is the project's Python-based ONNX Runtime
+backend, and serves the same repository the NGC image does with the CPU
+profile (`--model-config-name=cpu`).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+from types import FrameType
+
+REPOSITORY = Path(__file__).resolve().parent
+WORK_DIR = REPOSITORY.parent / ".build" / "triton"
+
+
+@dataclass
+class TritonSettings:
+    profile: str = "full"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    config_name: str = "cpu"
+    repository: Path = REPOSITORY
+    work_dir: Path = WORK_DIR
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+def wheel_dir() -> Path:
+    spec = find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed in this environment (make setup)")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def prepare_backends(work_dir: Path) -> Path:
+    """<work_dir>/backends with the wheel's python backend, the stub for this
+    interpreter, and our onnxruntime/model.py (linked, so edits take effect)."""
+    wheel = wheel_dir()
+    backends = work_dir / "backends"
+    python = backends / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for item in (wheel / "backends" / "python").iterdir():
+        if item.is_file():
+            shutil.copy2(item, python / item.name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy2(wheel / "python_backend_stubs" / version / "triton_python_backend_stub", python)
+    ort = backends / "onnxruntime"
+    ort.mkdir(exist_ok=True)
+    link = ort / "model.py"
+    link.unlink(missing_ok=True)
+    link.symlink_to(REPOSITORY / "backends" / "onnxruntime" / "model.py")
+    return backends
+
+
+def command(settings: TritonSettings, backends: Path) -> list[str]:
+    repo = settings.repository
+    return [
+        str(wheel_dir() / "bin" / "tritonserver"),
+        f"--model-repository={repo / 'members'}",
+        f"--model-repository={repo / settings.profile}",
+        # Loading the ensemble loads exactly its members: a lite server never
+        # loads (or needs exported) Xception and B7.
+        "--model-control-mode=explicit",
+        "--load-model=deepfake_ensemble",
+        f"--model-config-name={settings.config_name}",
+        f"--backend-directory={backends}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-address={settings.host}",
+        f"--http-port={settings.http_port}",
+        f"--grpc-address={settings.host}",
+        f"--grpc-port={settings.grpc_port}",
+        f"--metrics-address={settings.host}",
+        f"--metrics-port={settings.metrics_port}",
+        # Batches of 380px faces are megabytes: grow the stub's shared memory
+        # in large steps rather than 1 MB at a time.
+        "--backend-config=python,shm-default-byte-size=16777216",
+        "--backend-config=python,shm-growth-byte-size=16777216",
+        *settings.extra_args,
+    ]
+
+
+def environment() -> dict[str, str]:
+    """The stub runs the backend with the first `python` on PATH: this one."""
+    env = dict(os.environ)
+    libs = wheel_dir().parent.parent / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+class LocalTriton:
+    """A tritonserver child process; a context manager that waits for readiness."""
+
+    def __init__(self, settings: TritonSettings, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path or settings.work_dir / f"triton-{settings.grpc_port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        backends = prepare_backends(self.settings.work_dir)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command(self.settings, backends),
+                env=environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        url = f"{self.settings.http_url}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"tritonserver exited ({self.process.returncode}); "
+                    f"last log lines:\n{self.tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s:\n{self.tail()}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> "LocalTriton":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_repository.local_triton")
+    defaults = TritonSettings()
+    parser.add_argument(
+        "--profile", choices=["full", "lite"], default=os.environ.get("PROFILE", defaults.profile)
+    )
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--http-port", type=int, default=defaults.http_port)
+    parser.add_argument("--grpc-port", type=int, default=defaults.grpc_port)
+    parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port)
+    parser.add_argument("--model-config-name", dest="config_name", default=defaults.config_name)
+    args = parser.parse_args(argv)
+    settings = TritonSettings(**vars(args))
+    server = LocalTriton(settings)
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with server:
+        print(
+            f"Triton ({settings.profile} profile) ready — gRPC {settings.grpc_url}, "
+            f"HTTP {settings.http_url}, metrics http://{settings.host}:"
+            f"{settings.metrics_port}/metrics; log {server.log_path}. Ctrl-C stops it.",
+            flush=True,
+        )
+        while not stop and server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    code = server.process.returncode if server.process else 1
+    return 0 if stop else (code or 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
