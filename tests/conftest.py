@@ -1,0 +1,104 @@
+"""Shared fixtures: real media from ../shared, real face crops, a real Triton."""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model_repository.local_triton import LocalTriton, TritonSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MEDIA = SHARED / "media"
+ASSETS = SHARED / "assets"
+REPOSITORY = ROOT / "model_repository"
+MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
+NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380}
+FACE_SOURCES = (
+    MEDIA / "images/real/face_recognition_obama.jpg",
+    MEDIA / "images/real/dfdc_lynaeydofd_fr0.jpg",
+    MEDIA / "images/fake/dfdc_mqzvfufzoq_fr0.jpg",
+    MEDIA / "images/real/face_recognition_two_people.jpg",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def detect_faces(image_bgr: np.ndarray) -> np.ndarray:
+    """Face boxes [x, y, w, h] by OpenCV YuNet, the project's MIT-licensed detector."""
+    model = ASSETS / "face/yunet/face_detection_yunet_2023mar.onnx"
+    height, width = image_bgr.shape[:2]
+    detector = cv2.FaceDetectorYN.create(str(model), "", (width, height), 0.8)
+    _, faces = detector.detect(image_bgr)
+    return np.zeros((0, 4)) if faces is None else faces[:, :4]
+
+
+def crop_face(image_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """RGB crop grown by a third of the box on each side, as the DFDC winner does."""
+    x, y, w, h = box
+    x0, y0 = int(max(0, x - w / 3)), int(max(0, y - h / 3))
+    x1, y1 = (
+        int(min(image_bgr.shape[1], x + w * 4 / 3)),
+        int(min(image_bgr.shape[0], y + h * 4 / 3)),
+    )
+    return cv2.cvtColor(image_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def face_crops() -> list[np.ndarray]:
+    """Real faces cut from ../shared/media images and video frames, various sizes."""
+    crops = []
+    for path in FACE_SOURCES:
+        image = cv2.imread(str(path))
+        crops += [crop_face(image, box) for box in detect_faces(image)]
+    capture = cv2.VideoCapture(str(MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    crops += [crop_face(frame, box) for box in detect_faces(frame)]
+    assert len(crops) >= 5, "YuNet should find faces in the shared media"
+    return crops
+
+
+def resized(crops: list[np.ndarray], height: int, width: int | None = None) -> np.ndarray:
+    """A batch: each crop resized to height x width (INTER_AREA), uint8 RGB."""
+    size = (width or height, height)
+    return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in crops])
+
+
+@pytest.fixture(scope="session")
+def exported() -> Path:
+    missing = [m for m in MEMBERS if not (REPOSITORY / "members" / m / "1/model.onnx").exists()]
+    missing += [
+        p for p in ("full", "lite") if not (REPOSITORY / p / "deepfake_vote/1/model.onnx").exists()
+    ]
+    if missing:
+        pytest.fail(
+            f"not exported: {missing}; run `make export` for both profiles (make test does)"
+        )
+    return REPOSITORY
+
+
+def start_triton(profile: str, tmp: Path) -> LocalTriton:
+    settings = TritonSettings(
+        profile=profile,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        work_dir=tmp,
+    )
+    return LocalTriton(settings)
+
+
+@pytest.fixture(scope="session")
+def triton(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSettings]:
+    """The real tritonserver serving the full profile on free ports."""
+    with start_triton("full", tmp_path_factory.mktemp("triton-full")) as server:
+        yield server.settings

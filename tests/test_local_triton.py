@@ -1,0 +1,45 @@
+"""The local Triton launcher: the lite profile, and failures it must report."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_repository.local_triton import LocalTriton, TritonSettings
+from tests.conftest import free_port, resized, start_triton
+from tests.triton_client import infer, model_config
+
+
+def test_lite_profile_serves_only_the_mesonet_pair(
+    exported: Path, tmp_path: Path, face_crops: list
+) -> None:
+    with start_triton("lite", tmp_path) as server:
+        url = server.settings.grpc_url
+        config = model_config(url, "deepfake_ensemble")
+        assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == [
+            "meso4",
+            "mesoinception4",
+            "deepfake_vote",
+        ]
+        faces = resized(face_crops[:3], 380)
+        result = infer(url, "deepfake_ensemble", faces)
+        assert sorted(result) == ["P_FAKE", "P_FAKE_MESO4", "P_FAKE_MESOINCEPTION4"]
+        mean = (result["P_FAKE_MESO4"] + result["P_FAKE_MESOINCEPTION4"]) / 2
+        np.testing.assert_allclose(result["P_FAKE"], mean, atol=1e-6)
+        with pytest.raises(Exception, match=r"(?i)xception.*(not|unavailable)|unknown model"):
+            infer(url, "xception", faces)
+
+
+def test_a_broken_repository_is_reported_with_the_servers_log(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for folder in ("members", "full"):
+        (repo / folder).mkdir(parents=True)
+    settings = TritonSettings(
+        repository=repo,
+        work_dir=tmp_path / "work",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+    with pytest.raises(RuntimeError, match="deepfake_ensemble"), LocalTriton(settings):
+        pass

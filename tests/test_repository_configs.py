@@ -1,0 +1,89 @@
+"""model_repository/: the committed configs are what Triton (local and NGC 24.10)
+loads; checked against Triton's own ModelConfig protobuf and each other."""
+
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.repository import config_files, profile_members, read_config, write_parameters
+from tests.conftest import MEMBERS, REPOSITORY
+
+PROFILES = ("full", "lite")
+GPU = mc.ModelInstanceGroup.Kind.KIND_GPU
+CPU = mc.ModelInstanceGroup.Kind.KIND_CPU
+
+
+def io(config: mc.ModelConfig) -> tuple:
+    return (
+        [(i.name, i.data_type, list(i.dims)) for i in config.input],
+        [(o.name, o.data_type, list(o.dims)) for o in config.output],
+    )
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_member_configs_agree_across_runtimes(member: str) -> None:
+    model_dir = REPOSITORY / "members" / member
+    gpu, cpu, cuda = (
+        read_config(model_dir / f)
+        for f in ("config.pbtxt", "configs/cpu.pbtxt", "configs/cuda.pbtxt")
+    )
+    for config in (gpu, cpu, cuda):
+        assert config.name == member and config.backend == "onnxruntime"
+        assert io(config) == io(gpu)
+        assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+    assert io(gpu) == ([("FACES", mc.TYPE_UINT8, [-1, -1, 3])], [("P_FAKE", mc.TYPE_FP32, [1])])
+    assert [g.kind for g in gpu.instance_group] == [GPU]
+    assert [g.kind for g in cuda.instance_group] == [GPU]
+    assert [g.kind for g in cpu.instance_group] == [CPU]
+    (trt,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert trt.parameters["trt_engine_cache_enable"] == "1"
+    assert not cuda.optimization.execution_accelerators.gpu_execution_accelerator
+    assert list(gpu.dynamic_batching.preferred_batch_size)
+    assert gpu.dynamic_batching.max_queue_delay_microseconds > 0
+    assert gpu.model_warmup and cuda.model_warmup
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_ensemble_steps_members_and_vote_fit_together(profile: str) -> None:
+    ensemble = read_config(REPOSITORY / profile / "deepfake_ensemble/config.pbtxt")
+    vote = read_config(REPOSITORY / profile / "deepfake_vote/config.pbtxt")
+    members = profile_members(REPOSITORY, profile)
+    assert ensemble.platform == "ensemble"
+    steps = ensemble.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == [*members, "deepfake_vote"]
+    assert [i.name for i in vote.input] == members
+    # Every ensemble output is produced by the vote, the last step: that is
+    # what lets clients request any subset of outputs.
+    assert set(steps[-1].output_map.values()) == {o.name for o in ensemble.output}
+    assert io(ensemble)[1] == io(vote)[1]
+    for member in members:
+        config = read_config(REPOSITORY / "members" / member / "config.pbtxt")
+        assert ensemble.max_batch_size <= config.max_batch_size
+    assert set(members) <= set(MEMBERS)
+
+
+def test_lite_is_the_mesonet_pair_and_full_all_four() -> None:
+    assert profile_members(REPOSITORY, "lite") == ["meso4", "mesoinception4"]
+    assert profile_members(REPOSITORY, "full") == list(MEMBERS)
+
+
+def test_provenance_block_is_replaced_not_appended(tmp_path: Path) -> None:
+    config = tmp_path / "config.pbtxt"
+    config.write_text((REPOSITORY / "members/meso4/configs/cpu.pbtxt").read_text())
+    write_parameters(config, {"trained": "false", "weights_file": ""})
+    once = config.read_text()
+    write_parameters(config, {"trained": "false", "weights_file": ""})
+    assert config.read_text() == once
+    params = read_config(config).parameters
+    assert params["trained"].string_value == "false" and "weights_sha256" not in params
+
+
+def test_every_member_config_carries_provenance() -> None:
+    for member in MEMBERS:
+        for path in config_files(REPOSITORY / "members" / member):
+            params = read_config(path).parameters
+            assert {"trained", "weights_sha256", "weights_source", "weights_licence"} <= set(
+                params
+            ), path

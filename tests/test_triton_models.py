@@ -1,0 +1,129 @@
+"""Every model and the ensemble, served by the real Triton, called over gRPC."""
+
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from model_repository.local_triton import TritonSettings
+from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
+from tests.triton_client import infer, model_config, parameters
+
+BATCH = 6
+
+
+def in_process(model: str, faces: np.ndarray) -> np.ndarray:
+    path = REPOSITORY / "members" / model / "1" / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["P_FAKE"], {"FACES": faces})[0]
+
+
+def vote_weights(triton: TritonSettings) -> dict[str, float]:
+    text = parameters(triton.grpc_url, "deepfake_vote")["vote_weights"]
+    return {m: float(w) for m, w in (pair.split("=") for pair in text.split(","))}
+
+
+@pytest.mark.parametrize("model", MEMBERS)
+@pytest.mark.parametrize("shape", ["native", "380", "200x160", "batch1"])
+def test_member_equals_in_process_onnxruntime(
+    triton: TritonSettings, face_crops: list, model: str, shape: str
+) -> None:
+    if shape == "native":
+        faces = resized(face_crops[:BATCH], NATIVE_SIZE[model])
+    elif shape == "380":
+        faces = resized(face_crops[:BATCH], 380)
+    elif shape == "200x160":
+        faces = resized(face_crops[:BATCH], 200, 160)
+    else:
+        faces = resized(face_crops[:1], 380)
+    p_fake = infer(triton.grpc_url, model, faces)["P_FAKE"]
+    assert p_fake.shape == (len(faces), 1) and p_fake.dtype == np.float32
+    assert np.all((p_fake >= 0) & (p_fake <= 1))
+    np.testing.assert_allclose(p_fake, in_process(model, faces), atol=1e-5)
+
+
+def test_trained_mesonet_separates_real_from_fake_crops(triton: TritonSettings) -> None:
+    """The four MesoNet crops (2 deepfake, 2 real) through Triton: the DF weights
+    must call the fakes fake and the reals real, as they did in Keras."""
+    crops = np.load(SHARED / "conformance/mesonet_conformance_inputs.npy")[:4]
+    for model in ("meso4", "mesoinception4"):
+        p_fake = infer(triton.grpc_url, model, crops)["P_FAKE"].ravel()
+        assert np.all(p_fake[:2] > 0.9) and np.all(p_fake[2:] < 0.1), (model, p_fake)
+
+
+def test_ensemble_is_the_weighted_vote_of_its_members(
+    triton: TritonSettings, face_crops: list
+) -> None:
+    faces = resized(face_crops[:BATCH], 380)
+    result = infer(triton.grpc_url, "deepfake_ensemble", faces)
+    weights = vote_weights(triton)
+    assert set(weights) == set(MEMBERS)
+    assert set(result) == {"P_FAKE", *(f"P_FAKE_{m.upper()}" for m in MEMBERS)}
+    expected = np.zeros((len(faces), 1), np.float32)
+    for member, weight in weights.items():
+        direct = infer(triton.grpc_url, member, faces)["P_FAKE"]
+        np.testing.assert_allclose(result[f"P_FAKE_{member.upper()}"], direct, atol=1e-6)
+        expected += weight * direct
+    np.testing.assert_allclose(result["P_FAKE"], expected, atol=1e-5)
+
+
+def test_untrained_members_do_not_vote(triton: TritonSettings) -> None:
+    weights = vote_weights(triton)
+    for member in MEMBERS:
+        if parameters(triton.grpc_url, member)["trained"] == "false":
+            assert weights[member] == 0.0, member
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("outputs", [["P_FAKE"], ["P_FAKE_XCEPTION"], ["P_FAKE_MESO4", "P_FAKE"]])
+def test_ensemble_answers_any_subset_of_outputs(
+    triton: TritonSettings, face_crops: list, outputs: list[str]
+) -> None:
+    faces = resized(face_crops[:2], 380)
+    result = infer(triton.grpc_url, "deepfake_ensemble", faces, outputs)
+    assert sorted(result) == sorted(outputs)
+    assert all(v.shape == (2, 1) for v in result.values())
+
+
+def test_provenance_is_readable_from_the_model_config_api(triton: TritonSettings) -> None:
+    for model in MEMBERS:
+        params = parameters(triton.grpc_url, model)
+        assert params["trained"] in ("true", "false")
+        assert {"weights_file", "weights_sha256", "weights_source", "weights_licence"} <= set(
+            params
+        )
+        assert (params["trained"] == "true") == bool(params["weights_sha256"])
+        assert params["input_size"] == str(NATIVE_SIZE[model])
+    meso = parameters(triton.grpc_url, "meso4")
+    assert meso["trained"] == "true" and meso["weights_file"] == "Meso4_DF.h5"
+    assert meso["weights_licence"] == "Apache-2.0"
+
+
+def test_served_with_the_cpu_profile(triton: TritonSettings) -> None:
+    for model in MEMBERS:
+        config = model_config(triton.grpc_url, model)
+        assert config["instance_group"][0]["kind"] == "KIND_CPU"
+        assert config["backend"] == "onnxruntime"
+
+
+def test_wrong_input_is_rejected_and_the_server_stays_up(
+    triton: TritonSettings, face_crops: list
+) -> None:
+    four_channels = np.zeros((1, 64, 64, 4), np.uint8)
+    with pytest.raises(InferenceServerException, match=r"(?i)shape|dims"):
+        infer(triton.grpc_url, "deepfake_ensemble", four_channels)
+    assert infer(triton.grpc_url, "meso4", resized(face_crops[:1], 256))["P_FAKE"].shape == (1, 1)
+
+
+def test_prometheus_metrics_count_inferences(triton: TritonSettings, face_crops: list) -> None:
+    infer(triton.grpc_url, "deepfake_ensemble", resized(face_crops[:1], 380))
+    url = f"http://{triton.host}:{triton.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('nv_inference_request_success{model="deepfake_ensemble"')
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 1

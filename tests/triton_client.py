@@ -1,0 +1,44 @@
+"""Small helpers to call the real Triton over gRPC (tritonclient.grpc.aio)."""
+
+import asyncio
+
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+
+
+async def _infer(
+    url: str, model: str, faces: np.ndarray, outputs: list[str] | None
+) -> dict[str, np.ndarray]:
+    client = InferenceServerClient(url)
+    try:
+        tensor = InferInput("FACES", list(faces.shape), "UINT8")
+        tensor.set_data_from_numpy(faces)
+        requested = [InferRequestedOutput(name) for name in outputs] if outputs else None
+        result = await client.infer(model, [tensor], outputs=requested, client_timeout=300)
+        return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+    finally:
+        await client.close()
+
+
+def infer(
+    url: str, model: str, faces: np.ndarray, outputs: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    return asyncio.run(_infer(url, model, faces, outputs))
+
+
+async def _config(url: str, model: str) -> dict:
+    client = InferenceServerClient(url)
+    try:
+        return (await client.get_model_config(model, as_json=True))["config"]
+    finally:
+        await client.close()
+
+
+def model_config(url: str, model: str) -> dict:
+    return asyncio.run(_config(url, model))
+
+
+def parameters(url: str, model: str) -> dict[str, str]:
+    config = model_config(url, model)
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
