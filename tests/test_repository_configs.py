@@ -39,6 +39,8 @@ def test_member_configs_agree_across_runtimes(member: str) -> None:
     (trt,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
     assert trt.parameters["trt_engine_cache_enable"] == "1"
+    max_shape = trt.parameters["trt_profile_max_shapes"]
+    assert max_shape.startswith(f"FACES:{gpu.max_batch_size}x"), max_shape
     assert not cuda.optimization.execution_accelerators.gpu_execution_accelerator
     assert list(gpu.dynamic_batching.preferred_batch_size)
     assert gpu.dynamic_batching.max_queue_delay_microseconds > 0

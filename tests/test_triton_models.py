@@ -9,7 +9,7 @@ from tritonclient.utils import InferenceServerException
 
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
-from tests.triton_client import infer, model_config, parameters
+from tests.triton_client import infer, infer_many, model_config, parameters
 
 BATCH = 6
 
@@ -42,6 +42,19 @@ def test_member_equals_in_process_onnxruntime(
     assert p_fake.shape == (len(faces), 1) and p_fake.dtype == np.float32
     assert np.all((p_fake >= 0) & (p_fake <= 1))
     np.testing.assert_allclose(p_fake, in_process(model, faces), atol=1e-5)
+
+
+def test_concurrent_requests_batched_together_get_their_own_answers(
+    triton: TritonSettings, face_crops: list
+) -> None:
+    """The dynamic batcher hands the backend several requests at once; each
+    must get back exactly its own rows, whatever the batch sizes."""
+    faces = resized(face_crops, 256)
+    sizes = [1, 3, 2, 1, len(faces)]
+    batches = [np.roll(faces, i, axis=0)[:n] for i, n in enumerate(sizes)]
+    answers = infer_many(triton.grpc_url, "meso4", batches)
+    for batch, answer in zip(batches, answers, strict=True):
+        np.testing.assert_allclose(answer["P_FAKE"], in_process("meso4", batch), atol=1e-5)
 
 
 def test_trained_mesonet_separates_real_from_fake_crops(triton: TritonSettings) -> None:

@@ -7,16 +7,23 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 
 
-async def _infer(
-    url: str, model: str, faces: np.ndarray, outputs: list[str] | None
+async def _request(
+    client: InferenceServerClient, model: str, faces: np.ndarray, outputs: list[str] | None
 ) -> dict[str, np.ndarray]:
+    tensor = InferInput("FACES", list(faces.shape), "UINT8")
+    tensor.set_data_from_numpy(faces)
+    requested = [InferRequestedOutput(name) for name in outputs] if outputs else None
+    result = await client.infer(model, [tensor], outputs=requested, client_timeout=300)
+    return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+
+
+async def _infer(
+    url: str, model: str, batches: list[np.ndarray], outputs: list[str] | None
+) -> list[dict[str, np.ndarray]]:
+    """All batches at once, as concurrent requests on one channel."""
     client = InferenceServerClient(url)
     try:
-        tensor = InferInput("FACES", list(faces.shape), "UINT8")
-        tensor.set_data_from_numpy(faces)
-        requested = [InferRequestedOutput(name) for name in outputs] if outputs else None
-        result = await client.infer(model, [tensor], outputs=requested, client_timeout=300)
-        return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+        return await asyncio.gather(*(_request(client, model, b, outputs) for b in batches))
     finally:
         await client.close()
 
@@ -24,7 +31,11 @@ async def _infer(
 def infer(
     url: str, model: str, faces: np.ndarray, outputs: list[str] | None = None
 ) -> dict[str, np.ndarray]:
-    return asyncio.run(_infer(url, model, faces, outputs))
+    return asyncio.run(_infer(url, model, [faces], outputs))[0]
+
+
+def infer_many(url: str, model: str, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    return asyncio.run(_infer(url, model, batches, None))
 
 
 async def _config(url: str, model: str) -> dict:
