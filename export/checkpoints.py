@@ -10,15 +10,21 @@ Checkpoints come as a plain state dict, or wrapped in a training-state dict
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["WeightsError", "load_state_dict_strict", "read_torch_checkpoint"]
+__all__ = [
+    "WeightsError",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "read_torch_checkpoint",
+    "seeded",
+]
 
 # Training-state wrappers, in the order they are tried.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -206,3 +212,25 @@ def load_state_dict_strict(
         model.load_state_dict(full, strict=True)
     except RuntimeError as exc:  # e.g. a tensor whose dtype cannot be copied in
         raise WeightsError(f"{source}: {exc}") from exc
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: Path,
+    convert: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]],
+) -> None:
+    """Read a PyTorch checkpoint, map its keys with `convert`, load it strictly."""
+    load_state_dict_strict(model, convert(read_torch_checkpoint(path)), source=str(path))
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def seeded(factory: Callable[[], ModuleT], seed: int = 0) -> ModuleT:
+    """`factory()` in eval mode with a reproducible random initialisation, so a
+    model exported without weights is the same every time; the caller's RNG
+    stream is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory()
+    return model.eval()

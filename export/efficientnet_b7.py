@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import timm
-import torch
 from torch import Tensor, nn
 
-from export.checkpoints import load_state_dict_strict, read_torch_checkpoint
+from export.checkpoints import load_checkpoint, seeded
 
 __all__ = [
     "PRETRAINED_CFG",
@@ -82,14 +81,9 @@ def state_dict_from_checkpoint(state: Mapping[str, Tensor]) -> dict[str, Tensor]
 
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a selimsef B7 checkpoint into ``model``; ``WeightsError`` if it does not fit."""
-    state = state_dict_from_checkpoint(read_torch_checkpoint(path))
-    load_state_dict_strict(model, state, source=str(path))
+    load_checkpoint(model, path, state_dict_from_checkpoint)
 
 
 def create_model() -> nn.Module:
     """The classifier in eval mode, randomly initialised from a fixed seed (load weights next)."""
-    # Seeded without touching the caller's global RNG stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = DeepFakeClassifier()
-    return model.eval()
+    return seeded(DeepFakeClassifier)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import keras_h5
-from export.checkpoints import load_state_dict_strict
+from export.checkpoints import load_state_dict_strict, seeded
 
 PRETRAINED_CFG = {
     "input_size": 256,
@@ -70,8 +70,7 @@ class Meso4(nn.Module):
 
 
 def create_model() -> Meso4:
-    torch.manual_seed(0)
-    return Meso4().eval()
+    return seeded(Meso4)
 
 
 def state_dict_from_keras(path: Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import keras_h5
-from export.checkpoints import load_state_dict_strict
+from export.checkpoints import load_state_dict_strict, seeded
 from export.meso4 import KERAS_BN_EPS, ConvBlock, MesoHead
 
 PRETRAINED_CFG = {
@@ -81,8 +81,7 @@ class MesoInception4(nn.Module):
 
 
 def create_model() -> MesoInception4:
-    torch.manual_seed(0)
-    return MesoInception4().eval()
+    return seeded(MesoInception4)
 
 
 def state_dict_from_keras(path: Path) -> dict[str, torch.Tensor]:
