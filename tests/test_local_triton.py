@@ -1,12 +1,16 @@
 """The local Triton launcher: the lite profile, and failures it must report."""
 
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model_repository.local_triton import LocalTriton, TritonSettings
-from tests.conftest import free_port, resized, start_triton
+from tests.conftest import ROOT, free_port, resized, start_triton
 from tests.triton_client import infer, model_config
 
 
@@ -43,3 +47,36 @@ def test_a_broken_repository_is_reported_with_the_servers_log(tmp_path: Path) ->
     )
     with pytest.raises(RuntimeError, match="deepfake_ensemble"), LocalTriton(settings):
         pass
+
+
+def test_the_command_line_says_where_it_listens_and_stops_on_ctrl_c(exported: Path) -> None:
+    """`make triton` as a user runs it: ready line with the ports, Ctrl-C (SIGINT)
+    stops tritonserver too."""
+    grpc_port = free_port()
+    args = [
+        "--profile",
+        "lite",
+        "--http-port",
+        str(free_port()),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(free_port()),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_repository.local_triton", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"gRPC 127.0.0.1:{grpc_port}" in line and "ready" in line, line
+        assert infer(f"127.0.0.1:{grpc_port}", "meso4", np.zeros((1, 256, 256, 3), np.uint8))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", grpc_port), timeout=2).close()
