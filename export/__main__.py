@@ -101,13 +101,18 @@ def export_vote(repo: Path, profile: str, provenance: dict[str, Provenance]) -> 
 
 
 def parse_weights(items: list[str]) -> dict[str, Path]:
-    pairs = dict(item.split("=", 1) for item in items)
-    unknown = set(pairs) - set(ARCHITECTURES)
-    if unknown:
-        raise SystemExit(
-            f"--weights: unknown model(s) {sorted(unknown)}; known: {sorted(ARCHITECTURES)}"
-        )
-    return {name: Path(path) for name, path in pairs.items()}
+    """--weights MODEL=PATH arguments, checked before any work starts."""
+    weights = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in ARCHITECTURES:
+            raise SystemExit(
+                f"--weights {item!r}: expected MODEL=PATH with MODEL one of {sorted(ARCHITECTURES)}"
+            )
+        if not Path(path).is_file():
+            raise SystemExit(f"--weights {item!r}: {path} is not a file")
+        weights[name] = Path(path)
+    return weights
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ copy is an error rather than a silently different model.
 
 import hashlib
 import os
+import shutil
 import tomllib
 import urllib.request
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 MANIFEST = Path(__file__).with_name("assets.toml")
 ENV_SEARCH_PATH = "DEEPFAKE_ASSETS"
+DOWNLOAD_TIMEOUT_S = 60  # per socket operation: a stalled server fails, a slow one does not
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepfake-detect"
 
 
@@ -70,7 +72,11 @@ def download(asset: Asset, cache: Path = CACHE_DIR) -> Path:
     target = cache / asset.file
     partial = target.with_suffix(target.suffix + ".part")
     try:
-        urllib.request.urlretrieve(asset.url, partial)
+        with (
+            urllib.request.urlopen(asset.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+            partial.open("wb") as out,
+        ):
+            shutil.copyfileobj(response, out)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise AssetError(f"{asset.name}: download from {asset.url} failed: {exc}") from exc

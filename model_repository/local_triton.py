@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
@@ -36,7 +36,6 @@ class TritonSettings:
     config_name: str = "cpu"
     repository: Path = REPOSITORY
     work_dir: Path = WORK_DIR
-    extra_args: list[str] = field(default_factory=list)
 
     @property
     def grpc_url(self) -> str:
@@ -98,7 +97,6 @@ def command(settings: TritonSettings, backends: Path) -> list[str]:
         # in large steps rather than 1 MB at a time.
         "--backend-config=python,shm-default-byte-size=16777216",
         "--backend-config=python,shm-growth-byte-size=16777216",
-        *settings.extra_args,
     ]
 
 

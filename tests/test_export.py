@@ -125,6 +125,19 @@ def test_explicit_weights_are_recorded_as_user_supplied(tmp_path: Path) -> None:
     assert provenance.weights_sha256 == assets.sha256_of(copy)
 
 
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("xception", "expected MODEL=PATH"),
+        ("resnet=/x", "expected MODEL=PATH"),
+        ("xception=/no/such/file.pth", "is not a file"),
+    ],
+)
+def test_bad_weights_arguments_are_refused_up_front(argument: str, message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        cli.parse_weights([argument])
+
+
 TRAINED = Provenance(True, "w", "abc", "src", "lic")
 
 
