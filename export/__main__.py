@@ -27,7 +27,7 @@ from export.repository import (
     vote_weights,
     write_parameters,
 )
-from export.vote import write_vote
+from export.vote import normalise, write_vote
 
 ARCHITECTURES: dict[str, ModuleType] = {
     "meso4": meso4,
@@ -78,7 +78,7 @@ def export_member(
         if weights is not None:
             arch.load_weights(model, weights)
         partial = target.with_suffix(".onnx.part")  # Triton never sees half a file
-        export_onnx(FacesToPFake(model.eval(), arch.PRETRAINED_CFG), partial, metadata)
+        export_onnx(FacesToPFake(model, arch.PRETRAINED_CFG), partial, metadata)
         partial.replace(target)
         log.info("%s: wrote %s", name, target)
     else:
@@ -91,9 +91,8 @@ def export_vote(repo: Path, profile: str, provenance: dict[str, Provenance]) -> 
     members = profile_members(repo, profile)
     weights = vote_weights(repo / "vote.toml", members, provenance)
     write_vote(weights, repo / profile / "deepfake_vote" / "1" / "model.onnx")
-    total = sum(weights.values())
     params = {
-        "vote_weights": ",".join(f"{m}={w / total:.6g}" for m, w in weights.items()),
+        "vote_weights": ",".join(f"{m}={w:.6g}" for m, w in normalise(weights).items()),
         "trained": str(all(provenance[m].trained for m, w in weights.items() if w)).lower(),
     }
     write_parameters(repo / profile / "deepfake_vote" / "config.pbtxt", params)

@@ -39,14 +39,14 @@ def read_keras_h5(path: Path) -> dict[str, list[KerasLayer]]:
 
 
 def _layer_params(group: h5py.Group) -> KerasLayer:
+    """{'kernel': …, 'bias': …} from datasets named like `conv2d_5/kernel:0`."""
     params: KerasLayer = {}
-    group.visititems(
-        lambda name, obj: (
-            params.__setitem__(name.rsplit("/", 1)[-1].split(":")[0], obj[()])
-            if isinstance(obj, h5py.Dataset)
-            else None
-        )
-    )
+
+    def collect(name: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            params[name.rsplit("/", 1)[-1].split(":")[0]] = obj[()]
+
+    group.visititems(collect)
     return params
 
 

@@ -69,10 +69,6 @@ def write_parameters(config: Path, params: dict[str, str]) -> None:
     read_config(config)  # still a valid ModelConfig
 
 
-def read_parameters(config: Path) -> dict[str, str]:
-    return {k: v.string_value for k, v in read_config(config).parameters.items()}
-
-
 def source_digest() -> str:
     """Changes whenever the export code does, so stale models are rebuilt."""
     digest = hashlib.sha256()

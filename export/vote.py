@@ -18,6 +18,14 @@ def member_output(member: str) -> str:
     return f"{OUTPUT_NAME}_{member.upper()}"
 
 
+def normalise(weights: dict[str, float]) -> dict[str, float]:
+    """Weights summing to 1, in the members' order."""
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"vote weights {weights} sum to {total}: at least one must count")
+    return {member: weight / total for member, weight in weights.items()}
+
+
 def build_vote(members: dict[str, float]) -> onnx.ModelProto:
     """Inputs named after the members, [N, 1] each; outputs P_FAKE [N, 1] and
     P_FAKE_<MEMBER> [N, 1], each input passed through.
@@ -25,10 +33,7 @@ def build_vote(members: dict[str, float]) -> onnx.ModelProto:
     Passing the member scores through the vote makes every ensemble output come
     from this last step, so a client may request any subset of them: outputs of
     earlier steps left unrequested deadlock the ensemble in Triton 2.51."""
-    total = sum(members.values())
-    if total <= 0:
-        raise ValueError(f"vote weights {members} sum to {total}: at least one must count")
-    weights = np.array([[w / total for w in members.values()]], dtype=np.float32)
+    weights = np.array([list(normalise(members).values())], dtype=np.float32)
     inputs = [helper.make_tensor_value_info(m, TensorProto.FLOAT, ["N", 1]) for m in members]
     passed = [member_output(m) for m in members]
     nodes = [

@@ -1,5 +1,6 @@
 """Every model and the ensemble, served by the real Triton, called over gRPC."""
 
+import functools
 import urllib.request
 
 import numpy as np
@@ -14,10 +15,14 @@ from tests.triton_client import infer, infer_many, model_config, parameters
 BATCH = 6
 
 
-def in_process(model: str, faces: np.ndarray) -> np.ndarray:
+@functools.cache
+def session(model: str) -> ort.InferenceSession:
     path = REPOSITORY / "members" / model / "1" / "model.onnx"
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["P_FAKE"], {"FACES": faces})[0]
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def in_process(model: str, faces: np.ndarray) -> np.ndarray:
+    return session(model).run(["P_FAKE"], {"FACES": faces})[0]
 
 
 def vote_weights(triton: TritonSettings) -> dict[str, float]:
