@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 PROFILE ?= full
 VENV ?= .venv
+TRITON_VENV ?= .venv-triton
 KERAS_VENV ?= .venv-keras
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -18,21 +19,38 @@ TRITON_HOST ?= 127.0.0.1
 TRITON_HTTP_PORT ?= 8000
 TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
+export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
+GATEWAY_HOST ?= 127.0.0.1
+GATEWAY_PORT ?= 8080
 
-.PHONY: help setup export triton test lint clean
+.PHONY: help setup export triton run eval test lint clean
 
 help:
-	@echo "make setup    create $(VENV) (export, local Triton, tests) and $(KERAS_VENV) (Keras reference)"
+	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
+	@echo "make test     export both profiles, then run the tests against a real Triton and gateway"
+	@echo "make setup    create $(VENV) (export, gateway, tests), $(TRITON_VENV) (local Triton), $(KERAS_VENV) (Keras reference)"
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
-	@echo "make triton   serve them with a local Triton on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
-	@echo "make test     export both profiles, then run the tests against a real Triton"
+	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
+	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
 	@echo "make lint     ruff"
 
-setup: $(VENV)/.installed $(KERAS_VENV)/.installed
+setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed
 
-$(VENV)/.installed: export/requirements.txt model_repository/requirements.txt tests/requirements.txt
+# The development environment: export, gateway, preprocess, tests. insightface
+# is installed without its dependencies, which are listed with the headless
+# OpenCV in preprocess/requirements.txt (it would pull the GUI opencv-python).
+$(VENV)/.installed: export/requirements.txt preprocess/requirements.txt \
+		preprocess/requirements-nodeps.txt gateway/requirements.txt tests/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r export/requirements.txt -r model_repository/requirements.txt -r tests/requirements.txt
+	$(PY) -m pip install -q -r export/requirements.txt -r preprocess/requirements.txt \
+		-r gateway/requirements.txt -r tests/requirements.txt
+	$(PY) -m pip install -q --no-deps -r preprocess/requirements-nodeps.txt
+	touch $@
+
+# The local Triton's own environment: the python backend stub needs numpy < 2.
+$(TRITON_VENV)/.installed: model_repository/requirements.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -r model_repository/requirements.txt
 	touch $@
 
 # TensorFlow/Keras only to compute the original MesoNet outputs the port is
@@ -45,10 +63,19 @@ $(KERAS_VENV)/.installed: tests/keras_reference/requirements.txt
 export: $(VENV)/.installed
 	$(PY) -m export --profile $(PROFILE) $(EXPORT_FLAGS)
 
-triton: export
+triton: export $(TRITON_VENV)/.installed
 	$(PY) -m model_repository.local_triton --profile $(PROFILE) --host $(TRITON_HOST) \
 		--http-port $(TRITON_HTTP_PORT) --grpc-port $(TRITON_GRPC_PORT) \
 		--metrics-port $(TRITON_METRICS_PORT)
+
+# One command, Ctrl-C stops both: the local Triton, then the gateway over it.
+run: $(TRITON_VENV)/.installed export
+	$(PY) -m gateway.local --profile $(PROFILE) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT) \
+		--triton-host $(TRITON_HOST) --triton-http-port $(TRITON_HTTP_PORT) \
+		--triton-grpc-port $(TRITON_GRPC_PORT) --triton-metrics-port $(TRITON_METRICS_PORT)
+
+eval: $(VENV)/.installed
+	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
 
 test: setup
 	$(PY) -m export --profile lite $(EXPORT_FLAGS)

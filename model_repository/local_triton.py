@@ -7,6 +7,10 @@ backend but no ONNX Runtime backend, so this assembles a backend directory in
 which `onnxruntime/model.py` is the project's Python-based ONNX Runtime
 backend, and serves the same repository the NGC image does with the CPU
 profile (`--model-config-name=cpu`).
+
+The server runs from its own environment (`.venv-triton`: the wheel, ONNX
+Runtime, numpy < 2 for the python backend stub), apart from the gateway's,
+which needs numpy 2; this launcher itself needs only the standard library.
 """
 
 import argparse
@@ -18,12 +22,12 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
 
 REPOSITORY = Path(__file__).resolve().parent
 WORK_DIR = REPOSITORY.parent / ".build" / "triton"
+PYTHON_ENV = Path(os.environ.get("TRITON_PYTHON_ENV", REPOSITORY.parent / ".venv-triton"))
 
 
 @dataclass
@@ -36,6 +40,7 @@ class TritonSettings:
     config_name: str = "cpu"
     repository: Path = REPOSITORY
     work_dir: Path = WORK_DIR
+    python_env: Path = PYTHON_ENV
 
     @property
     def grpc_url(self) -> str:
@@ -46,24 +51,29 @@ class TritonSettings:
         return f"http://{self.host}:{self.http_port}"
 
 
-def wheel_dir() -> Path:
-    spec = find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("nvidia-pytriton is not installed in this environment (make setup)")
-    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+def site_packages(python_env: Path) -> Path:
+    found = sorted(python_env.glob("lib/python3.*/site-packages/pytriton"))
+    if not found:
+        raise RuntimeError(f"nvidia-pytriton is not installed in {python_env} (make setup)")
+    return found[-1].parent
 
 
-def prepare_backends(work_dir: Path) -> Path:
-    """<work_dir>/backends with the wheel's python backend, the stub for this
-    interpreter, and our onnxruntime/model.py (linked, so edits take effect)."""
-    wheel = wheel_dir()
+def wheel_dir(python_env: Path) -> Path:
+    return site_packages(python_env) / "pytriton" / "tritonserver"
+
+
+def prepare_backends(work_dir: Path, python_env: Path) -> Path:
+    """<work_dir>/backends with the wheel's python backend, the stub for the
+    environment's Python, and our onnxruntime/model.py (linked, so edits take
+    effect)."""
+    wheel = wheel_dir(python_env)
     backends = work_dir / "backends"
     python = backends / "python"
     python.mkdir(parents=True, exist_ok=True)
     for item in (wheel / "backends" / "python").iterdir():
         if item.is_file():
             shutil.copy2(item, python / item.name)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = site_packages(python_env).parent.name.removeprefix("python")
     shutil.copy2(wheel / "python_backend_stubs" / version / "triton_python_backend_stub", python)
     ort = backends / "onnxruntime"
     ort.mkdir(exist_ok=True)
@@ -76,7 +86,7 @@ def prepare_backends(work_dir: Path) -> Path:
 def command(settings: TritonSettings, backends: Path) -> list[str]:
     repo = settings.repository
     return [
-        str(wheel_dir() / "bin" / "tritonserver"),
+        str(wheel_dir(settings.python_env) / "bin" / "tritonserver"),
         f"--model-repository={repo / 'members'}",
         f"--model-repository={repo / settings.profile}",
         # Loading the ensemble loads exactly its members: a lite server never
@@ -100,12 +110,14 @@ def command(settings: TritonSettings, backends: Path) -> list[str]:
     ]
 
 
-def environment() -> dict[str, str]:
-    """The stub runs the backend with the first `python` on PATH: this one."""
+def environment(python_env: Path) -> dict[str, str]:
+    """The stub runs the backend with the first `python` on PATH: the server
+    environment's."""
     env = dict(os.environ)
-    libs = wheel_dir().parent.parent / "nvidia_pytriton.libs"
+    libs = site_packages(python_env) / "nvidia_pytriton.libs"
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([str(python_env / "bin"), env.get("PATH", "")])
+    env.pop("VIRTUAL_ENV", None)
     return env
 
 
@@ -118,12 +130,12 @@ class LocalTriton:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        backends = prepare_backends(self.settings.work_dir)
+        backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command(self.settings, backends),
-                env=environment(),
+                env=environment(self.settings.python_env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
