@@ -1,0 +1,368 @@
+"""Uploaded file -> a few RGB frames: sniff the format, check the limits, sample evenly.
+
+`MediaReader.read` is the one entry point. Every problem with the file itself is a
+`MediaError` that carries the HTTP status and a stable error code for the client.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import cv2
+import numpy as np
+from PIL import Image
+
+VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
+IMAGE_FORMATS = frozenset({"jpeg", "png", "webp"})
+
+
+class MediaError(Exception):
+    """A problem with the uploaded file itself: safe to show to the client as is."""
+
+    code: ClassVar[str] = "media_error"
+    status: ClassVar[int] = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnsupportedMedia(MediaError):
+    code = "unsupported_media"
+    status = 415
+
+
+class UndecodableMedia(MediaError):
+    code = "undecodable_media"
+    status = 422
+
+
+class MediaLimitExceeded(MediaError):
+    code = "media_limit_exceeded"
+    status = 422
+
+
+# --- sniffing: the format from the first bytes, never from the name -------------------------
+
+SNIFF_BYTES = 4096  # more than any EBML header up to its DocType
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+EBML_DOCTYPE_ID = 0x4282
+EBML_DOCTYPES = {"webm": "webm", "matroska": "mkv"}
+# ISO-BMFF brands that are not video: HEIF/AVIF stills, JPEG 2000, audio-only MPEG-4, Canon raw.
+NOT_VIDEO_BRANDS = frozenset(
+    b.encode()
+    for b in (
+        *("heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1", "avif", "avis"),
+        *("jp2 ", "jpx ", "jpm ", "M4A ", "M4B ", "M4P ", "F4A ", "F4B ", "crx "),
+    )
+)
+# QuickTime files older than the ftyp box start straight with one of these atoms.
+QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+
+
+def sniff(path: Path) -> str:
+    """The container or image format of `path` from its magic bytes.
+
+    One of VIDEO_FORMATS | IMAGE_FORMATS; anything else raises UnsupportedMedia.
+    """
+    with Path(path).open("rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if found := _sniff_bytes(head):
+        return found
+    raise UnsupportedMedia(
+        "unsupported file type: send an mp4, mov, avi, mkv or webm video, "
+        "or a jpeg, png or webp image"
+    )
+
+
+def _sniff_bytes(head: bytes) -> str | None:
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return "webp" if head[8:12] == b"WEBP" else "avi"
+    if head[4:8] == b"ftyp" and len(head) >= 12:
+        brand = head[8:12]
+        if brand == b"qt  ":
+            return "mov"
+        return None if brand in NOT_VIDEO_BRANDS else "mp4"
+    if head[4:8] in QUICKTIME_ATOMS:
+        return "mov"
+    if head.startswith(EBML_MAGIC):
+        return EBML_DOCTYPES.get(_ebml_doctype(head) or "")
+    return None
+
+
+def _ebml_doctype(head: bytes) -> str | None:
+    """The DocType ("webm", "matroska") of an EBML header, walking its elements."""
+    try:
+        size, pos = _vint(head, len(EBML_MAGIC))
+        end = min(pos + size, len(head))
+        while pos < end:
+            element, pos = _vint(head, pos, keep_marker=True)
+            size, pos = _vint(head, pos)
+            if element == EBML_DOCTYPE_ID:
+                return head[pos : pos + size].rstrip(b"\0").decode("ascii", "replace")
+            pos += size
+    except (IndexError, ValueError):  # truncated or not EBML after all
+        pass
+    return None
+
+
+def _vint(data: bytes, pos: int, keep_marker: bool = False) -> tuple[int, int]:
+    """An EBML variable-length integer at `pos`: (value, position after it).
+
+    Its length is one more than the leading zero bits of its first byte; element IDs keep
+    that length marker bit, sizes do not.
+    """
+    length = 9 - data[pos].bit_length()
+    if length > 8 or pos + length > len(data):
+        raise ValueError("not an EBML variable-length integer")
+    value = data[pos] if keep_marker else data[pos] & (0xFF >> length)
+    for byte in data[pos + 1 : pos + length]:
+        value = value << 8 | byte
+    return value, pos + length
+
+
+# --- limits and results -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What the service accepts, checked from the file's header before anything is decoded.
+
+    The frame must fit in max_width x max_height in either orientation, so the default admits
+    4K and portrait video (1080x1920, 2160x3840) alike.
+    """
+
+    max_width: int = 3840
+    max_height: int = 2160
+    max_duration_s: float = 600.0
+    max_frame_count: int = 36_000
+
+    def check_size(self, width: int, height: int) -> None:
+        long_side, short_side = max(width, height), min(width, height)
+        if long_side > max(self.max_width, self.max_height) or short_side > min(
+            self.max_width, self.max_height
+        ):
+            raise MediaLimitExceeded(
+                f"resolution {width}x{height} is above the limit of "
+                f"{self.max_width}x{self.max_height} (either orientation)"
+            )
+
+    def check_length(self, frame_count: int, duration_s: float | None) -> None:
+        if frame_count > self.max_frame_count:
+            raise MediaLimitExceeded(
+                f"{frame_count} frames is above the limit of {self.max_frame_count}"
+            )
+        if duration_s is not None and duration_s > self.max_duration_s:
+            raise MediaLimitExceeded(
+                f"duration {duration_s:.1f} s is above the limit of {self.max_duration_s:g} s"
+            )
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    kind: Literal["video", "image"]
+    format: str
+    width: int
+    height: int
+    fps: float | None  # None for images, or a video whose container gives no rate
+    frame_count: int
+    duration_s: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # frame number in the clip, in decoding order
+    timestamp_s: float
+    image: np.ndarray  # RGB uint8 HxWx3
+
+
+@dataclass(frozen=True)
+class Media:
+    info: MediaInfo
+    frames: list[Frame]
+
+
+def sample_indices(frame_count: int, n: int) -> list[int]:
+    """`n` frame indices spread evenly from the first frame to the last; all if n >= count."""
+    if frame_count <= 0 or n <= 0:
+        return []
+    if n >= frame_count:
+        return list(range(frame_count))
+    # Steps are >= 1 frame here, so rounding never merges two indices.
+    return np.linspace(0, frame_count - 1, n).round().astype(int).tolist()
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _VideoHeader:
+    """What the container says about the stream, before a frame is decoded."""
+
+    width: int
+    height: int
+    fps: float | None
+    frame_count: int | None  # None: unknown (webm/mkv without a duration give garbage)
+
+    @classmethod
+    def of(cls, capture: cv2.VideoCapture) -> "_VideoHeader":
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        return cls(
+            width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            fps=fps if np.isfinite(fps) and fps > 0 else None,
+            frame_count=int(count) if np.isfinite(count) and 0 < count < 2**31 else None,
+        )
+
+    def duration_s(self, frame_count: int | None) -> float | None:
+        return frame_count / self.fps if frame_count and self.fps else None
+
+
+# (frame index, timestamp in seconds, BGR image) as decoded
+_Decoded = list[tuple[int, float, np.ndarray]]
+
+
+class MediaReader:
+    """Reads an uploaded file into `Media`: its info and up to n evenly spread RGB frames.
+
+    Stateless apart from its limits, so one reader may serve many threads.
+    """
+
+    def __init__(self, limits: MediaLimits = MediaLimits()) -> None:
+        self.limits = limits
+
+    def read(self, path: Path, n_frames: int) -> Media:
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be at least 1, not {n_frames}")
+        path = Path(path)
+        fmt = sniff(path)
+        if fmt in IMAGE_FORMATS:
+            return self._read_image(path, fmt)
+        try:
+            return self._read_video(path, fmt, n_frames)
+        except cv2.error as exc:  # FFmpeg backend failures surface as cv2.error
+            raise UndecodableMedia(f"could not decode the {fmt} video: {exc}") from exc
+
+    def _read_image(self, path: Path, fmt: str) -> Media:
+        try:
+            # Image.open parses only the header: a decompression bomb is refused undecoded.
+            with Image.open(path) as header:
+                self.limits.check_size(*header.size)
+        except Image.DecompressionBombError as exc:
+            raise MediaLimitExceeded(f"image too large: {exc}") from exc
+        except OSError as exc:
+            raise UndecodableMedia(f"could not decode the {fmt} image: {exc}") from exc
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+        if image is None:
+            raise UndecodableMedia(f"could not decode the {fmt} image")
+        height, width = image.shape[:2]
+        info = MediaInfo("image", fmt, width, height, None, 1, None)
+        return Media(info, [Frame(0, 0.0, image)])
+
+    def _read_video(self, path: Path, fmt: str, n_frames: int) -> Media:
+        with _open_video(path, fmt) as capture:
+            header = _VideoHeader.of(capture)
+            if header.width <= 0 or header.height <= 0:
+                raise UndecodableMedia(f"the {fmt} video has no frame size")
+            self.limits.check_size(header.width, header.height)
+            ended_at = None
+            if header.frame_count is None:
+                decoded, frame_count = self._decode_unknown_length(capture, n_frames, header)
+            else:
+                self.limits.check_length(header.frame_count, header.duration_s(header.frame_count))
+                wanted = sample_indices(header.frame_count, n_frames)
+                decoded, ended_at = _decode_wanted(capture, wanted, header.fps)
+                frame_count = header.frame_count if ended_at is None else ended_at
+        if ended_at is not None and len(decoded) < min(n_frames, ended_at):
+            # The container overstated its length (a truncated file). Now that the real length
+            # is known, decode again for an even spread rather than keep only the early frames.
+            with _open_video(path, fmt) as capture:
+                decoded, _ = _decode_wanted(capture, sample_indices(ended_at, n_frames), header.fps)
+        if not decoded:
+            raise UndecodableMedia(f"no frame of the {fmt} video could be decoded")
+        frames = [
+            Frame(index, timestamp, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            for index, timestamp, bgr in decoded
+        ]
+        height, width = frames[0].image.shape[:2]
+        duration = header.duration_s(frame_count)
+        info = MediaInfo("video", fmt, width, height, header.fps, frame_count, duration)
+        return Media(info, frames)
+
+    def _decode_unknown_length(
+        self, capture: cv2.VideoCapture, n_frames: int, header: _VideoHeader
+    ) -> tuple[_Decoded, int]:
+        """Decode the whole stream (its length is unknown), keeping about 2n frames.
+
+        Keeps every `stride`-th frame and doubles the stride whenever 2n are kept, so memory
+        stays bounded, then picks n evenly from those kept. The limits are enforced as frames
+        arrive since the header could not tell.
+        """
+        max_frames = self.limits.max_frame_count
+        if header.fps:
+            max_frames = min(max_frames, int(self.limits.max_duration_s * header.fps))
+        kept: _Decoded = []
+        stride, index = 1, 0
+        while capture.grab():
+            if index == max_frames:
+                raise MediaLimitExceeded(
+                    f"the video is longer than the limits ({self.limits.max_frame_count} frames, "
+                    f"{self.limits.max_duration_s:g} s)"
+                )
+            if index % stride == 0 and (bgr := _retrieve(capture)) is not None:
+                kept.append((index, _timestamp(capture, index, header.fps), bgr))
+                if len(kept) >= 2 * n_frames:
+                    stride *= 2
+                    kept = [frame for frame in kept if frame[0] % stride == 0]
+            index += 1
+        return [kept[i] for i in sample_indices(len(kept), n_frames)], index
+
+
+@contextmanager
+def _open_video(path: Path, fmt: str) -> Iterator[cv2.VideoCapture]:
+    # Name the FFmpeg backend: no other backend gets to guess what the path means.
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            raise UndecodableMedia(f"could not open the {fmt} video")
+        yield capture
+    finally:
+        capture.release()
+
+
+def _decode_wanted(
+    capture: cv2.VideoCapture, wanted: list[int], fps: float | None
+) -> tuple[_Decoded, int | None]:
+    """Decode sequentially up to the last wanted index, converting only the wanted frames.
+
+    Never seeks: with FFmpeg, seeking costs ~10x a sequential read. Returns the frames and,
+    if the stream ended before the last wanted index, how many frames it really had.
+    """
+    wanted_set = set(wanted)
+    decoded: _Decoded = []
+    for index in range(wanted[-1] + 1):
+        if not capture.grab():
+            return decoded, index
+        if index in wanted_set and (bgr := _retrieve(capture)) is not None:
+            decoded.append((index, _timestamp(capture, index, fps), bgr))
+    return decoded, None
+
+
+def _retrieve(capture: cv2.VideoCapture) -> np.ndarray | None:
+    ok, bgr = capture.retrieve()
+    return bgr if ok and bgr is not None and bgr.size else None
+
+
+def _timestamp(capture: cv2.VideoCapture, index: int, fps: float | None) -> float:
+    # index / fps is exact for constant-rate video; without a rate, the decoder's own clock.
+    return index / fps if fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
