@@ -1,10 +1,18 @@
 """Shared fixtures: real media from ../shared, real face crops, a real Triton."""
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -15,6 +23,8 @@ SHARED = ROOT.parent / "shared"
 MEDIA = SHARED / "media"
 ASSETS = SHARED / "assets"
 REPOSITORY = ROOT / "model_repository"
+# Weights and face detectors come from ../shared/assets, as under `make test`.
+os.environ.setdefault("DEEPFAKE_ASSETS", str(ASSETS))
 MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
 NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380}
 FACE_SOURCES = (
@@ -102,3 +112,64 @@ def triton(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The real tritonserver serving the full profile on free ports."""
     with start_triton("full", tmp_path_factory.mktemp("triton-full")) as server:
         yield server.settings
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str
+    uploads: Path  # the gateway's temporary upload folder: empty between requests
+    log: Path
+
+
+@contextlib.contextmanager
+def start_gateway(triton_url: str, tmp: Path, **settings: object) -> Iterator[Gateway]:
+    """The real gateway (python -m gateway, uvicorn) on a free port."""
+    port = free_port()
+    uploads = tmp / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DEEPFAKE_ASSETS=os.environ.get("DEEPFAKE_ASSETS", str(ASSETS)))
+    env |= {
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_TRITON_URL": triton_url,
+        "GATEWAY_TMP_DIR": str(uploads),
+        "GATEWAY_TRITON_RETRIES": "1",
+    }
+    env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+    log_path = tmp / f"gateway-{port}.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/healthz", process, log_path)
+        yield Gateway(url, uploads, log_path)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not up after {timeout}s: {log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The real gateway over the session's real Triton (full profile)."""
+    with start_gateway(triton.grpc_url, tmp_path_factory.mktemp("gateway"), max_in_flight=8) as gw:
+        yield gw

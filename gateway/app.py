@@ -1,0 +1,365 @@
+"""The FastAPI application: HTTP in, Triton out.
+
+python -m gateway            (settings from GATEWAY_* environment variables)
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from preprocess.faces import load_detector
+from preprocess.media import MediaError, MediaReader, sniff
+from preprocess.pipeline import FaceExtractor
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import metrics, schemas
+from gateway.analysis import Analyzer, Options, new_request_id
+from gateway.errors import ApiError, from_media_error, install_handlers
+from gateway.model_server import ModelServer
+from gateway.settings import Settings
+from gateway.uploads import Upload, receive_upload
+
+VERSION = "0.3.0"
+FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp"]
+log = logging.getLogger("gateway")
+
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
+ERRORS_DOC = {
+    code: {"model": schemas.ErrorAnswer, "description": text}
+    for code, text in {
+        408: "upload too slow",
+        413: "file over the upload cap",
+        415: "not a supported video or image",
+        422: "undecodable media, bad options or media over the limits",
+        429: "too many requests in flight (see Retry-After)",
+        503: "Triton unavailable (see Retry-After)",
+        504: "Triton did not answer in time",
+    }.items()
+}
+
+
+class Admission:
+    """At most `limit` uploads analysed at once; beyond that, 429 at once rather
+    than a queue that grows until requests time out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def enter(self) -> None:
+        if self.active >= self.limit:
+            metrics.REJECTED.inc()
+            raise ApiError(
+                429,
+                "too_many_requests",
+                "the service is busy; retry shortly",
+                {"Retry-After": "2"},
+            )
+        self.active += 1
+        metrics.IN_FLIGHT.set(self.active)
+
+    def leave(self) -> None:
+        self.active -= 1
+        metrics.IN_FLIGHT.set(self.active)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="preprocess")
+        server = ModelServer(
+            settings.triton_url,
+            settings.ensemble,
+            settings.triton_timeout_s,
+            settings.triton_retries,
+            settings.max_batch,
+        )
+        extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
+        app.state.analyzer = Analyzer(
+            MediaReader(settings.media_limits()), extractor, server, executor
+        )
+        app.state.server = server
+        app.state.executor = executor
+        try:
+            yield
+        finally:
+            await server.close()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="Deepfake detection gateway",
+        version=VERSION,
+        lifespan=lifespan,
+        description="Upload a video or image; four detectors served by Triton vote on it.",
+    )
+    app.state.settings = settings
+    app.state.admission = Admission(settings.max_in_flight)
+    install_handlers(app)
+    add_request_middleware(app)
+    add_routes(app, settings)
+    return app
+
+
+def add_request_middleware(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        request_id = request.headers.get("x-request-id", "")
+        if not (request_id.isalnum() and len(request_id) <= 64):
+            request_id = new_request_id()
+        request.state.request_id = request_id
+        start = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.REQUESTS.labels(path, request.method, str(response.status_code)).inc()
+        log.info(
+            "request_id=%s method=%s route=%s status=%d ms=%.1f",
+            request_id,
+            request.method,
+            path,
+            response.status_code,
+            (time.perf_counter() - start) * 1000,
+        )
+        return response
+
+
+def parse_models(models: str | None) -> tuple[str, ...] | None:
+    if models is None or not models.strip():
+        return None
+    return tuple(m.strip() for m in models.split(",") if m.strip())
+
+
+async def accept_upload(request: Request, settings: Settings) -> Upload:
+    """The upload on disk, its content sniffed: only real media goes further."""
+    upload = await receive_upload(
+        request.stream(),
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        settings.max_upload_bytes,
+        settings.tmp_dir,
+    )
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, sniff, upload.path)
+    except MediaError as exc:
+        upload.path.unlink(missing_ok=True)
+        raise from_media_error(exc) from None
+    return upload
+
+
+def add_routes(app: FastAPI, settings: Settings) -> None:
+    def options(
+        request: Request,
+        upload: Upload,
+        models: str | None,
+        frames: int | None,
+        threshold: float | None,
+        thumbnails: bool,
+    ) -> Options:
+        return Options(
+            frames=frames or settings.frames,
+            threshold=settings.threshold if threshold is None else threshold,
+            models=parse_models(models),
+            thumbnails=thumbnails,
+            filename=upload.filename,
+            request_id=request.state.request_id,
+        )
+
+    @app.get("/api", response_model=schemas.ServiceInfo)
+    async def info(request: Request) -> schemas.ServiceInfo:
+        server: ModelServer = request.app.state.server
+        ready = await server.ready()
+        profile = None
+        if ready:
+            with contextlib.suppress(ApiError):
+                profile = (await server.ensemble()).profile
+        return schemas.ServiceInfo(
+            service="deepfake-detection gateway",
+            version=VERSION,
+            status="ready" if ready else "unavailable",
+            triton_url=settings.triton_url,
+            ensemble=settings.ensemble,
+            profile=profile,
+            detector=settings.detector,
+            frames=settings.frames,
+            threshold=settings.threshold,
+            max_upload_mb=settings.max_upload_mb,
+            formats=FORMATS,
+            endpoints={
+                "detect": "POST /api/detect",
+                "stream": "POST /api/detect/stream",
+                "models": "GET /api/models",
+                "health": "GET /healthz",
+                "ready": "GET /readyz",
+                "metrics": "GET /metrics",
+                "docs": "GET /docs",
+            },
+        )
+
+    @app.get("/api/models", response_model=schemas.ModelsAnswer, responses=ERRORS_DOC)
+    async def models(request: Request) -> schemas.ModelsAnswer:
+        ensemble = await request.app.state.server.ensemble(fresh=True)
+        return schemas.ModelsAnswer(
+            ensemble=ensemble.name,
+            profile=ensemble.profile,
+            ready=ensemble.ready,
+            models=[
+                schemas.ModelSummary(
+                    name=m.name,
+                    version=m.version,
+                    ready=m.ready,
+                    input_size=m.input_size,
+                    trained=m.trained,
+                    weight=m.weight,
+                    weights=schemas.Provenance(**m.weights),
+                )
+                for m in ensemble.members
+            ],
+        )
+
+    @app.post(
+        "/api/detect",
+        response_model=schemas.DetectAnswer,
+        responses=ERRORS_DOC,
+        openapi_extra=UPLOAD_DOC,
+    )
+    async def detect(
+        request: Request,
+        models: Annotated[str | None, Query(description="e.g. meso4,xception")] = None,
+        frames: Annotated[int | None, Query(ge=1, le=300)] = None,
+        threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+        thumbnails: bool = False,
+    ) -> schemas.DetectAnswer:
+        admission: Admission = request.app.state.admission
+        admission.enter()
+        upload = None
+        try:
+            start = time.perf_counter()
+            upload = await accept_upload(request, settings)
+            received = (time.perf_counter() - start) * 1000
+            answer = await request.app.state.analyzer.analyze(
+                upload.path, options(request, upload, models, frames, threshold, thumbnails)
+            )
+            answer.timings_ms.upload = round(received, 1)
+            return answer
+        finally:
+            if upload is not None:
+                upload.path.unlink(missing_ok=True)
+            admission.leave()
+
+    @app.post(
+        "/api/detect/stream",
+        responses=ERRORS_DOC,
+        openapi_extra=UPLOAD_DOC,
+        response_class=StreamingResponse,
+        description="NDJSON events: accepted, decoded, faces, inference (progress), then "
+        "result (the /api/detect answer) or error.",
+    )
+    async def detect_stream(
+        request: Request,
+        models: Annotated[str | None, Query(description="e.g. meso4,xception")] = None,
+        frames: Annotated[int | None, Query(ge=1, le=300)] = None,
+        threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+        thumbnails: bool = False,
+    ) -> StreamingResponse:
+        admission: Admission = request.app.state.admission
+        admission.enter()
+        try:
+            upload = await accept_upload(request, settings)
+        except BaseException:
+            admission.leave()
+            raise
+        opts = options(request, upload, models, frames, threshold, thumbnails)
+        events = stream_analysis(request.app.state.analyzer, upload, opts, admission)
+        return StreamingResponse(events, media_type="application/x-ndjson")
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        ready = await request.app.state.server.ready()
+        if not ready:
+            error = ApiError(503, "not_ready", f"Triton or {settings.ensemble} is not ready")
+            return JSONResponse(error.body(), status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def stream_analysis(
+    analyzer: Analyzer, upload: Upload, options: Options, admission: Admission
+) -> AsyncIterator[bytes]:
+    """The analysis as NDJSON lines; errors after the stream began are events."""
+    queue: asyncio.Queue[dict | None] = asyncio.Queue()
+
+    async def emit(event: dict) -> None:
+        await queue.put(event)
+
+    async def run() -> None:
+        try:
+            answer = await analyzer.analyze(upload.path, options, emit)
+            await queue.put({"event": "result", "result": answer.model_dump()})
+        except (ApiError, MediaError) as exc:
+            error = from_media_error(exc) if isinstance(exc, MediaError) else exc
+            await queue.put({"event": "error", "status": error.status, **error.body()})
+        except Exception:
+            log.exception("request_id=%s analysis failed", options.request_id)
+            await queue.put(
+                {
+                    "event": "error",
+                    "status": 500,
+                    "error": {"code": "internal_error", "message": "the analysis failed"},
+                }
+            )
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(run())
+    try:
+        yield line(
+            {
+                "event": "accepted",
+                "request_id": options.request_id,
+                "filename": options.filename,
+                "bytes": upload.size,
+            }
+        )
+        while (event := await queue.get()) is not None:
+            yield line(event)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        Path(upload.path).unlink(missing_ok=True)
+        admission.leave()
+
+
+def line(event: dict) -> bytes:
+    return (json.dumps(event, separators=(",", ":")) + "\n").encode()

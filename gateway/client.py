@@ -1,0 +1,141 @@
+"""Python clients: over HTTP to the gateway, or straight to Triton over gRPC.
+
+`DirectClient` runs preprocess here and calls the ensemble over gRPC itself,
+with the gateway's own Analyzer: the path for gRPC clients, same answer.
+"""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from preprocess.faces import load_detector
+from preprocess.media import MediaError, MediaReader, sniff
+from preprocess.pipeline import FaceExtractor
+
+from gateway.analysis import Analyzer, Options, new_request_id
+from gateway.errors import ApiError
+from gateway.model_server import ModelServer
+from gateway.settings import Settings
+
+TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+
+
+class ClientError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def query(models: str | None, frames: int | None, threshold: float | None) -> dict:
+    values = {"models": models, "frames": frames, "threshold": threshold}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        error = {"code": "http_error", "message": response.text[:200]}
+    raise ClientError(response.status_code, error["code"], error["message"])
+
+
+class GatewayClient:
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: httpx.Timeout = TIMEOUT):
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def detect(
+        self,
+        path: Path,
+        models: str | None = None,
+        frames: int | None = None,
+        threshold: float | None = None,
+    ) -> dict:
+        with path.open("rb") as f:
+            response = self.http.post(
+                "/api/detect",
+                files={"file": (path.name, f)},
+                params=query(models, frames, threshold),
+            )
+        raise_for_error(response)
+        return response.json()
+
+    def stream(
+        self,
+        path: Path,
+        models: str | None = None,
+        frames: int | None = None,
+        threshold: float | None = None,
+    ) -> Iterator[dict]:
+        """The streaming detect's events, as they arrive."""
+        with (
+            path.open("rb") as f,
+            self.http.stream(
+                "POST",
+                "/api/detect/stream",
+                files={"file": (path.name, f)},
+                params=query(models, frames, threshold),
+            ) as response,
+        ):
+            if not response.is_success:
+                response.read()
+                raise_for_error(response)
+            for text in response.iter_lines():
+                if text.strip():
+                    yield json.loads(text)
+
+    def models(self) -> dict:
+        response = self.http.get("/api/models")
+        raise_for_error(response)
+        return response.json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class DirectClient:
+    """Preprocess here, the ensemble over gRPC: no gateway in between."""
+
+    def __init__(self, triton_url: str, settings: Settings | None = None) -> None:
+        self.settings = (settings or Settings()).model_copy(update={"triton_url": triton_url})
+
+    def detect(
+        self,
+        path: Path,
+        models: str | None = None,
+        frames: int | None = None,
+        threshold: float | None = None,
+    ) -> dict:
+        return asyncio.run(self._detect(path, models, frames, threshold))
+
+    async def _detect(
+        self, path: Path, models: str | None, frames: int | None, threshold: float | None
+    ) -> dict:
+        s = self.settings
+        server = ModelServer(
+            s.triton_url, s.ensemble, s.triton_timeout_s, s.triton_retries, s.max_batch
+        )
+        with ThreadPoolExecutor(s.workers) as executor:
+            extractor = FaceExtractor(load_detector(s.detector_config()), s.crop_config())
+            analyzer = Analyzer(MediaReader(s.media_limits()), extractor, server, executor)
+            options = Options(
+                frames=frames or s.frames,
+                threshold=s.threshold if threshold is None else threshold,
+                models=tuple(m for m in models.split(",") if m) if models else None,
+                filename=path.name,
+                request_id=new_request_id(),
+            )
+            try:
+                sniff(path)
+                answer = await analyzer.analyze(path, options)
+            except MediaError as exc:
+                raise ClientError(exc.status, exc.code, str(exc)) from None
+            except ApiError as exc:
+                raise ClientError(exc.status, exc.code, exc.message) from None
+            finally:
+                await server.close()
+        return answer.model_dump()

@@ -1,0 +1,62 @@
+"""Every error a client sees: an HTTP status and {"error": {"code", "message"}}."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from preprocess.media import MediaError
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("gateway")
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def from_media_error(error: MediaError) -> ApiError:
+    return ApiError(error.status, error.code, str(error))
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Framework errors (404, 405, bad query values) get the same JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(MediaError)
+    async def media_error(request: Request, error: MediaError) -> JSONResponse:
+        return error_response(from_media_error(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return error_response(ApiError(error.status_code, code, str(error.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        return error_response(ApiError(422, "invalid_request", problems))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("request_id=%s unexpected error", getattr(request.state, "request_id", ""))
+        return error_response(ApiError(500, "internal_error", "unexpected error; see the logs"))

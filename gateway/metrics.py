@@ -1,0 +1,22 @@
+"""Prometheus metrics of the gateway, served at /metrics."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "gateway_requests_total", "HTTP requests by route and status", ["route", "method", "status"]
+)
+STAGE_SECONDS = Histogram(
+    "gateway_stage_seconds",
+    "Time per analysis stage",
+    ["stage"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+FACES = Histogram(
+    "gateway_faces_per_request",
+    "Faces scored per analysed upload",
+    buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+VERDICTS = Counter("gateway_verdicts_total", "Verdicts returned", ["verdict"])
+TRITON_ERRORS = Counter("gateway_triton_errors_total", "Failed calls to Triton", ["code"])
+IN_FLIGHT = Gauge("gateway_requests_in_flight", "Uploads being analysed now")
+REJECTED = Counter("gateway_rejected_total", "Requests refused by admission control")

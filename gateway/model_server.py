@@ -1,0 +1,254 @@
+"""The gateway's view of Triton: one gRPC channel, model facts, batched inference.
+
+Everything the gateway knows about the models (members, vote weights,
+provenance, input sizes) is read from Triton's model configs, so a model
+repository exported with other weights needs no gateway change.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+
+from gateway import metrics
+from gateway.errors import ApiError
+
+MAX_MESSAGE_BYTES = 2**31 - 1
+CONFIG_TTL_S = 10.0  # model configs are re-read this often: a reload shows up quickly
+RETRY_AFTER_S = "5"
+PROVENANCE_KEYS = ("file", "sha256", "source", "licence")
+
+Progress = Callable[[int, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    ready: bool
+    input_size: int | None
+    trained: bool
+    weight: float
+    weights: dict[str, str]
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    name: str
+    profile: str
+    members: list[ModelInfo]
+    ready: bool
+    max_batch_size: int
+
+    def member(self, name: str) -> ModelInfo:
+        return next(m for m in self.members if m.name == name)
+
+
+@dataclass
+class _Cache:
+    ensemble: Ensemble | None = None
+    read_at: float = field(default=-1e9)
+
+
+def channel_args(url: str) -> list[tuple[str, int | str]]:
+    args: list[tuple[str, int | str]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # Reconnect quickly after Triton restarts rather than backing off for minutes.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+    if url.startswith("dns:"):
+        # One channel, a subchannel per address of a headless Service: requests
+        # spread over every Triton pod instead of pinning to the first.
+        args.append(("grpc.lb_policy_name", "round_robin"))
+    return args
+
+
+def parameters(config: dict) -> dict[str, str]:
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {name.strip(): float(value) for name, value in pairs}
+
+
+def output_name(member: str) -> str:
+    return f"P_FAKE_{member.upper()}"
+
+
+class ModelServer:
+    def __init__(
+        self, url: str, ensemble: str, timeout_s: float, retries: int, max_batch: int
+    ) -> None:
+        self.url = url
+        self.ensemble_name = ensemble
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.max_batch = max_batch
+        self.client = InferenceServerClient(url, channel_args=channel_args(url))
+        self._cache = _Cache()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- health and model facts ------------------------------------------------
+
+    async def ready(self) -> bool:
+        try:
+            return bool(
+                await self.client.is_server_ready(client_timeout=2)
+                and await self.client.is_model_ready(self.ensemble_name, client_timeout=2)
+            )
+        except InferenceServerException:
+            return False
+
+    async def ensemble(self, fresh: bool = False) -> Ensemble:
+        """The ensemble and its members as Triton describes them (cached briefly)."""
+        if fresh or time.monotonic() - self._cache.read_at > CONFIG_TTL_S:
+            self._cache = _Cache(await self._read_ensemble(), time.monotonic())
+        assert self._cache.ensemble is not None
+        return self._cache.ensemble
+
+    async def _read_ensemble(self) -> Ensemble:
+        config = await self._call(self.client.get_model_config, self.ensemble_name, as_json=True)
+        config = config["config"]
+        steps = [s["model_name"] for s in config["ensemble_scheduling"]["step"]]
+        vote_name = steps[-1]
+        vote = parameters(
+            (await self._call(self.client.get_model_config, vote_name, as_json=True))["config"]
+        )
+        weights = parse_weights(vote.get("vote_weights", ""))
+        members = await asyncio.gather(*(self._member(n, weights) for n in steps[:-1]))
+        return Ensemble(
+            name=self.ensemble_name,
+            profile=parameters(config).get("profile", ""),
+            members=list(members),
+            ready=await self.ready(),
+            max_batch_size=int(config.get("max_batch_size", self.max_batch)),
+        )
+
+    async def _member(self, name: str, weights: dict[str, float]) -> ModelInfo:
+        config = (await self._call(self.client.get_model_config, name, as_json=True))["config"]
+        metadata = await self._call(self.client.get_model_metadata, name, as_json=True)
+        params = parameters(config)
+        try:
+            ready = bool(await self.client.is_model_ready(name, client_timeout=2))
+        except InferenceServerException:
+            ready = False
+        size = params.get("input_size", "")
+        return ModelInfo(
+            name=name,
+            version=(metadata.get("versions") or [""])[-1],
+            ready=ready,
+            input_size=int(size) if size.isdigit() else None,
+            trained=params.get("trained", "false") == "true",
+            weight=weights.get(name, 0.0),
+            weights={k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS},
+            max_batch_size=int(config.get("max_batch_size", self.max_batch)),
+        )
+
+    # -- inference -------------------------------------------------------------
+
+    async def score_with_ensemble(
+        self, faces: np.ndarray, members: list[str], progress: Progress | None = None
+    ) -> dict[str, np.ndarray]:
+        """P(fake) per face from the ensemble: each member's and the vote's ("ensemble")."""
+        outputs = {m: output_name(m) for m in members} | {"ensemble": "P_FAKE"}
+        return await self._batched(self.ensemble_name, faces, outputs, progress)
+
+    async def score_with_members(
+        self, faces: np.ndarray, members: list[str], progress: Progress | None = None
+    ) -> dict[str, np.ndarray]:
+        """P(fake) per face from each named member, called directly, concurrently."""
+        done = [0] * len(members)
+
+        async def one(i: int, name: str) -> dict[str, np.ndarray]:
+            async def member_progress(n: int, total: int) -> None:
+                done[i] = n
+                if progress:
+                    await progress(sum(done), total * len(members))
+
+            return await self._batched(name, faces, {name: "P_FAKE"}, member_progress)
+
+        results = await asyncio.gather(*(one(i, m) for i, m in enumerate(members)))
+        return {k: v for r in results for k, v in r.items()}
+
+    async def _batched(
+        self,
+        model: str,
+        faces: np.ndarray,
+        outputs: dict[str, str],
+        progress: Progress | None,
+    ) -> dict[str, np.ndarray]:
+        """Faces in batches of at most max_batch, all in flight at once, so
+        Triton's dynamic batcher and instances can overlap them."""
+        step = self.max_batch
+        batches = [faces[i : i + step] for i in range(0, len(faces), step)]
+        done = 0
+
+        async def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+            nonlocal done
+            result = await self._infer(model, batch, list(outputs.values()))
+            done += len(batch)
+            if progress:
+                await progress(done, len(faces))
+            return result
+
+        results = await asyncio.gather(*(run(b) for b in batches))
+        return {
+            key: np.concatenate([r[name].reshape(-1) for r in results]).astype(np.float32)
+            for key, name in outputs.items()
+        }
+
+    async def _infer(self, model: str, faces: np.ndarray, outputs: list[str]) -> dict:
+        tensor = InferInput("FACES", list(faces.shape), "UINT8")
+        tensor.set_data_from_numpy(np.ascontiguousarray(faces))
+        requested = [InferRequestedOutput(name) for name in outputs]
+        result = await self._call(
+            self.client.infer, model, [tensor], outputs=requested, client_timeout=self.timeout_s
+        )
+        return {name: result.as_numpy(name) for name in outputs}
+
+    async def _call(self, method: Callable, *args: object, **kwargs: object):
+        """One RPC, retried with backoff while Triton is UNAVAILABLE (restarting,
+        or a pod going away); every failure becomes an ApiError a client understands."""
+        attempt = 0
+        while True:
+            try:
+                return await method(*args, **kwargs)
+            except InferenceServerException as exc:
+                if "UNAVAILABLE" in (exc.status() or "") and attempt < self.retries:
+                    await asyncio.sleep(0.2 * 2**attempt)
+                    attempt += 1
+                    continue
+                error = triton_error(exc)
+                metrics.TRITON_ERRORS.labels(error.code).inc()
+                raise error from None
+
+
+def triton_error(exc: InferenceServerException) -> ApiError:
+    status = exc.status() or ""
+    message = exc.message() or str(exc)
+    if "UNAVAILABLE" in status:
+        return ApiError(
+            503,
+            "triton_unavailable",
+            "the model server is unavailable; retry shortly",
+            {"Retry-After": RETRY_AFTER_S},
+        )
+    if "DEADLINE_EXCEEDED" in status:
+        return ApiError(504, "triton_timeout", "the model server did not answer in time")
+    if "NOT_FOUND" in status or "not ready" in message or "unknown model" in message:
+        return ApiError(
+            503, "model_unavailable", f"model not ready: {message}", {"Retry-After": RETRY_AFTER_S}
+        )
+    return ApiError(502, "triton_error", f"the model server failed: {message}")

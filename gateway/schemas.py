@@ -1,0 +1,114 @@
+"""The API's answers, as pydantic models: the contract clients and the OpenAPI page see."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Provenance(BaseModel):
+    file: str
+    sha256: str
+    source: str
+    licence: str
+
+
+class ModelSummary(BaseModel):
+    name: str
+    version: str
+    ready: bool
+    input_size: int | None = Field(description="native face size of the network, in pixels")
+    trained: bool = Field(description="false: random weights, the score means nothing")
+    weight: float = Field(description="vote weight in the ensemble (0: reported, not voting)")
+    weights: Provenance
+
+
+class ModelsAnswer(BaseModel):
+    ensemble: str
+    profile: str
+    ready: bool
+    models: list[ModelSummary]
+
+
+class ModelScore(ModelSummary):
+    score: float | None = Field(description="P(fake) of the decisive track by this model")
+    voting: bool
+
+
+class Face(BaseModel):
+    track: int
+    box: list[float] = Field(description="x0, y0, x1, y1 in frame pixels")
+    detector_score: float
+    p_fake: float = Field(description="the vote of the models for this face")
+    models: dict[str, float]
+    thumbnail: str | None = Field(None, description="data: URL of a small JPEG of the crop")
+
+
+class FrameResult(BaseModel):
+    index: int
+    timestamp_s: float
+    faces: list[Face]
+
+
+class TrackResult(BaseModel):
+    id: int
+    score: float
+    models: dict[str, float]
+    frames: list[int] = Field(description="frame indices where this person was found")
+
+
+class MediaFacts(BaseModel):
+    kind: Literal["video", "image"]
+    format: str
+    width: int
+    height: int
+    fps: float | None
+    frame_count: int
+    duration_s: float | None
+
+
+class Timings(BaseModel):
+    upload: float = 0.0
+    decode: float = 0.0
+    detect: float = 0.0
+    infer: float = 0.0
+    aggregate: float = 0.0
+    total: float = 0.0
+
+
+class DetectAnswer(BaseModel):
+    request_id: str
+    filename: str
+    verdict: Literal["fake", "real", "no_face"]
+    score: float | None = Field(description="P(fake) of the video; null when no face was found")
+    threshold: float
+    ensemble: str | None = Field(description="the Triton ensemble called, or null for members")
+    models: list[ModelScore]
+    tracks: list[TrackResult]
+    frames: list[FrameResult]
+    media: MediaFacts
+    timings_ms: Timings
+    notes: list[str] = Field(description="what a reader must know, e.g. untrained models")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorDetail
+
+
+class ServiceInfo(BaseModel):
+    service: str
+    version: str
+    status: Literal["ready", "unavailable"]
+    triton_url: str
+    ensemble: str
+    profile: str | None
+    detector: str
+    frames: int
+    threshold: float
+    max_upload_mb: int
+    formats: list[str]
+    endpoints: dict[str, str]

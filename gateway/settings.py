@@ -1,0 +1,70 @@
+"""Every setting of the gateway, from the environment (prefix GATEWAY_) or a .env file."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from preprocess.crop import CropConfig
+from preprocess.faces import DetectorConfig
+from preprocess.media import MediaLimits
+
+MB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+
+    # Triton: "host:port", or "dns:///name:port" to spread requests over every
+    # address the name resolves to (a Kubernetes headless Service).
+    triton_url: str = "127.0.0.1:8001"
+    triton_timeout_s: float = Field(120.0, gt=0, description="deadline of one inference call")
+    triton_retries: int = Field(3, ge=0, description="retries on UNAVAILABLE, with backoff")
+    ensemble: str = "deepfake_ensemble"
+    max_batch: int = Field(32, ge=1, description="faces per Triton request, at most")
+
+    # Uploads and admission.
+    max_upload_mb: int = Field(100, ge=1)
+    tmp_dir: Path | None = None
+    max_in_flight: int = Field(4, ge=1, description="requests analysed at once; 429 beyond")
+    workers: int = Field(2, ge=1, description="threads for decoding and face detection")
+
+    # Analysis.
+    frames: int = Field(32, ge=1, le=300, description="frames sampled per video")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="P(fake) at or above: fake")
+    detector: Literal["scrfd", "yunet"] = "scrfd"
+    detector_score: float | None = Field(None, ge=0.0, le=1.0, description="None: detector's")
+    min_face_px: int = Field(32, ge=1)
+    max_faces: int = Field(8, ge=1, description="faces per frame, largest first")
+    max_width: int = Field(3840, ge=1, description="either orientation")
+    max_height: int = Field(2160, ge=1)
+    max_duration_s: float = Field(600.0, gt=0)
+    max_frame_count: int = Field(36000, ge=1)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * MB
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_width=self.max_width,
+            max_height=self.max_height,
+            max_duration_s=self.max_duration_s,
+            max_frame_count=self.max_frame_count,
+        )
+
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(
+            name=self.detector,
+            score_threshold=self.detector_score,
+            min_face_px=self.min_face_px,
+            max_faces=self.max_faces,
+        )
+
+    def crop_config(self) -> CropConfig:
+        return CropConfig()

@@ -1,0 +1,171 @@
+"""Stream a multipart upload to a temporary file, never reading past the cap.
+
+Starlette's form parser reads the whole body before the endpoint runs, so a
+1 GB upload would be read (and spooled to disk) before it could be refused.
+This feeds the body to python-multipart chunk by chunk instead, writing the
+file part straight to disk and stopping at the first byte over the cap.
+"""
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from gateway.errors import ApiError
+
+FILE_FIELDS = ("file", "video")  # "video" is the seed's field name: its clients keep working
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: Path
+    filename: str
+    content_type: str
+    size: int
+
+
+def too_large(cap: int) -> ApiError:
+    return ApiError(413, "file_too_large", f"the upload is larger than {cap >> 20} MB")
+
+
+def multipart_boundary(content_type: str | None) -> bytes:
+    kind, options = parse_options_header(content_type)
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        raise ApiError(
+            415,
+            "unsupported_content_type",
+            "send the file as multipart/form-data in a field named 'file'",
+        )
+    return options[b"boundary"]
+
+
+def check_declared_length(content_length: str | None, cap: int) -> None:
+    """Refuse at once when the client says the body is too big."""
+    if content_length is None:
+        return
+    try:
+        declared = int(content_length)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
+    if declared > cap + FORM_OVERHEAD:
+        raise too_large(cap)
+
+
+class _FilePart:
+    """The parser's callbacks: keep the first file field, skip the rest."""
+
+    def __init__(self, cap: int, tmp_dir: Path | None) -> None:
+        self.cap = cap
+        self.tmp_dir = tmp_dir
+        self.file: tempfile._TemporaryFileWrapper | None = None
+        self.filename = ""
+        self.content_type = ""
+        self.size = 0
+        self.done = False
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._writing = False
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._field, self._value = {}, b"", b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, disposition = parse_options_header(self._headers.get(b"content-disposition"))
+        name = disposition.get(b"name", b"").decode("latin-1")
+        self._writing = name in FILE_FIELDS and self.file is None and not self.done
+        if self._writing:
+            self.filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+            self.content_type = self._headers.get(b"content-type", b"").decode("latin-1")
+            self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 — closed in receive()
+                dir=self.tmp_dir, prefix="upload-", delete=False
+            )
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._writing or self.file is None:
+            return
+        self.size += end - start
+        if self.size > self.cap:
+            raise too_large(self.cap)
+        self.file.write(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._writing:
+            self._writing, self.done = False, True
+
+
+async def receive_upload(
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    cap: int,
+    tmp_dir: Path | None = None,
+    timeout_s: float = 120.0,
+) -> Upload:
+    """The uploaded file on disk; the caller removes it. Errors leave nothing behind."""
+    check_declared_length(content_length, cap)
+    part = _FilePart(cap, tmp_dir)
+    parser = MultipartParser(multipart_boundary(content_type), part.callbacks())
+    received = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > cap + FORM_OVERHEAD:
+                    raise too_large(cap)
+                parser.write(chunk)
+                if part.done:
+                    break  # the rest is other form fields: not needed
+        if not part.done:
+            parser.finalize()
+    except TimeoutError:
+        _discard(part)
+        raise ApiError(408, "upload_timeout", f"the upload took over {timeout_s:.0f} s") from None
+    except ApiError:
+        _discard(part)
+        raise
+    except Exception as exc:  # python-multipart's parse errors: a malformed body
+        _discard(part)
+        raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {exc}") from None
+    if part.file is None or not part.done:
+        _discard(part)
+        raise ApiError(422, "missing_file", "no file in the form: send it in a field named 'file'")
+    part.file.close()
+    return Upload(Path(part.file.name), safe_filename(part.filename), part.content_type, part.size)
+
+
+def safe_filename(name: str) -> str:
+    """The client's file name for display only: no folders, no control characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in base if c.isprintable())[:200]
+
+
+def _discard(part: _FilePart) -> None:
+    if part.file is not None:
+        part.file.close()
+        Path(part.file.name).unlink(missing_ok=True)

@@ -1,0 +1,89 @@
+"""The verdict rule: the DFDC confident strategy, vote weights, the most fake track."""
+
+import numpy as np
+import pytest
+
+from gateway.aggregate import (
+    Strategy,
+    decisive_track,
+    score_tracks,
+    voting_weights,
+    weighted_mean,
+)
+
+STRATEGY = Strategy()
+
+
+def dfdc_confident_strategy(pred: np.ndarray, t: float = 0.8) -> float:
+    """The DFDC winner's rule exactly as published (for 32 frames), to compare with."""
+    sz = len(pred)
+    fakes = np.count_nonzero(pred > t)
+    if fakes > sz // 2.5 and fakes > 11:
+        return float(np.mean(pred[pred > t]))
+    if np.count_nonzero(pred < 0.2) > 0.9 * sz:
+        return float(np.mean(pred[pred < 0.2]))
+    return float(np.mean(pred))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_with_32_frames_it_is_the_winners_rule(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    fakes = rng.integers(0, 33)
+    scores = np.concatenate([rng.uniform(0.81, 1, fakes), rng.uniform(0, 0.8, 32 - fakes)])
+    if seed % 3 == 0:
+        scores = rng.uniform(0, 0.19, 32)
+        scores[: seed % 4] = 0.6
+    assert STRATEGY(scores) == pytest.approx(dfdc_confident_strategy(scores))
+
+
+def test_confident_fakes_dominate_a_mostly_real_mean() -> None:
+    scores = np.array([0.95] * 14 + [0.3] * 18)
+    assert STRATEGY(scores) == pytest.approx(0.95)
+    assert np.mean(scores) < 0.6
+
+
+def test_a_clearly_real_clip_is_judged_by_its_real_frames() -> None:
+    scores = np.array([0.05] * 30 + [0.7, 0.9])
+    assert STRATEGY(scores) == pytest.approx(0.05)
+
+
+def test_the_count_of_confident_frames_scales_with_fewer_frames() -> None:
+    # 4 of 8 frames confidently fake: the same proportion as 16 of 32, which
+    # the winner's rule calls fake; an unscaled "more than 11" never could.
+    scores = np.array([0.9] * 4 + [0.4] * 4)
+    assert STRATEGY(scores) == pytest.approx(0.9)
+    assert dfdc_confident_strategy(scores) == pytest.approx(0.65)
+    # ...but one confident frame of eight is not enough.
+    assert STRATEGY(np.array([0.9] + [0.4] * 7)) == pytest.approx(np.mean([0.9] + [0.4] * 7))
+
+
+def test_a_single_image_keeps_its_score() -> None:
+    for value in (0.05, 0.5, 0.95):
+        assert STRATEGY(np.array([value])) == pytest.approx(value)
+
+
+def test_untrained_models_do_not_move_the_track_score() -> None:
+    scores = {
+        "meso4": np.array([0.9, 0.9, 0.9]),
+        "xception": np.array([0.0, 0.0, 0.0]),
+    }
+    weights = voting_weights({"meso4": 1.0, "xception": 0.0}, ["meso4", "xception"])
+    assert weights == {"meso4": 1.0, "xception": 0.0}
+    (track,) = score_tracks([[0, 1, 2]], scores, weights, STRATEGY)
+    assert track.score == pytest.approx(0.9)
+    assert track.models == {"meso4": pytest.approx(0.9), "xception": 0.0}
+
+
+def test_weights_are_renormalised_over_the_selected_models() -> None:
+    available = {"meso4": 0.5, "mesoinception4": 0.5, "xception": 0.0}
+    assert voting_weights(available, ["meso4"]) == {"meso4": 1.0}
+    assert voting_weights(available, ["xception"]) is None
+    assert weighted_mean({"a": 0.2, "b": 0.8}, {"a": 0.75, "b": 0.25}) == pytest.approx(0.35)
+
+
+def test_the_most_fake_person_decides() -> None:
+    scores = {"meso4": np.array([0.1, 0.95, 0.1, 0.9])}
+    tracks = score_tracks([[0, 2], [1, 3]], scores, {"meso4": 1.0}, STRATEGY)
+    assert [t.track for t in tracks] == [0, 1]
+    assert decisive_track(tracks).track == 1
+    assert decisive_track(tracks).score == pytest.approx(0.925)

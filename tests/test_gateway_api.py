@@ -1,0 +1,394 @@
+"""The gateway end to end: real HTTP to the real gateway, real Triton, real media."""
+
+import json
+import socket
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from gateway.schemas import DetectAnswer, ModelsAnswer, ServiceInfo
+from tests.conftest import MEDIA, Gateway
+from tests.triton_client import parameters
+
+VIDEOS = sorted((MEDIA / "videos").glob("*/*.mp4"))
+TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
+OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
+TIMEOUT = httpx.Timeout(300.0)
+
+
+def detect(gateway: Gateway, path: Path, **params: object) -> httpx.Response:
+    with path.open("rb") as f:
+        return httpx.post(
+            gateway.url + "/api/detect",
+            files={"file": (path.name, f)},
+            params=params,
+            timeout=TIMEOUT,
+        )
+
+
+def detect_bytes(gateway: Gateway, name: str, data: bytes, field: str = "file") -> httpx.Response:
+    return httpx.post(gateway.url + "/api/detect", files={field: (name, data)}, timeout=TIMEOUT)
+
+
+def assert_clean(gateway: Gateway) -> None:
+    """Nothing left in the upload folder, and the gateway still answers."""
+    assert list(gateway.uploads.iterdir()) == []
+    assert httpx.get(gateway.url + "/healthz").json() == {"status": "alive"}
+
+
+def write_clip(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("clip", VIDEOS, ids=lambda p: f"{p.parent.name}/{p.stem[:30]}")
+def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> None:
+    response = detect(gateway, clip, frames=8)
+    assert response.status_code == 200, response.text
+    answer = DetectAnswer.model_validate(response.json())
+    assert answer.verdict in ("fake", "real")
+    assert answer.score is not None and 0 <= answer.score <= 1
+    assert answer.ensemble == "deepfake_ensemble"
+    assert answer.media.kind == "video" and answer.media.format == "mp4"
+    capture = cv2.VideoCapture(str(clip))
+    assert answer.media.width == int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    assert answer.media.height == int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    capture.release()
+    assert len(answer.frames) == 8
+    with_faces = [f for f in answer.frames if f.faces]
+    assert len(with_faces) >= 6, "a face in (nearly) every sampled frame of these clips"
+    assert {m.name for m in answer.models} == {
+        "meso4",
+        "mesoinception4",
+        "xception",
+        "efficientnet_b7",
+    }
+    assert answer.tracks and max(t.score for t in answer.tracks) == pytest.approx(answer.score)
+    for face in (face for frame in answer.frames for face in frame.faces):
+        x0, y0, x1, y1 = face.box
+        assert 0 <= x0 < x1 <= answer.media.width and 0 <= y0 < y1 <= answer.media.height
+        assert set(face.models) == {m.name for m in answer.models}
+    assert all(answer.timings_ms.model_dump()[k] > 0 for k in ("decode", "detect", "infer"))
+    assert_clean(gateway)
+
+
+def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> None:
+    """Default 32 frames on a real deepfake: per-face p_fake is the ensemble's
+    weighted mean, and untrained models are reported, flagged and not voting."""
+    answer = DetectAnswer.model_validate(
+        detect(gateway, MEDIA / "videos/fake/dfdc_widuwuoiur.mp4").json()
+    )
+    assert len(answer.frames) == 32
+    models = {m.name: m for m in answer.models}
+    assert models["meso4"].trained and models["meso4"].voting
+    assert not models["xception"].trained and models["xception"].weight == 0
+    assert not models["efficientnet_b7"].voting
+    assert any("xception" in n and "random weights" in n for n in answer.notes)
+    for face in (face for frame in answer.frames for face in frame.faces):
+        vote = sum(models[m].weight * s for m, s in face.models.items())
+        assert face.p_fake == pytest.approx(vote, abs=1e-5)
+    decisive = max(answer.tracks, key=lambda t: t.score)
+    assert {m: models[m].score for m in models} == pytest.approx(decisive.models)
+
+
+def test_images_are_one_frame(gateway: Gateway, tmp_path: Path) -> None:
+    image = cv2.imread(str(TWO_PEOPLE))
+    for ext in ("png", "webp"):
+        converted = tmp_path / f"two.{ext}"
+        cv2.imwrite(str(converted), image)
+        response = detect(gateway, converted)
+        assert response.status_code == 200, response.text
+        answer = DetectAnswer.model_validate(response.json())
+        assert answer.media.kind == "image" and answer.media.format == ext
+        assert answer.media.frame_count == 1 and len(answer.frames) == 1
+        assert len(answer.frames[0].faces) == 2
+        assert len(answer.tracks) == 2, "two people, two tracks"
+    answer = DetectAnswer.model_validate(detect(gateway, OBAMA).json())
+    assert answer.media.format == "jpeg" and len(answer.tracks) == 1
+    assert_clean(gateway)
+
+
+def test_two_people_in_a_clip_are_two_tracks(gateway: Gateway, tmp_path: Path) -> None:
+    image = cv2.imread(str(TWO_PEOPLE))
+    frames = [np.roll(image, 2 * i, axis=1) for i in range(12)]
+    answer = DetectAnswer.model_validate(
+        detect(gateway, write_clip(tmp_path / "two.mp4", frames), frames=6).json()
+    )
+    assert len(answer.tracks) == 2
+    assert all(len(t.frames) == 6 for t in answer.tracks)
+    xs = [
+        [f.box[0] for f in frame.faces if f.track == t.id]
+        for t in answer.tracks
+        for frame in answer.frames
+    ]
+    assert all(len(x) == 1 for x in xs), "each track has one face per frame"
+
+
+def test_a_faceless_clip_is_no_face(gateway: Gateway, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (240, 320, 3), dtype=np.uint8) for _ in range(20)]
+    response = detect(gateway, write_clip(tmp_path / "noise.mp4", frames))
+    assert response.status_code == 200
+    answer = DetectAnswer.model_validate(response.json())
+    assert answer.verdict == "no_face" and answer.score is None and answer.tracks == []
+    assert all(m.score is None for m in answer.models)
+    assert_clean(gateway)
+
+
+def test_chosen_models_are_called_directly_with_the_same_scores(gateway: Gateway) -> None:
+    clip = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
+    full = DetectAnswer.model_validate(detect(gateway, clip, frames=4).json())
+    mesos = DetectAnswer.model_validate(
+        detect(gateway, clip, frames=4, models="meso4,mesoinception4").json()
+    )
+    assert mesos.ensemble is None
+    assert [m.name for m in mesos.models] == ["meso4", "mesoinception4"]
+    for a, b in zip(full.frames, mesos.frames, strict=True):
+        for fa, fb in zip(a.faces, b.faces, strict=True):
+            assert fb.models["meso4"] == pytest.approx(fa.models["meso4"], abs=1e-6)
+            assert set(fb.models) == {"meso4", "mesoinception4"}
+    # Both MesoNets carry all the vote in the local repository: same verdict.
+    assert mesos.score == pytest.approx(full.score, abs=1e-5)
+
+
+def test_untrained_or_unknown_models_alone_are_refused(gateway: Gateway) -> None:
+    response = detect(gateway, OBAMA, models="xception")
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "no_voting_model"
+    response = detect(gateway, OBAMA, models="meso4,resnet")
+    assert response.status_code == 422
+    assert "resnet" in response.json()["error"]["message"]
+    # ...but an untrained model beside a trained one is reported, flagged.
+    answer = detect(gateway, OBAMA, models="meso4,xception").json()
+    assert [(m["name"], m["voting"]) for m in answer["models"]] == [
+        ("meso4", True),
+        ("xception", False),
+    ]
+    assert_clean(gateway)
+
+
+def test_thumbnails_are_small_jpegs_on_request(gateway: Gateway) -> None:
+    plain = detect(gateway, OBAMA).json()
+    assert plain["frames"][0]["faces"][0]["thumbnail"] is None
+    face = detect(gateway, OBAMA, thumbnails="true").json()["frames"][0]["faces"][0]
+    assert face["thumbnail"].startswith("data:image/jpeg;base64,")
+
+
+def test_the_streaming_variant_reports_progress_then_the_answer(gateway: Gateway) -> None:
+    clip = MEDIA / "videos/fake/cvprw2019_demo_fake.mp4"
+    with (
+        clip.open("rb") as f,
+        httpx.stream(
+            "POST",
+            gateway.url + "/api/detect/stream",
+            files={"file": (clip.name, f)},
+            params={"frames": 8},
+            timeout=TIMEOUT,
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        events = [json.loads(line) for line in response.iter_lines() if line]
+    names = [e["event"] for e in events]
+    assert names[:3] == ["accepted", "decoded", "faces"]
+    assert names[-1] == "result" and set(names[3:-1]) == {"inference"}
+    progress = [e["done"] for e in events if e["event"] == "inference"]
+    assert progress == sorted(progress) and progress[0] == 0
+    assert progress[-1] == events[2]["faces"] > 0
+    answer = DetectAnswer.model_validate(events[-1]["result"])
+    assert answer.media.frame_count == events[1]["media"]["frame_count"] == 134
+    assert_clean(gateway)
+
+
+def test_a_stream_that_fails_after_it_began_ends_with_an_error_event(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    clip = (MEDIA / "videos/real/cvprw2019_demo.mp4").read_bytes()
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(clip[:4096])
+    with truncated.open("rb") as f:
+        response = httpx.post(
+            gateway.url + "/api/detect/stream", files={"file": ("cut.mp4", f)}, timeout=TIMEOUT
+        )
+    assert response.status_code == 200
+    events = [json.loads(line) for line in response.text.splitlines()]
+    assert events[0]["event"] == "accepted"
+    assert events[-1] == {
+        "event": "error",
+        "status": 422,
+        "error": events[-1]["error"],
+    }
+    assert events[-1]["error"]["code"] == "undecodable_media"
+    assert_clean(gateway)
+
+
+BAD_FILES = {
+    "empty.mp4": (b"", 415, "unsupported_media"),
+    "random.mp4": (
+        bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8)),
+        415,
+        "unsupported_media",
+    ),
+    "notes.mp4": (b"this is not a video\n" * 100, 415, "unsupported_media"),
+    "anim.gif": (b"GIF89a" + b"\0" * 200, 415, "unsupported_media"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_files_get_a_json_4xx(gateway: Gateway, name: str) -> None:
+    data, status, code = BAD_FILES[name]
+    response = detect_bytes(gateway, name, data)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+    assert_clean(gateway)
+
+
+def test_a_truncated_video_is_undecodable(gateway: Gateway) -> None:
+    clip = (MEDIA / "videos/real/cvprw2019_demo.mp4").read_bytes()
+    response = detect_bytes(gateway, "cut.mp4", clip[:4096])
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "undecodable_media"
+    assert_clean(gateway)
+
+
+def test_an_image_named_like_a_video_is_analysed_as_an_image(gateway: Gateway) -> None:
+    response = detect_bytes(gateway, "clip.mkv", OBAMA.read_bytes())
+    assert response.status_code == 200
+    assert response.json()["media"]["format"] == "jpeg"
+
+
+def test_the_seeds_field_name_video_is_accepted(gateway: Gateway) -> None:
+    response = detect_bytes(gateway, "obama.jpg", OBAMA.read_bytes(), field="video")
+    assert response.status_code == 200
+    assert response.json()["verdict"] in ("real", "fake")
+
+
+def test_an_upload_over_the_cap_is_refused(gateway: Gateway) -> None:
+    big = b"\0" * (101 << 20)
+    response = detect_bytes(gateway, "big.mp4", big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "file_too_large"
+    assert_clean(gateway)
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading(gateway: Gateway) -> None:
+    """The client says 200 MB and sends 5 bytes: only the declared length can
+    refuse it, and the answer must come without waiting for the rest."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/detect HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {200 << 20}\r\n\r\n--x\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head.encode())
+        reply = ""
+        while "}}" not in reply and (chunk := conn.recv(65536)):
+            reply += chunk.decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert '"file_too_large"' in reply
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"data": {"name": "x"}}, 415, "unsupported_content_type"),
+        ({"files": {"other": ("a.jpg", b"1234")}}, 422, "missing_file"),
+        (
+            {"content": b"raw bytes", "headers": {"content-type": "video/mp4"}},
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            {
+                "content": b"--b\r\nbroken",
+                "headers": {"content-type": "multipart/form-data; boundary=b"},
+            },
+            422,
+            "missing_file",
+        ),
+    ],
+)
+def test_malformed_requests(gateway: Gateway, kwargs: dict, status: int, code: str) -> None:
+    response = httpx.post(gateway.url + "/api/detect", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert_clean(gateway)
+
+
+@pytest.mark.parametrize("query", ["frames=0", "frames=x", "threshold=2", "frames=1000"])
+def test_bad_options_are_422(gateway: Gateway, query: str) -> None:
+    response = httpx.post(
+        f"{gateway.url}/api/detect?{query}", files={"file": ("o.jpg", OBAMA.read_bytes())}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_unknown_routes_are_json(gateway: Gateway) -> None:
+    response = httpx.get(gateway.url + "/nope")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    response = httpx.get(gateway.url + "/api/detect")
+    assert response.status_code == 405
+
+
+def test_the_threshold_option_decides_the_verdict(gateway: Gateway) -> None:
+    low = detect(gateway, OBAMA, threshold=0.0).json()
+    high = detect(gateway, OBAMA, threshold=1.0).json()
+    assert low["score"] == pytest.approx(high["score"])
+    assert (low["verdict"], high["verdict"]) == ("fake", "real") or high["score"] == 1.0
+
+
+def test_models_come_from_triton(gateway: Gateway, triton) -> None:
+    answer = ModelsAnswer.model_validate(httpx.get(gateway.url + "/api/models").json())
+    assert answer.ensemble == "deepfake_ensemble" and answer.profile == "full"
+    assert answer.ready
+    for model in answer.models:
+        params = parameters(triton.grpc_url, model.name)
+        assert model.trained == (params["trained"] == "true")
+        assert model.weights.sha256 == params["weights_sha256"]
+        assert model.input_size == int(params["input_size"])
+        assert model.ready and model.version == "1"
+    vote = parameters(triton.grpc_url, "deepfake_vote")["vote_weights"]
+    assert ",".join(f"{m.name}={m.weight:g}" for m in answer.models) == vote
+
+
+def test_service_information_and_health(gateway: Gateway) -> None:
+    info = ServiceInfo.model_validate(httpx.get(gateway.url + "/api").json())
+    assert info.status == "ready" and info.profile == "full" and info.max_upload_mb == 100
+    assert httpx.get(gateway.url + "/readyz").json() == {"status": "ready"}
+    assert httpx.get(gateway.url + "/docs").status_code == 200
+    spec = httpx.get(gateway.url + "/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/api/detect"]["post"]["requestBody"]["content"]
+
+
+def test_request_ids_are_returned(gateway: Gateway) -> None:
+    response = detect(gateway, OBAMA)
+    assert response.headers["x-request-id"] == response.json()["request_id"]
+    mine = httpx.get(gateway.url + "/healthz", headers={"x-request-id": "abc123"})
+    assert mine.headers["x-request-id"] == "abc123"
+
+
+def test_metrics_count_requests_stages_and_faces(gateway: Gateway) -> None:
+    detect_bytes(gateway, "empty.mp4", b"")
+    detect(gateway, OBAMA)
+    text = httpx.get(gateway.url + "/metrics").text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['gateway_requests_total{method="POST",route="/api/detect",status="415"}'] >= 1
+    assert samples['gateway_requests_total{method="POST",route="/api/detect",status="200"}'] >= 1
+    for stage in ("decode", "detect", "infer", "total"):
+        assert samples[f'gateway_stage_seconds_count{{stage="{stage}"}}'] >= 1
+    assert samples["gateway_faces_per_request_sum"] >= 1
+    assert "gateway_triton_errors_total" in text

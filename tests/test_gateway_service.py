@@ -1,0 +1,158 @@
+"""The gateway as a service: Triton down, admission control, the CLI, `make run`."""
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_repository.local_triton import TritonSettings
+from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
+
+OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
+CLIP = MEDIA / "videos/fake/cvprw2019_demo_fake.mp4"
+
+
+def test_without_triton_the_gateway_is_alive_not_ready_and_says_503(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    with start_gateway(nowhere, tmp_path) as gateway:
+        assert httpx.get(gateway.url + "/healthz").status_code == 200
+        ready = httpx.get(gateway.url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
+        response = httpx.post(
+            gateway.url + "/api/detect", files={"file": ("o.jpg", OBAMA.read_bytes())}, timeout=60
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "triton_unavailable"
+        assert int(response.headers["retry-after"]) > 0
+        assert httpx.get(gateway.url + "/api").json()["status"] == "unavailable"
+        assert list(gateway.uploads.iterdir()) == []
+        metrics = httpx.get(gateway.url + "/metrics").text
+        assert 'gateway_triton_errors_total{code="triton_unavailable"}' in metrics
+
+
+async def trickle(url: str, seconds: float) -> int:
+    """An upload that sends its body slowly: it holds its admission slot meanwhile."""
+
+    async def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        for _ in range(int(seconds / 0.1)):
+            await asyncio.sleep(0.1)
+            yield b"\xff"
+        yield b"\r\n--b--\r\n"
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(
+            url + "/api/detect",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        return response.status_code
+
+
+async def while_busy(url: str) -> tuple[int, httpx.Response]:
+    slow = asyncio.create_task(trickle(url, 3.0))
+    await asyncio.sleep(1.0)
+    async with httpx.AsyncClient(timeout=60) as client:
+        refused = await client.post(url + "/api/detect", files={"file": ("o.jpg", b"x")})
+    return await slow, refused
+
+
+def test_beyond_max_in_flight_requests_get_429(triton: TritonSettings, tmp_path: Path) -> None:
+    with start_gateway(triton.grpc_url, tmp_path, max_in_flight=1) as gateway:
+        slow_status, refused = asyncio.run(while_busy(gateway.url))
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert "retry-after" in refused.headers
+        assert slow_status == 415, "the slow upload itself was answered (a 1-byte 'image')"
+        ok = httpx.post(
+            gateway.url + "/api/detect", files={"file": ("o.jpg", OBAMA.read_bytes())}, timeout=120
+        )
+        assert ok.status_code == 200, "the slot is free again"
+        assert list(gateway.uploads.iterdir()) == []
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_cli_through_the_gateway_and_straight_to_triton_agree(
+    gateway: Gateway, triton: TritonSettings
+) -> None:
+    via_gateway = cli("detect", str(CLIP), "--url", gateway.url, "--frames", "8")
+    assert via_gateway.returncode == 0, via_gateway.stderr
+    assert "P(fake)" in via_gateway.stdout and "efficientnet_b7" in via_gateway.stdout
+    assert "NO (random weights, not voting)" in via_gateway.stdout
+    as_json = cli("detect", str(CLIP), "--url", gateway.url, "--frames", "8", "--json")
+    direct = cli("detect", str(CLIP), "--triton", triton.grpc_url, "--frames", "8", "--json")
+    assert direct.returncode == 0, direct.stderr
+    a, b = json.loads(as_json.stdout), json.loads(direct.stdout)
+    assert a["verdict"] == b["verdict"]
+    assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+    assert [len(f["faces"]) for f in a["frames"]] == [len(f["faces"]) for f in b["frames"]]
+
+
+def test_the_cli_reports_errors_plainly(gateway: Gateway, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"nothing")
+    result = cli("detect", str(bad), "--url", gateway.url)
+    assert result.returncode == 1 and "unsupported_media" in result.stderr
+    result = cli("detect", str(tmp_path / "missing.mp4"), "--url", gateway.url)
+    assert result.returncode == 2 and "no such file" in result.stderr
+    result = cli("detect", str(CLIP), "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1 and "cannot reach" in result.stderr
+
+
+def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
+    exported: Path, tmp_path: Path
+) -> None:
+    port, grpc = free_port(), free_port()
+    args = [
+        "--profile",
+        "lite",
+        "--port",
+        str(port),
+        "--triton-grpc-port",
+        str(grpc),
+        "--triton-http-port",
+        str(free_port()),
+        "--triton-metrics-port",
+        str(free_port()),
+    ]
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.local", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz", process, log, timeout=300)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/api/detect",
+            files={"file": ("o.jpg", OBAMA.read_bytes())},
+            timeout=120,
+        )
+        assert response.status_code == 200
+        assert [m["name"] for m in response.json()["models"]] == ["meso4", "mesoinception4"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert "Ctrl-C stops both" in text
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    assert subprocess.run(["pgrep", "-f", f"grpc-port={grpc}"], capture_output=True).returncode
