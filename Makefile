@@ -23,7 +23,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup export triton run eval test lint clean
+.PHONY: help setup export triton run eval k8s test lint clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -32,18 +32,20 @@ help:
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
+	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make lint     ruff"
 
 setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed
 
-# The development environment: export, gateway, preprocess, tests. insightface
+# The development environment: export, gateway, preprocess, deploy checks, tests. insightface
 # is installed without its dependencies, which are listed with the headless
 # OpenCV in preprocess/requirements.txt (it would pull the GUI opencv-python).
 $(VENV)/.installed: export/requirements.txt preprocess/requirements.txt \
-		preprocess/requirements-nodeps.txt gateway/requirements.txt tests/requirements.txt
+		preprocess/requirements-nodeps.txt gateway/requirements.txt deploy/requirements.txt \
+		tests/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r export/requirements.txt -r preprocess/requirements.txt \
-		-r gateway/requirements.txt -r tests/requirements.txt
+		-r gateway/requirements.txt -r deploy/requirements.txt -r tests/requirements.txt
 	$(PY) -m pip install -q --no-deps -r preprocess/requirements-nodeps.txt
 	touch $@
 
@@ -76,6 +78,12 @@ run: $(TRITON_VENV)/.installed export
 
 eval: $(VENV)/.installed
 	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
+
+# Render every deploy/k8s overlay, validate each object against the Kubernetes
+# schemas (strict, offline), hadolint the Dockerfiles, test the invariants.
+k8s: $(VENV)/.installed
+	$(PY) -m deploy.validate --out .build/k8s
+	$(PY) -m pytest -q tests/test_deploy.py tests/test_deploy_invariants.py
 
 test: setup
 	$(PY) -m export --profile lite $(EXPORT_FLAGS)

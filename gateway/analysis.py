@@ -20,7 +20,8 @@ import numpy as np
 from gateway import metrics, schemas
 from gateway.aggregate import Strategy, decisive_track, score_tracks, voting_weights
 from gateway.errors import ApiError
-from gateway.model_server import Ensemble, ModelServer
+from gateway.model_server import Ensemble, ModelInfo, ModelServer
+from preprocess.faces import Face
 from preprocess.media import Media, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
 from preprocess.tracks import Track, link_tracks
@@ -61,6 +62,15 @@ async def _silent(event: dict) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The models one request is judged by, and their normalised vote weights."""
+
+    ensemble: Ensemble
+    members: list[str]
+    weights: dict[str, float]
+
+
 class Analyzer:
     def __init__(
         self,
@@ -81,20 +91,14 @@ class Analyzer:
     ) -> schemas.DetectAnswer:
         emit = emit or _silent
         clock = Clock.started()
-        ensemble = await self.server.ensemble()
-        members, weights = select_models(ensemble, options.models)
+        selection = select_models(await self.server.ensemble(), options.models)
         loop = asyncio.get_running_loop()
 
         t = time.perf_counter()
         media = await loop.run_in_executor(self.executor, self.reader.read, path, options.frames)
         t = clock.stage("decode", t)
-        await emit(
-            {
-                "event": "decoded",
-                "media": media_facts(media).model_dump(),
-                "frames": len(media.frames),
-            }
-        )
+        facts = media_facts(media).model_dump()
+        await emit({"event": "decoded", "media": facts, "frames": len(media.frames)})
 
         found = await asyncio.gather(
             *(
@@ -104,136 +108,109 @@ class Analyzer:
         )
         tracks = link_tracks([f.faces for f in found])
         t = clock.stage("detect", t)
-        faces = [(p, i) for p, frame in enumerate(found) for i in range(len(frame.faces))]
-        metrics.FACES.observe(len(faces))
-        await emit({"event": "faces", "faces": len(faces), "tracks": len(tracks)})
-        if not faces:
+        report = Report(selection, options, media, found)
+        metrics.FACES.observe(len(report.faces))
+        await emit({"event": "faces", "faces": len(report.faces), "tracks": len(tracks)})
+        if not report.faces:
             clock.stage("total", clock.start)
-            return self.no_face(media, found, options, ensemble, members, weights, clock)
+            return report.faceless(clock)
 
-        crops = np.stack([found[p].crops[i] for p, i in faces])
+        crops = np.stack([found[p].crops[i] for p, i in report.faces])
 
         async def progress(done: int, total: int) -> None:
             await emit({"event": "inference", "done": done, "total": total})
 
         await emit({"event": "inference", "done": 0, "total": len(crops)})
-        if options.models is None:
-            scores = await self.server.score_with_ensemble(crops, members, progress)
-        else:
-            scores = await self.server.score_with_members(crops, members, progress)
+        score = (
+            self.server.score_with_ensemble
+            if options.models is None
+            else (self.server.score_with_members)
+        )
+        scores = await score(crops, selection.members, progress)
         t = clock.stage("infer", t)
 
-        answer = self.build(
-            media, found, tracks, faces, crops, scores, options, ensemble, members, weights, clock
-        )
+        answer = report.scored(tracks, crops, scores, self.strategy, clock)
         clock.stage("aggregate", t)
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
 
-    def build(
+
+@dataclass(frozen=True)
+class Report:
+    """Turns one request's faces and scores into the API's answer."""
+
+    selection: Selection
+    options: Options
+    media: Media
+    found: Sequence[FrameFaces]
+
+    @property
+    def faces(self) -> list[tuple[int, int]]:
+        """(frame position, face index) of every face, in batch order."""
+        return [(p, i) for p, frame in enumerate(self.found) for i in range(len(frame.faces))]
+
+    def faceless(self, clock: Clock) -> schemas.DetectAnswer:
+        frames = [
+            schemas.FrameResult(index=f.index, timestamp_s=f.timestamp_s, faces=[])
+            for f in self.found
+        ]
+        return self.answer(clock, "no_face", None, {}, [], frames)
+
+    def scored(
         self,
-        media: Media,
-        found: Sequence[FrameFaces],
         tracks: Sequence[Track],
-        faces: list[tuple[int, int]],
         crops: np.ndarray,
         scores: dict[str, np.ndarray],
-        options: Options,
-        ensemble: Ensemble,
-        members: list[str],
-        weights: dict[str, float],
+        strategy: Strategy,
         clock: Clock,
     ) -> schemas.DetectAnswer:
-        position = {face: n for n, face in enumerate(faces)}
-        track_faces = [[position[(p, i)] for p, i in track_members(t)] for t in tracks]
+        members, weights = self.selection.members, self.selection.weights
+        position = {face: n for n, face in enumerate(self.faces)}
+        track_faces = [[position[link] for link in t.links] for t in tracks]
         track_of = {n: tid for tid, ns in enumerate(track_faces) for n in ns}
         model_scores = {m: scores[m] for m in members}
-        per_track = score_tracks(track_faces, model_scores, weights, self.strategy)
+        per_track = score_tracks(track_faces, model_scores, weights, strategy)
         decisive = decisive_track(per_track)
         face_vote = scores.get("ensemble")
         if face_vote is None:
             face_vote = sum(weights[m] * model_scores[m] for m in members)
-        score = decisive.score
-        frames = []
-        for p, frame in enumerate(found):
-            frame_faces = []
-            for i, face in enumerate(frame.faces):
-                n = position[(p, i)]
-                frame_faces.append(
-                    schemas.Face(
-                        track=track_of[n],
-                        box=[round(float(v), 1) for v in face.box],
-                        detector_score=round(float(face.score), 4),
-                        p_fake=float(face_vote[n]),
-                        models={m: float(model_scores[m][n]) for m in members},
-                        thumbnail=thumbnail(crops[n]) if options.thumbnails else None,
-                    )
-                )
-            frames.append(
-                schemas.FrameResult(
-                    index=frame.index, timestamp_s=frame.timestamp_s, faces=frame_faces
-                )
-            )
-        frame_index = [f.index for f in found]
-        return self.answer(
-            options,
-            ensemble,
-            members,
-            weights,
-            media,
-            clock,
-            verdict="fake" if score >= options.threshold else "real",
-            score=score,
-            model_scores=decisive.models,
-            tracks=[
-                schemas.TrackResult(
-                    id=t.track,
-                    score=t.score,
-                    models=t.models,
-                    frames=sorted({frame_index[faces[n][0]] for n in t.faces}),
-                )
-                for t in per_track
-            ],
-            frames=frames,
-        )
 
-    def no_face(
-        self,
-        media: Media,
-        found: Sequence[FrameFaces],
-        options: Options,
-        ensemble: Ensemble,
-        members: list[str],
-        weights: dict[str, float],
-        clock: Clock,
-    ) -> schemas.DetectAnswer:
+        def face(p: int, i: int, found: Face) -> schemas.Face:
+            n = position[(p, i)]
+            return schemas.Face(
+                track=track_of[n],
+                box=[round(float(v), 1) for v in found.box],
+                detector_score=round(float(found.score), 4),
+                p_fake=float(face_vote[n]),
+                models={m: float(model_scores[m][n]) for m in members},
+                thumbnail=thumbnail(crops[n]) if self.options.thumbnails else None,
+            )
+
         frames = [
-            schemas.FrameResult(index=f.index, timestamp_s=f.timestamp_s, faces=[]) for f in found
+            schemas.FrameResult(
+                index=frame.index,
+                timestamp_s=frame.timestamp_s,
+                faces=[face(p, i, f) for i, f in enumerate(frame.faces)],
+            )
+            for p, frame in enumerate(self.found)
         ]
-        return self.answer(
-            options,
-            ensemble,
-            members,
-            weights,
-            media,
-            clock,
-            verdict="no_face",
-            score=None,
-            model_scores={},
-            tracks=[],
-            frames=frames,
-        )
+        index = [self.found[p].index for p, _ in self.faces]
+        results = [
+            schemas.TrackResult(
+                id=t.track,
+                score=t.score,
+                models=t.models,
+                frames=sorted({index[n] for n in t.faces}),
+            )
+            for t in per_track
+        ]
+        verdict = "fake" if decisive.score >= self.options.threshold else "real"
+        return self.answer(clock, verdict, decisive.score, decisive.models, results, frames)
 
     def answer(
         self,
-        options: Options,
-        ensemble: Ensemble,
-        members: list[str],
-        weights: dict[str, float],
-        media: Media,
         clock: Clock,
-        *,
         verdict: str,
         score: float | None,
         model_scores: dict[str, float],
@@ -241,41 +218,45 @@ class Analyzer:
         frames: list[schemas.FrameResult],
     ) -> schemas.DetectAnswer:
         metrics.VERDICTS.labels(verdict).inc()
-        models = []
-        for name in members:
-            info = ensemble.member(name)
-            models.append(
-                schemas.ModelScore(
-                    name=info.name,
-                    version=info.version,
-                    ready=info.ready,
-                    input_size=info.input_size,
-                    trained=info.trained,
-                    weight=weights[name],
-                    weights=schemas.Provenance(**info.weights),
-                    score=model_scores.get(name),
-                    voting=weights[name] > 0,
-                )
+        ensemble, weights = self.selection.ensemble, self.selection.weights
+        models = [
+            schemas.ModelScore(
+                # the weight this request used: renormalised over the models called
+                **model_summary(ensemble.member(name)).model_dump() | {"weight": weights[name]},
+                score=model_scores.get(name),
+                voting=weights[name] > 0,
             )
+            for name in self.selection.members
+        ]
         return schemas.DetectAnswer(
-            request_id=options.request_id,
-            filename=options.filename,
+            request_id=self.options.request_id,
+            filename=self.options.filename,
             verdict=verdict,  # type: ignore[arg-type]
             score=score,
-            threshold=options.threshold,
-            ensemble=ensemble.name if options.models is None else None,
+            threshold=self.options.threshold,
+            ensemble=ensemble.name if self.options.models is None else None,
             models=models,
             tracks=tracks,
             frames=frames,
-            media=media_facts(media),
+            media=media_facts(self.media),
             timings_ms=schemas.Timings(**clock.timings),
-            notes=notes(ensemble, members, weights),
+            notes=notes(self.selection),
         )
 
 
-def select_models(
-    ensemble: Ensemble, requested: Sequence[str] | None
-) -> tuple[list[str], dict[str, float]]:
+def model_summary(info: ModelInfo) -> schemas.ModelSummary:
+    return schemas.ModelSummary(
+        name=info.name,
+        version=info.version,
+        ready=info.ready,
+        input_size=info.input_size,
+        trained=info.trained,
+        weight=info.weight,
+        weights=schemas.Provenance(**info.weights),
+    )
+
+
+def select_models(ensemble: Ensemble, requested: Sequence[str] | None) -> Selection:
     """The models to call and their normalised vote weights."""
     available = [m.name for m in ensemble.members]
     members = available if requested is None else list(dict.fromkeys(requested))
@@ -296,10 +277,11 @@ def select_models(
             "make a verdict; add a trained model such as "
             f"{[m.name for m in ensemble.members if m.weight > 0]}",
         )
-    return members, weights
+    return Selection(ensemble, members, weights)
 
 
-def notes(ensemble: Ensemble, members: list[str], weights: dict[str, float]) -> list[str]:
+def notes(selection: Selection) -> list[str]:
+    ensemble, members, weights = selection.ensemble, selection.members, selection.weights
     result = []
     untrained = [m for m in members if not ensemble.member(m).trained]
     if untrained:
@@ -324,11 +306,6 @@ def media_facts(media: Media) -> schemas.MediaFacts:
         frame_count=info.frame_count,
         duration_s=info.duration_s,
     )
-
-
-def track_members(track: Track) -> list[tuple[int, int]]:
-    """(frame position, face index) pairs of a track."""
-    return list(track.links)
 
 
 def thumbnail(crop: np.ndarray) -> str:

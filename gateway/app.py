@@ -10,22 +10,23 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from preprocess.faces import load_detector
-from preprocess.media import MediaError, MediaReader, sniff
-from preprocess.pipeline import FaceExtractor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics, schemas
-from gateway.analysis import Analyzer, Options, new_request_id
+from gateway.analysis import Analyzer, Options, model_summary, new_request_id
 from gateway.errors import ApiError, from_media_error, install_handlers
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
 from gateway.uploads import Upload, receive_upload
+from preprocess.faces import load_detector
+from preprocess.media import MediaError, MediaReader, sniff
+from preprocess.pipeline import FaceExtractor
 
 VERSION = "0.3.0"
 FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp"]
@@ -147,6 +148,16 @@ def add_request_middleware(app: FastAPI) -> None:
         return response
 
 
+@dataclass
+class DetectQuery:
+    """The detect routes' query options (FastAPI reads them from the fields)."""
+
+    models: Annotated[str | None, Query(description="comma-separated, e.g. meso4,xception")] = None
+    frames: Annotated[int | None, Query(ge=1, le=300, description="frames to sample")] = None
+    threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
+    thumbnails: Annotated[bool, Query(description="a small JPEG of each face")] = False
+
+
 def parse_models(models: str | None) -> tuple[str, ...] | None:
     if models is None or not models.strip():
         return None
@@ -161,6 +172,7 @@ async def accept_upload(request: Request, settings: Settings) -> Upload:
         request.headers.get("content-length"),
         settings.max_upload_bytes,
         settings.tmp_dir,
+        settings.upload_timeout_s,
     )
     try:
         await asyncio.get_running_loop().run_in_executor(None, sniff, upload.path)
@@ -171,19 +183,12 @@ async def accept_upload(request: Request, settings: Settings) -> Upload:
 
 
 def add_routes(app: FastAPI, settings: Settings) -> None:
-    def options(
-        request: Request,
-        upload: Upload,
-        models: str | None,
-        frames: int | None,
-        threshold: float | None,
-        thumbnails: bool,
-    ) -> Options:
+    def options(request: Request, upload: Upload, query: DetectQuery) -> Options:
         return Options(
-            frames=frames or settings.frames,
-            threshold=settings.threshold if threshold is None else threshold,
-            models=parse_models(models),
-            thumbnails=thumbnails,
+            frames=query.frames or settings.frames,
+            threshold=settings.threshold if query.threshold is None else query.threshold,
+            models=parse_models(query.models),
+            thumbnails=query.thumbnails,
             filename=upload.filename,
             request_id=request.state.request_id,
         )
@@ -226,18 +231,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             ensemble=ensemble.name,
             profile=ensemble.profile,
             ready=ensemble.ready,
-            models=[
-                schemas.ModelSummary(
-                    name=m.name,
-                    version=m.version,
-                    ready=m.ready,
-                    input_size=m.input_size,
-                    trained=m.trained,
-                    weight=m.weight,
-                    weights=schemas.Provenance(**m.weights),
-                )
-                for m in ensemble.members
-            ],
+            models=[model_summary(m) for m in ensemble.members],
         )
 
     @app.post(
@@ -248,10 +242,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     )
     async def detect(
         request: Request,
-        models: Annotated[str | None, Query(description="e.g. meso4,xception")] = None,
-        frames: Annotated[int | None, Query(ge=1, le=300)] = None,
-        threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-        thumbnails: bool = False,
+        query: Annotated[DetectQuery, Depends()],
     ) -> schemas.DetectAnswer:
         admission: Admission = request.app.state.admission
         admission.enter()
@@ -261,7 +252,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             upload = await accept_upload(request, settings)
             received = (time.perf_counter() - start) * 1000
             answer = await request.app.state.analyzer.analyze(
-                upload.path, options(request, upload, models, frames, threshold, thumbnails)
+                upload.path, options(request, upload, query)
             )
             answer.timings_ms.upload = round(received, 1)
             return answer
@@ -280,10 +271,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     )
     async def detect_stream(
         request: Request,
-        models: Annotated[str | None, Query(description="e.g. meso4,xception")] = None,
-        frames: Annotated[int | None, Query(ge=1, le=300)] = None,
-        threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-        thumbnails: bool = False,
+        query: Annotated[DetectQuery, Depends()],
     ) -> StreamingResponse:
         admission: Admission = request.app.state.admission
         admission.enter()
@@ -292,7 +280,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         except BaseException:
             admission.leave()
             raise
-        opts = options(request, upload, models, frames, threshold, thumbnails)
+        opts = options(request, upload, query)
         events = stream_analysis(request.app.state.analyzer, upload, opts, admission)
         return StreamingResponse(events, media_type="application/x-ndjson")
 

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     # Uploads and admission.
     max_upload_mb: int = Field(100, ge=1)
     tmp_dir: Path | None = None
+    upload_timeout_s: float = Field(120.0, gt=0, description="a slower upload gets 408")
     max_in_flight: int = Field(4, ge=1, description="requests analysed at once; 429 beyond")
     workers: int = Field(2, ge=1, description="threads for decoding and face detection")
 

@@ -156,3 +156,11 @@ def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     assert subprocess.run(["pgrep", "-f", f"grpc-port={grpc}"], capture_output=True).returncode
+
+
+def test_a_stalled_upload_times_out_with_408(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    with start_gateway(nowhere, tmp_path, upload_timeout_s=1) as gateway:
+        assert asyncio.run(trickle(gateway.url, 4.0)) == 408
+        assert list(gateway.uploads.iterdir()) == []
+        assert httpx.get(gateway.url + "/healthz").status_code == 200

@@ -1,0 +1,1 @@
+"""Kubernetes manifests, container images and their offline validation (deploy/README.md)."""

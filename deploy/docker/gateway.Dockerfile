@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1.7
+# The HTTP gateway (python -m gateway), with the YuNet face detector baked in.
+# Build from the repository root:
+#   docker build -f deploy/docker/gateway.Dockerfile -t REGISTRY/deepfake/gateway:TAG .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+# A numeric, non-root user (the Deployment runs as 10001 too); HOME is /tmp,
+# the writable emptyDir under a read-only root filesystem.
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin gateway
+
+WORKDIR /app
+
+# The gateway's and preprocess/'s dependencies only, wheels only (no compiler
+# here). insightface goes in with --no-deps: its own dependencies are in
+# preprocess/requirements.txt with the headless OpenCV instead of opencv-python.
+COPY preprocess/requirements.txt preprocess/requirements-nodeps.txt preprocess/
+COPY gateway/requirements.txt gateway/
+RUN pip install --no-cache-dir --only-binary=:all: \
+       -r preprocess/requirements.txt -r gateway/requirements.txt \
+    && pip install --no-cache-dir --only-binary=:all: --no-deps \
+       -r preprocess/requirements-nodeps.txt \
+    && python -c "import cv2, insightface, onnxruntime, tritonclient.grpc"
+
+# YuNet (MIT licence), checked against its sha256; SCRFD is non-commercial and
+# never goes into an image.
+ADD --checksum=sha256:8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4 \
+    --chmod=0444 \
+    https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx \
+    /opt/assets/face/yunet/face_detection_yunet_2023mar.onnx
+COPY --chmod=0444 deploy/docker/licenses/yunet.LICENSE /opt/assets/face/yunet/LICENSE
+
+# The code: the gateway, preprocess/, and export/'s asset resolver.
+COPY export/__init__.py export/assets.py export/assets.toml export/
+COPY preprocess/ preprocess/
+COPY gateway/ gateway/
+
+ENV GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=8080 \
+    GATEWAY_DETECTOR=yunet \
+    GATEWAY_TMP_DIR=/tmp \
+    DEEPFAKE_ASSETS=/opt/assets \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache
+
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "gateway"]

