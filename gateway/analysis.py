@@ -245,15 +245,7 @@ class Report:
 
 
 def model_summary(info: ModelInfo) -> schemas.ModelSummary:
-    return schemas.ModelSummary(
-        name=info.name,
-        version=info.version,
-        ready=info.ready,
-        input_size=info.input_size,
-        trained=info.trained,
-        weight=info.weight,
-        weights=schemas.Provenance(**info.weights),
-    )
+    return schemas.ModelSummary.model_validate(info, from_attributes=True)
 
 
 def select_models(ensemble: Ensemble, requested: Sequence[str] | None) -> Selection:
@@ -296,16 +288,7 @@ def notes(selection: Selection) -> list[str]:
 
 
 def media_facts(media: Media) -> schemas.MediaFacts:
-    info = media.info
-    return schemas.MediaFacts(
-        kind=info.kind,
-        format=info.format,
-        width=info.width,
-        height=info.height,
-        fps=info.fps,
-        frame_count=info.frame_count,
-        duration_s=info.duration_s,
-    )
+    return schemas.MediaFacts.model_validate(media.info, from_attributes=True)
 
 
 def thumbnail(crop: np.ndarray) -> str:

@@ -110,6 +110,14 @@ def test_triton_listens_on_the_ports_it_declares(overlay: str) -> None:
     assert {p["containerPort"] for p in container["ports"]} == {8000, 8001, 8002}
 
 
+def assert_probes(container: dict, expected: dict[str, str], port: int) -> None:
+    """Each probe is an HTTP GET of its expected path on the server's own port."""
+    for probe, path in expected.items():
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert container_port(container, get["port"]) == port, probe
+
+
 def test_triton_probes_use_its_health_endpoints(overlay: str) -> None:
     _, _, container, f = triton(overlay)
     http = int(one(f["--http-port"]))
@@ -118,10 +126,7 @@ def test_triton_probes_use_its_health_endpoints(overlay: str) -> None:
         "readinessProbe": "/v2/health/ready",
         "startupProbe": "/v2/health/ready",
     }
-    for probe, path in expected.items():
-        get = container[probe]["httpGet"]
-        assert get["path"] == path, probe
-        assert container_port(container, get["port"]) == http, probe
+    assert_probes(container, expected, http)
     # Long enough to load the models and, on a GPU, build the TensorRT engines.
     startup = probe_budget_s(container["startupProbe"])
     assert startup >= (20 * 60 if overlay in GPU_OVERLAYS else 5 * 60)
@@ -282,10 +287,7 @@ def test_gateway_probes_use_its_health_endpoints(overlay: str) -> None:
         "readinessProbe": "/readyz",
         "startupProbe": "/healthz",
     }
-    for probe, path in expected.items():
-        get = container[probe]["httpGet"]
-        assert get["path"] == path, probe
-        assert container_port(container, get["port"]) == int(env["GATEWAY_PORT"]), probe
+    assert_probes(container, expected, int(env["GATEWAY_PORT"]))
 
 
 def test_gateway_reaches_triton_through_the_headless_service(overlay: str) -> None:
