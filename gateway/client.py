@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from preprocess.faces import load_detector
-from preprocess.media import MediaError, MediaReader, sniff
-from preprocess.pipeline import FaceExtractor
 
 from gateway.analysis import Analyzer, Options, new_request_id
 from gateway.errors import ApiError
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
+from preprocess.faces import load_detector
+from preprocess.media import MediaError, MediaReader, sniff
+from preprocess.pipeline import FaceExtractor
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 

@@ -5,8 +5,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from preprocess.media import MediaError
 from starlette.exceptions import HTTPException
+
+from preprocess.media import MediaError
 
 log = logging.getLogger("gateway")
 
