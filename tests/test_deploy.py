@@ -36,6 +36,7 @@ NAMESPACE = "deepfake"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+YUNET_LICENSE_SHA256 = "c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1aba958"
 SHARED_YUNET = ROOT.parent / "shared" / "assets" / "face" / "yunet" / YUNET_FILE
 MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
 
@@ -262,7 +263,6 @@ def test_gateway_image_copies_only_its_code() -> None:
         "preprocess/requirements.txt",
         "preprocess/requirements-nodeps.txt",
         "gateway/requirements.txt",
-        "deploy/docker/licenses/yunet.LICENSE",
         "export/__init__.py",
         "export/assets.py",
         "export/assets.toml",
@@ -276,17 +276,23 @@ def test_gateway_image_copies_only_its_code() -> None:
     assert {f"export/{name}" for name in beside} <= set(sources)
 
 
-def test_gateway_image_bakes_yunet_with_its_checksum() -> None:
-    [add] = instruction(GATEWAY_DOCKERFILE, "ADD")
-    words = shlex.split(add)
-    assert f"--checksum=sha256:{YUNET_SHA256}" in words
-    url, dest = [w for w in words if not w.startswith("--")]
+def test_gateway_image_bakes_yunet_and_its_licence_with_their_checksums() -> None:
+    model, licence = (shlex.split(a) for a in instruction(GATEWAY_DOCKERFILE, "ADD"))
+    assert f"--checksum=sha256:{YUNET_SHA256}" in model
+    url, dest = [w for w in model if not w.startswith("--")]
     assert url.startswith("https://") and url.endswith(YUNET_FILE)
     env = env_of(GATEWAY_DOCKERFILE)
     assert dest.startswith(env["DEEPFAKE_ASSETS"] + "/")
     assert env["GATEWAY_DETECTOR"] == "yunet"
+    # The MIT licence beside the model, pinned too: the same text as ../shared's copy.
+    licence_url, licence_dest = [w for w in licence if not w.startswith("--")]
+    assert licence_url == url.rsplit("/", 1)[0] + "/LICENSE"
+    assert licence_dest == dest.rsplit("/", 1)[0] + "/LICENSE"
+    pinned = [w for w in licence if w.startswith("--checksum=sha256:")]
+    assert pinned == [f"--checksum=sha256:{YUNET_LICENSE_SHA256}"]
     # Readable by the non-root user (ADD from a URL is 0600 otherwise).
-    assert any(w.startswith("--chmod=") and w[-1] in "4567" for w in words)
+    for words in (model, licence):
+        assert any(w.startswith("--chmod=") and w[-1] in "4567" for w in words)
     # SCRFD (non-commercial) never goes into the image.
     assert all("scrfd" not in rest.lower() for _, rest in instructions(GATEWAY_DOCKERFILE))
 
@@ -294,6 +300,8 @@ def test_gateway_image_bakes_yunet_with_its_checksum() -> None:
 @pytest.mark.skipif(not SHARED_YUNET.is_file(), reason="no ../shared YuNet copy to check against")
 def test_yunet_checksum_is_the_real_files() -> None:
     assert hashlib.sha256(SHARED_YUNET.read_bytes()).hexdigest() == YUNET_SHA256
+    licence = SHARED_YUNET.with_name("LICENSE.opencv_zoo_yunet")
+    assert hashlib.sha256(licence.read_bytes()).hexdigest() == YUNET_LICENSE_SHA256
 
 
 def test_gateway_image_listens_on_all_interfaces() -> None:
@@ -361,7 +369,6 @@ def test_dockerignore_lets_in_the_images_sources_and_exported_models() -> None:
         "preprocess/requirements-nodeps.txt",
         "export/assets.py",
         "export/assets.toml",
-        "deploy/docker/licenses/yunet.LICENSE",
     ]
     assert [p for p in wanted if not docker_context_includes(p)] == []
 

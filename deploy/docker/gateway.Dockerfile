@@ -34,7 +34,11 @@ ADD --checksum=sha256:8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2
     --chmod=0444 \
     https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx \
     /opt/assets/face/yunet/face_detection_yunet_2023mar.onnx
-COPY --chmod=0444 deploy/docker/licenses/yunet.LICENSE /opt/assets/face/yunet/LICENSE
+# Its MIT licence travels with it, fetched from the same place (not kept in git).
+ADD --checksum=sha256:c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1aba958 \
+    --chmod=0444 \
+    https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/LICENSE \
+    /opt/assets/face/yunet/LICENSE
 
 # The code: the gateway, preprocess/, and export/'s asset resolver.
 COPY export/__init__.py export/assets.py export/assets.toml export/
