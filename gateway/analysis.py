@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -145,7 +146,7 @@ class Report:
     media: Media
     found: Sequence[FrameFaces]
 
-    @property
+    @cached_property
     def faces(self) -> list[tuple[int, int]]:
         """(frame position, face index) of every face, in batch order."""
         return [(p, i) for p, frame in enumerate(self.found) for i in range(len(frame.faces))]
