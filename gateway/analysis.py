@@ -22,6 +22,7 @@ from gateway import metrics, schemas
 from gateway.aggregate import Strategy, decisive_track, score_tracks, voting_weights
 from gateway.errors import ApiError
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
+from gateway.settings import Settings
 from preprocess.faces import Face
 from preprocess.media import Media, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
@@ -39,6 +40,34 @@ class Options:
     thumbnails: bool = False
     filename: str = ""
     request_id: str = ""
+
+
+def parse_models(models: str | None) -> tuple[str, ...] | None:
+    """ "meso4, xception" -> ("meso4", "xception"); empty or None -> the ensemble."""
+    if models is None or not models.strip():
+        return None
+    return tuple(m.strip() for m in models.split(",") if m.strip())
+
+
+def options_for(
+    settings: Settings,
+    models: str | None = None,
+    frames: int | None = None,
+    threshold: float | None = None,
+    *,
+    thumbnails: bool = False,
+    filename: str = "",
+    request_id: str = "",
+) -> Options:
+    """A request's options: what it asked for, the settings' defaults for the rest."""
+    return Options(
+        frames=frames or settings.frames,
+        threshold=settings.threshold if threshold is None else threshold,
+        models=parse_models(models),
+        thumbnails=thumbnails,
+        filename=filename,
+        request_id=request_id,
+    )
 
 
 @dataclass

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics, schemas
-from gateway.analysis import Analyzer, Options, model_summary, new_request_id
+from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
 from gateway.errors import ApiError, from_media_error, install_handlers
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
@@ -158,12 +158,6 @@ class DetectQuery:
     thumbnails: Annotated[bool, Query(description="a small JPEG of each face")] = False
 
 
-def parse_models(models: str | None) -> tuple[str, ...] | None:
-    if models is None or not models.strip():
-        return None
-    return tuple(m.strip() for m in models.split(",") if m.strip())
-
-
 async def accept_upload(request: Request, settings: Settings) -> Upload:
     """The upload on disk, its content sniffed: only real media goes further."""
     upload = await receive_upload(
@@ -184,10 +178,11 @@ async def accept_upload(request: Request, settings: Settings) -> Upload:
 
 def add_routes(app: FastAPI, settings: Settings) -> None:
     def options(request: Request, upload: Upload, query: DetectQuery) -> Options:
-        return Options(
-            frames=query.frames or settings.frames,
-            threshold=settings.threshold if query.threshold is None else query.threshold,
-            models=parse_models(query.models),
+        return options_for(
+            settings,
+            query.models,
+            query.frames,
+            query.threshold,
             thumbnails=query.thumbnails,
             filename=upload.filename,
             request_id=request.state.request_id,

@@ -9,15 +9,16 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
-from gateway.analysis import Analyzer, Options, new_request_id
+from gateway.analysis import Analyzer, new_request_id, options_for
 from gateway.errors import ApiError
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
 from preprocess.faces import load_detector
-from preprocess.media import MediaError, MediaReader, sniff
+from preprocess.media import MediaError, MediaReader
 from preprocess.pipeline import FaceExtractor
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
@@ -29,9 +30,13 @@ class ClientError(RuntimeError):
         self.status, self.code, self.message = status, code, message
 
 
-def query(models: str | None, frames: int | None, threshold: float | None) -> dict:
+def upload(
+    path: Path, file: BinaryIO, models: str | None, frames: int | None, threshold: float | None
+) -> dict:
+    """The file and the query options of a detect request, as httpx takes them."""
     values = {"models": models, "frames": frames, "threshold": threshold}
-    return {k: v for k, v in values.items() if v is not None}
+    params = {k: v for k, v in values.items() if v is not None}
+    return {"files": {"file": (path.name, file)}, "params": params}
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -56,11 +61,7 @@ class GatewayClient:
         threshold: float | None = None,
     ) -> dict:
         with path.open("rb") as f:
-            response = self.http.post(
-                "/api/detect",
-                files={"file": (path.name, f)},
-                params=query(models, frames, threshold),
-            )
+            response = self.http.post("/api/detect", **upload(path, f, models, frames, threshold))
         raise_for_error(response)
         return response.json()
 
@@ -75,10 +76,7 @@ class GatewayClient:
         with (
             path.open("rb") as f,
             self.http.stream(
-                "POST",
-                "/api/detect/stream",
-                files={"file": (path.name, f)},
-                params=query(models, frames, threshold),
+                "POST", "/api/detect/stream", **upload(path, f, models, frames, threshold)
             ) as response,
         ):
             if not response.is_success:
@@ -122,15 +120,10 @@ class DirectClient:
         with ThreadPoolExecutor(s.workers) as executor:
             extractor = FaceExtractor(load_detector(s.detector_config()), s.crop_config())
             analyzer = Analyzer(MediaReader(s.media_limits()), extractor, server, executor)
-            options = Options(
-                frames=frames or s.frames,
-                threshold=s.threshold if threshold is None else threshold,
-                models=tuple(m for m in models.split(",") if m) if models else None,
-                filename=path.name,
-                request_id=new_request_id(),
+            options = options_for(
+                s, models, frames, threshold, filename=path.name, request_id=new_request_id()
             )
             try:
-                sniff(path)
                 answer = await analyzer.analyze(path, options)
             except MediaError as exc:
                 raise ClientError(exc.status, exc.code, str(exc)) from None

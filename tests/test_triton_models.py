@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from gateway.model_server import parse_weights
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
 from tests.triton_client import infer, infer_many, model_config, parameters
@@ -26,8 +27,7 @@ def in_process(model: str, faces: np.ndarray) -> np.ndarray:
 
 
 def vote_weights(triton: TritonSettings) -> dict[str, float]:
-    text = parameters(triton.grpc_url, "deepfake_vote")["vote_weights"]
-    return {m: float(w) for m, w in (pair.split("=") for pair in text.split(","))}
+    return parse_weights(parameters(triton.grpc_url, "deepfake_vote")["vote_weights"])
 
 
 @pytest.mark.parametrize("model", MEMBERS)

@@ -6,6 +6,8 @@ import numpy as np
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 
+from gateway.model_server import parameters as config_parameters
+
 
 async def _request(
     client: InferenceServerClient, model: str, faces: np.ndarray, outputs: list[str] | None
@@ -51,5 +53,4 @@ def model_config(url: str, model: str) -> dict:
 
 
 def parameters(url: str, model: str) -> dict[str, str]:
-    config = model_config(url, model)
-    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    return config_parameters(model_config(url, model))
