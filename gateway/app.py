@@ -24,6 +24,7 @@ from gateway.errors import ApiError, from_media_error, install_handlers
 from gateway.model_server import ModelServer
 from gateway.settings import Settings
 from gateway.uploads import Upload, receive_upload
+from gateway.web import install_web
 from preprocess.faces import load_detector
 from preprocess.media import MediaError, MediaReader, sniff
 from preprocess.pipeline import FaceExtractor
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     add_request_middleware(app)
     add_routes(app, settings)
+    install_web(app)
     return app
 
 
