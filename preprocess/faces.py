@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from export.assets import AssetError, load_manifest, resolve
 
@@ -109,6 +110,17 @@ def _select(
     return faces[: config.max_faces]
 
 
+def _frugal_session_options() -> ort.SessionOptions:
+    """One thread per call, and no spinning: frames are detected in parallel by the caller's
+    threads, next to a decoder and model servers on the same cores. Measured on 2 cores: 61 ms
+    of CPU per 1080p frame, against 103 ms with ONNX Runtime's default spinning pool."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class ScrfdDetector:
     """insightface's SCRFD on ONNX Runtime's CPU provider.
 
@@ -122,7 +134,10 @@ class ScrfdDetector:
         # One dynamic-shape session for all input sizes: as fast on CPU as the static
         # session insightface would otherwise build, and keep, for every new frame shape.
         model = get_model(
-            str(model_path), providers=["CPUExecutionProvider"], static_shape_sessions=False
+            str(model_path),
+            providers=["CPUExecutionProvider"],
+            sess_options=_frugal_session_options(),
+            static_shape_sessions=False,
         )
         if getattr(model, "taskname", None) != "detection":
             raise AssetError(f"{model_path} is not an SCRFD face detector")

@@ -4,15 +4,26 @@
 `MediaError` that carries the HTTP status and a stable error code for the client.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import av
 import cv2
-import numpy as np
 from PIL import Image
+
+from preprocess.video import (
+    DecodeError,
+    Frame,
+    FrameLimit,
+    VideoFile,
+    decode_spread,
+    decode_wanted,
+    open_video,
+    sample_indices,
+)
 
 VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
 IMAGE_FORMATS = frozenset({"jpeg", "png", "webp"})
@@ -179,57 +190,17 @@ class MediaInfo:
 
 
 @dataclass(frozen=True)
-class Frame:
-    index: int  # frame number in the clip, in decoding order
-    timestamp_s: float
-    image: np.ndarray  # RGB uint8 HxWx3
-
-
-@dataclass(frozen=True)
 class Media:
     info: MediaInfo
     frames: list[Frame]
 
 
-def sample_indices(frame_count: int, n: int) -> list[int]:
-    """`n` frame indices spread evenly from the first frame to the last; all if n >= count."""
-    if frame_count <= 0 or n <= 0:
-        return []
-    if n >= frame_count:
-        return list(range(frame_count))
-    # Steps are >= 1 frame here, so rounding never merges two indices.
-    return np.linspace(0, frame_count - 1, n).round().astype(int).tolist()
-
-
 # --- reading ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _VideoHeader:
-    """What the container says about the stream, before a frame is decoded."""
-
-    width: int
-    height: int
-    fps: float | None
-    frame_count: int | None  # None: unknown (webm/mkv without a duration give garbage)
-
-    @classmethod
-    def of(cls, capture: cv2.VideoCapture) -> "_VideoHeader":
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-        return cls(
-            width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            fps=fps if np.isfinite(fps) and fps > 0 else None,
-            frame_count=int(count) if np.isfinite(count) and 0 < count < 2**31 else None,
-        )
-
-    def duration_s(self, frame_count: int | None) -> float | None:
-        return frame_count / self.fps if frame_count and self.fps else None
-
-
-# (frame index, timestamp in seconds, BGR image) as decoded
-_Decoded = list[tuple[int, float, np.ndarray]]
+# Called with each sampled frame as soon as it is decoded, from the decoding thread, so a
+# caller can start on it (face detection) while the rest of the clip is still decoding.
+OnFrame = Callable[[Frame], None]
 
 
 class MediaReader:
@@ -241,17 +212,16 @@ class MediaReader:
     def __init__(self, limits: MediaLimits = MediaLimits()) -> None:
         self.limits = limits
 
-    def read(self, path: Path, n_frames: int) -> Media:
+    def read(self, path: Path, n_frames: int, on_frame: OnFrame | None = None) -> Media:
+        """The file's info and frames. `on_frame` sees frames early, as they are decoded; the
+        returned frames are the final choice (a truncated file is re-sampled at the end)."""
         if n_frames < 1:
             raise ValueError(f"n_frames must be at least 1, not {n_frames}")
         path = Path(path)
         fmt = sniff(path)
         if fmt in IMAGE_FORMATS:
             return self._read_image(path, fmt)
-        try:
-            return self._read_video(path, fmt, n_frames)
-        except cv2.error as exc:  # FFmpeg backend failures surface as cv2.error
-            raise UndecodableMedia(f"could not decode the {fmt} video: {exc}") from exc
+        return self._read_video(path, fmt, n_frames, on_frame)
 
     def _read_image(self, path: Path, fmt: str) -> Media:
         try:
@@ -269,100 +239,54 @@ class MediaReader:
         info = MediaInfo("image", fmt, width, height, None, 1, None)
         return Media(info, [Frame(0, 0.0, image)])
 
-    def _read_video(self, path: Path, fmt: str, n_frames: int) -> Media:
-        with _open_video(path, fmt) as capture:
-            header = _VideoHeader.of(capture)
+    def _read_video(
+        self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame | None = None
+    ) -> Media:
+        with _open_video(path, fmt) as video:
+            header = video.header
             if header.width <= 0 or header.height <= 0:
                 raise UndecodableMedia(f"the {fmt} video has no frame size")
             self.limits.check_size(header.width, header.height)
             ended_at = None
             if header.frame_count is None:
-                decoded, frame_count = self._decode_unknown_length(capture, n_frames, header)
+                frames, frame_count = self._decode_unknown_length(video, n_frames)
             else:
                 self.limits.check_length(header.frame_count, header.duration_s(header.frame_count))
                 wanted = sample_indices(header.frame_count, n_frames)
-                decoded, ended_at = _decode_wanted(capture, wanted, header.fps)
+                frames, ended_at = decode_wanted(video, wanted, on_frame)
                 frame_count = header.frame_count if ended_at is None else ended_at
-        if ended_at is not None and len(decoded) < min(n_frames, ended_at):
+        if ended_at is not None and len(frames) < min(n_frames, ended_at):
             # The container overstated its length (a truncated file). Now that the real length
             # is known, decode again for an even spread rather than keep only the early frames.
-            with _open_video(path, fmt) as capture:
-                decoded, _ = _decode_wanted(capture, sample_indices(ended_at, n_frames), header.fps)
-        if not decoded:
+            with _open_video(path, fmt) as video:
+                frames, _ = decode_wanted(video, sample_indices(ended_at, n_frames))
+        if not frames:
             raise UndecodableMedia(f"no frame of the {fmt} video could be decoded")
-        frames = [
-            Frame(index, timestamp, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            for index, timestamp, bgr in decoded
-        ]
         height, width = frames[0].image.shape[:2]
         duration = header.duration_s(frame_count)
         info = MediaInfo("video", fmt, width, height, header.fps, frame_count, duration)
         return Media(info, frames)
 
-    def _decode_unknown_length(
-        self, capture: cv2.VideoCapture, n_frames: int, header: _VideoHeader
-    ) -> tuple[_Decoded, int]:
-        """Decode the whole stream (its length is unknown), keeping about 2n frames.
-
-        Keeps every `stride`-th frame and doubles the stride whenever 2n are kept, so memory
-        stays bounded, then picks n evenly from those kept. The limits are enforced as frames
-        arrive since the header could not tell.
-        """
+    def _decode_unknown_length(self, video: VideoFile, n_frames: int) -> tuple[list[Frame], int]:
+        """The limits are enforced as frames arrive, since the header could not tell."""
         max_frames = self.limits.max_frame_count
-        if header.fps:
-            max_frames = min(max_frames, int(self.limits.max_duration_s * header.fps))
-        kept: _Decoded = []
-        stride, index = 1, 0
-        while capture.grab():
-            if index == max_frames:
-                raise MediaLimitExceeded(
-                    f"the video is longer than the limits ({self.limits.max_frame_count} frames, "
-                    f"{self.limits.max_duration_s:g} s)"
-                )
-            if index % stride == 0 and (bgr := _retrieve(capture)) is not None:
-                kept.append((index, _timestamp(capture, index, header.fps), bgr))
-                if len(kept) >= 2 * n_frames:
-                    stride *= 2
-                    kept = [frame for frame in kept if frame[0] % stride == 0]
-            index += 1
-        return [kept[i] for i in sample_indices(len(kept), n_frames)], index
+        if video.header.fps:
+            max_frames = min(max_frames, int(self.limits.max_duration_s * video.header.fps))
+        try:
+            return decode_spread(video, n_frames, max_frames)
+        except FrameLimit:
+            raise MediaLimitExceeded(
+                f"the video is longer than the limits ({self.limits.max_frame_count} frames, "
+                f"{self.limits.max_duration_s:g} s)"
+            ) from None
 
 
 @contextmanager
-def _open_video(path: Path, fmt: str) -> Iterator[cv2.VideoCapture]:
-    # Name the FFmpeg backend: no other backend gets to guess what the path means.
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+def _open_video(path: Path, fmt: str) -> Iterator[VideoFile]:
     try:
-        if not capture.isOpened():
-            raise UndecodableMedia(f"could not open the {fmt} video")
-        yield capture
-    finally:
-        capture.release()
-
-
-def _decode_wanted(
-    capture: cv2.VideoCapture, wanted: list[int], fps: float | None
-) -> tuple[_Decoded, int | None]:
-    """Decode sequentially up to the last wanted index, converting only the wanted frames.
-
-    Never seeks: with FFmpeg, seeking costs ~10x a sequential read. Returns the frames and,
-    if the stream ended before the last wanted index, how many frames it really had.
-    """
-    wanted_set = set(wanted)
-    decoded: _Decoded = []
-    for index in range(wanted[-1] + 1):
-        if not capture.grab():
-            return decoded, index
-        if index in wanted_set and (bgr := _retrieve(capture)) is not None:
-            decoded.append((index, _timestamp(capture, index, fps), bgr))
-    return decoded, None
-
-
-def _retrieve(capture: cv2.VideoCapture) -> np.ndarray | None:
-    ok, bgr = capture.retrieve()
-    return bgr if ok and bgr is not None and bgr.size else None
-
-
-def _timestamp(capture: cv2.VideoCapture, index: int, fps: float | None) -> float:
-    # index / fps is exact for constant-rate video; without a rate, the decoder's own clock.
-    return index / fps if fps else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        with open_video(path) as video:
+            yield video
+    except DecodeError as exc:
+        raise UndecodableMedia(f"the {fmt} video: {exc}") from exc
+    except av.FFmpegError as exc:
+        raise UndecodableMedia(f"could not decode the {fmt} video: {exc}") from exc

@@ -20,6 +20,7 @@ from preprocess.media import (
     sample_indices,
     sniff,
 )
+from preprocess.video import MAX_NON_REFERENCE_RUN
 from tests.conftest import MEDIA, SHARED
 
 CLIPS = sorted((MEDIA / "videos").glob("*/*.mp4"))
@@ -156,8 +157,12 @@ def test_read_every_shared_clip(clip: Path) -> None:
     assert info.duration_s == pytest.approx(seconds, abs=0.06)
     assert json.loads(json.dumps(info.to_dict()))["frame_count"] == count
 
-    assert [f.index for f in media.frames] == sample_indices(count, N)
-    assert media.frames[-1].index == count - 1
+    # Non-reference frames are skipped: each planned frame is the first decoded at or after it.
+    planned, indices = sample_indices(count, N), [f.index for f in media.frames]
+    assert len(indices) == N == len(set(indices)) and indices == sorted(indices)
+    gaps = [i - p for i, p in zip(indices, planned, strict=True)]
+    assert all(0 <= gap <= MAX_NON_REFERENCE_RUN for gap in gaps[:-1])
+    assert count - 1 - MAX_NON_REFERENCE_RUN <= indices[-1] <= count - 1
     for frame in media.frames:
         assert frame.timestamp_s == pytest.approx(frame.index / info.fps)
         assert frame.image.shape == (height, width, 3)
@@ -168,6 +173,22 @@ def test_frames_are_rgb_in_decoding_order() -> None:
     clip = MEDIA / "videos/real/face_recognition_short_hamilton_clip.mp4"
     media = MediaReader().read(clip, 4)
     wanted = {frame.index: frame.image for frame in media.frames}
+    capture = cv2.VideoCapture(str(clip))
+    for index in range(max(wanted) + 1):
+        ok, bgr = capture.read()
+        assert ok
+        if index in wanted:
+            assert np.array_equal(wanted[index], cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+
+
+def test_skipping_non_reference_frames_keeps_their_pixels() -> None:
+    """A B-frame clip: non-reference frames are skipped (the planned indices move), and the
+    reference frames decoded are exactly what a full sequential decode gives."""
+    clip = MEDIA / "videos/fake/dfdc_widuwuoiur.mp4"
+    media = MediaReader().read(clip, 16)
+    wanted = {frame.index: frame.image for frame in media.frames}
+    assert sorted(wanted) != sample_indices(media.info.frame_count, 16)
     capture = cv2.VideoCapture(str(clip))
     for index in range(max(wanted) + 1):
         ok, bgr = capture.read()
