@@ -10,7 +10,7 @@ import base64
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +24,7 @@ from gateway.errors import ApiError
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
 from gateway.settings import Settings
 from preprocess.faces import Face
-from preprocess.media import Media, MediaReader
+from preprocess.media import Frame, Media, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
 from preprocess.tracks import Track, link_tracks
 
@@ -125,17 +125,17 @@ class Analyzer:
         loop = asyncio.get_running_loop()
 
         t = time.perf_counter()
-        media = await loop.run_in_executor(self.executor, self.reader.read, path, options.frames)
-        t = clock.stage("decode", t)
-        facts = media_facts(media).model_dump()
-        await emit({"event": "decoded", "media": facts, "frames": len(media.frames)})
-
-        found = await asyncio.gather(
-            *(
-                loop.run_in_executor(self.executor, self.extractor.extract_frame, f)
-                for f in media.frames
+        early = EarlyFaces(self.extractor, self.executor)
+        try:
+            media = await loop.run_in_executor(
+                self.executor, self.reader.read, path, options.frames, early.submit
             )
-        )
+            t = clock.stage("decode", t)
+            facts = media_facts(media).model_dump()
+            await emit({"event": "decoded", "media": facts, "frames": len(media.frames)})
+            found = await asyncio.gather(*(early.faces(f) for f in media.frames))
+        finally:
+            early.cancel()
         tracks = link_tracks([f.faces for f in found])
         t = clock.stage("detect", t)
         report = Report(selection, options, media, found)
@@ -164,6 +164,34 @@ class Analyzer:
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
+
+
+class EarlyFaces:
+    """Face detection started on each frame as the reader decodes it, so detection runs
+    while the rest of the clip is decoding instead of after it."""
+
+    def __init__(self, extractor: FaceExtractor, executor: Executor) -> None:
+        self.extractor = extractor
+        self.executor = executor
+        self.started: dict[int, Future[FrameFaces]] = {}
+
+    def submit(self, frame: Frame) -> None:
+        """MediaReader's on_frame: called from the decoding thread."""
+        self.started[frame.index] = self.executor.submit(self.extractor.extract_frame, frame)
+
+    async def faces(self, frame: Frame) -> FrameFaces:
+        """The faces of one of the reader's final frames: found early, or now (a truncated
+        file is re-sampled after decoding, so some final frames were never handed over)."""
+        future = self.started.pop(frame.index, None)
+        if future is None:
+            future = self.executor.submit(self.extractor.extract_frame, frame)
+        return await asyncio.wrap_future(future)
+
+    def cancel(self) -> None:
+        """Drop the work on frames that were not needed (or a request that failed)."""
+        for future in self.started.values():
+            future.cancel()
+        self.started.clear()
 
 
 @dataclass(frozen=True)
