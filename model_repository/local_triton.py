@@ -70,17 +70,27 @@ def prepare_backends(work_dir: Path, python_env: Path) -> Path:
     backends = work_dir / "backends"
     python = backends / "python"
     python.mkdir(parents=True, exist_ok=True)
-    for item in (wheel / "backends" / "python").iterdir():
-        if item.is_file():
-            shutil.copy2(item, python / item.name)
     version = site_packages(python_env).parent.name.removeprefix("python")
-    shutil.copy2(wheel / "python_backend_stubs" / version / "triton_python_backend_stub", python)
+    files = [item for item in (wheel / "backends" / "python").iterdir() if item.is_file()]
+    for item in [*files, wheel / "python_backend_stubs" / version / "triton_python_backend_stub"]:
+        _copy_if_changed(item, python / item.name)
     ort = backends / "onnxruntime"
     ort.mkdir(exist_ok=True)
     link = ort / "model.py"
     link.unlink(missing_ok=True)
     link.symlink_to(REPOSITORY / "backends" / "onnxruntime" / "model.py")
     return backends
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    # Another local Triton may be running the stub: rewriting an executing
+    # binary fails (ETXTBSY), and an unchanged copy needs no rewrite.
+    same = target.exists() and (
+        (target.stat().st_size, target.stat().st_mtime)
+        == (source.stat().st_size, source.stat().st_mtime)
+    )
+    if not same:
+        shutil.copy2(source, target)
 
 
 def command(settings: TritonSettings, backends: Path) -> list[str]:
@@ -96,6 +106,9 @@ def command(settings: TritonSettings, backends: Path) -> list[str]:
         f"--model-config-name={settings.config_name}",
         f"--backend-directory={backends}",
         "--strict-readiness=true",
+        # Lets the CPU configs' rate_limiter make the members take turns on the
+        # cores (each with all its threads) instead of thrashing them together.
+        "--rate-limit=execution_count",
         "--exit-on-error=true",
         f"--http-address={settings.host}",
         f"--http-port={settings.http_port}",
