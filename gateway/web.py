@@ -3,12 +3,41 @@
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).parent / "static"
 
+# The page needs nothing beyond its own origin: the browser enforces that, so a
+# stray CDN link or an injected script fails loudly instead of phoning out.
+# Inline style attributes are allowed (the bars' widths); face thumbnails are data:
+# URLs and the JSON download a blob: URL.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class WebFiles(StaticFiles):
+    """StaticFiles with the page's security headers on every answer."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(PAGE_HEADERS)
+        return response
+
 
 def install_web(app: FastAPI) -> None:
-    """Serve gateway/static at "/" (index.html for "/"); mounted after the API
-    routes, so /api, /healthz, /metrics and /docs keep precedence."""
-    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
+    """The page at "/", its files under /static/. Not one mount at "/": a catch-all
+    mount would answer GET /api/detect with 404 where the API says 405."""
+    app.mount("/static", WebFiles(directory=STATIC_DIR), name="web")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
