@@ -40,6 +40,7 @@ class Options:
     thumbnails: bool = False
     filename: str = ""
     request_id: str = ""
+    upload_ms: float = 0.0  # receiving the upload, before the analysis
 
 
 def parse_models(models: str | None) -> tuple[str, ...] | None:
@@ -58,6 +59,7 @@ def options_for(
     thumbnails: bool = False,
     filename: str = "",
     request_id: str = "",
+    upload_ms: float = 0.0,
 ) -> Options:
     """A request's options: what it asked for, the settings' defaults for the rest."""
     return Options(
@@ -67,6 +69,7 @@ def options_for(
         thumbnails=thumbnails,
         filename=filename,
         request_id=request_id,
+        upload_ms=upload_ms,
     )
 
 
@@ -121,6 +124,7 @@ class Analyzer:
     ) -> schemas.DetectAnswer:
         emit = emit or _silent
         clock = Clock.started()
+        clock.timings["upload"] = round(options.upload_ms, 1)
         selection = select_models(await self.server.ensemble(), options.models)
         loop = asyncio.get_running_loop()
 

@@ -22,6 +22,7 @@ from gateway import metrics, schemas
 from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
 from gateway.errors import ApiError, from_media_error, install_handlers
 from gateway.model_server import ModelServer
+from gateway.security import install_access, install_cors
 from gateway.settings import Settings
 from gateway.uploads import Upload, receive_upload
 from gateway.web import install_web
@@ -62,28 +63,44 @@ ERRORS_DOC = {
 
 
 class Admission:
-    """At most `limit` uploads analysed at once; beyond that, 429 at once rather
-    than a queue that grows until requests time out."""
+    """At most `limit` uploads analysed at once and `queue` more waiting for a
+    slot (up to `timeout_s`); beyond that, 429 at once, so a burst is refused
+    early rather than piling up until every request times out."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, queue: int = 0, timeout_s: float = 30.0) -> None:
         self.limit = limit
+        self.queue = queue
+        self.timeout_s = timeout_s
         self.active = 0
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit)  # FIFO: the longest waiting goes first
 
-    def enter(self) -> None:
-        if self.active >= self.limit:
-            metrics.REJECTED.inc()
-            raise ApiError(
-                429,
-                "too_many_requests",
-                "the service is busy; retry shortly",
-                {"Retry-After": "2"},
-            )
+    async def enter(self) -> None:
+        if self._slots.locked() and self.waiting >= self.queue:
+            raise self._busy()
+        self.waiting += 1
+        metrics.WAITING.set(self.waiting)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise self._busy() from None
+        finally:
+            self.waiting -= 1
+            metrics.WAITING.set(self.waiting)
         self.active += 1
         metrics.IN_FLIGHT.set(self.active)
 
     def leave(self) -> None:
         self.active -= 1
+        self._slots.release()
         metrics.IN_FLIGHT.set(self.active)
+
+    def _busy(self) -> ApiError:
+        metrics.REJECTED.inc()
+        return ApiError(
+            429, "too_many_requests", "the service is busy; retry shortly", {"Retry-After": "2"}
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -118,9 +135,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Upload a video or image; four detectors served by Triton vote on it.",
     )
     app.state.settings = settings
-    app.state.admission = Admission(settings.max_in_flight)
+    app.state.admission = Admission(
+        settings.max_in_flight, settings.max_queue, settings.queue_timeout_s
+    )
     install_handlers(app)
+    # Middlewares, innermost first: keys and rate limits see the request id;
+    # CORS is outermost so preflights and refusals carry its headers.
+    install_access(app, settings)
     add_request_middleware(app)
+    install_cors(app, settings)
     add_routes(app, settings)
     install_web(app)
     return app
@@ -139,13 +162,17 @@ def add_request_middleware(app: FastAPI) -> None:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.REQUESTS.labels(path, request.method, str(response.status_code)).inc()
+        # Never the file name, the temp path or the body: only what identifies the request.
         log.info(
-            "request_id=%s method=%s route=%s status=%d ms=%.1f",
-            request_id,
-            request.method,
-            path,
-            response.status_code,
-            (time.perf_counter() - start) * 1000,
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "route": path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - start) * 1000, 1),
+                "client": request.scope.get("state", {}).get("client", ""),
+            },
         )
         return response
 
@@ -188,6 +215,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             thumbnails=query.thumbnails,
             filename=upload.filename,
             request_id=request.state.request_id,
+            upload_ms=upload.seconds * 1000,
         )
 
     @app.get("/api", response_model=schemas.ServiceInfo)
@@ -242,17 +270,13 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         query: Annotated[DetectQuery, Depends()],
     ) -> schemas.DetectAnswer:
         admission: Admission = request.app.state.admission
-        admission.enter()
+        await admission.enter()
         upload = None
         try:
-            start = time.perf_counter()
             upload = await accept_upload(request, settings)
-            received = (time.perf_counter() - start) * 1000
-            answer = await request.app.state.analyzer.analyze(
+            return await request.app.state.analyzer.analyze(
                 upload.path, options(request, upload, query)
             )
-            answer.timings_ms.upload = round(received, 1)
-            return answer
         finally:
             if upload is not None:
                 upload.path.unlink(missing_ok=True)
@@ -271,7 +295,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         query: Annotated[DetectQuery, Depends()],
     ) -> StreamingResponse:
         admission: Admission = request.app.state.admission
-        admission.enter()
+        await admission.enter()
         try:
             upload = await accept_upload(request, settings)
         except BaseException:
@@ -315,7 +339,7 @@ async def stream_analysis(
             error = from_media_error(exc) if isinstance(exc, MediaError) else exc
             await queue.put({"event": "error", "status": error.status, **error.body()})
         except Exception:
-            log.exception("request_id=%s analysis failed", options.request_id)
+            log.exception("analysis failed", extra={"request_id": options.request_id})
             await queue.put(
                 {
                     "event": "error",

@@ -59,5 +59,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("request_id=%s unexpected error", getattr(request.state, "request_id", ""))
+        log.exception(
+            "unexpected error", extra={"request_id": getattr(request.state, "request_id", "")}
+        )
         return error_response(ApiError(500, "internal_error", "unexpected error; see the logs"))

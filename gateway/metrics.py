@@ -20,3 +20,7 @@ VERDICTS = Counter("gateway_verdicts_total", "Verdicts returned", ["verdict"])
 TRITON_ERRORS = Counter("gateway_triton_errors_total", "Failed calls to Triton", ["code"])
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Uploads being analysed now")
 REJECTED = Counter("gateway_rejected_total", "Requests refused by admission control")
+WAITING = Gauge("gateway_requests_waiting", "Uploads queued for an analysis slot")
+TRITON_RETRIES = Counter(
+    "gateway_triton_retries_total", "Calls to Triton repeated after UNAVAILABLE (safe: no effects)"
+)

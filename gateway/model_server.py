@@ -6,6 +6,8 @@ repository exported with other weights needs no gateway change.
 """
 
 import asyncio
+import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,8 +19,10 @@ from tritonclient.grpc.aio import InferenceServerClient
 from gateway import metrics
 from gateway.errors import ApiError
 
+log = logging.getLogger("gateway")
 MAX_MESSAGE_BYTES = 2**31 - 1
 CONFIG_TTL_S = 10.0  # model configs are re-read this often: a reload shows up quickly
+CONTROL_TIMEOUT_S = 10.0  # configs, metadata: small calls that must not hang on a stuck Triton
 RETRY_AFTER_S = "5"
 PROVENANCE_KEYS = ("file", "sha256", "source", "licence")
 
@@ -55,6 +59,42 @@ class _Cache:
     read_at: float = field(default=-1e9)
 
 
+def grpc_target(url: str) -> str:
+    """The gRPC target for GATEWAY_TRITON_URL.
+
+    "host:port" and "dns:///name:port" pass through; a comma-separated list of
+    "ip:port" replicas becomes gRPC's multi-address "ipv4:" (or "ipv6:") target,
+    which one channel balances round robin. Names are refused in a list: gRPC
+    resolves them only through "dns:///", which is the way to use several names.
+    """
+    endpoints = [e.strip() for e in url.split(",") if e.strip()]
+    if not endpoints:
+        raise ValueError("the Triton URL is empty")
+    if len(endpoints) == 1:
+        return endpoints[0]
+    families = set()
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(
+                f"{endpoint!r}: a list of Triton replicas takes ip:port only "
+                "(use dns:///name:port for a name with several addresses)"
+            ) from None
+        if not port.isdigit():
+            raise ValueError(f"{endpoint!r}: no port")
+        families.add(address.version)
+    if len(families) > 1:
+        raise ValueError("a list of Triton replicas must be all IPv4 or all IPv6")
+    return f"ipv{families.pop()}:" + ",".join(endpoints)
+
+
+def balanced(target: str) -> bool:
+    """Whether the target can name several servers (then: round robin over them)."""
+    return target.startswith(("dns:", "ipv4:", "ipv6:"))
+
+
 def channel_args(url: str) -> list[tuple[str, int | str]]:
     args: list[tuple[str, int | str]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -65,9 +105,10 @@ def channel_args(url: str) -> list[tuple[str, int | str]]:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
-    if url.startswith("dns:"):
-        # One channel, a subchannel per address of a headless Service: requests
-        # spread over every Triton pod instead of pinning to the first.
+    if balanced(grpc_target(url)):
+        # One channel, a subchannel per address (a headless Service's pods, or the
+        # listed replicas): requests spread over every Triton instead of pinning to
+        # the first, and a dead one is skipped until it answers again.
         args.append(("grpc.lb_policy_name", "round_robin"))
     return args
 
@@ -92,9 +133,10 @@ class ModelServer:
         self.url = url
         self.ensemble_name = ensemble
         self.timeout_s = timeout_s
+        self.control_timeout_s = min(timeout_s, CONTROL_TIMEOUT_S)
         self.retries = retries
         self.max_batch = max_batch
-        self.client = InferenceServerClient(url, channel_args=channel_args(url))
+        self.client = InferenceServerClient(grpc_target(url), channel_args=channel_args(url))
         self._cache = _Cache()
 
     async def close(self) -> None:
@@ -119,13 +161,10 @@ class ModelServer:
         return self._cache.ensemble
 
     async def _read_ensemble(self) -> Ensemble:
-        config = await self._call(self.client.get_model_config, self.ensemble_name, as_json=True)
-        config = config["config"]
+        config = (await self._control(self.client.get_model_config, self.ensemble_name))["config"]
         steps = [s["model_name"] for s in config["ensemble_scheduling"]["step"]]
         vote_name = steps[-1]
-        vote = parameters(
-            (await self._call(self.client.get_model_config, vote_name, as_json=True))["config"]
-        )
+        vote = parameters((await self._control(self.client.get_model_config, vote_name))["config"])
         weights = parse_weights(vote.get("vote_weights", ""))
         members = await asyncio.gather(*(self._member(n, weights) for n in steps[:-1]))
         return Ensemble(
@@ -136,9 +175,13 @@ class ModelServer:
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
         )
 
+    async def _control(self, method: Callable[..., Awaitable[dict]], name: str) -> dict:
+        """A small control-plane call (config, metadata) as JSON, on its short deadline."""
+        return await self._call(method, name, as_json=True, client_timeout=self.control_timeout_s)
+
     async def _member(self, name: str, weights: dict[str, float]) -> ModelInfo:
-        config = (await self._call(self.client.get_model_config, name, as_json=True))["config"]
-        metadata = await self._call(self.client.get_model_metadata, name, as_json=True)
+        config = (await self._control(self.client.get_model_config, name))["config"]
+        metadata = await self._control(self.client.get_model_metadata, name)
         params = parameters(config)
         try:
             ready = bool(await self.client.is_model_ready(name, client_timeout=2))
@@ -227,8 +270,15 @@ class ModelServer:
                 return await method(*args, **kwargs)
             except InferenceServerException as exc:
                 if "UNAVAILABLE" in (exc.status() or "") and attempt < self.retries:
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    # Safe to repeat: inference has no side effects. With several
+                    # replicas the channel sends the retry to one that is up.
                     attempt += 1
+                    metrics.TRITON_RETRIES.inc()
+                    log.warning(
+                        "triton unavailable; retrying",
+                        extra={"rpc": getattr(method, "__name__", ""), "attempt": attempt},
+                    )
+                    await asyncio.sleep(0.2 * 2 ** (attempt - 1))
                     continue
                 error = triton_error(exc)
                 metrics.TRITON_ERRORS.labels(error.code).inc()

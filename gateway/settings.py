@@ -1,11 +1,12 @@
 """Every setting of the gateway, from the environment (prefix GATEWAY_) or a .env file."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.model_server import grpc_target
 from preprocess.crop import CropConfig
 from preprocess.faces import DetectorConfig
 from preprocess.media import MediaLimits
@@ -20,8 +21,9 @@ class Settings(BaseSettings):
     port: int = 8080
     log_level: str = "info"
 
-    # Triton: "host:port", or "dns:///name:port" to spread requests over every
-    # address the name resolves to (a Kubernetes headless Service).
+    # Triton: "host:port"; "dns:///name:port" to spread requests over every
+    # address the name resolves to (a Kubernetes headless Service); or a
+    # comma-separated list of "ip:port" replicas, balanced round robin.
     triton_url: str = "127.0.0.1:8001"
     triton_timeout_s: float = Field(120.0, gt=0, description="deadline of one inference call")
     triton_retries: int = Field(3, ge=0, description="retries on UNAVAILABLE, with backoff")
@@ -32,8 +34,23 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(100, ge=1)
     tmp_dir: Path | None = None
     upload_timeout_s: float = Field(120.0, gt=0, description="a slower upload gets 408")
-    max_in_flight: int = Field(4, ge=1, description="requests analysed at once; 429 beyond")
+    max_in_flight: int = Field(4, ge=1, description="requests analysed at once")
+    max_queue: int = Field(0, ge=0, description="requests waiting for a slot; 429 beyond")
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; 429 after")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: in-flight requests' bound")
     workers: int = Field(2, ge=1, description="threads for decoding and face detection")
+
+    # Access: empty api_keys leaves the API open; health, metrics and the web page always are.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated; X-API-Key or Authorization: Bearer",
+        repr=False,  # never in a printed or logged Settings
+    )
+    rate_limit_per_minute: float = Field(0.0, ge=0, description="per key (or client); 0: off")
+    rate_limit_burst: int = Field(10, ge=1, description="requests a key may send at once")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS; * for any"
+    )
 
     # Analysis.
     frames: int = Field(32, ge=1, le=300, description="frames sampled per video")
@@ -46,6 +63,20 @@ class Settings(BaseSettings):
     max_height: int = Field(2160, ge=1)
     max_duration_s: float = Field(600.0, gt=0)
     max_frame_count: int = Field(36000, ge=1)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("triton_url")
+    @classmethod
+    def triton_target(cls, value: str) -> str:
+        # Validated here so a typo stops the gateway at start, not at the first request.
+        grpc_target(value)
+        return value
 
     @property
     def max_upload_bytes(self) -> int:

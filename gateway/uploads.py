@@ -8,6 +8,7 @@ file part straight to disk and stopping at the first byte over the cap.
 
 import asyncio
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class Upload:
     filename: str
     content_type: str
     size: int
+    seconds: float  # receiving it: the answer's upload timing
 
 
 def too_large(cap: int) -> ApiError:
@@ -131,7 +133,7 @@ async def receive_upload(
     check_declared_length(content_length, cap)
     part = _FilePart(cap, tmp_dir)
     parser = MultipartParser(multipart_boundary(content_type), part.callbacks())
-    received = 0
+    received, start = 0, time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in chunks:
@@ -156,7 +158,9 @@ async def receive_upload(
         _discard(part)
         raise ApiError(422, "missing_file", "no file in the form: send it in a field named 'file'")
     part.file.close()
-    return Upload(Path(part.file.name), safe_filename(part.filename), part.content_type, part.size)
+    seconds = time.perf_counter() - start
+    name = safe_filename(part.filename)
+    return Upload(Path(part.file.name), name, part.content_type, part.size, seconds)
 
 
 def safe_filename(name: str) -> str:

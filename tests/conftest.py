@@ -173,3 +173,53 @@ def gateway(triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory) ->
     """The real gateway over the session's real Triton (full profile)."""
     with start_gateway(triton.grpc_url, tmp_path_factory.mktemp("gateway"), max_in_flight=8) as gw:
         yield gw
+
+
+# --- reliability and security tests: a lite Triton, gateways whose process the test holds ------
+
+
+@pytest.fixture(scope="session")
+def lite_triton(
+    exported: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonSettings]:
+    """A real tritonserver serving the lite profile (the MesoNets): cheap enough to share."""
+    with start_triton("lite", tmp_path_factory.mktemp("triton-lite")) as server:
+        yield server.settings
+
+
+@dataclass(frozen=True)
+class GatewayProcess(Gateway):
+    process: "psutil.Process"  # noqa: F821 — psutil is imported where it is used
+
+
+@contextlib.contextmanager
+def start_gateway_process(
+    triton_url: str, tmp: Path, **settings: object
+) -> Iterator[GatewayProcess]:
+    """start_gateway, also handing over the process: for signals and memory readings."""
+    with contextlib.ExitStack() as stack:
+        before = {p.pid for p in _gateway_children()}
+        gateway = stack.enter_context(start_gateway(triton_url, tmp, **settings))
+        (process,) = [p for p in _gateway_children() if p.pid not in before]
+        yield GatewayProcess(gateway.url, gateway.uploads, gateway.log, process)
+
+
+def _gateway_children() -> list:
+    import psutil  # only these tests need it
+
+    return [
+        p
+        for p in psutil.Process().children()
+        if p.is_running() and p.cmdline()[1:3] == ["-m", "gateway"]
+    ]
+
+
+def write_results(section: str, figures: dict) -> None:
+    """Merge measured figures into results/reliability.json (git-ignored; the README quotes it)."""
+    import json
+
+    path = ROOT / "results" / "reliability.json"
+    path.parent.mkdir(exist_ok=True)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = figures
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -75,7 +75,8 @@ def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> 
         x0, y0, x1, y1 = face.box
         assert 0 <= x0 < x1 <= answer.media.width and 0 <= y0 < y1 <= answer.media.height
         assert set(face.models) == {m.name for m in answer.models}
-    assert all(answer.timings_ms.model_dump()[k] > 0 for k in ("decode", "detect", "infer"))
+    timings = answer.timings_ms.model_dump()
+    assert all(timings[k] > 0 for k in ("upload", "decode", "detect", "infer"))
     assert_clean(gateway)
 
 
@@ -204,6 +205,7 @@ def test_the_streaming_variant_reports_progress_then_the_answer(gateway: Gateway
     assert progress[-1] == events[2]["faces"] > 0
     answer = DetectAnswer.model_validate(events[-1]["result"])
     assert answer.media.frame_count == events[1]["media"]["frame_count"] == 134
+    assert answer.timings_ms.upload > 0  # the stream reports receiving the upload too
     assert_clean(gateway)
 
 
