@@ -68,7 +68,9 @@ class VideoFile:
         self.stream = container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame and slice threads: all cores
         self.header = _header(container, self.stream)
-        self._start_s = float(self.stream.start_time * self.stream.time_base or 0)
+        start, base = self.stream.start_time, self.stream.time_base
+        # A damaged container may give neither: frames are then numbered from 0.
+        self._start_s = float(start * base) if start is not None and base else 0.0
 
     def frames(self, skip_non_reference: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
         """(display index, frame) in display order; a corrupt packet ends the stream."""
@@ -182,7 +184,7 @@ def _header(container: av.container.InputContainer, stream: av.VideoStream) -> V
     frame_count = stream.frames or None
     if frame_count is None and fps:
         # As OpenCV does: Matroska/WebM store a duration, not a frame count.
-        if stream.duration is not None:
+        if stream.duration is not None and stream.time_base:
             duration_s = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration_s = container.duration / av.time_base
