@@ -23,7 +23,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup browser export triton run eval k8s test lint clean
+.PHONY: help setup browser export triton run eval bench loadtest k8s test lint clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -32,6 +32,8 @@ help:
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
+	@echo "make bench    floor (ORT) vs Triton vs gateway vs seed-style PyTorch on the same clips: table, RATIOS, results/bench/"
+	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make lint     ruff"
 
@@ -83,6 +85,25 @@ run: $(TRITON_VENV)/.installed export
 
 eval: $(VENV)/.installed
 	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
+
+# Side by side on the same clips and crops: in-process ONNX Runtime, Triton over gRPC,
+# the gateway end to end (lite and full), and the seed-style eager PyTorch loop. Starts
+# and stops its own Triton and gateway; exports both profiles first (a no-op when current).
+# BENCH_ARGS="--max-clips 1 --repeats 1 --stages floor,triton" for a quicker run.
+BENCH_ARGS ?=
+bench: $(TRITON_VENV)/.installed $(VENV)/.installed
+	$(PY) -m export --profile lite $(EXPORT_FLAGS)
+	$(PY) -m export --profile full $(EXPORT_FLAGS)
+	$(PY) -m tests.bench $(BENCH_ARGS)
+
+# Locust, headless, in a steady and an overload phase, with the gateway's and Triton's
+# memory sampled; its own local stack unless LOADTEST_ARGS="--url http://127.0.0.1:8080
+# --triton-url 127.0.0.1:8001". LOADTEST_ARGS="--profile full --users 2 --run-time 120".
+LOADTEST_ARGS ?=
+loadtest: $(TRITON_VENV)/.installed $(VENV)/.installed
+	$(PY) -m export --profile lite $(EXPORT_FLAGS)
+	$(PY) -m export --profile full $(EXPORT_FLAGS)
+	$(PY) -m tests.load $(LOADTEST_ARGS)
 
 # Render every deploy/k8s overlay, validate each object against the Kubernetes
 # schemas (strict, offline), hadolint the Dockerfiles, test the invariants.

@@ -112,12 +112,14 @@ class Analyzer:
         server: ModelServer,
         executor: Executor,
         strategy: Strategy | None = None,
+        chunk: int = 8,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
         self.server = server
         self.executor = executor
         self.strategy = strategy or Strategy()
+        self.chunk = chunk  # faces per Triton request while the clip is still being read
 
     async def analyze(
         self, path: Path, options: Options, emit: Emit | None = None
@@ -129,7 +131,13 @@ class Analyzer:
         loop = asyncio.get_running_loop()
 
         t = time.perf_counter()
-        early = EarlyFaces(self.extractor, self.executor)
+        score = (
+            self.server.score_with_ensemble
+            if options.models is None
+            else self.server.score_with_members
+        )
+        scoring = StreamedScoring(lambda crops: score(crops, selection.members), self.chunk)
+        early = EarlyFaces(self.extractor, self.executor, loop, scoring.add)
         try:
             media = await loop.run_in_executor(
                 self.executor, self.reader.read, path, options.frames, early.submit
@@ -138,31 +146,30 @@ class Analyzer:
             facts = media_facts(media).model_dump()
             await emit({"event": "decoded", "media": facts, "frames": len(media.frames)})
             found = await asyncio.gather(*(early.faces(f) for f in media.frames))
+            tracks = link_tracks([f.faces for f in found])
+            t = clock.stage("detect", t)
+            report = Report(selection, options, media, found)
+            metrics.FACES.observe(len(report.faces))
+            await emit({"event": "faces", "faces": len(report.faces), "tracks": len(tracks)})
+            if not report.faces:
+                clock.stage("total", clock.start)
+                return report.faceless(clock)
+
+            total = len(report.faces)
+
+            async def progress(done: int) -> None:
+                await emit({"event": "inference", "done": min(done, total), "total": total})
+
+            await progress(scoring.done)
+            by_face = await scoring.results(progress)
         finally:
             early.cancel()
-        tracks = link_tracks([f.faces for f in found])
-        t = clock.stage("detect", t)
-        report = Report(selection, options, media, found)
-        metrics.FACES.observe(len(report.faces))
-        await emit({"event": "faces", "faces": len(report.faces), "tracks": len(tracks)})
-        if not report.faces:
-            clock.stage("total", clock.start)
-            return report.faceless(clock)
-
-        crops = np.stack([found[p].crops[i] for p, i in report.faces])
-
-        async def progress(done: int, total: int) -> None:
-            await emit({"event": "inference", "done": done, "total": total})
-
-        await emit({"event": "inference", "done": 0, "total": len(crops)})
-        score = (
-            self.server.score_with_ensemble
-            if options.models is None
-            else (self.server.score_with_members)
-        )
-        scores = await score(crops, selection.members, progress)
+            scoring.cancel()
         t = clock.stage("infer", t)
 
+        crops = np.stack([found[p].crops[i] for p, i in report.faces])
+        keys = [(found[p].index, i) for p, i in report.faces]
+        scores = {name: np.array([by_face[k][name] for k in keys]) for name in by_face[keys[0]]}
         answer = report.scored(tracks, crops, scores, self.strategy, clock)
         clock.stage("aggregate", t)
         clock.stage("total", clock.start)
@@ -170,25 +177,102 @@ class Analyzer:
         return answer
 
 
+FaceKey = tuple[int, int]  # (frame index in the clip, face number in the frame)
+FaceScores = dict[str, float]  # model (or "ensemble") -> P(fake)
+
+
+class StreamedScoring:
+    """Faces go to Triton in chunks as soon as they are found, so inference overlaps
+    decoding and detection instead of waiting for the last frame."""
+
+    def __init__(
+        self, score: Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]], chunk: int
+    ) -> None:
+        self.score = score
+        self.chunk = chunk
+        self.waiting: list[tuple[FaceKey, np.ndarray]] = []
+        self.tasks: list[asyncio.Task[dict[FaceKey, FaceScores]]] = []
+        self.done = 0  # faces scored so far
+        self.progress: Callable[[int], Awaitable[None]] | None = None
+        self.closed = False
+
+    def add(self, found: FrameFaces) -> None:
+        """One frame's faces (on the event loop); a full chunk is sent at once."""
+        if self.closed:
+            return
+        self.waiting += [((found.index, i), crop) for i, crop in enumerate(found.crops)]
+        while len(self.waiting) >= self.chunk:
+            self._send(self.chunk)
+
+    def _send(self, count: int) -> None:
+        sent, self.waiting = self.waiting[:count], self.waiting[count:]
+        self.tasks.append(asyncio.create_task(self._scored(sent)))
+
+    async def _scored(self, sent: list[tuple[FaceKey, np.ndarray]]) -> dict[FaceKey, FaceScores]:
+        result = await self.score(np.stack([crop for _, crop in sent]))
+        self.done += len(sent)
+        if self.progress is not None:
+            await self.progress(self.done)
+        return {key: {m: float(v[n]) for m, v in result.items()} for n, (key, _) in enumerate(sent)}
+
+    async def results(
+        self, progress: Callable[[int], Awaitable[None]]
+    ) -> dict[FaceKey, FaceScores]:
+        """Every face's scores, once all final frames' faces were added; reports progress.
+        Faces of frames the reader dropped that arrive later are not scored."""
+        self.progress, self.closed = progress, True
+        if self.waiting:
+            self._send(len(self.waiting))
+        scored: dict[FaceKey, FaceScores] = {}
+        for part in await asyncio.gather(*self.tasks):
+            scored |= part
+        return scored
+
+    def cancel(self) -> None:
+        """Stop what is still running; a failure nobody awaited is not worth a warning."""
+        self.closed = True
+        for task in self.tasks:
+            if task.done() and not task.cancelled():
+                task.exception()
+            task.cancel()
+
+
 class EarlyFaces:
     """Face detection started on each frame as the reader decodes it, so detection runs
-    while the rest of the clip is decoding instead of after it."""
+    while the rest of the clip is decoding instead of after it; each frame's faces are
+    handed to `found` (on the event loop) as soon as they are known."""
 
-    def __init__(self, extractor: FaceExtractor, executor: Executor) -> None:
+    def __init__(
+        self,
+        extractor: FaceExtractor,
+        executor: Executor,
+        loop: asyncio.AbstractEventLoop,
+        found: Callable[[FrameFaces], None],
+    ) -> None:
         self.extractor = extractor
         self.executor = executor
+        self.loop = loop
+        self.found = found
         self.started: dict[int, Future[FrameFaces]] = {}
 
     def submit(self, frame: Frame) -> None:
         """MediaReader's on_frame: called from the decoding thread."""
-        self.started[frame.index] = self.executor.submit(self.extractor.extract_frame, frame)
+        future = self.executor.submit(self.extractor.extract_frame, frame)
+        future.add_done_callback(self._hand_over)
+        self.started[frame.index] = future
+
+    def _hand_over(self, future: Future[FrameFaces]) -> None:
+        # A worker thread: the faces go to the event loop, which owns the scoring.
+        if not future.cancelled() and future.exception() is None:
+            self.loop.call_soon_threadsafe(self.found, future.result())
 
     async def faces(self, frame: Frame) -> FrameFaces:
         """The faces of one of the reader's final frames: found early, or now (a truncated
         file is re-sampled after decoding, so some final frames were never handed over)."""
         future = self.started.pop(frame.index, None)
         if future is None:
-            future = self.executor.submit(self.extractor.extract_frame, frame)
+            self.submit(frame)
+            future = self.started.pop(frame.index)
         return await asyncio.wrap_future(future)
 
     def cancel(self) -> None:

@@ -117,8 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_batch,
         )
         extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
+        reader = MediaReader(settings.media_limits())
         app.state.analyzer = Analyzer(
-            MediaReader(settings.media_limits()), extractor, server, executor
+            reader, extractor, server, executor, chunk=settings.infer_chunk
         )
         app.state.server = server
         app.state.executor = executor

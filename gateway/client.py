@@ -119,7 +119,8 @@ class DirectClient:
         )
         with ThreadPoolExecutor(s.workers) as executor:
             extractor = FaceExtractor(load_detector(s.detector_config()), s.crop_config())
-            analyzer = Analyzer(MediaReader(s.media_limits()), extractor, server, executor)
+            reader = MediaReader(s.media_limits())
+            analyzer = Analyzer(reader, extractor, server, executor, chunk=s.infer_chunk)
             options = options_for(
                 s, models, frames, threshold, filename=path.name, request_id=new_request_id()
             )

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     triton_retries: int = Field(3, ge=0, description="retries on UNAVAILABLE, with backoff")
     ensemble: str = "deepfake_ensemble"
     max_batch: int = Field(32, ge=1, description="faces per Triton request, at most")
+    infer_chunk: int = Field(
+        8, ge=1, description="faces sent to Triton as soon as found, while a clip is still read"
+    )
 
     # Uploads and admission.
     max_upload_mb: int = Field(100, ge=1)

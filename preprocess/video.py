@@ -66,6 +66,8 @@ class VideoFile:
             raise DecodeError("the file has no video stream")
         self.container = container
         self.stream = container.streams.video[0]
+        if self.stream.codec_context is None:  # a codec FFmpeg does not know (a damaged header)
+            raise DecodeError("no decoder for the file's video stream")
         self.stream.thread_type = "AUTO"  # frame and slice threads: all cores
         self.header = _header(container, self.stream)
         start, base = self.stream.start_time, self.stream.time_base

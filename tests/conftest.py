@@ -2,21 +2,16 @@
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 
 from model_repository.local_triton import LocalTriton, TritonSettings
+from tests.processes import free_port, gateway_process, wait_for  # noqa: F401 — tests import them
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -33,12 +28,6 @@ FACE_SOURCES = (
     MEDIA / "images/fake/dfdc_mqzvfufzoq_fr0.jpg",
     MEDIA / "images/real/face_recognition_two_people.jpg",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def detect_faces(image_bgr: np.ndarray) -> np.ndarray:
@@ -124,48 +113,9 @@ class Gateway:
 @contextlib.contextmanager
 def start_gateway(triton_url: str, tmp: Path, **settings: object) -> Iterator[Gateway]:
     """The real gateway (python -m gateway, uvicorn) on a free port."""
-    port = free_port()
-    uploads = tmp / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, DEEPFAKE_ASSETS=os.environ.get("DEEPFAKE_ASSETS", str(ASSETS)))
-    env |= {
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_TRITON_URL": triton_url,
-        "GATEWAY_TMP_DIR": str(uploads),
-        "GATEWAY_TRITON_RETRIES": "1",
-    }
-    env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
-    log_path = tmp / f"gateway-{port}.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(url + "/healthz", process, log_path)
-        yield Gateway(url, uploads, log_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited: {log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not up after {timeout}s: {log.read_text(errors='replace')[-3000:]}")
+    settings = {"triton_retries": 1} | settings
+    with gateway_process(triton_url, tmp, **settings) as run:
+        yield Gateway(run.url, run.uploads, run.log)
 
 
 @pytest.fixture(scope="session")
@@ -197,21 +147,11 @@ def start_gateway_process(
     triton_url: str, tmp: Path, **settings: object
 ) -> Iterator[GatewayProcess]:
     """start_gateway, also handing over the process: for signals and memory readings."""
-    with contextlib.ExitStack() as stack:
-        before = {p.pid for p in _gateway_children()}
-        gateway = stack.enter_context(start_gateway(triton_url, tmp, **settings))
-        (process,) = [p for p in _gateway_children() if p.pid not in before]
-        yield GatewayProcess(gateway.url, gateway.uploads, gateway.log, process)
-
-
-def _gateway_children() -> list:
     import psutil  # only these tests need it
 
-    return [
-        p
-        for p in psutil.Process().children()
-        if p.is_running() and p.cmdline()[1:3] == ["-m", "gateway"]
-    ]
+    settings = {"triton_retries": 1} | settings
+    with gateway_process(triton_url, tmp, **settings) as run:
+        yield GatewayProcess(run.url, run.uploads, run.log, psutil.Process(run.pid))
 
 
 def write_results(section: str, figures: dict) -> None:

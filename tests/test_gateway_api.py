@@ -201,7 +201,8 @@ def test_the_streaming_variant_reports_progress_then_the_answer(gateway: Gateway
     assert names[:3] == ["accepted", "decoded", "faces"]
     assert names[-1] == "result" and set(names[3:-1]) == {"inference"}
     progress = [e["done"] for e in events if e["event"] == "inference"]
-    assert progress == sorted(progress) and progress[0] == 0
+    # Faces go to Triton while the clip is still read: the first count may be above 0.
+    assert progress == sorted(progress) and 0 <= progress[0] <= progress[-1]
     assert progress[-1] == events[2]["faces"] > 0
     answer = DetectAnswer.model_validate(events[-1]["result"])
     assert answer.media.frame_count == events[1]["media"]["frame_count"] == 134

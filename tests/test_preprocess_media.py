@@ -338,6 +338,20 @@ def test_truncated_mp4(tmp_path: Path, kib: int) -> None:
     assert 0 < len(media.frames) <= N
 
 
+def test_a_codec_ffmpeg_does_not_know(tmp_path: Path) -> None:
+    """Matroska whose CodecID was damaged (found by the fuzz test): a clean 422, no crash."""
+    mjpg = cv2.VideoWriter_fourcc(*"MJPG")
+    writer = cv2.VideoWriter(str(tmp_path / "ok.mkv"), mjpg, 25, (64, 48))
+    for level in range(5):
+        writer.write(np.full((48, 64, 3), level * 40, np.uint8))
+    writer.release()
+    data = (tmp_path / "ok.mkv").read_bytes()
+    assert b"V_MJPEG" in data
+    (path := tmp_path / "bad.mkv").write_bytes(data.replace(b"V_MJPEG", b"V\x00MJPEG"))
+    with pytest.raises(UndecodableMedia, match="no decoder"):
+        MediaReader().read(path, 4)
+
+
 def test_mp4_header_then_garbage(tmp_path: Path) -> None:
     noise = np.random.default_rng(1).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
     (path := tmp_path / "bad.mp4").write_bytes(CLIPS[0].read_bytes()[:32] + noise)

@@ -215,7 +215,7 @@ def test_drop_a_clip_shows_progress_then_the_full_result(
 
     events = logged_events(page)
     assert collapsed(events) == STAGES, events
-    assert events.count("inference") >= 2  # 0 of N, ..., N of N
+    assert events.count("inference") >= 1  # k of N (scoring starts early), ..., N of N
     stages = page.eval_on_selector_all("#stages li", "ls => ls.map(l => l.dataset.status)")
     assert stages == ["done"] * 6
     assert page.get_attribute("#upload-bar", "value") == "100"

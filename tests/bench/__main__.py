@@ -1,0 +1,111 @@
+"""python -m tests.bench [--help]: the four stages on the same clips, then the report."""
+
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from tests.bench import report
+from tests.bench.config import BenchConfig, parse_args
+from tests.bench.floor import run_floor
+from tests.bench.inputs import all_crops, check_exported, load_clips, machine_facts, members_of
+from tests.bench.seed_baseline import run_seed
+from tests.bench.service import run_p50, run_service
+from tests.bench.stack import gateway, local_triton
+from tests.bench.triton_stage import ENSEMBLE, run_triton
+
+
+def note_load(result: dict, stage: str) -> None:
+    """The 1-minute load average as each stage ends: on a shared machine, figures taken
+    minutes apart are comparable only if the load was alike."""
+    result.setdefault("load_average_1m", {})[stage] = round(os.getloadavg()[0], 2)
+
+
+def needed_members(profiles: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(m for p in profiles for m in members_of(p)))
+
+
+def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path) -> None:
+    """Triton and the gateway, one profile at a time (the full Triton alone takes ~8 GB)."""
+    measured: set[str] = set()
+    for profile in sorted(config.profiles, key=lambda p: p != "full"):
+        print(f"[{profile}] starting Triton", flush=True)
+        with local_triton(profile, work) as server:
+            url = server.settings.grpc_url
+            if "triton" in config.stages:
+                # Members are the same models in both profiles: measure each once.
+                models = [m for m in members_of(profile) if m not in measured] + [ENSEMBLE]
+                result.setdefault("triton", {})[profile] = run_triton(config, url, crops, models)
+                measured |= set(models)
+                note_load(result, f"triton {profile}")
+            if "service" in config.stages:
+                in_flight = max(4, *config.concurrency)
+                with gateway(
+                    url,
+                    work,
+                    frames=config.frames,
+                    max_in_flight=in_flight,
+                    detector=config.detector,
+                ) as gw:
+                    result.setdefault("service", {})[profile] = run_service(config, gw.url, profile)
+                    note_load(result, f"service {profile}")
+                    if profile == "lite" and config.p50_runs > 0:
+                        result["p50"] = run_p50(config, gw.url)
+                        note_load(result, "p50")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    check_exported(config.profiles)
+    started = time.perf_counter()
+    result: dict = {
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+        "config": config.to_json(),
+    }
+    print(
+        f"bench: profiles {config.profiles}, stages {config.stages}, {config.frames} frames, "
+        f"batches {config.batches}, concurrency {config.concurrency}, repeats "
+        f"{config.repeats}; results in {config.out}",
+        flush=True,
+    )
+    clips = load_clips(config)
+    result["clips"] = [
+        {
+            "clip": c.name,
+            "width": c.info.width,
+            "height": c.info.height,
+            "duration_s": c.info.duration_s,
+            "faces": len(c.crops),
+        }
+        for c in clips
+    ]
+    for c in result["clips"]:
+        print(
+            f"  clip {c['clip']}: {c['width']}x{c['height']}, {c['duration_s']:.1f} s, "
+            f"{c['faces']} faces in {config.frames} frames",
+            flush=True,
+        )
+    if "floor" in config.stages:
+        print("[floor] in-process ONNX Runtime", flush=True)
+        result["floor"] = run_floor(config, clips, needed_members(config.profiles))
+        note_load(result, "floor")
+    if "seed" in config.stages:
+        print("[seed] eager PyTorch, frame by frame", flush=True)
+        result["seed"] = {p: run_seed(config, members_of(p), p) for p in config.profiles}
+        note_load(result, "seed")
+    if {"triton", "service"} & set(config.stages):
+        with tempfile.TemporaryDirectory(prefix="bench-") as work:
+            run_served(config, result, all_crops(clips), Path(work))
+    result["elapsed_s"] = time.perf_counter() - started
+    report.finish(result, config)
+    print(f"bench: {result['elapsed_s']:.0f} s; {config.out / 'bench.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

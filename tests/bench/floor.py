@@ -1,0 +1,83 @@
+"""Stage 1, the floor: each model in-process with ONNX Runtime, no server in between.
+
+Also the "pure model compute" of each clip: the seconds its faces take through each
+model in-process, batched as the gateway batches them (GATEWAY_MAX_BATCH).
+"""
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.settings import Settings
+from tests.bench.config import BenchConfig
+from tests.bench.inputs import Clip, all_crops, model_path
+from tests.bench.measure import batches, latency_summary, median, run_concurrently
+
+
+def providers() -> list[str]:
+    """The best execution provider this onnxruntime build has (CUDA on a GPU machine), CPU last."""
+    preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    available = ort.get_available_providers()
+    chosen = [p for p in preferred[1:] if p in available]  # TensorRT builds engines for minutes
+    return chosen or available
+
+
+def session(member: str) -> ort.InferenceSession:
+    # Default options: ONNX Runtime sizes its intra-op pool to the machine's cores.
+    return ort.InferenceSession(str(model_path(member)), providers=providers())
+
+
+def run_batches(sess: ort.InferenceSession, parts: list[np.ndarray]) -> list[float]:
+    name = sess.get_inputs()[0].name
+    latencies = []
+    for part in parts:
+        start = time.perf_counter()
+        sess.run(None, {name: part})
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def throughput(sess: ort.InferenceSession, crops: np.ndarray, batch: int, repeats: int) -> dict:
+    parts = batches(crops, batch)
+    run_batches(sess, parts[:1])  # warm-up: arena allocation, first-run kernel choice
+    walls, latencies = [], []
+    for _ in range(repeats):
+        run = run_concurrently([lambda p=p: run_batches(sess, [p]) for p in parts], 1)
+        walls.append(run.wall_s)
+        latencies += run.latencies_s
+    wall = median(walls)
+    return {"faces": len(crops), "faces_per_s": len(crops) / wall, **latency_summary(latencies)}
+
+
+def clip_compute_s(sess: ort.InferenceSession, clip: Clip, repeats: int) -> float:
+    parts = batches(clip.crops, Settings().max_batch)
+    return median([sum(run_batches(sess, parts)) for _ in range(repeats)])
+
+
+def run_floor(config: BenchConfig, clips: list[Clip], members: list[str]) -> dict:
+    """{member: {"batch": {b: figures}, "clip_compute_s": {clip: s}}, "providers": [...]}"""
+    crops = all_crops(clips)
+    result: dict = {"providers": providers(), "models": {}}
+    for member in members:
+        sess = session(member)
+        figures = {b: throughput(sess, crops, b, config.repeats) for b in config.batches}
+        compute = {c.name: clip_compute_s(sess, c, config.repeats) for c in clips}
+        result["models"][member] = {"batch": figures, "clip_compute_s": compute}
+        print(
+            f"  floor {member}: "
+            + ", ".join(f"b{b} {f['faces_per_s']:.2f} faces/s" for b, f in figures.items()),
+            flush=True,
+        )
+        del sess
+    return result
+
+
+def ensemble_faces_per_s(floor: dict, members: list[str], batch: int) -> float:
+    """An in-process ensemble runs its members one after another on the same faces."""
+    per_face = sum(1 / floor["models"][m]["batch"][batch]["faces_per_s"] for m in members)
+    return 1 / per_face
+
+
+def clip_compute(floor: dict, members: list[str], clip: str) -> float:
+    return sum(floor["models"][m]["clip_compute_s"][clip] for m in members)

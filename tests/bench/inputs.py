@@ -1,0 +1,122 @@
+"""The inputs every stage shares: the clips, their face crops, the models, the machine."""
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+
+from export.repository import profile_members
+from gateway.settings import Settings
+from preprocess.faces import load_detector
+from preprocess.media import MediaInfo, MediaReader
+from preprocess.pipeline import FaceExtractor
+from tests.bench.config import ROOT, BenchConfig
+
+REPOSITORY = ROOT / "model_repository"
+PACKAGES = ("onnxruntime", "torch", "numpy", "opencv-python-headless", "tritonclient", "fastapi")
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    info: MediaInfo
+    crops: np.ndarray  # uint8 [faces, 380, 380, 3] RGB, as the gateway sends them
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def service_settings(config: BenchConfig) -> Settings:
+    """The gateway's settings for this run: its detector and crop, our frame count."""
+    return Settings(detector=config.detector, frames=config.frames)
+
+
+def extractor_for(config: BenchConfig) -> FaceExtractor:
+    settings = service_settings(config)
+    return FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
+
+
+def load_clips(config: BenchConfig) -> list[Clip]:
+    """Each clip's faces cut by the project's own preprocess (MediaReader + FaceExtractor),
+    so the floor, Triton and the seed baseline score exactly the faces the gateway would."""
+    settings = service_settings(config)
+    reader, extractor = MediaReader(settings.media_limits()), extractor_for(config)
+    clips = []
+    for path in config.clips:
+        media = reader.read(path, config.frames)
+        crops = [c for frame in extractor.extract(media.frames) for c in frame.crops]
+        if not crops:
+            raise SystemExit(f"{path}: no face found in {config.frames} frames; choose another")
+        clips.append(Clip(path, media.info, np.stack(crops)))
+    return clips
+
+
+def all_crops(clips: list[Clip]) -> np.ndarray:
+    return np.concatenate([c.crops for c in clips])
+
+
+def members_of(profile: str) -> list[str]:
+    return profile_members(REPOSITORY, profile)
+
+
+def model_path(member: str) -> Path:
+    return REPOSITORY / "members" / member / "1" / "model.onnx"
+
+
+def check_exported(profiles: tuple[str, ...]) -> None:
+    missing = [str(model_path(m)) for p in profiles for m in members_of(p)]
+    missing = [m for m in missing if not Path(m).exists()]
+    if missing:
+        raise SystemExit(f"not exported: {missing}; run `make export PROFILE=full` first")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def accelerators() -> list[str]:
+    """What ONNX Runtime and torch could use here; the report says so rather than assume a CPU."""
+    import onnxruntime as ort
+    import torch
+
+    # Azure's provider calls a remote endpoint: it is in every wheel and is no device.
+    not_devices = {"CPUExecutionProvider", "AzureExecutionProvider"}
+    found = [p for p in ort.get_available_providers() if p not in not_devices]
+    if torch.cuda.is_available():
+        found += [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return found
+
+
+def machine_facts() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": psutil.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "accelerators": accelerators(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "opencv": cv2.__version__,
+        "packages": versions,
+    }

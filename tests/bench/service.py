@@ -1,0 +1,92 @@
+"""Stage 3: end to end through the gateway (upload → decode → detect → Triton → verdict).
+
+At each concurrency `c`, c clients send the clips round-robin, `waves` clips each; the
+answers' own `timings_ms` give the per-stage times.
+"""
+
+from pathlib import Path
+
+import httpx
+
+from tests.bench.config import BenchConfig
+from tests.bench.measure import latency_summary, median, run_concurrently
+
+STAGES = ("upload", "decode", "detect", "infer", "aggregate", "total")
+TIMEOUT = httpx.Timeout(900.0, connect=10.0)
+
+
+def detect(url: str, path: Path, frames: int) -> dict:
+    with httpx.Client(timeout=TIMEOUT) as client, path.open("rb") as f:
+        response = client.post(
+            url + "/api/detect", files={"file": (path.name, f)}, params={"frames": frames}
+        )
+    response.raise_for_status()  # a benchmark figure from a failed request means nothing
+    answer = response.json()
+    return {
+        "clip": path.name,
+        "faces": sum(len(f["faces"]) for f in answer["frames"]),
+        "verdict": answer["verdict"],
+        "timings_ms": answer["timings_ms"],
+    }
+
+
+def stage_medians(answers: list[dict]) -> dict[str, float]:
+    return {
+        s: median([a["timings_ms"][s] for a in answers if a["timings_ms"].get(s) is not None])
+        for s in STAGES
+        if any(a["timings_ms"].get(s) is not None for a in answers)
+    }
+
+
+def run_level(url: str, clips: list[Path], frames: int, concurrency: int, waves: int) -> dict:
+    sends = [clips[i % len(clips)] for i in range(max(len(clips), concurrency) * waves)]
+    run = run_concurrently([lambda p=p: detect(url, p, frames) for p in sends], concurrency)
+    return {
+        "requests": len(sends),
+        "wall_s": run.wall_s,
+        "videos_per_min": 60 * len(sends) / run.wall_s,
+        **latency_summary(run.latencies_s),
+        "stages_ms": stage_medians(run.results),
+        "per_clip_total_ms": {
+            p.name: median([a["timings_ms"]["total"] for a in run.results if a["clip"] == p.name])
+            for p in clips
+        },
+        "answers": run.results,
+    }
+
+
+def run_service(config: BenchConfig, url: str, profile: str) -> dict:
+    detect(url, config.clips[0], config.frames)  # warm-up: detector sessions, channel
+    result: dict = {}
+    for c in config.concurrency:
+        level = run_level(url, config.clips, config.frames, c, config.waves)
+        result[f"c{c}"] = level
+        print(
+            f"  service {profile} c{c}: {level['videos_per_min']:.2f} videos/min, "
+            f"p50 {level['p50_ms'] / 1000:.2f} s, stages {level['stages_ms']}",
+            flush=True,
+        )
+    return result
+
+
+def run_p50(config: BenchConfig, url: str) -> dict:
+    """The latency of one clip at the service's own frame count, one request at a time."""
+    detect(url, config.p50_clip, config.p50_frames)  # warm-up at this frame count
+    jobs = [lambda: detect(url, config.p50_clip, config.p50_frames)] * config.p50_runs
+    run = run_concurrently(jobs, 1)
+    runs = run.results
+    totals = run.latencies_s  # as the client sees it: upload and answer included
+    figures = {
+        "clip": config.p50_clip.name,
+        "frames": config.p50_frames,
+        "runs": len(runs),
+        "p50_s": median(totals),
+        "totals_s": totals,
+        "stages_ms": stage_medians(runs),
+    }
+    print(
+        f"  service lite p50 {figures['clip']} @ {figures['frames']} frames: "
+        f"{figures['p50_s']:.2f} s",
+        flush=True,
+    )
+    return figures

@@ -1,0 +1,1 @@
+"""`make loadtest`: locust, headless, against the gateway and Triton's ensemble (loopback)."""
