@@ -112,7 +112,7 @@ class Analyzer:
         server: ModelServer,
         executor: Executor,
         strategy: Strategy | None = None,
-        chunk: int = 8,
+        chunk: int = 4,
     ) -> None:
         self.reader = reader
         self.extractor = extractor

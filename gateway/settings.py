@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     ensemble: str = "deepfake_ensemble"
     max_batch: int = Field(32, ge=1, description="faces per Triton request, at most")
     infer_chunk: int = Field(
-        8, ge=1, description="faces sent to Triton as soon as found, while a clip is still read"
+        4, ge=1, description="faces sent to Triton as soon as found, while a clip is still read"
     )
 
     # Uploads and admission.
