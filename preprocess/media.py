@@ -288,5 +288,6 @@ def _open_video(path: Path, fmt: str) -> Iterator[VideoFile]:
             yield video
     except DecodeError as exc:
         raise UndecodableMedia(f"the {fmt} video: {exc}") from exc
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, ValueError) as exc:
+        # ValueError: PyAV's reading of a damaged header (a rate or size it cannot represent).
         raise UndecodableMedia(f"could not decode the {fmt} video: {exc}") from exc

@@ -108,7 +108,8 @@ def sample_indices(frame_count: int, n: int) -> list[int]:
 @contextmanager
 def open_video(path: Path) -> Iterator[VideoFile]:
     try:
-        container = av.open(str(path), mode="r")
+        # Metadata are only shown, never trusted: undecodable text must not fail the file.
+        container = av.open(str(path), mode="r", metadata_errors="replace")
     except av.FFmpegError as exc:
         raise DecodeError(f"could not open the video: {exc}") from exc
     try:
