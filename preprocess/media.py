@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import av
-import cv2
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from preprocess.video import (
     DecodeError,
@@ -226,15 +226,16 @@ class MediaReader:
     def _read_image(self, path: Path, fmt: str) -> Media:
         try:
             # Image.open parses only the header: a decompression bomb is refused undecoded.
-            with Image.open(path) as header:
-                self.limits.check_size(*header.size)
+            with Image.open(path) as opened:
+                self.limits.check_size(*opened.size)
+                # Pillow decodes, not OpenCV: OpenCV 5 spends seconds on some corrupt PNGs of
+                # a few bytes (found by the fuzz test); Pillow refuses them at once. Turned
+                # upright by its EXIF orientation, as cameras and OpenCV mean it.
+                image = np.array(ImageOps.exif_transpose(opened).convert("RGB"))
         except Image.DecompressionBombError as exc:
             raise MediaLimitExceeded(f"image too large: {exc}") from exc
-        except OSError as exc:
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's decode errors
             raise UndecodableMedia(f"could not decode the {fmt} image: {exc}") from exc
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
-        if image is None:
-            raise UndecodableMedia(f"could not decode the {fmt} image")
         height, width = image.shape[:2]
         info = MediaInfo("image", fmt, width, height, None, 1, None)
         return Media(info, [Frame(0, 0.0, image)])
