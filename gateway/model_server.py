@@ -26,8 +26,6 @@ CONTROL_TIMEOUT_S = 10.0  # configs, metadata: small calls that must not hang on
 RETRY_AFTER_S = "5"
 PROVENANCE_KEYS = ("file", "sha256", "source", "licence")
 
-Progress = Callable[[int, int], Awaitable[None]]
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -202,51 +200,32 @@ class ModelServer:
     # -- inference -------------------------------------------------------------
 
     async def score_with_ensemble(
-        self, faces: np.ndarray, members: list[str], progress: Progress | None = None
+        self, faces: np.ndarray, members: list[str]
     ) -> dict[str, np.ndarray]:
         """P(fake) per face from the ensemble: each member's and the vote's ("ensemble")."""
         outputs = {m: output_name(m) for m in members} | {"ensemble": "P_FAKE"}
-        return await self._batched(self.ensemble_name, faces, outputs, progress)
+        return await self._batched(self.ensemble_name, faces, outputs)
 
     async def score_with_members(
-        self, faces: np.ndarray, members: list[str], progress: Progress | None = None
+        self, faces: np.ndarray, members: list[str]
     ) -> dict[str, np.ndarray]:
         """P(fake) per face from each named member, called directly, concurrently."""
-        done = [0] * len(members)
-
-        async def one(i: int, name: str) -> dict[str, np.ndarray]:
-            async def member_progress(n: int, total: int) -> None:
-                done[i] = n
-                if progress:
-                    await progress(sum(done), total * len(members))
-
-            return await self._batched(name, faces, {name: "P_FAKE"}, member_progress)
-
-        results = await asyncio.gather(*(one(i, m) for i, m in enumerate(members)))
+        results = await asyncio.gather(
+            *(self._batched(name, faces, {name: "P_FAKE"}) for name in members)
+        )
         return {k: v for r in results for k, v in r.items()}
 
     async def _batched(
-        self,
-        model: str,
-        faces: np.ndarray,
-        outputs: dict[str, str],
-        progress: Progress | None,
+        self, model: str, faces: np.ndarray, outputs: dict[str, str]
     ) -> dict[str, np.ndarray]:
         """Faces in batches of at most max_batch, all in flight at once, so
-        Triton's dynamic batcher and instances can overlap them."""
+        Triton's dynamic batcher and instances can overlap them. (Progress is the
+        caller's: the gateway sends a few faces at a time and counts them.)"""
         step = self.max_batch
         batches = [faces[i : i + step] for i in range(0, len(faces), step)]
-        done = 0
-
-        async def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-            nonlocal done
-            result = await self._infer(model, batch, list(outputs.values()))
-            done += len(batch)
-            if progress:
-                await progress(done, len(faces))
-            return result
-
-        results = await asyncio.gather(*(run(b) for b in batches))
+        results = await asyncio.gather(
+            *(self._infer(model, b, list(outputs.values())) for b in batches)
+        )
         return {
             key: np.concatenate([r[name].reshape(-1) for r in results]).astype(np.float32)
             for key, name in outputs.items()

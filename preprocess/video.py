@@ -122,6 +122,11 @@ def rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
+def _frame(index: int, frame: av.VideoFrame, fps: float | None) -> Frame:
+    # index / fps is exact for constant-rate video; without a rate, the decoder's own clock.
+    return Frame(index, index / fps if fps else float(frame.time or 0), rgb(frame))
+
+
 def decode_wanted(
     video: VideoFile,
     wanted: list[int],
@@ -141,7 +146,7 @@ def decode_wanted(
             continue
         while pending < len(wanted) and wanted[pending] <= index:
             pending += 1
-        kept.append(Frame(index, index / fps if fps else float(frame.time or 0), rgb(frame)))
+        kept.append(_frame(index, frame, fps))
         if on_frame is not None:
             on_frame(kept[-1])
         if pending == len(wanted):
@@ -155,7 +160,7 @@ def decode_wanted(
     ):
         # The clip's last frames were non-reference ones: the last decoded stands in for them.
         index, frame = last
-        kept.append(Frame(index, index / fps if fps else 0.0, rgb(frame)))
+        kept.append(_frame(index, frame, fps))
         if on_frame is not None:
             on_frame(kept[-1])
         return kept, None
@@ -173,7 +178,7 @@ def decode_spread(video: VideoFile, n_frames: int, max_frames: int) -> tuple[lis
         if index == max_frames:
             raise FrameLimit(max_frames)
         if index % stride == 0:
-            kept.append(Frame(index, index / fps if fps else float(frame.time or 0), rgb(frame)))
+            kept.append(_frame(index, frame, fps))
             if len(kept) >= 2 * n_frames:
                 stride *= 2
                 kept = [f for f in kept if f.index % stride == 0]
