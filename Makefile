@@ -23,7 +23,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup browser export triton run eval bench loadtest k8s test lint clean
+.PHONY: help setup system-packages export triton run eval bench loadtest k8s test lint clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -37,12 +37,16 @@ help:
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make lint     ruff"
 
-setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed browser
+setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed system-packages
 
-# Debian's chromium for the browser tests (Playwright's own download does not
-# work offline); installed with apt-get when missing, which needs root.
-browser:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+# Debian packages the tests use, installed with apt-get when missing (needs root):
+# chromium for the browser tests (Playwright's own download does not work offline),
+# ffmpeg to make test media (rotations, codecs, pixel formats) from the shared clips.
+SYSTEM_PACKAGES := chromium ffmpeg
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 # The development environment: export, gateway, preprocess, deploy checks, tests. insightface
 # is installed without its dependencies, which are listed with the headless
