@@ -264,14 +264,14 @@ class MediaReader:
         """An animated image is sampled like a video: evenly spread frames, each stamped
         with the sum of the display times (ms) of the frames before it."""
         frame_count: int = opened.n_frames
-        # The first frame's delay stands for the clip's rate (GIF delays vary a little).
+        # Until the frames are read, the first one's delay stands for all (GIF's vary a little).
         delay_ms = opened.info.get("duration") or 0
-        fps = 1000 / delay_ms if delay_ms > 0 else None
-        self.limits.check_length(frame_count, frame_count / fps if fps else None)
+        self.limits.check_length(frame_count, frame_count * delay_ms / 1000 or None)
         wanted = sample_indices(frame_count, n_frames)
         frames, clock_ms, keep = [], 0.0, set(wanted)
         for index in range(wanted[-1] + 1):
             opened.seek(index)  # Pillow composes each frame over the last: read them in order
+            opened.load()  # WebP sets the frame's duration only as it decodes it
             if index in keep:
                 image = orientation.apply(rgb_image(opened))
                 frames.append(Frame(index, clock_ms / 1000, image))
@@ -279,7 +279,9 @@ class MediaReader:
                     on_frame(frames[-1])
             clock_ms += opened.info.get("duration") or 0
         height, width = frames[0].image.shape[:2]
-        duration = frame_count / fps if fps else None
+        # The last frame is always sampled, so the clock has run through the whole animation.
+        duration = clock_ms / 1000 if clock_ms > 0 else None
+        fps = frame_count / duration if duration else None
         facts = orientation.facts()
         info = MediaInfo("video", fmt, width, height, fps, frame_count, duration, *facts)
         return Media(info, frames)
