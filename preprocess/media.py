@@ -4,6 +4,7 @@
 `MediaError` that carries the HTTP status and a stable error code for the client.
 """
 
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,6 +26,10 @@ from preprocess.video import (
     open_video,
     sample_indices,
 )
+
+# What Pillow raises on a damaged file. Beyond its usual ones, a cut or mangled animation
+# fails with IndexError or struct.error while Pillow counts its frames (found by fuzzing).
+PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
 IMAGE_FORMATS = frozenset({"jpeg", "png", "webp", "gif"})
@@ -247,7 +252,7 @@ class MediaReader:
                 image = orientation.apply(rgb_image(opened))
         except Image.DecompressionBombError as exc:
             raise MediaLimitExceeded(f"image too large: {exc}") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's decode errors
+        except PILLOW_ERRORS as exc:
             raise UndecodableMedia(f"could not decode the {fmt} image: {exc}") from exc
         height, width = image.shape[:2]
         info = MediaInfo("image", fmt, width, height, None, 1, None, *orientation.facts())

@@ -207,6 +207,8 @@ def test_read_image() -> None:
         "fps": None,
         "frame_count": 1,
         "duration_s": None,
+        "rotation": 0,
+        "flipped": False,
     }
     (frame,) = media.frames
     assert (frame.index, frame.timestamp_s) == (0, 0.0)
