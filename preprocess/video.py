@@ -138,7 +138,8 @@ def open_video(path: Path) -> Iterator[VideoFile]:
 
 def rgb(frame: av.VideoFrame) -> np.ndarray:
     # swscale reads the frame's own colour tags (range, matrix) and bit depth: 10/12-bit,
-    # 4:2:2/4:4:4, full or limited range all come out as 8-bit RGB (tests/test_pixel_formats).
+    # 4:2:2/4:4:4, full or limited range all come out as the same 8-bit RGB as FFmpeg's
+    # (tests/test_formats_orientations.py).
     return frame.to_ndarray(format="rgb24")
 
 
