@@ -53,6 +53,8 @@ def from_display_matrix(matrix: Sequence[int]) -> Orientation:
     """The orientation a display matrix ([a b u c d v x y w]) asks for. A matrix that is not
     made of quarter turns (a skewed or arbitrary angle, never written by phones) is taken as
     the nearest one; a degenerate one as upright."""
+    if len(matrix) < 9:  # side data of the wrong size: nothing to read from it
+        return UPRIGHT
     a, b, c, d = (int(v) for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
     if abs(a) + abs(d) >= abs(b) + abs(c):
         signs = np.array([[np.sign(a), 0], [0, np.sign(d)]])
