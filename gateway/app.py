@@ -31,7 +31,7 @@ from preprocess.media import MediaError, MediaReader, sniff
 from preprocess.pipeline import FaceExtractor
 
 VERSION = "0.3.0"
-FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp"]
+FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp", "gif"]
 log = logging.getLogger("gateway")
 
 UPLOAD_DOC = {

@@ -64,6 +64,10 @@ class MediaFacts(BaseModel):
     fps: float | None
     frame_count: int
     duration_s: float | None
+    rotation: int = Field(
+        0, description="degrees turned clockwise to make the picture upright (display matrix, EXIF)"
+    )
+    flipped: bool = Field(False, description="mirrored left-right first, before the rotation")
 
 
 class Timings(BaseModel):

@@ -4,6 +4,7 @@
 `MediaError` that carries the HTTP status and a stable error code for the client.
 """
 
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -12,8 +13,9 @@ from typing import ClassVar, Literal
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
+from preprocess.orientation import Orientation, from_exif
 from preprocess.video import (
     DecodeError,
     Frame,
@@ -25,8 +27,12 @@ from preprocess.video import (
     sample_indices,
 )
 
+# What Pillow raises on a damaged file. Beyond its usual ones, a cut or mangled animation
+# fails with IndexError or struct.error while Pillow counts its frames (found by fuzzing).
+PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
 VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
-IMAGE_FORMATS = frozenset({"jpeg", "png", "webp"})
+IMAGE_FORMATS = frozenset({"jpeg", "png", "webp", "gif"})
 
 
 class MediaError(Exception):
@@ -84,7 +90,7 @@ def sniff(path: Path) -> str:
         return found
     raise UnsupportedMedia(
         "unsupported file type: send an mp4, mov, avi, mkv or webm video, "
-        "or a jpeg, png or webp image"
+        "or a jpeg, png, webp or gif image"
     )
 
 
@@ -93,6 +99,8 @@ def _sniff_bytes(head: bytes) -> str | None:
         return "jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
     if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
         return "webp" if head[8:12] == b"WEBP" else "avi"
     if head[4:8] == b"ftyp" and len(head) >= 12:
@@ -184,6 +192,11 @@ class MediaInfo:
     fps: float | None  # None for images, or a video whose container gives no rate
     frame_count: int
     duration_s: float | None
+    # What was done to the decoded pixels to make them upright (display matrix, EXIF tag):
+    # mirrored left-right if `flipped`, then turned `rotation` degrees clockwise. Width and
+    # height are the upright picture's.
+    rotation: int = 0
+    flipped: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -220,25 +233,63 @@ class MediaReader:
         path = Path(path)
         fmt = sniff(path)
         if fmt in IMAGE_FORMATS:
-            return self._read_image(path, fmt)
+            return self._read_image(path, fmt, n_frames, on_frame)
         return self._read_video(path, fmt, n_frames, on_frame)
 
-    def _read_image(self, path: Path, fmt: str) -> Media:
+    def _read_image(
+        self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame | None = None
+    ) -> Media:
         try:
             # Image.open parses only the header: a decompression bomb is refused undecoded.
             with Image.open(path) as opened:
                 self.limits.check_size(*opened.size)
                 # Pillow decodes, not OpenCV: OpenCV 5 spends seconds on some corrupt PNGs of
                 # a few bytes (found by the fuzz test); Pillow refuses them at once. Turned
-                # upright by its EXIF orientation, as cameras and OpenCV mean it.
-                image = np.array(ImageOps.exif_transpose(opened).convert("RGB"))
+                # upright by its EXIF orientation, as cameras and viewers mean it.
+                orientation = from_exif(opened.getexif().get(ExifTags.Base.Orientation))
+                if getattr(opened, "n_frames", 1) > 1:  # animated GIF, WebP or PNG
+                    return self._read_animation(opened, fmt, orientation, n_frames, on_frame)
+                image = orientation.apply(rgb_image(opened))
         except Image.DecompressionBombError as exc:
             raise MediaLimitExceeded(f"image too large: {exc}") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's decode errors
+        except PILLOW_ERRORS as exc:
             raise UndecodableMedia(f"could not decode the {fmt} image: {exc}") from exc
         height, width = image.shape[:2]
-        info = MediaInfo("image", fmt, width, height, None, 1, None)
+        info = MediaInfo("image", fmt, width, height, None, 1, None, *orientation.facts())
         return Media(info, [Frame(0, 0.0, image)])
+
+    def _read_animation(
+        self,
+        opened: Image.Image,
+        fmt: str,
+        orientation: Orientation,
+        n_frames: int,
+        on_frame: OnFrame | None,
+    ) -> Media:
+        """An animated image is sampled like a video: evenly spread frames, each stamped
+        with the sum of the display times (ms) of the frames before it."""
+        frame_count: int = opened.n_frames
+        # Until the frames are read, the first one's delay stands for all (GIF's vary a little).
+        delay_ms = opened.info.get("duration") or 0
+        self.limits.check_length(frame_count, frame_count * delay_ms / 1000 or None)
+        wanted = sample_indices(frame_count, n_frames)
+        frames, clock_ms, keep = [], 0.0, set(wanted)
+        for index in range(wanted[-1] + 1):
+            opened.seek(index)  # Pillow composes each frame over the last: read them in order
+            opened.load()  # WebP sets the frame's duration only as it decodes it
+            if index in keep:
+                image = orientation.apply(rgb_image(opened))
+                frames.append(Frame(index, clock_ms / 1000, image))
+                if on_frame is not None:
+                    on_frame(frames[-1])
+            clock_ms += opened.info.get("duration") or 0
+        height, width = frames[0].image.shape[:2]
+        # The last frame is always sampled, so the clock has run through the whole animation.
+        duration = clock_ms / 1000 if clock_ms > 0 else None
+        fps = frame_count / duration if duration else None
+        facts = orientation.facts()
+        info = MediaInfo("video", fmt, width, height, fps, frame_count, duration, *facts)
+        return Media(info, frames)
 
     def _read_video(
         self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame | None = None
@@ -265,7 +316,8 @@ class MediaReader:
             raise UndecodableMedia(f"no frame of the {fmt} video could be decoded")
         height, width = frames[0].image.shape[:2]
         duration = header.duration_s(frame_count)
-        info = MediaInfo("video", fmt, width, height, header.fps, frame_count, duration)
+        facts = video.orientation.facts()
+        info = MediaInfo("video", fmt, width, height, header.fps, frame_count, duration, *facts)
         return Media(info, frames)
 
     def _decode_unknown_length(self, video: VideoFile, n_frames: int) -> tuple[list[Frame], int]:
@@ -280,6 +332,22 @@ class MediaReader:
                 f"the video is longer than the limits ({self.limits.max_frame_count} frames, "
                 f"{self.limits.max_duration_s:g} s)"
             ) from None
+
+
+def rgb_image(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode as 8-bit RGB, HxWx3: 16-bit grey scaled (Pillow's own conversion
+    clips it to white), transparency laid over white (as a browser shows it on a page),
+    palette, CMYK and grey expanded."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grey PNG (Pillow reads some as 32-bit "I"): scale 0..65535 to 0..255.
+        grey = np.asarray(image).astype(np.uint32)
+        grey = ((grey.clip(0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.array(image.convert("RGB"))
 
 
 @contextmanager

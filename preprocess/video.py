@@ -14,6 +14,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
+
+from preprocess.orientation import UPRIGHT, Orientation, from_display_matrix, from_rotate_tag
 
 # Skip non-reference frames only when there are at least this many frames per frame wanted,
 # so the reference frames left are still dense enough to sample evenly.
@@ -73,6 +76,21 @@ class VideoFile:
         start, base = self.stream.start_time, self.stream.time_base
         # A damaged container may give neither: frames are then numbered from 0.
         self._start_s = float(start * base) if start is not None and base else 0.0
+        # Files without a display matrix may still carry the legacy tag (Matroska's ROTATE).
+        tags = {key.lower(): value for key, value in self.stream.metadata.items()}
+        self._tagged = from_rotate_tag(tags["rotate"]) if "rotate" in tags else UPRIGHT
+        # The last frame's, as made upright: what MediaInfo reports.
+        self.orientation: Orientation = self._tagged
+
+    def upright(self, frame: av.VideoFrame) -> np.ndarray:
+        """The frame as RGB, turned as its display matrix (or the stream's tag) says."""
+        matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+        self.orientation = (
+            from_display_matrix(np.frombuffer(bytes(matrix), dtype=np.int32))
+            if matrix is not None
+            else self._tagged
+        )
+        return self.orientation.apply(rgb(frame))
 
     def frames(self, skip_non_reference: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
         """(display index, frame) in display order; a corrupt packet ends the stream."""
@@ -119,12 +137,16 @@ def open_video(path: Path) -> Iterator[VideoFile]:
 
 
 def rgb(frame: av.VideoFrame) -> np.ndarray:
+    # swscale reads the frame's own colour tags (range, matrix) and bit depth: 10/12-bit,
+    # 4:2:2/4:4:4, full or limited range all come out as the same 8-bit RGB as FFmpeg's
+    # (tests/test_formats_orientations.py).
     return frame.to_ndarray(format="rgb24")
 
 
-def _frame(index: int, frame: av.VideoFrame, fps: float | None) -> Frame:
+def _frame(video: VideoFile, index: int, frame: av.VideoFrame) -> Frame:
     # index / fps is exact for constant-rate video; without a rate, the decoder's own clock.
-    return Frame(index, index / fps if fps else float(frame.time or 0), rgb(frame))
+    fps = video.header.fps
+    return Frame(index, index / fps if fps else float(frame.time or 0), video.upright(frame))
 
 
 def decode_wanted(
@@ -136,7 +158,6 @@ def decode_wanted(
     each), decoding no further than the last. Also, if the stream ended before the last wanted
     index, how many frames it really had; None otherwise."""
     skip = len(wanted) * SKIP_MIN_RATIO <= (video.header.frame_count or 0)
-    fps = video.header.fps
     kept: list[Frame] = []
     pending = 0  # position in `wanted` of the next frame to find
     last: tuple[int, av.VideoFrame] | None = None
@@ -146,7 +167,7 @@ def decode_wanted(
             continue
         while pending < len(wanted) and wanted[pending] <= index:
             pending += 1
-        kept.append(_frame(index, frame, fps))
+        kept.append(_frame(video, index, frame))
         if on_frame is not None:
             on_frame(kept[-1])
         if pending == len(wanted):
@@ -160,7 +181,7 @@ def decode_wanted(
     ):
         # The clip's last frames were non-reference ones: the last decoded stands in for them.
         index, frame = last
-        kept.append(_frame(index, frame, fps))
+        kept.append(_frame(video, index, frame))
         if on_frame is not None:
             on_frame(kept[-1])
         return kept, None
@@ -173,12 +194,11 @@ def decode_spread(video: VideoFile, n_frames: int, max_frames: int) -> tuple[lis
     stays bounded. Raises FrameLimit past `max_frames`."""
     kept: list[Frame] = []
     stride, count = 1, 0
-    fps = video.header.fps
     for index, frame in video.frames():
         if index == max_frames:
             raise FrameLimit(max_frames)
         if index % stride == 0:
-            kept.append(_frame(index, frame, fps))
+            kept.append(_frame(video, index, frame))
             if len(kept) >= 2 * n_frames:
                 stride *= 2
                 kept = [f for f in kept if f.index % stride == 0]

@@ -240,7 +240,8 @@ BAD_FILES = {
         "unsupported_media",
     ),
     "notes.mp4": (b"this is not a video\n" * 100, 415, "unsupported_media"),
-    "anim.gif": (b"GIF89a" + b"\0" * 200, 415, "unsupported_media"),
+    # GIF is accepted (animated ones are sampled like a video); this one is only a header.
+    "anim.gif": (b"GIF89a" + b"\0" * 200, 422, "undecodable_media"),
 }
 
 

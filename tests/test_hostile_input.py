@@ -9,6 +9,7 @@ without the file and a wrong body type; tests/test_gateway_service.py a trickled
 """
 
 import contextlib
+import io
 import os
 import select
 import socket
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from gateway.schemas import DetectAnswer
 from model_repository.local_triton import TritonSettings
@@ -469,6 +471,11 @@ def seeds() -> dict[str, bytes]:
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     found = {ext: encoded(image, f".{ext}") for ext in ("jpg", "png", "webp")}
+    for ext in ("gif", "webp"):  # animated: Pillow's frame-by-frame path
+        frames = [Image.fromarray(np.roll(image, i, axis=1)) for i in range(4)]
+        buffer = io.BytesIO()
+        frames[0].save(buffer, ext, save_all=True, append_images=frames[1:], duration=100)
+        found[f"animated {ext}"] = buffer.getvalue()
     for ext, fourcc in (("mp4", "mp4v"), ("avi", "MJPG"), ("mkv", "MJPG")):
         path = scratch / f"seed.{ext}"
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))

@@ -84,6 +84,8 @@ def test_sniff_ignores_the_name(tmp_path: Path) -> None:
         ("mov", b"\x00\x00\x00\x14ftypqt  \x00\x00\x02\x00qt  "),
         ("mov", b"\x00\x00\x00\x08wide\x00\x00\x10\x00mdat"),  # QuickTime before ftyp existed
         ("mp4", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"),
+        ("gif", b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04"),
+        ("gif", b"GIF87a\x01\x00\x01\x00\x80\x00\x00"),
     ],
 )
 def test_sniff_other_formats(tmp_path: Path, ext: str, data: bytes) -> None:
@@ -95,7 +97,6 @@ BAD_BYTES = {
     "empty": b"",
     "random": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
     "text": b"hello, this is not a video\n" * 10,
-    "gif": b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04",
     "truncated mp4 header": CLIPS[0].read_bytes()[:10],
     "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
     "m4a audio": b"\x00\x00\x00\x1cftypM4A \x00\x00\x00\x00M4A mp42isom",
@@ -206,6 +207,8 @@ def test_read_image() -> None:
         "fps": None,
         "frame_count": 1,
         "duration_s": None,
+        "rotation": 0,
+        "flipped": False,
     }
     (frame,) = media.frames
     assert (frame.index, frame.timestamp_s) == (0, 0.0)

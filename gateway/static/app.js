@@ -22,7 +22,7 @@ const VERDICT_WORDS = {
 // The gateway's defaults until GET /api tells (it may refuse without an API key).
 const service = {
   maxUploadMb: 100,
-  formats: ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp"],
+  formats: ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp", "gif"],
   frames: 32,
   threshold: 0.5,
   ready: false,
