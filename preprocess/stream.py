@@ -119,14 +119,19 @@ class StreamRead:
     limits: MediaLimits = field(default_factory=MediaLimits)
 
 
+# Live sources are probed briefly: FFmpeg's default (5 s of a paced stream) is a 5-s wait
+# before the first frame of an RTMP source.
+PROBE = {"analyzeduration": "500000", "probesize": "1000000"}
+
+
 def ffmpeg_options(url: str, timeout_s: float) -> dict[str, str]:
     micros = str(int(timeout_s * 1_000_000))
     scheme = urlsplit(url).scheme.lower()
     if scheme.startswith("rtsp"):
-        return {"rtsp_transport": "tcp", "timeout": micros}
+        return PROBE | {"rtsp_transport": "tcp", "timeout": micros}
     if scheme.startswith("rtmp"):
-        return {}  # librtmp-less FFmpeg: PyAV's own timeout below bounds every read
-    return {"rw_timeout": micros}
+        return PROBE  # FFmpeg's own RTMP: PyAV's timeout below bounds every read
+    return PROBE | {"rw_timeout": micros}
 
 
 def read_stream(
@@ -136,7 +141,6 @@ def read_stream(
     frame every 1/fps seconds of stream time, paced to the stream's own clock (a recorded
     source such as an HLS playlist is judged as it would play, not as fast as it downloads).
     Returns the number of frames handed over. Blocking: run it in its own thread."""
-    started = time.monotonic()
     try:
         container = av.open(
             url,
@@ -147,6 +151,7 @@ def read_stream(
     except (av.FFmpegError, OSError) as exc:
         raise StreamUnavailable(f"could not open the stream: {exc}") from None
     handed, index, next_t, first_t = 0, -1, None, None
+    started = time.monotonic()  # opening is bounded by its own timeout
     try:
         if not container.streams.video:
             raise StreamUnavailable("the stream has no video")
@@ -165,7 +170,7 @@ def read_stream(
             if ahead > 0 and stop.wait(min(ahead, read.max_s)):
                 break
             next_t = t + 1.0 / read.fps
-            on_frame(Frame(index, t, rgb(frame)))
+            on_frame(Frame(index, t - first_t, rgb(frame)))  # seconds since the first frame
             handed += 1
     except (av.FFmpegError, OSError) as exc:
         if handed == 0:

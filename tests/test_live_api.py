@@ -3,12 +3,14 @@ frames of the shared clips judged one by one, bad input, keys, limits, backpress
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import websocket
 
 from model_repository.local_triton import TritonSettings
 from tests.conftest import Gateway, start_gateway
@@ -56,14 +58,14 @@ def metric(gateway: Gateway, name: str, labels: str = "") -> float:
 
 @pytest.mark.parametrize(("clip", "fake"), [(FAKE_CLIP, True), (REAL_CLIP, False)])
 def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> None:
-    socket = connect(live)
-    started = socket.start(models=None, threshold=0.5, window=8)
+    session = connect(live)
+    started = session.start(models=None, threshold=0.5, window=8)
     assert started["event"] == "started", started
     assert started["window"] == 8 and started["models"] == ["meso4", "mesoinception4"]
-    answers = judge(socket, jpeg_frames(clip, FRAMES))
-    socket.ws.send(json.dumps({"stop": True}))
-    assert socket.next("end")["reason"] == "stopped"
-    assert socket.close_code()[0] == 1000
+    answers = judge(session, jpeg_frames(clip, FRAMES))
+    session.ws.send(json.dumps({"stop": True}))
+    assert session.next("end")["reason"] == "stopped"
+    assert session.close_code()[0] == 1000
     for answer in answers:
         assert answer["dropped"] == 0
         assert answer["faces"], "every frame of these clips shows a face"
@@ -82,14 +84,14 @@ def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> 
 
 
 def test_bad_messages_are_answered_and_the_session_goes_on(live: Gateway) -> None:
-    socket = connect(live)
-    socket.ws.send("{not json")
-    assert socket.next()["error"]["code"] == "bad_control"
-    socket.ws.send(json.dumps({"begin": {}}))
-    assert socket.next()["error"]["code"] == "bad_control"
-    assert socket.start(threshold=2)["error"]["code"] == "bad_control"
-    assert socket.start(models=["nope"])["error"]["code"] == "unknown_model"
-    assert socket.start(window=4)["event"] == "started"
+    session = connect(live)
+    session.ws.send("{not json")
+    assert session.next()["error"]["code"] == "bad_control"
+    session.ws.send(json.dumps({"begin": {}}))
+    assert session.next()["error"]["code"] == "bad_control"
+    assert session.start(threshold=2)["error"]["code"] == "bad_control"
+    assert session.start(models=["nope"])["error"]["code"] == "unknown_model"
+    assert session.start(window=4)["event"] == "started"
     good = jpeg_frames(FAKE_CLIP, 1)[0]
     bad = {
         b"GIF89a not a jpeg": "not_jpeg",
@@ -99,13 +101,13 @@ def test_bad_messages_are_answered_and_the_session_goes_on(live: Gateway) -> Non
         b"\xff\xd8\xff\xe0 garbage": "undecodable_frame",
     }
     for n, (data, code) in enumerate(bad.items()):
-        socket.frame(data)
-        error = socket.next("error")
+        session.frame(data)
+        error = session.next("error")
         assert (error["error"]["code"], error["frame"]) == (code, n), error
-    socket.frame(good)
-    answer = socket.next("frame")
+    session.frame(good)
+    answer = session.next("frame")
     assert answer["frame"] == len(bad) and answer["faces"]
-    socket.close()
+    session.close()
 
 
 @pytest.mark.parametrize(
@@ -114,10 +116,10 @@ def test_bad_messages_are_answered_and_the_session_goes_on(live: Gateway) -> Non
     ids=["missing", "wrong-header", "wrong-query"],
 )
 def test_a_missing_or_wrong_key_closes_with_4401(live: Gateway, credentials: dict) -> None:
-    socket = LiveSocket.open(live.url, **credentials)
-    socket.frame(jpeg_frames(FAKE_CLIP, 1)[0])
-    assert socket.close_code() == (4401, "a valid API key is required")
-    assert not socket.messages  # not a frame was read, nothing answered
+    session = LiveSocket.open(live.url, **credentials)
+    session.frame(jpeg_frames(FAKE_CLIP, 1)[0])
+    assert session.close_code() == (4401, "a valid API key is required")
+    assert not session.messages  # not a frame was read, nothing answered
 
 
 def test_keys_by_header_bearer_or_query(live: Gateway) -> None:
@@ -125,9 +127,9 @@ def test_keys_by_header_bearer_or_query(live: Gateway) -> None:
         {"header": [f"Authorization: Bearer {API_KEY}"]},
         {"query": f"api_key={API_KEY}"},
     ):
-        socket = LiveSocket.open(live.url, **kwargs)
-        assert socket.start()["event"] == "started"
-        socket.close()
+        session = LiveSocket.open(live.url, **kwargs)
+        assert session.start()["event"] == "started"
+        session.close()
 
 
 def test_the_newest_frame_wins(live: Gateway) -> None:
@@ -135,12 +137,12 @@ def test_the_newest_frame_wins(live: Gateway) -> None:
     counted, never queued; the last frame sent is always judged."""
     dropped_before = metric(live, "gateway_live_frames_total", '{fate="dropped"}')
     frames = jpeg_frames(FAKE_CLIP, 30, step=1)
-    socket = connect(live)
-    socket.start()
+    session = connect(live)
+    session.start()
     for jpeg in frames:
-        socket.frame(jpeg)
-    answers = list(socket.answers_until(len(frames) - 1))
-    socket.close()
+        session.frame(jpeg)
+    answers = list(session.answers_until(len(frames) - 1))
+    session.close()
     numbers = [a["frame"] for a in answers]
     assert numbers == sorted(numbers) and numbers[-1] == len(frames) - 1
     assert answers[-1]["dropped"] > 0
@@ -194,8 +196,39 @@ def test_stream_urls_are_checked(live: Gateway) -> None:
     ]["code"] in ("bad_url", "url_refused")
     assert httpx.post(live.url + "/api/live", json={}, headers=headers).status_code == 422
     assert httpx.post(live.url + "/api/live", json={"url": refused[0]}).status_code == 401
-    socket = connect(live)
-    error = socket.start(url=refused[0])
+    session = connect(live)
+    error = session.start(url=refused[0])
     assert error["event"] == "error" and error["error"]["code"] == "url_refused"
-    assert socket.start()["event"] == "started"
-    socket.close()
+    assert session.start()["event"] == "started"
+    session.close()
+
+
+def test_a_client_that_stops_reading_is_let_go(lite_triton: TritonSettings, tmp_path: Path) -> None:
+    """A client that keeps sending but reads nothing: its answers back up until a send
+    waits longer than live_send_timeout_s; then the session ends and its slot is free,
+    while the client is still connected. Nothing queues in the meantime."""
+    with start_gateway(lite_triton.grpc_url, tmp_path, live_send_timeout_s=1) as gateway:
+        small_window = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+        stalled = LiveSocket.open(gateway.url, sockopt=small_window)
+        stalled.start()
+        blank = blank_jpeg(64, 64)  # no face: judged in milliseconds, answered all the same
+        sent, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                stalled.ws.sock.settimeout(2)
+                for _ in range(50):
+                    stalled.frame(blank)
+                    sent += 1
+            except (OSError, websocket.WebSocketException):
+                break  # the gateway stopped reading this connection too
+            if metric(gateway, "gateway_live_sessions") == 0:
+                break
+        assert metric(gateway, "gateway_live_sessions") == 0, f"still open after {sent} frames"
+        assert metric(gateway, "gateway_live_frames_total", '{fate="dropped"}') > 0
+        log = gateway.log.read_text()
+        assert "Traceback" not in log
+        # the gateway goes on serving others
+        other = LiveSocket.open(gateway.url)
+        assert judge(other, jpeg_frames(FAKE_CLIP, 1))[0]["faces"]
+        other.close()
+        stalled.ws.sock.close()
