@@ -163,7 +163,6 @@ class Latest:
         self.dropped = 0
 
     def put(self, item: Pending) -> None:
-        metrics.LIVE_FRAMES.labels("received").inc()
         if self.item is not None:
             self.dropped += 1
             metrics.LIVE_FRAMES.labels("dropped").inc()
@@ -189,6 +188,8 @@ def check_jpeg(data: bytes, max_bytes: int, limits: MediaLimits) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
+    except Image.DecompressionBombError as exc:
+        raise ApiError(422, "media_limit_exceeded", f"frame too large: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(422, "undecodable_frame", f"could not read the JPEG: {exc}") from None
     try:
@@ -201,7 +202,7 @@ def decode_jpeg(frame: int, data: bytes) -> Frame:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return Frame(frame, 0.0, np.array(image.convert("RGB")))
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ApiError(422, "undecodable_frame", f"could not decode the JPEG: {exc}") from None
 
 
@@ -224,6 +225,8 @@ class LiveSession:
         self.stop_stream = threading.Event()
         self.stream: asyncio.Task | None = None
         self.ended = asyncio.Event()  # the stream was read to its end and judged
+        self.idle_scorer = asyncio.Event()  # set while no frame is being judged
+        self.idle_scorer.set()
         self.limits = MediaLimits(settings.live_max_width, settings.live_max_height)
         self.policy = StreamPolicy(
             frozenset(s.lower() for s in settings.live_url_schemes),
@@ -280,6 +283,7 @@ class LiveSession:
         loop = asyncio.get_running_loop()
 
         def hand_over(frame: Frame) -> None:
+            metrics.LIVE_FRAMES.labels("received").inc()
             pending = Pending(frame.index, time.perf_counter(), image=frame)
             loop.call_soon_threadsafe(self.latest.put, pending)
 
@@ -308,6 +312,7 @@ class LiveSession:
         """A client's frame: checked now (header only), scored when its turn comes.
         An error message for a bad one; the session goes on."""
         frame, self.received = self.received, self.received + 1
+        metrics.LIVE_FRAMES.labels("received").inc()
         try:
             check_jpeg(data, self.settings.live_max_frame_kb * 1024, self.limits)
         except ApiError as exc:
@@ -316,13 +321,9 @@ class LiveSession:
         self.latest.put(Pending(frame, time.perf_counter(), jpeg=data))
         return None
 
-    idle_scorer: asyncio.Event
-
     async def score_forever(self) -> None:
         """Take the newest frame, judge it, answer; again. Errors of one frame are
         answered as messages; SlowClient (the send timed out) ends the session."""
-        self.idle_scorer = asyncio.Event()
-        self.idle_scorer.set()
         loop = asyncio.get_running_loop()
         while True:
             pending = await self.latest.take()

@@ -55,6 +55,15 @@ def resolve_host(host: str, port: int | None) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+def is_public(address: str) -> bool:
+    """A unicast address on the public internet (not loopback, private, link-local,
+    shared, reserved or multicast; an IPv4-mapped IPv6 address as its IPv4 one)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
 @dataclass(frozen=True)
 class StreamPolicy:
     """Which stream URLs the service may open."""
@@ -83,7 +92,7 @@ class StreamPolicy:
         if self.allow_private:
             return
         for address in resolve(host, port):
-            if not ipaddress.ip_address(address.split("%")[0]).is_global:
+            if not is_public(address):
                 raise StreamRefused(
                     f"host {host!r} is a loopback, private or reserved address ({address}); "
                     "such sources are refused unless the operator allows them"

@@ -4,6 +4,7 @@ frames of the shared clips judged one by one, bad input, keys, limits, backpress
 import json
 import re
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,12 @@ def metric(gateway: Gateway, name: str, labels: str = "") -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def claimed_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming another size: read, never decoded."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[: sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9 :]
+
+
 @pytest.mark.parametrize(("clip", "fake"), [(FAKE_CLIP, True), (REAL_CLIP, False)])
 def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> None:
     session = connect(live)
@@ -97,6 +104,7 @@ def test_bad_messages_are_answered_and_the_session_goes_on(live: Gateway) -> Non
         b"GIF89a not a jpeg": "not_jpeg",
         b"\xff\xd8\xff" + b"\x00" * (MAX_FRAME_KB * 1024): "frame_too_large",
         blank_jpeg(2000, 100): "media_limit_exceeded",  # over 1920 x 1080
+        claimed_size(blank_jpeg(64, 64), 60000, 60000): "media_limit_exceeded",  # a "bomb"
         good[: len(good) // 3]: "undecodable_frame",  # a JPEG cut short
         b"\xff\xd8\xff\xe0 garbage": "undecodable_frame",
     }
