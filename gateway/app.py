@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import metrics, schemas
 from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
 from gateway.errors import ApiError, from_media_error, install_handlers
+from gateway.live import live_router
 from gateway.model_server import ModelServer
 from gateway.security import install_access, install_cors
 from gateway.settings import Settings
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_request_middleware(app)
     install_cors(app, settings)
     add_routes(app, settings)
+    app.include_router(live_router(settings))
     install_web(app)
     return app
 
@@ -243,6 +245,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 "detect": "POST /api/detect",
                 "stream": "POST /api/detect/stream",
                 "models": "GET /api/models",
+                "live": "WebSocket /api/live, POST /api/live",
                 "health": "GET /healthz",
                 "ready": "GET /readyz",
                 "metrics": "GET /metrics",

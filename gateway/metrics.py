@@ -24,3 +24,16 @@ WAITING = Gauge("gateway_requests_waiting", "Uploads queued for an analysis slot
 TRITON_RETRIES = Counter(
     "gateway_triton_retries_total", "Calls to Triton repeated after UNAVAILABLE (safe: no effects)"
 )
+
+# Live analysis (/api/live).
+LIVE_SESSIONS = Gauge("gateway_live_sessions", "Live sessions open now")
+LIVE_FRAMES = Counter(
+    "gateway_live_frames_total",
+    "Live frames by fate: received, scored, dropped (a newer one came first), rejected",
+    ["fate"],
+)
+LIVE_LAG = Histogram(
+    "gateway_live_lag_seconds",
+    "From a live frame's arrival to its score being sent",
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10),
+)

@@ -67,7 +67,35 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(600.0, gt=0)
     max_frame_count: int = Field(36000, ge=1)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    # Live analysis (WebSocket /api/live, POST /api/live): frames judged while they play.
+    live_max_sessions: int = Field(8, ge=1, description="live sessions at once, in all")
+    live_max_sessions_per_client: int = Field(2, ge=1, description="per API key (or address)")
+    live_idle_timeout_s: float = Field(30.0, gt=0, description="no message for this long: closed")
+    live_max_session_s: float = Field(600.0, gt=0, description="longest live session")
+    live_send_timeout_s: float = Field(
+        10.0, gt=0, description="a client that reads no answer for this long is dropped"
+    )
+    live_max_frame_kb: int = Field(1024, ge=1, description="largest JPEG frame message")
+    live_max_width: int = Field(1920, ge=1, description="largest live frame, either orientation")
+    live_max_height: int = Field(1080, ge=1)
+    live_window: int = Field(32, ge=1, le=300, description="frames per track in the verdict")
+    live_fps: float = Field(2.0, gt=0, le=30, description="stream URLs: frames judged per second")
+    live_stream_max_s: float = Field(60.0, gt=0, description="longest read of a stream URL")
+    live_stream_timeout_s: float = Field(10.0, gt=0, description="opening or reading a stream")
+    live_url_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https"],
+        description="stream URL schemes allowed",
+    )
+    live_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="stream hosts allowed; empty: any public host"
+    )
+    live_allow_private: bool = Field(
+        False, description="allow loopback, private and link-local stream addresses"
+    )
+
+    @field_validator(
+        "api_keys", "cors_origins", "live_url_schemes", "live_url_hosts", mode="before"
+    )
     @classmethod
     def comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -41,3 +41,8 @@ def install_web(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/live", include_in_schema=False)
+    async def live_page() -> FileResponse:
+        """Live mode: a camera or a shared tab judged over the WebSocket /api/live."""
+        return FileResponse(STATIC_DIR / "live.html", headers=PAGE_HEADERS)

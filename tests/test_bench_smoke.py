@@ -47,6 +47,7 @@ def bench(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str
         "--waves=1",
         "--p50-runs=1",
         "--p50-frames=2",
+        "--live-seconds=2",
         f"--out={out}",
     )
     return stdout, json.loads((out / "bench.json").read_text()), out
@@ -54,9 +55,12 @@ def bench(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str
 
 def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Path]) -> None:
     _, result, _ = bench
-    assert {"machine", "config", "clips", "floor", "triton", "service", "seed", "p50"} <= set(
-        result
-    )
+    assert {
+        "machine",
+        *("config", "clips", "floor", "triton", "service", "seed", "p50", "live"),
+    } <= set(result)
+    for rate in result["live"]["rates"].values():
+        assert rate["judged"] >= 1 and rate["judged"] + rate["dropped"] == rate["sent"]
     assert result["machine"]["logical_cores"] >= 1 and result["machine"]["cpu"]
     faces = result["clips"][0]["faces"]
     assert faces >= 1

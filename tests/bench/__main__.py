@@ -1,4 +1,4 @@
-"""python -m tests.bench [--help]: the four stages on the same clips, then the report."""
+"""python -m tests.bench [--help]: the stages on the same clips, then the report."""
 
 import os
 import sys
@@ -13,6 +13,7 @@ from tests.bench import report
 from tests.bench.config import BenchConfig, parse_args
 from tests.bench.floor import run_floor
 from tests.bench.inputs import all_crops, check_exported, load_clips, machine_facts, members_of
+from tests.bench.live import run_live
 from tests.bench.seed_baseline import run_seed
 from tests.bench.service import run_p50, run_service
 from tests.bench.stack import gateway, local_triton
@@ -42,7 +43,7 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                 result.setdefault("triton", {})[profile] = run_triton(config, url, crops, models)
                 measured |= set(models)
                 note_load(result, f"triton {profile}")
-            if "service" in config.stages:
+            if {"service", "live"} & set(config.stages):
                 in_flight = max(4, *config.concurrency)
                 with gateway(
                     url,
@@ -51,11 +52,16 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                     max_in_flight=in_flight,
                     detector=config.detector,
                 ) as gw:
-                    result.setdefault("service", {})[profile] = run_service(config, gw.url, profile)
-                    note_load(result, f"service {profile}")
-                    if profile == "lite" and config.p50_runs > 0:
-                        result["p50"] = run_p50(config, gw.url)
-                        note_load(result, "p50")
+                    if "service" in config.stages:
+                        service = run_service(config, gw.url, profile)
+                        result.setdefault("service", {})[profile] = service
+                        note_load(result, f"service {profile}")
+                        if profile == "lite" and config.p50_runs > 0:
+                            result["p50"] = run_p50(config, gw.url)
+                            note_load(result, "p50")
+                    if "live" in config.stages and profile == "lite":
+                        result["live"] = run_live(config, gw.url)
+                        note_load(result, "live")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[seed] eager PyTorch, frame by frame", flush=True)
         result["seed"] = {p: run_seed(config, members_of(p), p) for p in config.profiles}
         note_load(result, "seed")
-    if {"triton", "service"} & set(config.stages):
+    if {"triton", "service", "live"} & set(config.stages):
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
             run_served(config, result, all_crops(clips), Path(work))
     result["elapsed_s"] = time.perf_counter() - started

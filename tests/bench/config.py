@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDIA = ROOT.parent / "shared" / "media"
-STAGES = ("floor", "triton", "service", "seed")
+STAGES = ("floor", "triton", "service", "seed", "live")
 PROFILES = ("lite", "full")
 # Three short clips of different sizes and people: a 10 s 1080p DFDC clip (the lite
 # latency target's size), a 720p face swap and a 480p FF++ clip.
@@ -36,6 +36,10 @@ class BenchConfig:
     p50_frames: int = 32
     p50_runs: int = 5
     detector: str = "scrfd"
+    # Live: frames sent on /api/live at each rate (the page's default range), lite only.
+    live_clip: Path = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"
+    live_rates: tuple[float, ...] = (2.0, 5.0)
+    live_seconds: float = 20.0
     out: Path = ROOT / "results" / "bench"
 
     def to_json(self) -> dict:
@@ -66,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--p50-frames", type=int, default=d.p50_frames, help="its frame count")
     p.add_argument("--p50-runs", type=int, default=d.p50_runs, help="0 skips the lite p50")
     p.add_argument("--detector", choices=["scrfd", "yunet"], default=d.detector)
+    p.add_argument("--live-clip", type=Path, default=d.live_clip, help="live: frames of")
+    p.add_argument(
+        "--live-rates", type=_csv, default=[f"{r:g}" for r in d.live_rates], help="frames/s"
+    )
+    p.add_argument("--live-seconds", type=float, default=d.live_seconds, help="per rate")
     p.add_argument("--out", type=Path, default=d.out)
     a = p.parse_args(argv)
     clips = [Path(c) for c in a.clips] if a.clips else d.clips
@@ -85,5 +94,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         p50_frames=a.p50_frames,
         p50_runs=a.p50_runs,
         detector=a.detector,
+        live_clip=a.live_clip,
+        live_rates=tuple(float(r) for r in a.live_rates),
+        live_seconds=a.live_seconds,
         out=a.out,
     )

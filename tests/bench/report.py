@@ -129,6 +129,9 @@ def table(result: dict, config: BenchConfig) -> str:
             None,
             " ".join(f"{s} {x['stages_ms'].get(s, 0):.0f}" for s in SERVICE_STAGES),
         )
+    for cfg, x in result.get("live", {}).get("rates", {}).items():
+        extra = f"sent {x['sent']}, judged {x['judged']}, dropped {x['dropped']}"
+        row("live", "lite /api/live", cfg, None, None, x["p50_ms"], x["p95_ms"], extra)
     return "\n".join(rows)
 
 

@@ -1,0 +1,615 @@
+"""Live analysis: video judged while it plays, frame by frame.
+
+WebSocket /api/live: binary messages are JPEG frames (numbered 0, 1, 2… in arrival
+order: the client's sequence numbers), text messages JSON control. POST /api/live reads a
+stream URL and answers the same messages as NDJSON. Every judged frame answers its faces,
+each person's (track's) score over a sliding window of their last frames (the confident
+strategy, as for files) and a running verdict.
+
+Scoring never queues: one frame waits at most, and a newer one replaces it (the older is
+counted in `dropped`), so a client sending faster than the models score gets answers about
+its newest frames, with a lag bounded by one scoring, not a growing backlog.
+"""
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import StreamingResponse
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
+from starlette.websockets import WebSocketDisconnect
+
+from gateway import metrics
+from gateway.aggregate import Strategy, weighted_mean
+from gateway.analysis import Analyzer, Selection, parse_models, select_models
+from gateway.errors import ApiError, from_media_error
+from gateway.security import key_id, key_matches, presented_key
+from gateway.settings import Settings
+from preprocess.faces import Face
+from preprocess.media import MediaError, MediaLimits
+from preprocess.stream import StreamPolicy, StreamRead, read_stream
+from preprocess.tracks import Tracker
+from preprocess.video import Frame
+
+log = logging.getLogger("gateway")
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+# WebSocket close codes (4000-4999 are the application's; the last three digits echo HTTP).
+CLOSE_NORMAL = 1000  # after {"stop": true}, the stream's end or the session time limit
+CLOSE_SLOW_CLIENT = 1008  # answers unread for live_send_timeout_s
+CLOSE_UNAUTHORIZED = 4401  # missing or wrong API key: closed before any frame is read
+CLOSE_IDLE = 4408  # no message (and no stream being read) for live_idle_timeout_s
+CLOSE_BUSY = 4429  # too many live sessions, in all or for this key
+
+
+class StartOptions(BaseModel):
+    """`{"start": {...}}`, or the body of POST /api/live (where `url` is required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: Annotated[
+        list[str] | str | None, Field(description="members to call; default the ensemble")
+    ] = None
+    threshold: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    window: Annotated[int | None, Field(ge=1, le=300, description="frames per track")] = None
+    url: Annotated[str | None, Field(max_length=2048, description="rtsp, rtmp, HLS, http")] = None
+    fps: Annotated[float | None, Field(gt=0, le=30, description="stream URLs: frames/s")] = None
+    duration_s: Annotated[float | None, Field(gt=0, description="stream URLs: how long")] = None
+
+
+class Control(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: StartOptions | None = None
+    stop: bool = False
+
+
+def error_message(code: str, message: str, frame: int | None = None) -> dict:
+    event = {"event": "error", "error": {"code": code, "message": message}}
+    return event if frame is None else event | {"frame": frame}
+
+
+class SlowClient(Exception):
+    """The client did not take an answer within live_send_timeout_s."""
+
+
+# --- judging: faces -> tracks -> sliding windows -> running verdict -----------------------
+
+
+@dataclass
+class LiveJudge:
+    """Per person, the confident strategy over their last `window` frames, per model, and
+    the models' vote; the running verdict is the most fake person's, as for a file."""
+
+    selection: Selection
+    threshold: float
+    window: int
+    strategy: Strategy = field(default_factory=Strategy)
+    tracker: Tracker = field(default_factory=Tracker)
+    windows: dict[int, deque[tuple[int, dict[str, float]]]] = field(default_factory=dict)
+    position: int = 0  # frames judged: the tracker's clock (dropped frames are not gaps)
+
+    def judge(self, frame: int, faces: list[Face], scores: dict[str, np.ndarray]) -> dict:
+        members, weights = self.selection.members, self.selection.weights
+        ids = self.tracker.add(self.position, faces)
+        self.tracker.forget_closed(self.position, keep=1)
+        self.position += 1
+        open_ids = {t.id for t in self.tracker.tracks}
+        self.windows = {i: w for i, w in self.windows.items() if i in open_ids}
+        answered = []
+        for n, (face, track) in enumerate(zip(faces, ids, strict=True)):
+            models = {m: float(scores[m][n]) for m in members}
+            vote = scores.get("ensemble")
+            p_fake = float(vote[n]) if vote is not None else weighted_mean(models, weights)
+            self.windows.setdefault(track, deque(maxlen=self.window)).append((frame, models))
+            answered.append(
+                {
+                    "box": [round(float(v), 1) for v in face.box],
+                    "track": track,
+                    "p_fake": p_fake,
+                    "models": models,
+                }
+            )
+        tracks = [self.track_score(i, w) for i, w in sorted(self.windows.items())]
+        decisive = max(tracks, key=lambda t: t["score"], default=None)
+        if decisive is None:
+            verdict, score = "no_face", None
+        else:
+            score = decisive["score"]
+            verdict = "fake" if score >= self.threshold else "real"
+        return {"faces": answered, "tracks": tracks, "verdict": verdict, "score": score}
+
+    def track_score(self, track: int, window: deque[tuple[int, dict[str, float]]]) -> dict:
+        models = {
+            m: self.strategy(np.array([s[m] for _, s in window])) for m in self.selection.members
+        }
+        return {
+            "id": track,
+            "score": weighted_mean(models, self.selection.weights),
+            "models": models,
+            "frames": [f for f, _ in window],
+        }
+
+
+# --- one frame waiting at most: the newest wins ------------------------------------------
+
+
+@dataclass
+class Pending:
+    frame: int  # the client's sequence number, or the stream's frame index
+    received: float  # time.perf_counter() on arrival
+    jpeg: bytes | None = None  # a client's frame, decoded only if it is scored
+    image: Frame | None = None  # a stream's frame, already decoded
+
+
+class Latest:
+    """The next frame to score: putting one while another waits drops the older."""
+
+    def __init__(self) -> None:
+        self.item: Pending | None = None
+        self.ready = asyncio.Event()
+        self.dropped = 0
+
+    def put(self, item: Pending) -> None:
+        if self.item is not None:
+            self.dropped += 1
+            metrics.LIVE_FRAMES.labels("dropped").inc()
+        self.item = item
+        self.ready.set()
+
+    async def take(self) -> Pending:
+        await self.ready.wait()
+        self.ready.clear()
+        item, self.item = self.item, None
+        assert item is not None
+        return item
+
+
+def check_jpeg(data: bytes, max_bytes: int, limits: MediaLimits) -> None:
+    """Raises ApiError unless `data` is a JPEG within the caps; reads only its header."""
+    if len(data) > max_bytes:
+        raise ApiError(
+            413, "frame_too_large", f"frame of {len(data)} bytes is over the cap of {max_bytes}"
+        )
+    if not data.startswith(JPEG_MAGIC):
+        raise ApiError(415, "not_jpeg", "binary messages must be JPEG frames")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size = image.size
+    except Image.DecompressionBombError as exc:
+        raise ApiError(422, "media_limit_exceeded", f"frame too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(422, "undecodable_frame", f"could not read the JPEG: {exc}") from None
+    try:
+        limits.check_size(*size)
+    except MediaError as exc:
+        raise from_media_error(exc) from None
+
+
+def decode_jpeg(frame: int, data: bytes) -> Frame:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return Frame(frame, 0.0, np.array(image.convert("RGB")))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ApiError(422, "undecodable_frame", f"could not decode the JPEG: {exc}") from None
+
+
+# --- a session ---------------------------------------------------------------------------
+
+Send = Callable[[dict], Awaitable[None]]
+
+
+class LiveSession:
+    """One client's live analysis, whatever carries it (a WebSocket or NDJSON)."""
+
+    def __init__(self, analyzer: Analyzer, settings: Settings, send: Send) -> None:
+        self.analyzer = analyzer
+        self.settings = settings
+        self.send = send
+        self.latest = Latest()
+        self.judge: LiveJudge | None = None
+        self.scores: Callable | None = None
+        self.received = 0  # binary frames so far: the next one's sequence number
+        self.stop_stream = threading.Event()
+        self.stream: asyncio.Task | None = None
+        self.ended = asyncio.Event()  # the stream was read to its end and judged
+        self.idle_scorer = asyncio.Event()  # set while no frame is being judged
+        self.idle_scorer.set()
+        self.limits = MediaLimits(settings.live_max_width, settings.live_max_height)
+        self.policy = StreamPolicy(
+            frozenset(s.lower() for s in settings.live_url_schemes),
+            frozenset(h.lower() for h in settings.live_url_hosts),
+            settings.live_allow_private,
+            settings.live_stream_timeout_s,
+        )
+
+    @property
+    def reading(self) -> bool:
+        return self.stream is not None and not self.stream.done()
+
+    async def start(self, options: StartOptions) -> None:
+        """Raises ApiError or MediaError on bad options; a new start replaces the last."""
+        models = options.models
+        requested = parse_models(",".join(models) if isinstance(models, list) else models)
+        selection = select_models(await self.analyzer.server.ensemble(), requested)
+        server = self.analyzer.server
+        score = server.score_with_ensemble if requested is None else server.score_with_members
+        url = None
+        if options.url is not None:
+            url = await asyncio.to_thread(self.policy.final_url, options.url)
+        self.halt_stream()
+        self.scores = lambda crops: score(crops, selection.members)
+        self.judge = LiveJudge(
+            selection,
+            self.settings.threshold if options.threshold is None else options.threshold,
+            options.window or self.settings.live_window,
+            self.analyzer.strategy,
+        )
+        started = {
+            "event": "started",
+            "models": selection.members,
+            "threshold": self.judge.threshold,
+            "window": self.judge.window,
+        }
+        if url is not None:
+            read = StreamRead(
+                fps=options.fps or self.settings.live_fps,
+                max_s=min(options.duration_s or 1e9, self.settings.live_stream_max_s),
+                timeout_s=self.settings.live_stream_timeout_s,
+                limits=self.limits,
+            )
+            self.stop_stream = threading.Event()
+            self.ended.clear()
+            self.stream = asyncio.create_task(self.read(url, read, self.stop_stream))
+            started |= {"source": "url", "fps": read.fps, "duration_s": read.max_s}
+        else:
+            started |= {"source": "frames"}
+        await self.send(started)
+
+    async def read(self, url: str, read: StreamRead, stop: threading.Event) -> None:
+        """The stream's frames into the newest-wins slot, from a thread of its own."""
+        loop = asyncio.get_running_loop()
+
+        def hand_over(frame: Frame) -> None:
+            metrics.LIVE_FRAMES.labels("received").inc()
+            pending = Pending(frame.index, time.perf_counter(), image=frame)
+            loop.call_soon_threadsafe(self.latest.put, pending)
+
+        try:
+            frames = await asyncio.to_thread(read_stream, url, read, hand_over, stop)
+        except MediaError as exc:
+            await self.send(error_message(exc.code, exc.message))
+            frames = 0
+        await self.latest_judged()
+        if not stop.is_set():
+            await self.send({"event": "end", "reason": "stream_ended", "frames": frames})
+            self.ended.set()
+
+    async def latest_judged(self) -> None:
+        """Until the slot is empty: the stream's last frame was judged (or dropped)."""
+        while self.latest.item is not None:
+            await asyncio.sleep(0.05)
+        await self.idle_scorer.wait()
+
+    def halt_stream(self) -> None:
+        self.stop_stream.set()  # the reader thread notices within one frame or its timeout
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def add_jpeg(self, data: bytes) -> dict | None:
+        """A client's frame: checked now (header only), scored when its turn comes.
+        An error message for a bad one; the session goes on."""
+        frame, self.received = self.received, self.received + 1
+        metrics.LIVE_FRAMES.labels("received").inc()
+        try:
+            check_jpeg(data, self.settings.live_max_frame_kb * 1024, self.limits)
+        except ApiError as exc:
+            metrics.LIVE_FRAMES.labels("rejected").inc()
+            return error_message(exc.code, exc.message, frame)
+        self.latest.put(Pending(frame, time.perf_counter(), jpeg=data))
+        return None
+
+    async def score_forever(self) -> None:
+        """Take the newest frame, judge it, answer; again. Errors of one frame are
+        answered as messages; SlowClient (the send timed out) ends the session."""
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = await self.latest.take()
+            self.idle_scorer.clear()
+            try:
+                try:
+                    message = await self.score(pending, loop)
+                except (ApiError, MediaError) as exc:
+                    error = from_media_error(exc) if isinstance(exc, MediaError) else exc
+                    message = error_message(error.code, error.message, pending.frame)
+                await self.send(message)
+            finally:
+                self.idle_scorer.set()
+
+    async def score(self, pending: Pending, loop: asyncio.AbstractEventLoop) -> dict:
+        if self.judge is None or self.scores is None:
+            await self.start(StartOptions())  # frames before any start: the defaults
+        assert self.judge is not None and self.scores is not None
+        executor, extractor = self.analyzer.executor, self.analyzer.extractor
+        image = pending.image
+        if image is None:
+            assert pending.jpeg is not None
+            image = await loop.run_in_executor(executor, decode_jpeg, pending.frame, pending.jpeg)
+        found = await loop.run_in_executor(executor, extractor.extract_frame, image)
+        scores = await self.scores(np.stack(found.crops)) if found.crops else {}
+        judged = self.judge.judge(pending.frame, found.faces, scores)
+        lag = time.perf_counter() - pending.received
+        metrics.LIVE_FRAMES.labels("scored").inc()
+        metrics.LIVE_LAG.observe(lag)
+        return {
+            "event": "frame",
+            "frame": pending.frame,
+            "timestamp_s": image.timestamp_s if pending.image is not None else None,
+            "width": image.image.shape[1],
+            "height": image.image.shape[0],
+            **judged,
+            "threshold": self.judge.threshold,
+            "dropped": self.latest.dropped,
+            "lag_ms": round(lag * 1000, 1),
+        }
+
+    async def close(self) -> None:
+        self.halt_stream()
+        if self.stream is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.stream
+
+
+# --- admission: sessions in all and per client -------------------------------------------
+
+
+class LiveSessions:
+    def __init__(self, limit: int, per_client: int) -> None:
+        self.limit = limit
+        self.per_client = per_client
+        self.by_client: Counter[str] = Counter()
+
+    def enter(self, client: str) -> bool:
+        if sum(self.by_client.values()) >= self.limit:
+            return False
+        if self.by_client[client] >= self.per_client:
+            return False
+        self.by_client[client] += 1
+        metrics.LIVE_SESSIONS.inc()
+        return True
+
+    def leave(self, client: str) -> None:
+        self.by_client[client] -= 1
+        if self.by_client[client] <= 0:
+            del self.by_client[client]
+        metrics.LIVE_SESSIONS.dec()
+
+    def busy(self) -> ApiError:
+        return ApiError(
+            429, "too_many_sessions", "too many live sessions; retry later", {"Retry-After": "5"}
+        )
+
+
+def socket_client(websocket: WebSocket, keys: list[str]) -> str | None:
+    """Who is calling, or None for a missing or wrong key. Browsers cannot set headers on
+    a WebSocket, so the key may also come as the `api_key` query parameter."""
+    key = presented_key(Headers(scope=websocket.scope)) or websocket.query_params.get("api_key")
+    if keys:
+        if key is None or not key_matches(key, keys):
+            return None
+        return key_id(key)
+    return "ip:" + (websocket.client.host if websocket.client else "unknown")
+
+
+# --- routes ------------------------------------------------------------------------------
+
+
+def live_router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+    sessions = LiveSessions(settings.live_max_sessions, settings.live_max_sessions_per_client)
+
+    @router.websocket("/api/live")
+    async def live_socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        client = socket_client(websocket, settings.api_keys)
+        if client is None:
+            await websocket.close(CLOSE_UNAUTHORIZED, "a valid API key is required")
+            return
+        if not sessions.enter(client):
+            await websocket.close(CLOSE_BUSY, "too many live sessions")
+            return
+        try:
+            code, reason = await serve_socket(websocket, websocket.app.state.analyzer, settings)
+        finally:
+            sessions.leave(client)
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code, reason)
+
+    @router.post(
+        "/api/live",
+        response_class=StreamingResponse,
+        responses={
+            403: {"description": "stream URL refused (scheme, host or private address)"},
+            422: {"description": "bad options or URL"},
+            429: {"description": "too many live sessions"},
+            502: {"description": "the stream could not be opened"},
+        },
+        description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
+        "started, then one frame message per judged frame (as on the WebSocket), then end.",
+    )
+    async def live_url(request: Request, options: StartOptions) -> StreamingResponse:
+        if options.url is None:
+            raise ApiError(422, "invalid_request", "url is required")
+        client = request.scope.get("state", {}).get("client") or (
+            "ip:" + (request.client.host if request.client else "unknown")
+        )
+        if not sessions.enter(client):
+            raise sessions.busy()
+        left = False
+
+        def release() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                sessions.leave(client)
+
+        try:
+            events = await start_ndjson(request.app.state.analyzer, settings, options, release)
+        except BaseException:
+            release()
+            raise
+        return StreamingResponse(events, media_type="application/x-ndjson")
+
+    return router
+
+
+async def serve_socket(
+    websocket: WebSocket, analyzer: Analyzer, settings: Settings
+) -> tuple[int, str]:
+    """Run one session on an accepted socket; the close code and reason to end it with."""
+
+    async def send(message: dict) -> None:
+        try:
+            async with asyncio.timeout(settings.live_send_timeout_s):
+                await websocket.send_text(json.dumps(message, separators=(",", ":")))
+        except TimeoutError:
+            raise SlowClient from None
+
+    session = LiveSession(analyzer, settings, send)
+    scorer = asyncio.create_task(session.score_forever())
+    receiver = asyncio.create_task(receive(websocket, session, settings))
+    ended = asyncio.create_task(session.ended.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {scorer, receiver, ended},
+            timeout=settings.live_max_session_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not done:
+            await send({"event": "end", "reason": "session_time_limit"})
+            return CLOSE_NORMAL, "session time limit"
+        if ended in done:
+            return CLOSE_NORMAL, "stream ended"
+        task = scorer if scorer in done else receiver
+        if isinstance(task.exception(), SlowClient):
+            return CLOSE_SLOW_CLIENT, "answers not read in time"
+        if task.exception() is not None:
+            if not isinstance(task.exception(), WebSocketDisconnect):
+                log.error("live session failed", exc_info=task.exception())
+            return 1011, "internal error"
+        return task.result()
+    except SlowClient:
+        return CLOSE_SLOW_CLIENT, "answers not read in time"
+    finally:
+        for task in (scorer, receiver, ended):
+            task.cancel()
+        await asyncio.gather(scorer, receiver, ended, return_exceptions=True)
+        await session.close()
+
+
+async def receive(
+    websocket: WebSocket, session: LiveSession, settings: Settings
+) -> tuple[int, str]:
+    """Read the client's messages until it stops, leaves or falls idle."""
+    while True:
+        try:
+            async with asyncio.timeout(settings.live_idle_timeout_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            if session.reading:
+                continue  # a stream URL is being read: the client only listens
+            return CLOSE_IDLE, "idle"
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        if message.get("bytes") is not None:
+            if (error := session.add_jpeg(message["bytes"])) is not None:
+                await session.send(error)
+            continue
+        try:
+            control = Control.model_validate_json(message.get("text") or "")
+        except ValidationError as exc:
+            await session.send(error_message("bad_control", control_problem(exc)))
+            continue
+        if control.stop:
+            await session.send(
+                {"event": "end", "reason": "stopped", "dropped": session.latest.dropped}
+            )
+            return CLOSE_NORMAL, "stopped"
+        if control.start is not None:
+            try:
+                await session.start(control.start)
+            except (ApiError, MediaError) as exc:
+                error = from_media_error(exc) if isinstance(exc, MediaError) else exc
+                await session.send(error_message(error.code, error.message))
+
+
+def control_problem(exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()
+    )
+    return 'control messages are JSON: {"start": {...}} or {"stop": true}; ' + problems
+
+
+async def start_ndjson(
+    analyzer: Analyzer, settings: Settings, options: StartOptions, release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """POST /api/live: the session started (bad options and URLs raise here, before the
+    answer begins), then its messages as NDJSON lines until the stream ends. The session
+    (its slot, its reader thread) ends with the stream, or when a client leaves answers
+    unread for live_send_timeout_s, whether or not the client ever reads again."""
+    queue: asyncio.Queue[dict | None] = asyncio.Queue(maxsize=4)
+
+    async def send(message: dict) -> None:
+        try:
+            async with asyncio.timeout(settings.live_send_timeout_s):
+                await queue.put(message)
+        except TimeoutError:
+            raise SlowClient from None
+
+    session = LiveSession(analyzer, settings, send)
+    scorer = asyncio.create_task(session.score_forever())
+    try:
+        await session.start(options)
+    except BaseException:
+        scorer.cancel()
+        await session.close()
+        raise
+    assert session.stream is not None
+
+    async def run() -> None:
+        ended = asyncio.create_task(session.ended.wait())
+        try:
+            await asyncio.wait({ended, scorer, session.stream}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (ended, scorer):
+                task.cancel()
+            await session.close()
+            release()
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    runner = asyncio.create_task(run())
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            while (message := await queue.get()) is not None:
+                yield (json.dumps(message, separators=(",", ":")) + "\n").encode()
+                if runner.done() and queue.empty():
+                    break
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, scorer, return_exceptions=True)
+
+    return lines()

@@ -1,0 +1,242 @@
+"""Live analysis over the WebSocket /api/live, against a real gateway and a lite Triton:
+frames of the shared clips judged one by one, bad input, keys, limits, backpressure."""
+
+import json
+import re
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websocket
+
+from model_repository.local_triton import TritonSettings
+from tests.conftest import Gateway, start_gateway
+from tests.live_client import (
+    FAKE_CLIP,
+    REAL_CLIP,
+    LiveSocket,
+    blank_jpeg,
+    jpeg_frames,
+    judge,
+)
+
+API_KEY = "live-test-key"
+FRAMES = 12
+MAX_FRAME_KB = 200
+
+
+@pytest.fixture(scope="module")
+def live(
+    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway with an API key, a small frame cap and a short idle timeout."""
+    with start_gateway(
+        lite_triton.grpc_url,
+        tmp_path_factory.mktemp("live"),
+        api_keys=API_KEY,
+        live_max_frame_kb=MAX_FRAME_KB,
+        live_idle_timeout_s=2,
+        live_max_sessions=3,
+        live_max_sessions_per_client=2,
+        workers=2,
+    ) as gateway:
+        yield gateway
+
+
+def connect(gateway: Gateway) -> LiveSocket:
+    return LiveSocket.open(gateway.url, header=[f"X-API-Key: {API_KEY}"])
+
+
+def metric(gateway: Gateway, name: str, labels: str = "") -> float:
+    text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def claimed_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming another size: read, never decoded."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[: sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9 :]
+
+
+@pytest.mark.parametrize(("clip", "fake"), [(FAKE_CLIP, True), (REAL_CLIP, False)])
+def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> None:
+    session = connect(live)
+    started = session.start(models=None, threshold=0.5, window=8)
+    assert started["event"] == "started", started
+    assert started["window"] == 8 and started["models"] == ["meso4", "mesoinception4"]
+    answers = judge(session, jpeg_frames(clip, FRAMES))
+    session.ws.send(json.dumps({"stop": True}))
+    assert session.next("end")["reason"] == "stopped"
+    assert session.close_code()[0] == 1000
+    for answer in answers:
+        assert answer["dropped"] == 0
+        assert answer["faces"], "every frame of these clips shows a face"
+        for face in answer["faces"]:
+            assert len(face["box"]) == 4 and 0.0 <= face["p_fake"] <= 1.0
+            assert {t["id"] for t in answer["tracks"]} >= {face["track"]}
+        for track in answer["tracks"]:
+            # the sliding window: at most `window` frames, the newest last
+            assert 1 <= len(track["frames"]) <= 8 and track["frames"][-1] <= answer["frame"]
+        assert answer["score"] == max(t["score"] for t in answer["tracks"])
+        assert answer["verdict"] == ("fake" if answer["score"] >= 0.5 else "real")
+    last = answers[-1]
+    assert last["tracks"][0]["frames"] == list(range(FRAMES - 8, FRAMES))
+    assert (last["score"] >= 0.5) == fake, last["score"]
+    assert last["verdict"] == ("fake" if fake else "real")
+
+
+def test_bad_messages_are_answered_and_the_session_goes_on(live: Gateway) -> None:
+    session = connect(live)
+    session.ws.send("{not json")
+    assert session.next()["error"]["code"] == "bad_control"
+    session.ws.send(json.dumps({"begin": {}}))
+    assert session.next()["error"]["code"] == "bad_control"
+    assert session.start(threshold=2)["error"]["code"] == "bad_control"
+    assert session.start(models=["nope"])["error"]["code"] == "unknown_model"
+    assert session.start(window=4)["event"] == "started"
+    good = jpeg_frames(FAKE_CLIP, 1)[0]
+    bad = {
+        b"GIF89a not a jpeg": "not_jpeg",
+        b"\xff\xd8\xff" + b"\x00" * (MAX_FRAME_KB * 1024): "frame_too_large",
+        blank_jpeg(2000, 100): "media_limit_exceeded",  # over 1920 x 1080
+        claimed_size(blank_jpeg(64, 64), 60000, 60000): "media_limit_exceeded",  # a "bomb"
+        good[: len(good) // 3]: "undecodable_frame",  # a JPEG cut short
+        b"\xff\xd8\xff\xe0 garbage": "undecodable_frame",
+    }
+    for n, (data, code) in enumerate(bad.items()):
+        session.frame(data)
+        error = session.next("error")
+        assert (error["error"]["code"], error["frame"]) == (code, n), error
+    session.frame(good)
+    answer = session.next("frame")
+    assert answer["frame"] == len(bad) and answer["faces"]
+    session.close()
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"header": ["X-API-Key: wrong"]}, {"query": "api_key=wrong"}],
+    ids=["missing", "wrong-header", "wrong-query"],
+)
+def test_a_missing_or_wrong_key_closes_with_4401(live: Gateway, credentials: dict) -> None:
+    session = LiveSocket.open(live.url, **credentials)
+    session.frame(jpeg_frames(FAKE_CLIP, 1)[0])
+    assert session.close_code() == (4401, "a valid API key is required")
+    assert not session.messages  # not a frame was read, nothing answered
+
+
+def test_keys_by_header_bearer_or_query(live: Gateway) -> None:
+    for kwargs in (
+        {"header": [f"Authorization: Bearer {API_KEY}"]},
+        {"query": f"api_key={API_KEY}"},
+    ):
+        session = LiveSocket.open(live.url, **kwargs)
+        assert session.start()["event"] == "started"
+        session.close()
+
+
+def test_the_newest_frame_wins(live: Gateway) -> None:
+    """Frames sent far faster than they are scored: the older waiting one is dropped and
+    counted, never queued; the last frame sent is always judged."""
+    dropped_before = metric(live, "gateway_live_frames_total", '{fate="dropped"}')
+    frames = jpeg_frames(FAKE_CLIP, 30, step=1)
+    session = connect(live)
+    session.start()
+    for jpeg in frames:
+        session.frame(jpeg)
+    answers = list(session.answers_until(len(frames) - 1))
+    session.close()
+    numbers = [a["frame"] for a in answers]
+    assert numbers == sorted(numbers) and numbers[-1] == len(frames) - 1
+    assert answers[-1]["dropped"] > 0
+    # every frame was either judged or dropped, and the count says which
+    assert len(answers) + answers[-1]["dropped"] == len(frames)
+    assert [a["dropped"] for a in answers] == sorted(a["dropped"] for a in answers)
+    dropped = metric(live, "gateway_live_frames_total", '{fate="dropped"}') - dropped_before
+    assert dropped == answers[-1]["dropped"]
+
+
+def test_session_limits_idle_timeout_and_metrics(live: Gateway) -> None:
+    first, second = connect(live), connect(live)
+    assert first.start()["event"] == second.start()["event"] == "started"
+    # a third session for the same key is over live_max_sessions_per_client
+    third = connect(live)
+    assert third.close_code() == (4429, "too many live sessions")
+    assert metric(live, "gateway_live_sessions") == 2
+    # no message for live_idle_timeout_s (2 s): closed
+    started = time.monotonic()
+    assert first.close_code() == (4408, "idle")
+    assert second.close_code() == (4408, "idle")
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5
+    while metric(live, "gateway_live_sessions") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(live, "gateway_live_sessions") == 0
+    for fate in ("received", "scored"):
+        assert metric(live, "gateway_live_frames_total", f'{{fate="{fate}"}}') > 0
+    assert metric(live, "gateway_live_lag_seconds_count") > 0
+
+
+def test_stream_urls_are_checked(live: Gateway) -> None:
+    """Loopback, private and link-local sources and other schemes are refused, on the socket
+    (an error message; the session goes on) and by POST /api/live (403)."""
+    headers = {"X-API-Key": API_KEY}
+    refused = [
+        "rtsp://127.0.0.1:8554/cam",
+        "rtmp://10.1.2.3/live/s",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/x.m3u8",
+        "http://localhost:8000/live.m3u8",
+        "file:///etc/passwd",
+        "gopher://example.com/",
+    ]
+    for url in refused:
+        answer = httpx.post(live.url + "/api/live", json={"url": url}, headers=headers)
+        assert answer.status_code == 403, (url, answer.text)
+        assert answer.json()["error"]["code"] == "url_refused"
+    assert httpx.post(live.url + "/api/live", json={"url": "rtsp://"}, headers=headers).json()[
+        "error"
+    ]["code"] in ("bad_url", "url_refused")
+    assert httpx.post(live.url + "/api/live", json={}, headers=headers).status_code == 422
+    assert httpx.post(live.url + "/api/live", json={"url": refused[0]}).status_code == 401
+    session = connect(live)
+    error = session.start(url=refused[0])
+    assert error["event"] == "error" and error["error"]["code"] == "url_refused"
+    assert session.start()["event"] == "started"
+    session.close()
+
+
+def test_a_client_that_stops_reading_is_let_go(lite_triton: TritonSettings, tmp_path: Path) -> None:
+    """A client that keeps sending but reads nothing: its answers back up until a send
+    waits longer than live_send_timeout_s; then the session ends and its slot is free,
+    while the client is still connected. Nothing queues in the meantime."""
+    with start_gateway(lite_triton.grpc_url, tmp_path, live_send_timeout_s=1) as gateway:
+        small_window = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+        stalled = LiveSocket.open(gateway.url, sockopt=small_window)
+        stalled.start()
+        blank = blank_jpeg(64, 64)  # no face: judged in milliseconds, answered all the same
+        sent, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                stalled.ws.sock.settimeout(2)
+                for _ in range(50):
+                    stalled.frame(blank)
+                    sent += 1
+            except (OSError, websocket.WebSocketException):
+                break  # the gateway stopped reading this connection too
+            if metric(gateway, "gateway_live_sessions") == 0:
+                break
+        assert metric(gateway, "gateway_live_sessions") == 0, f"still open after {sent} frames"
+        assert metric(gateway, "gateway_live_frames_total", '{fate="dropped"}') > 0
+        log = gateway.log.read_text()
+        assert "Traceback" not in log
+        # the gateway goes on serving others
+        other = LiveSocket.open(gateway.url)
+        assert judge(other, jpeg_frames(FAKE_CLIP, 1))[0]["faces"]
+        other.close()
+        stalled.ws.sock.close()

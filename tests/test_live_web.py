@@ -1,0 +1,114 @@
+"""Live mode in a real browser: Debian's chromium with a fake camera playing a shared clip
+(a y4m made here by FFmpeg), the page sending its frames over the WebSocket to a real
+gateway (lite Triton). The fake clip's running score goes above the threshold, the real
+clip's stays below; boxes are drawn and the verdict shown within seconds.
+
+Screenshots go to tests/artifacts/web_ui/ (git-ignored)."""
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from model_repository.local_triton import TritonSettings
+from tests.conftest import ROOT, Gateway, start_gateway
+from tests.live_client import FAKE_CLIP, REAL_CLIP
+from tests.test_web_ui import CHROMIUM
+
+ARTIFACTS = ROOT / "tests/artifacts/web_ui"
+JUDGED = 10  # frames judged before the running score is read
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def live_page(
+    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("live-web")) as gateway:
+        yield gateway
+
+
+def camera_file(clip: Path, out: Path) -> Path:
+    """A few seconds of `clip` as the raw y4m Chromium's fake camera plays (in a loop)."""
+    subprocess.run(
+        [
+            *("ffmpeg", "-v", "error", "-y", "-t", "4", "-i", str(clip), "-an"),
+            *("-vf", "scale=640:-2,fps=10", "-pix_fmt", "yuv420p", str(out)),
+        ],
+        check=True,
+        timeout=120,
+    )
+    return out
+
+
+def watch(url: str, y4m: Path, name: str) -> dict:
+    """Open Live mode with the fake camera, start it, wait for JUDGED answers; what it shows."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                *("--headless", "--no-sandbox", "--disable-gpu"),
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={y4m}",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/live")
+            page.fill("#fps", "4")
+            page.click("#camera")
+            page.wait_for_selector('#live[data-state="live"]', state="attached", timeout=30_000)
+            started = time.monotonic()
+            first_verdict = None
+            while int(page.get_attribute("#live", "data-answered") or 0) < JUDGED:
+                if first_verdict is None and page.get_attribute("#verdict", "data-verdict") in (
+                    "fake",
+                    "real",
+                ):
+                    first_verdict = time.monotonic() - started
+                assert time.monotonic() - started < TIMEOUT_S, "too few frames judged"
+                page.wait_for_timeout(200)
+            shown = read(page)
+            shown["first_verdict_s"] = first_verdict
+            shown["errors"] = errors
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=ARTIFACTS / f"live_{name}.png", full_page=True)
+            page.click("#stop")
+            page.wait_for_selector('#live[data-state="stopped"]', state="attached")
+            return shown
+        finally:
+            browser.close()
+
+
+def read(page: Page) -> dict:
+    return {
+        "verdict": page.get_attribute("#verdict", "data-verdict"),
+        "score": float(page.get_attribute("#score", "data-score") or "nan"),
+        "faces": int(page.get_attribute("#overlay", "data-faces") or 0),
+        "people": page.eval_on_selector_all(".live-person", "cards => cards.length"),
+        "text": page.text_content("#verdict"),
+    }
+
+
+@pytest.mark.parametrize(("clip", "fake"), [(FAKE_CLIP, True), (REAL_CLIP, False)])
+def test_live_mode_with_a_fake_camera(
+    live_page: Gateway, clip: Path, fake: bool, tmp_path: Path
+) -> None:
+    name = "fake" if fake else "real"
+    shown = watch(live_page.url, camera_file(clip, tmp_path / f"{name}.y4m"), name)
+    assert not shown["errors"], shown["errors"]
+    assert shown["faces"] >= 1 and shown["people"] >= 1  # boxes drawn, a chart per person
+    assert shown["first_verdict_s"] is not None and shown["first_verdict_s"] < 30
+    if fake:
+        assert shown["verdict"] == "fake" and shown["score"] >= 0.5, shown
+        assert shown["text"] == "Likely fake"
+    else:
+        assert shown["verdict"] == "real" and shown["score"] < 0.5, shown
+        assert shown["text"] == "Likely real"
