@@ -50,10 +50,10 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers go through the JSON handler above
-        access_log=False,
+        access_log=False,  # the gateway logs each request itself, with its request id
         # WebSocket sends wait while the client's buffer is full (flow control): a live
         # client that stops reading holds no growing queue (gateway/live.py).
-        ws="websockets-sansio",  # the gateway logs each request itself, with its request id
+        ws="websockets-sansio",
         # SIGTERM: stop accepting at once, let in-flight requests finish up to this bound.
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
