@@ -172,7 +172,9 @@ class Rendering:
 
     def env(self, container: Manifest) -> dict[str, str]:
         """The container's environment: envFrom ConfigMaps, then env
-        (valueFrom configMapKeyRef resolved; Secrets are left out)."""
+        (configMapKeyRef and resourceFieldRef resolved; a secretKeyRef, whose
+        value is not in the rendering, as "<secret NAME:KEY>"; envFrom Secrets
+        are left out)."""
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
             if "configMapRef" in source:
@@ -185,6 +187,9 @@ class Rendering:
             elif "configMapKeyRef" in var.get("valueFrom", {}):
                 ref = var["valueFrom"]["configMapKeyRef"]
                 env[var["name"]] = self.get("ConfigMap", ref["name"])["data"][ref["key"]]
+            elif "secretKeyRef" in var.get("valueFrom", {}):
+                ref = var["valueFrom"]["secretKeyRef"]
+                env[var["name"]] = f"<secret {ref['name']}:{ref['key']}>"
             elif "resourceFieldRef" in var.get("valueFrom", {}):
                 env[var["name"]] = resource_field(container, var["valueFrom"]["resourceFieldRef"])
         return env

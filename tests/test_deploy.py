@@ -31,7 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"
 TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
-OVERLAYS = ("cpu", "gpu", "gpu-remote")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+# What an overlay adds to the base, by kind and name.
+EXTRAS = {
+    "gpu-cluster": {
+        ("PersistentVolumeClaim", "triton-trt-cache"),
+        ("ServiceMonitor", "nvidia-dcgm-exporter"),
+    },
+}
 NAMESPACE = "deepfake"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -54,11 +61,11 @@ def test_every_overlay_is_tested() -> None:
 
 
 def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> None:
-    _, r = overlay
+    name, r = overlay
     found = {(o["kind"], o["metadata"]["name"]) for o in r.objects if o["kind"] != "ConfigMap"}
-    assert found == {
+    assert found == EXTRAS.get(name, set()) | {
         ("Namespace", NAMESPACE),
-        ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", "default-deny"),
         ("NetworkPolicy", "triton"),
         ("NetworkPolicy", "gateway"),
         ("ServiceAccount", "triton"),
@@ -74,10 +81,13 @@ def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> No
         ("ServiceMonitor", "triton"),
         ("ServiceMonitor", "gateway"),
         ("Ingress", "gateway"),
+        ("PrometheusRule", "deepfake-detect"),
     }
-    # The generated ConfigMap carries a content hash, so edits roll the pods.
-    [config] = r.all("ConfigMap")
+    # The generated ConfigMap carries a content hash, so edits roll the pods;
+    # the dashboard's keeps one name (Grafana knows it by its uid).
+    config, dashboard = sorted(r.all("ConfigMap"), key=lambda c: c["metadata"]["name"])
     assert re.fullmatch(r"gateway-config-[a-z0-9]{10}", config["metadata"]["name"])
+    assert dashboard["metadata"]["name"] == "grafana-dashboard-deepfake-detect"
     for obj in r.objects:
         if obj["kind"] != "Namespace":
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
@@ -117,6 +127,16 @@ def test_validation_is_strict_and_complete(overlay: tuple[str, Rendering]) -> No
     monitor = copy.deepcopy(r.get("ServiceMonitor", "triton"))
     del monitor["spec"]["selector"]
     assert validate.validate_objects([monitor])
+
+    rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
+    rule["spec"]["groups"][0]["rules"][0]["fro"] = "10m"
+    assert any("fro" in p for p in validate.validate_objects([rule]))
+    rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    assert validate.validate_objects([rule])
+    rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
+    del rule["spec"]["groups"][0]["rules"][0]["alert"]
+    assert validate.validate_objects([rule])  # neither alert nor record
 
 
 def test_validate_command_passes(tmp_path: Path) -> None:
