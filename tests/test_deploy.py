@@ -200,6 +200,36 @@ def test_triton_image_is_ngc_24_10_with_the_model_repository() -> None:
     assert instruction(TRITON_DOCKERFILE, "EXPOSE") == ["8000 8001 8002"]
 
 
+def test_triton_image_creates_the_engine_cache_parent_for_its_user() -> None:
+    """ONNX Runtime creates only the last element of trt_engine_cache_path:
+    without /trt-cache in the image, `docker run` of its own CMD fails on a GPU."""
+    uid, gid = final_user(TRITON_DOCKERFILE)
+    runs = instruction(TRITON_DOCKERFILE, "RUN")
+    assert any("mkdir /trt-cache" in r and f"chown {uid}:{gid} /trt-cache" in r for r in runs)
+    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+        config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+            [path] = re.findall(rf'"{key}"\s+value:\s*"([^"]+)"', config)
+            assert Path(path).parent == Path("/trt-cache"), (member, key)
+
+
+def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
+    """Narrow shape profiles around the crops the gateway sends (380 px)."""
+    from preprocess.crop import CropConfig
+
+    size = CropConfig().size
+    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+        config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
+        shapes = {
+            k: [int(x) for x in v.split(":")[1].split("x")]
+            for k, v in re.findall(
+                r'"trt_profile_(min|opt|max)_shapes"\s+value:\s*"([^"]+)"', config
+            )
+        }
+        assert shapes["min"][1] <= size <= shapes["max"][1] <= 2 * size, member
+        assert shapes["opt"][1:3] == [size, size], member
+
+
 def build_check_script() -> str:
     [script] = [r for r in instruction(TRITON_DOCKERFILE, "RUN") if "make export" in r]
     return script

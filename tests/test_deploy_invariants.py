@@ -31,10 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 TRITON_DOCKERFILE = ROOT / "deploy" / "docker" / "triton.Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-OVERLAYS = ("cpu", "gpu", "gpu-remote")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
 REPOSITORY = ROOT / "model_repository"
 ADAPTER_VALUES = ROOT / "deploy" / "monitoring" / "prometheus-adapter-values.yaml"
-GPU_OVERLAYS = ("gpu", "gpu-remote")
+GPU_OVERLAYS = ("gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+REMOTE_OVERLAYS = ("gpu-remote",)
+TRACED_OVERLAYS = ("gpu-cluster",)
+DNS = ({"k8s-app": "kube-dns"}, "kube-system")
+# The gRPC/HTTP protocols the gateway calls (gateway/model_server.py): these
+# must stay open; every other admin protocol must need the header.
+GATEWAY_PROTOCOLS = {"health", "metadata", "model-config", "inference"}
+ADMIN_PROTOCOLS = {"model-repository", "shared-memory", "statistics", "trace", "logging"}
 MONITORING = "monitoring"
 INGRESS_NAMESPACE = "ingress-nginx"
 
@@ -73,6 +80,15 @@ def one(values: list[str]) -> str:
     return values[0]
 
 
+def served_profile(r: Rendering, container: Manifest) -> str:
+    """The model_repository/ profile folder Triton serves: MODEL_PROFILE, or, when
+    that names the baked image's link, the profile the image is built with."""
+    profile = r.env(container)["MODEL_PROFILE"]
+    if profile == env_of(TRITON_DOCKERFILE)["MODEL_PROFILE"]:
+        return args_of(TRITON_DOCKERFILE)["PROFILE"]
+    return profile
+
+
 def ensemble_members(profile: str) -> list[str]:
     config = (REPOSITORY / profile / "deepfake_ensemble" / "config.pbtxt").read_text()
     return [m for m in re.findall(r'model_name:\s*"([^"]+)"', config) if m != "deepfake_vote"]
@@ -96,7 +112,8 @@ def test_triton_serves_the_repository_as_the_local_server_does(overlay: str) -> 
     env = r.env(container)
     repository, profile = env["MODEL_REPOSITORY"], env["MODEL_PROFILE"]
     assert f["--model-repository"] == [f"{repository}/members", f"{repository}/{profile}"]
-    assert (REPOSITORY / profile / "deepfake_ensemble" / "config.pbtxt").is_file()
+    served = served_profile(r, container)
+    assert (REPOSITORY / served / "deepfake_ensemble" / "config.pbtxt").is_file()
     assert one(f["--model-control-mode"]) == "explicit"
     assert one(f["--load-model"]) == "deepfake_ensemble"
     assert one(f["--strict-readiness"]) == "true"
@@ -179,10 +196,14 @@ def test_triton_arguments_are_options_of_triton_2_51(overlay: str) -> None:
 
 def test_model_config_name_matches_the_overlay(overlay: str) -> None:
     r, workload, container, f = triton(overlay)
-    profile = r.env(container)["MODEL_PROFILE"]
-    members = ensemble_members(profile)
+    members = ensemble_members(served_profile(r, container))
     assert members
-    gpu_limit = container["resources"]["limits"].get("nvidia.com/gpu")
+    # One whole GPU, or one MIG slice (components/gpu-mig).
+    gpus = {
+        k: v
+        for k, v in container["resources"]["limits"].items()
+        if k == "nvidia.com/gpu" or k.startswith("nvidia.com/mig-")
+    }
     if overlay == "cpu":
         assert f["--model-config-name"] == ["cpu"]
         for member in members:
@@ -194,7 +215,8 @@ def test_model_config_name_matches_the_overlay(overlay: str) -> None:
     else:
         # Each member's config.pbtxt: the GPU with TensorRT FP16.
         assert "--model-config-name" not in f
-        assert int(gpu_limit) == 1
+        [(resource, count)] = gpus.items()
+        assert int(count) == 1 and (resource == "nvidia.com/gpu") == (overlay != "gpu-mig")
         assert any(t["key"] == "nvidia.com/gpu" for t in workload.spec["tolerations"])
         for member in members:
             config = (REPOSITORY / "members" / member / "config.pbtxt").read_text()
@@ -203,7 +225,7 @@ def test_model_config_name_matches_the_overlay(overlay: str) -> None:
 
 
 def test_tensorrt_engine_cache_is_a_writable_volume(overlay: str) -> None:
-    _, workload, container, _ = triton(overlay)
+    r, workload, container, _ = triton(overlay)
     if overlay not in GPU_OVERLAYS:  # the CPU configs use no TensorRT
         assert workload.mount(container, "/trt-cache") is None
         return
@@ -211,7 +233,14 @@ def test_tensorrt_engine_cache_is_a_writable_volume(overlay: str) -> None:
         config = (REPOSITORY / "members" / member / "config.pbtxt").read_text()
         [path] = re.findall(r'"trt_engine_cache_path"\s+value:\s*"([^"]+)"', config)
         cache = workload.mount(container, str(Path(path).parent))
-        assert cache is not None and "emptyDir" in cache, member
+        # A pod's own emptyDir, or the shared claim of components/trt-cache-pvc.
+        assert cache is not None, member
+        if "persistentVolumeClaim" in cache:
+            claim = r.get("PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])
+            assert "ReadWriteMany" in claim["spec"]["accessModes"]
+            assert "emptyDir" not in cache
+        else:
+            assert "emptyDir" in cache, member
 
 
 def test_triton_has_shared_memory_and_temp_volumes(overlay: str) -> None:
@@ -228,14 +257,22 @@ def test_model_repository_location_matches_the_image(overlay: str) -> None:
     r, _, container, _ = triton(overlay)
     env = r.env(container)
     image_env = env_of(TRITON_DOCKERFILE)
-    assert env["MODEL_PROFILE"] == args_of(TRITON_DOCKERFILE)["PROFILE"]
-    if overlay == "gpu-remote":
+    if overlay in REMOTE_OVERLAYS:
+        assert (REPOSITORY / env["MODEL_PROFILE"] / "deepfake_ensemble").is_dir()
         # Triton's own remote repositories, on the stock image it is built on.
         assert re.match(r"(s3|gs)://", env["MODEL_REPOSITORY"])
         assert container["image"] == TRITON_IMAGE == one(instruction(TRITON_DOCKERFILE, "FROM"))
     else:
         assert env["MODEL_REPOSITORY"] == image_env["MODEL_REPOSITORY"]
         assert container["image"].endswith("/triton:0.1.0")
+        # The Deployment names the image's own link to the profile it was
+        # built with, never a profile: a lite image must serve lite.
+        assert env["MODEL_PROFILE"] == image_env["MODEL_PROFILE"]
+        [check] = [r for r in instruction(TRITON_DOCKERFILE, "RUN") if "make export" in r]
+        assert f'ln -s "${{PROFILE}}" {env["MODEL_PROFILE"]}' in check
+        assert (
+            env["MODEL_PROFILE"] not in ("full", "lite") and args_of(TRITON_DOCKERFILE)["PROFILE"]
+        )
 
 
 # -- gateway ------------------------------------------------------------------------------
@@ -243,7 +280,7 @@ def test_model_repository_location_matches_the_image(overlay: str) -> None:
 
 def test_gateway_settings_come_from_its_configmap(overlay: str) -> None:
     r, _, container, env = gateway(overlay)
-    [source] = container["envFrom"]
+    [source] = [s for s in container["envFrom"] if "configMapRef" in s]
     config = r.get("ConfigMap", source["configMapRef"]["name"])
     assert set(config["data"]) <= set(env)
     assert all(k.startswith("GATEWAY_") or k == "DEEPFAKE_ASSETS" for k in config["data"])
@@ -284,7 +321,9 @@ def test_gateway_probes_use_its_health_endpoints(overlay: str) -> None:
     _, _, container, env = gateway(overlay)
     expected = {
         "livenessProbe": "/healthz",
-        "readinessProbe": "/readyz",
+        # Not /readyz (Triton ready): while Triton is down the gateway stays
+        # in the Service and answers JSON 503s, not the ingress's HTML 503.
+        "readinessProbe": "/healthz",
         "startupProbe": "/healthz",
     }
     assert_probes(container, expected, int(env["GATEWAY_PORT"]))
@@ -345,9 +384,15 @@ def test_every_container_is_non_root_read_only_and_limited(overlay: str) -> None
         seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile"))
         assert seccomp == {"type": "RuntimeDefault"}, where
         resources = c["resources"]
-        for kind in ("cpu", "memory"):
+        # A GPU pod's CPUs are requested but not limited (no CFS throttling of
+        # the threads feeding the GPU); everything else is limited.
+        gpu = any(k.startswith("nvidia.com/") for k in resources["limits"])
+        for kind in ("memory",) if gpu else ("cpu", "memory"):
             request, limit = resources["requests"][kind], resources["limits"][kind]
             assert 0 < quantity(request) <= quantity(limit), f"{where} {kind}"
+        assert gpu == (workload.name == "triton" and overlay in GPU_OVERLAYS), where
+        if gpu:
+            assert "cpu" not in resources["limits"] and quantity(resources["requests"]["cpu"]) >= 1
         for key in ("hostNetwork", "hostPID", "hostIPC"):
             assert not workload.spec.get(key), where
         assert not [v for v in workload.spec["volumes"] if "hostPath" in v], where
@@ -383,6 +428,8 @@ def test_network_policies_select_existing_pods(overlay: str) -> None:
     policies = r.all("NetworkPolicy")
     default_deny = [p for p in policies if p["spec"]["podSelector"] == {}]
     assert len(default_deny) == 1 and "ingress" not in default_deny[0]["spec"]
+    assert "egress" not in default_deny[0]["spec"]
+    assert set(default_deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     for policy in policies:
         namespace = policy["metadata"]["namespace"]
         selected = r.selected(policy["spec"]["podSelector"], namespace)
@@ -450,15 +497,48 @@ def test_ingress_allows_large_uploads_and_long_reads(overlay: str) -> None:
     # /api/detect/stream's progress events reach the client as they are sent.
     assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert notes["nginx.org/proxy-buffering"] == "False"
+    # Uploads stream to the gateway, which spools and limits them itself.
+    assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
     [rule] = ingress["spec"]["rules"]
-    paths = rule["http"]["paths"]
-    assert [(p["path"], p["pathType"]) for p in paths] == [("/api", "Prefix")]
-    backend = paths[0]["backend"]["service"]
-    service = r.get("Service", backend["name"])
-    assert [b.name for b in r.backends(service)] == ["gateway"]
-    [port] = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
-    assert container_port(container, port["targetPort"]) == int(env["GATEWAY_PORT"])
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        service = r.get("Service", backend["name"])
+        assert [b.name for b in r.backends(service)] == ["gateway"]
+        [port] = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
+        assert container_port(container, port["targetPort"]) == int(env["GATEWAY_PORT"])
     assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+
+
+def ingress_routes(ingress: Manifest, path: str) -> bool:
+    """Does the Ingress send `path` anywhere (Exact, or Prefix by path element)?"""
+    for rule in ingress["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            prefix = p["path"].rstrip("/")
+            if p["pathType"] == "Exact" and path == p["path"]:
+                return True
+            if p["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
+                return True
+    return False
+
+
+def test_ingress_serves_the_page_and_the_api_but_not_the_internals(overlay: str) -> None:
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    ingress = rendering(overlay).get("Ingress", "gateway")
+    app = create_app(Settings())
+    routes = {getattr(r, "path", "") for r in app.routes}
+    # The web page and its files, and every API route.
+    assert {"/", "/static"} <= routes
+    for path in ["/", "/static/app.js", "/api", "/api/models", "/api/detect", "/api/detect/stream"]:
+        assert ingress_routes(ingress, path), path
+    # Probes, metrics and the OpenAPI page stay inside the cluster.
+    for path in ["/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/apix", "/other"]:
+        assert not ingress_routes(ingress, path), path
+    # Edge limits per client address, above what one user of the page needs.
+    notes = ingress["metadata"]["annotations"]
+    assert int(notes["nginx.ingress.kubernetes.io/limit-rpm"]) >= 10
+    assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) >= 2
 
 
 # -- autoscaling --------------------------------------------------------------------------
@@ -492,7 +572,8 @@ def test_hpas_target_the_deployments(overlay: str) -> None:
 
 def test_triton_hpa_scales_on_the_adapters_queue_time_metric(overlay: str) -> None:
     r = rendering(overlay)
-    [metric] = r.get("HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    metrics = r.get("HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    [metric] = [m for m in metrics if m["pods"]["metric"]["name"] == "triton_queue_time_us"]
     assert metric["type"] == "Pods"
     name = metric["pods"]["metric"]["name"]
     assert metric["pods"]["target"]["type"] == "AverageValue"
@@ -541,7 +622,8 @@ def test_service_monitors_scrape_named_metrics_ports(overlay: str) -> None:
         "triton": int(one(triton(overlay)[3]["--metrics-port"])),
         "gateway": int(gateway(overlay)[3]["GATEWAY_PORT"]),
     }
-    monitors = r.all("ServiceMonitor")
+    # The DCGM exporter's (components/dcgm-monitoring) is in another namespace.
+    monitors = [m for m in r.all("ServiceMonitor") if "namespaceSelector" not in m["spec"]]
     assert {m["metadata"]["name"] for m in monitors} == set(expected)
     for monitor in monitors:
         namespace = monitor["metadata"]["namespace"]
