@@ -6,6 +6,7 @@ resolves to, what environment a container gets from its ConfigMaps, what a
 let in. tests/test_deploy_invariants.py checks the overlays with these.
 """
 
+import ipaddress
 import math
 import re
 from collections.abc import Iterator
@@ -249,10 +250,13 @@ class Rendering:
         protocol: str = "TCP",
         to_namespace_labels: dict[str, str] | None = None,
         to: Workload | None = None,
+        to_ip: str | None = None,
     ) -> bool:
         """Would the NetworkPolicies let `source`'s pods connect to a pod with
         `to_labels` in `to_namespace` on `port`/`protocol`? `to`, when the
-        destination is a workload of this rendering, resolves named ports."""
+        destination is a workload of this rendering, resolves named ports.
+        `to_ip`: an address outside the cluster instead (judged by ipBlocks
+        only; selectors pick pods, never outside hosts)."""
         ns_labels = to_namespace_labels or {"kubernetes.io/metadata.name": to_namespace}
         policies = [
             p
@@ -266,12 +270,30 @@ class Rendering:
         target = to.container() if to is not None else None
         for policy in policies:
             for rule in policy["spec"].get("egress", []):
-                if self._port_allowed(
-                    rule.get("ports"), target, port, protocol
-                ) and self._peer_allowed(
-                    rule.get("to"), source.namespace, to_labels, to_namespace, ns_labels
-                ):
-                    return True
+                if self._port_allowed(rule.get("ports"), target, port, protocol):
+                    peers = rule.get("to")
+                    if to_ip is not None:
+                        if self._ip_allowed(peers, to_ip):
+                            return True
+                    elif self._peer_allowed(
+                        peers, source.namespace, to_labels, to_namespace, ns_labels
+                    ):
+                        return True
+        return False
+
+    @staticmethod
+    def _ip_allowed(peers: list[Manifest] | None, ip: str) -> bool:
+        if not peers:
+            return True
+        address = ipaddress.ip_address(ip)
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if (
+                block
+                and address in ipaddress.ip_network(block["cidr"])
+                and not any(address in ipaddress.ip_network(e) for e in block.get("except", []))
+            ):
+                return True
         return False
 
     @staticmethod
