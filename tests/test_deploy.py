@@ -37,8 +37,11 @@ EXTRAS = {
     "gpu-cluster": {
         ("PersistentVolumeClaim", "triton-trt-cache"),
         ("ServiceMonitor", "nvidia-dcgm-exporter"),
+        ("HTTPRoute", "gateway"),
     },
 }
+# ...and what it takes away (components/gateway-api replaces the Ingress).
+REPLACED = {"gpu-cluster": {("Ingress", "gateway")}}
 NAMESPACE = "deepfake"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -63,7 +66,7 @@ def test_every_overlay_is_tested() -> None:
 def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> None:
     name, r = overlay
     found = {(o["kind"], o["metadata"]["name"]) for o in r.objects if o["kind"] != "ConfigMap"}
-    assert found == EXTRAS.get(name, set()) | {
+    assert found | REPLACED.get(name, set()) == EXTRAS.get(name, set()) | {
         ("Namespace", NAMESPACE),
         ("NetworkPolicy", "default-deny"),
         ("NetworkPolicy", "triton"),
@@ -137,6 +140,14 @@ def test_validation_is_strict_and_complete(overlay: tuple[str, Rendering]) -> No
     rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
     del rule["spec"]["groups"][0]["rules"][0]["alert"]
     assert validate.validate_objects([rule])  # neither alert nor record
+
+    for route in r.all("HTTPRoute"):
+        bad = copy.deepcopy(route)
+        bad["spec"]["rules"][0]["timeout"] = {"request": "300s"}
+        assert any("timeout" in p for p in validate.validate_objects([bad]))
+        bad = copy.deepcopy(route)
+        bad["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"  # the Ingress's word
+        assert validate.validate_objects([bad])
 
 
 def test_validate_command_passes(tmp_path: Path) -> None:

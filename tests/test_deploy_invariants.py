@@ -61,6 +61,17 @@ TRITON_GPU_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_
 TRITON_METRICS |= TRITON_GPU_METRICS
 MONITORING = "monitoring"
 INGRESS_NAMESPACE = "ingress-nginx"
+# Overlays with components/gateway-api: an HTTPRoute instead of the Ingress.
+GATEWAY_API_OVERLAYS = ("gpu-cluster",)
+
+
+def edge_namespace(overlay: str) -> str:
+    """Where the proxies that reach the gateway run: ingress-nginx, or the
+    Gateway's data plane (its namespace in the HTTPRoute's parentRefs)."""
+    if overlay in GATEWAY_API_OVERLAYS:
+        [parent] = rendering(overlay).get("HTTPRoute", "gateway")["spec"]["parentRefs"]
+        return parent["namespace"]
+    return INGRESS_NAMESPACE
 
 
 @functools.cache
@@ -478,7 +489,9 @@ def test_only_the_gateway_reaches_triton_grpc_and_only_monitoring_scrapes(overla
     assert not allowed({}, "default", metrics)
     # The gateway: from the ingress controller and Prometheus only.
     gateway_http = container_port(gateway_pod.container(), "http")
-    assert allowed({}, INGRESS_NAMESPACE, gateway_http, gateway_pod)
+    assert allowed({}, edge_namespace(overlay), gateway_http, gateway_pod)
+    other_edge = {INGRESS_NAMESPACE, "envoy-gateway-system"} - {edge_namespace(overlay)}
+    assert not [n for n in other_edge if allowed({}, n, gateway_http, gateway_pod)]
     assert allowed({}, MONITORING, gateway_http, gateway_pod)
     assert not allowed({}, "default", gateway_http, gateway_pod)
     assert not allowed(triton_pod.labels, ns, gateway_http, gateway_pod)
@@ -498,6 +511,9 @@ def test_network_policy_evaluation_is_not_vacuous(overlay: str) -> None:
 
 def test_ingress_allows_large_uploads_and_long_reads(overlay: str) -> None:
     r, _, container, env = gateway(overlay)
+    if overlay in GATEWAY_API_OVERLAYS:
+        assert not r.all("Ingress")
+        return  # test_httproute_reaches_the_gateway_with_long_timeouts
     ingress = r.get("Ingress", "gateway")
     notes = ingress["metadata"]["annotations"]
     upload = quantity(f"{env['GATEWAY_MAX_UPLOAD_MB']}M")
@@ -526,15 +542,44 @@ def test_ingress_allows_large_uploads_and_long_reads(overlay: str) -> None:
     assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
 
 
-def ingress_routes(ingress: Manifest, path: str) -> bool:
-    """Does the Ingress send `path` anywhere (Exact, or Prefix by path element)?"""
-    for rule in ingress["spec"]["rules"]:
-        for p in rule["http"]["paths"]:
-            prefix = p["path"].rstrip("/")
-            if p["pathType"] == "Exact" and path == p["path"]:
-                return True
-            if p["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
-                return True
+def test_httproute_reaches_the_gateway_with_long_timeouts(overlay: str) -> None:
+    r, _, container, env = gateway(overlay)
+    if overlay not in GATEWAY_API_OVERLAYS:
+        assert not r.all("HTTPRoute")
+        return
+    route = r.get("HTTPRoute", "gateway")
+    slowest = max(120.0, float(env["GATEWAY_TRITON_TIMEOUT_S"]))
+    for rule in route["spec"]["rules"]:
+        assert quantity(rule["timeouts"]["request"].removesuffix("s")) >= slowest
+        for ref in rule["backendRefs"]:
+            service = r.get("Service", ref["name"])
+            assert [b.name for b in r.backends(service)] == ["gateway"]
+            [port] = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
+            assert container_port(container, port["targetPort"]) == int(env["GATEWAY_PORT"])
+
+
+def edge_paths(r: Rendering) -> list[tuple[str, str]]:
+    """(match type, path) of the Ingress or the HTTPRoute, as Exact or Prefix."""
+    found = []
+    for ingress in r.all("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            found += [(p["pathType"], p["path"]) for p in rule["http"]["paths"]]
+    for route in r.all("HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for match in rule["matches"]:
+                kind = {"PathPrefix": "Prefix", "Exact": "Exact"}[match["path"]["type"]]
+                found.append((kind, match["path"]["value"]))
+    return found
+
+
+def ingress_routes(r: Rendering, path: str) -> bool:
+    """Does the edge send `path` anywhere (Exact, or Prefix by path element)?"""
+    for kind, value in edge_paths(r):
+        prefix = value.rstrip("/")
+        if kind == "Exact" and path == value:
+            return True
+        if kind == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
+            return True
     return False
 
 
@@ -542,18 +587,20 @@ def test_ingress_serves_the_page_and_the_api_but_not_the_internals(overlay: str)
     from gateway.app import create_app
     from gateway.settings import Settings
 
-    ingress = rendering(overlay).get("Ingress", "gateway")
+    r = rendering(overlay)
     app = create_app(Settings())
     routes = {getattr(r, "path", "") for r in app.routes}
     # The web page and its files, and every API route.
     assert {"/", "/static"} <= routes
     for path in ["/", "/static/app.js", "/api", "/api/models", "/api/detect", "/api/detect/stream"]:
-        assert ingress_routes(ingress, path), path
+        assert ingress_routes(r, path), path
     # Probes, metrics and the OpenAPI page stay inside the cluster.
     for path in ["/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/apix", "/other"]:
-        assert not ingress_routes(ingress, path), path
+        assert not ingress_routes(r, path), path
+    if overlay in GATEWAY_API_OVERLAYS:
+        return  # limits are the Gateway implementation's policies (deploy/README.md)
     # Edge limits per client address, above what one user of the page needs.
-    notes = ingress["metadata"]["annotations"]
+    notes = r.get("Ingress", "gateway")["metadata"]["annotations"]
     assert int(notes["nginx.ingress.kubernetes.io/limit-rpm"]) >= 10
     assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) >= 2
 
