@@ -6,6 +6,8 @@ resolves to, what environment a container gets from its ConfigMaps, what a
 let in. tests/test_deploy_invariants.py checks the overlays with these.
 """
 
+import ipaddress
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,7 +173,9 @@ class Rendering:
 
     def env(self, container: Manifest) -> dict[str, str]:
         """The container's environment: envFrom ConfigMaps, then env
-        (valueFrom configMapKeyRef resolved; Secrets are left out)."""
+        (configMapKeyRef and resourceFieldRef resolved; a secretKeyRef, whose
+        value is not in the rendering, as "<secret NAME:KEY>"; envFrom Secrets
+        are left out)."""
         env: dict[str, str] = {}
         for source in container.get("envFrom", []):
             if "configMapRef" in source:
@@ -184,7 +188,23 @@ class Rendering:
             elif "configMapKeyRef" in var.get("valueFrom", {}):
                 ref = var["valueFrom"]["configMapKeyRef"]
                 env[var["name"]] = self.get("ConfigMap", ref["name"])["data"][ref["key"]]
+            elif "secretKeyRef" in var.get("valueFrom", {}):
+                ref = var["valueFrom"]["secretKeyRef"]
+                env[var["name"]] = f"<secret {ref['name']}:{ref['key']}>"
+            elif "resourceFieldRef" in var.get("valueFrom", {}):
+                env[var["name"]] = resource_field(container, var["valueFrom"]["resourceFieldRef"])
         return env
+
+    def secret_refs(self, container: Manifest) -> list[Manifest]:
+        """Where the container's Secrets come in: envFrom secretRefs and env
+        secretKeyRefs, as written (Secrets are not in the rendering)."""
+        refs = [s["secretRef"] for s in container.get("envFrom", []) if "secretRef" in s]
+        refs += [
+            v["valueFrom"]["secretKeyRef"]
+            for v in container.get("env", [])
+            if "secretKeyRef" in v.get("valueFrom", {})
+        ]
+        return refs
 
     def args(self, container: Manifest) -> list[str]:
         """command + args, $(VAR)-expanded from the container's environment."""
@@ -221,17 +241,78 @@ class Rendering:
                     return True
         return False
 
+    def egress_allowed(
+        self,
+        source: Workload,
+        port: int,
+        to_labels: dict[str, str],
+        to_namespace: str,
+        protocol: str = "TCP",
+        to_namespace_labels: dict[str, str] | None = None,
+        to: Workload | None = None,
+        to_ip: str | None = None,
+    ) -> bool:
+        """Would the NetworkPolicies let `source`'s pods connect to a pod with
+        `to_labels` in `to_namespace` on `port`/`protocol`? `to`, when the
+        destination is a workload of this rendering, resolves named ports.
+        `to_ip`: an address outside the cluster instead (judged by ipBlocks
+        only; selectors pick pods, never outside hosts)."""
+        ns_labels = to_namespace_labels or {"kubernetes.io/metadata.name": to_namespace}
+        policies = [
+            p
+            for p in self.all("NetworkPolicy")
+            if p["metadata"].get("namespace", "default") == source.namespace
+            and "Egress" in p["spec"].get("policyTypes", [])
+            and selector_matches(p["spec"].get("podSelector"), source.labels)
+        ]
+        if not policies:
+            return True  # not isolated for egress
+        target = to.container() if to is not None else None
+        for policy in policies:
+            for rule in policy["spec"].get("egress", []):
+                if self._port_allowed(rule.get("ports"), target, port, protocol):
+                    peers = rule.get("to")
+                    if to_ip is not None:
+                        if self._ip_allowed(peers, to_ip):
+                            return True
+                    elif self._peer_allowed(
+                        peers, source.namespace, to_labels, to_namespace, ns_labels
+                    ):
+                        return True
+        return False
+
     @staticmethod
-    def _port_allowed(ports: list[Manifest] | None, container: Manifest, port: int) -> bool:
+    def _ip_allowed(peers: list[Manifest] | None, ip: str) -> bool:
+        if not peers:
+            return True
+        address = ipaddress.ip_address(ip)
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if (
+                block
+                and address in ipaddress.ip_network(block["cidr"])
+                and not any(address in ipaddress.ip_network(e) for e in block.get("except", []))
+            ):
+                return True
+        return False
+
+    @staticmethod
+    def _port_allowed(
+        ports: list[Manifest] | None, container: Manifest | None, port: int, protocol: str = "TCP"
+    ) -> bool:
         if not ports:
             return True
         for p in ports:
-            if p.get("protocol", "TCP") != "TCP":
+            if p.get("protocol", "TCP") != protocol:
                 continue
             if "port" not in p:
                 return True
+            if isinstance(p["port"], int):
+                if p["port"] == port:
+                    return True
+                continue
             try:
-                if container_port(container, p["port"]) == port:
+                if container is not None and container_port(container, p["port"]) == port:
                     return True
             except KeyError:
                 continue  # a named port the pod does not have matches nothing
@@ -258,6 +339,14 @@ class Rendering:
             if in_namespace and (pod_sel is None or selector_matches(pod_sel, from_labels)):
                 return True
         return False
+
+
+def resource_field(container: Manifest, ref: Manifest) -> str:
+    """A resourceFieldRef's value as the kubelet writes it: the container's
+    request or limit divided by `divisor`, rounded up to an integer."""
+    kind, _, resource = ref["resource"].partition(".")
+    value = quantity(container["resources"][kind][resource])
+    return str(math.ceil(value / quantity(ref.get("divisor", "1"))))
 
 
 def iter_containers(rendering: Rendering) -> Iterator[tuple[Workload, Manifest]]:

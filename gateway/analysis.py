@@ -7,6 +7,7 @@ event loop; progress is reported through an optional async callback.
 
 import asyncio
 import base64
+import contextvars
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -254,6 +255,9 @@ class EarlyFaces:
         self.loop = loop
         self.found = found
         self.started: dict[int, Future[FrameFaces]] = {}
+        # The request's context (its trace span, its request id), for `found` and
+        # the Triton calls it starts: worker threads do not carry it.
+        self.context = contextvars.copy_context()
 
     def submit(self, frame: Frame) -> None:
         """MediaReader's on_frame: called from the decoding thread."""
@@ -264,7 +268,7 @@ class EarlyFaces:
     def _hand_over(self, future: Future[FrameFaces]) -> None:
         # A worker thread: the faces go to the event loop, which owns the scoring.
         if not future.cancelled() and future.exception() is None:
-            self.loop.call_soon_threadsafe(self.found, future.result())
+            self.loop.call_soon_threadsafe(self.found, future.result(), context=self.context)
 
     async def faces(self, frame: Frame) -> FrameFaces:
         """The faces of one of the reader's final frames: found early, or now (a truncated

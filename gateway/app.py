@@ -25,6 +25,7 @@ from gateway.live import live_router
 from gateway.model_server import ModelServer
 from gateway.security import install_access, install_cors
 from gateway.settings import Settings
+from gateway.tracing import bind_request, install_tracing
 from gateway.uploads import Upload, receive_upload
 from gateway.web import install_web
 from preprocess.faces import load_detector
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_routes(app, settings)
     app.include_router(live_router(settings))
     install_web(app)
+    install_tracing(app, settings)
     return app
 
 
@@ -159,6 +161,7 @@ def add_request_middleware(app: FastAPI) -> None:
         if not (request_id.isalnum() and len(request_id) <= 64):
             request_id = new_request_id()
         request.state.request_id = request_id
+        bind_request(request_id)
         start = time.perf_counter()
         response = await call_next(request)
         response.headers["X-Request-ID"] = request_id

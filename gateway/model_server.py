@@ -18,6 +18,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway import metrics
 from gateway.errors import ApiError
+from gateway.tracing import current_request_id
 
 log = logging.getLogger("gateway")
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -236,7 +237,13 @@ class ModelServer:
         tensor.set_data_from_numpy(np.ascontiguousarray(faces))
         requested = [InferRequestedOutput(name) for name in outputs]
         result = await self._call(
-            self.client.infer, model, [tensor], outputs=requested, client_timeout=self.timeout_s
+            self.client.infer,
+            model,
+            [tensor],
+            outputs=requested,
+            client_timeout=self.timeout_s,
+            # Triton's logs and trace spans carry the gateway's request id.
+            request_id=current_request_id(),
         )
         return {name: result.as_numpy(name) for name in outputs}
 

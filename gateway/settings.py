@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated origins allowed by CORS; * for any"
     )
 
+    # Tracing (gateway/tracing.py): off while the endpoint is empty.
+    otlp_traces_endpoint: str = Field(
+        "", description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces"
+    )
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="of traces started here")
+    trace_service_name: str = "deepfake-gateway"
+
     # Analysis.
     frames: int = Field(32, ge=1, le=300, description="frames sampled per video")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="P(fake) at or above: fake")

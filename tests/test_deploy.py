@@ -31,7 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"
 TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
-OVERLAYS = ("cpu", "gpu", "gpu-remote")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+# What an overlay adds to the base, by kind and name.
+EXTRAS = {
+    "gpu-cluster": {
+        ("PersistentVolumeClaim", "triton-trt-cache"),
+        ("ServiceMonitor", "nvidia-dcgm-exporter"),
+        ("HTTPRoute", "gateway"),
+    },
+}
+# ...and what it takes away (components/gateway-api replaces the Ingress).
+REPLACED = {"gpu-cluster": {("Ingress", "gateway")}}
 NAMESPACE = "deepfake"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -54,11 +64,11 @@ def test_every_overlay_is_tested() -> None:
 
 
 def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> None:
-    _, r = overlay
+    name, r = overlay
     found = {(o["kind"], o["metadata"]["name"]) for o in r.objects if o["kind"] != "ConfigMap"}
-    assert found == {
+    assert found | REPLACED.get(name, set()) == EXTRAS.get(name, set()) | {
         ("Namespace", NAMESPACE),
-        ("NetworkPolicy", "default-deny-ingress"),
+        ("NetworkPolicy", "default-deny"),
         ("NetworkPolicy", "triton"),
         ("NetworkPolicy", "gateway"),
         ("ServiceAccount", "triton"),
@@ -74,10 +84,13 @@ def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> No
         ("ServiceMonitor", "triton"),
         ("ServiceMonitor", "gateway"),
         ("Ingress", "gateway"),
+        ("PrometheusRule", "deepfake-detect"),
     }
-    # The generated ConfigMap carries a content hash, so edits roll the pods.
-    [config] = r.all("ConfigMap")
+    # The generated ConfigMap carries a content hash, so edits roll the pods;
+    # the dashboard's keeps one name (Grafana knows it by its uid).
+    config, dashboard = sorted(r.all("ConfigMap"), key=lambda c: c["metadata"]["name"])
     assert re.fullmatch(r"gateway-config-[a-z0-9]{10}", config["metadata"]["name"])
+    assert dashboard["metadata"]["name"] == "grafana-dashboard-deepfake-detect"
     for obj in r.objects:
         if obj["kind"] != "Namespace":
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
@@ -117,6 +130,24 @@ def test_validation_is_strict_and_complete(overlay: tuple[str, Rendering]) -> No
     monitor = copy.deepcopy(r.get("ServiceMonitor", "triton"))
     del monitor["spec"]["selector"]
     assert validate.validate_objects([monitor])
+
+    rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
+    rule["spec"]["groups"][0]["rules"][0]["fro"] = "10m"
+    assert any("fro" in p for p in validate.validate_objects([rule]))
+    rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    assert validate.validate_objects([rule])
+    rule = copy.deepcopy(r.get("PrometheusRule", "deepfake-detect"))
+    del rule["spec"]["groups"][0]["rules"][0]["alert"]
+    assert validate.validate_objects([rule])  # neither alert nor record
+
+    for route in r.all("HTTPRoute"):
+        bad = copy.deepcopy(route)
+        bad["spec"]["rules"][0]["timeout"] = {"request": "300s"}
+        assert any("timeout" in p for p in validate.validate_objects([bad]))
+        bad = copy.deepcopy(route)
+        bad["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"  # the Ingress's word
+        assert validate.validate_objects([bad])
 
 
 def test_validate_command_passes(tmp_path: Path) -> None:
@@ -178,6 +209,36 @@ def test_triton_image_is_ngc_24_10_with_the_model_repository() -> None:
         "model_repository/${PROFILE}",
     ]
     assert instruction(TRITON_DOCKERFILE, "EXPOSE") == ["8000 8001 8002"]
+
+
+def test_triton_image_creates_the_engine_cache_parent_for_its_user() -> None:
+    """ONNX Runtime creates only the last element of trt_engine_cache_path:
+    without /trt-cache in the image, `docker run` of its own CMD fails on a GPU."""
+    uid, gid = final_user(TRITON_DOCKERFILE)
+    runs = instruction(TRITON_DOCKERFILE, "RUN")
+    assert any("mkdir /trt-cache" in r and f"chown {uid}:{gid} /trt-cache" in r for r in runs)
+    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+        config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+            [path] = re.findall(rf'"{key}"\s+value:\s*"([^"]+)"', config)
+            assert Path(path).parent == Path("/trt-cache"), (member, key)
+
+
+def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
+    """Narrow shape profiles around the crops the gateway sends (380 px)."""
+    from preprocess.crop import CropConfig
+
+    size = CropConfig().size
+    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+        config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
+        shapes = {
+            k: [int(x) for x in v.split(":")[1].split("x")]
+            for k, v in re.findall(
+                r'"trt_profile_(min|opt|max)_shapes"\s+value:\s*"([^"]+)"', config
+            )
+        }
+        assert shapes["min"][1] <= size <= shapes["max"][1] <= 2 * size, member
+        assert shapes["opt"][1:3] == [size, size], member
 
 
 def build_check_script() -> str:

@@ -5,7 +5,10 @@ intended traffic, autoscaling reads a metric the adapter serves, and every
 container is locked down.
 """
 
+import copy
 import functools
+import json
+import math
 import os
 import re
 import subprocess
@@ -31,12 +34,44 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 TRITON_DOCKERFILE = ROOT / "deploy" / "docker" / "triton.Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-OVERLAYS = ("cpu", "gpu", "gpu-remote")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
 REPOSITORY = ROOT / "model_repository"
 ADAPTER_VALUES = ROOT / "deploy" / "monitoring" / "prometheus-adapter-values.yaml"
-GPU_OVERLAYS = ("gpu", "gpu-remote")
+GPU_OVERLAYS = ("gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+REMOTE_OVERLAYS = ("gpu-remote",)
+TRACED_OVERLAYS = ("gpu-cluster",)
+DNS = ({"k8s-app": "kube-dns"}, "kube-system")
+# The gRPC/HTTP protocols the gateway calls (gateway/model_server.py): these
+# must stay open; every other admin protocol must need the header.
+GATEWAY_PROTOCOLS = {"health", "metadata", "model-config", "inference"}
+ADMIN_PROTOCOLS = {"model-repository", "shared-memory", "statistics", "trace", "logging"}
+# What Triton 2.51 exports and the alerts, dashboard and adapter may read:
+# tests/test_deploy_serving.py checks each name the local server has against
+# its /metrics; the GPU ones (no GPU here) are from Triton's metrics docs.
+TRITON_METRICS = {
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_pending_request_count",
+}
+TRITON_GPU_METRICS = {"nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"}
+TRITON_METRICS |= TRITON_GPU_METRICS
 MONITORING = "monitoring"
 INGRESS_NAMESPACE = "ingress-nginx"
+# Overlays with components/gateway-api: an HTTPRoute instead of the Ingress.
+GATEWAY_API_OVERLAYS = ("gpu-cluster",)
+
+
+def edge_namespace(overlay: str) -> str:
+    """Where the proxies that reach the gateway run: ingress-nginx, or the
+    Gateway's data plane (its namespace in the HTTPRoute's parentRefs)."""
+    if overlay in GATEWAY_API_OVERLAYS:
+        [parent] = rendering(overlay).get("HTTPRoute", "gateway")["spec"]["parentRefs"]
+        return parent["namespace"]
+    return INGRESS_NAMESPACE
 
 
 @functools.cache
@@ -73,6 +108,15 @@ def one(values: list[str]) -> str:
     return values[0]
 
 
+def served_profile(r: Rendering, container: Manifest) -> str:
+    """The model_repository/ profile folder Triton serves: MODEL_PROFILE, or, when
+    that names the baked image's link, the profile the image is built with."""
+    profile = r.env(container)["MODEL_PROFILE"]
+    if profile == env_of(TRITON_DOCKERFILE)["MODEL_PROFILE"]:
+        return args_of(TRITON_DOCKERFILE)["PROFILE"]
+    return profile
+
+
 def ensemble_members(profile: str) -> list[str]:
     config = (REPOSITORY / profile / "deepfake_ensemble" / "config.pbtxt").read_text()
     return [m for m in re.findall(r'model_name:\s*"([^"]+)"', config) if m != "deepfake_vote"]
@@ -96,7 +140,8 @@ def test_triton_serves_the_repository_as_the_local_server_does(overlay: str) -> 
     env = r.env(container)
     repository, profile = env["MODEL_REPOSITORY"], env["MODEL_PROFILE"]
     assert f["--model-repository"] == [f"{repository}/members", f"{repository}/{profile}"]
-    assert (REPOSITORY / profile / "deepfake_ensemble" / "config.pbtxt").is_file()
+    served = served_profile(r, container)
+    assert (REPOSITORY / served / "deepfake_ensemble" / "config.pbtxt").is_file()
     assert one(f["--model-control-mode"]) == "explicit"
     assert one(f["--load-model"]) == "deepfake_ensemble"
     assert one(f["--strict-readiness"]) == "true"
@@ -179,10 +224,14 @@ def test_triton_arguments_are_options_of_triton_2_51(overlay: str) -> None:
 
 def test_model_config_name_matches_the_overlay(overlay: str) -> None:
     r, workload, container, f = triton(overlay)
-    profile = r.env(container)["MODEL_PROFILE"]
-    members = ensemble_members(profile)
+    members = ensemble_members(served_profile(r, container))
     assert members
-    gpu_limit = container["resources"]["limits"].get("nvidia.com/gpu")
+    # One whole GPU, or one MIG slice (components/gpu-mig).
+    gpus = {
+        k: v
+        for k, v in container["resources"]["limits"].items()
+        if k == "nvidia.com/gpu" or k.startswith("nvidia.com/mig-")
+    }
     if overlay == "cpu":
         assert f["--model-config-name"] == ["cpu"]
         for member in members:
@@ -194,7 +243,8 @@ def test_model_config_name_matches_the_overlay(overlay: str) -> None:
     else:
         # Each member's config.pbtxt: the GPU with TensorRT FP16.
         assert "--model-config-name" not in f
-        assert int(gpu_limit) == 1
+        [(resource, count)] = gpus.items()
+        assert int(count) == 1 and (resource == "nvidia.com/gpu") == (overlay != "gpu-mig")
         assert any(t["key"] == "nvidia.com/gpu" for t in workload.spec["tolerations"])
         for member in members:
             config = (REPOSITORY / "members" / member / "config.pbtxt").read_text()
@@ -203,7 +253,7 @@ def test_model_config_name_matches_the_overlay(overlay: str) -> None:
 
 
 def test_tensorrt_engine_cache_is_a_writable_volume(overlay: str) -> None:
-    _, workload, container, _ = triton(overlay)
+    r, workload, container, _ = triton(overlay)
     if overlay not in GPU_OVERLAYS:  # the CPU configs use no TensorRT
         assert workload.mount(container, "/trt-cache") is None
         return
@@ -211,7 +261,14 @@ def test_tensorrt_engine_cache_is_a_writable_volume(overlay: str) -> None:
         config = (REPOSITORY / "members" / member / "config.pbtxt").read_text()
         [path] = re.findall(r'"trt_engine_cache_path"\s+value:\s*"([^"]+)"', config)
         cache = workload.mount(container, str(Path(path).parent))
-        assert cache is not None and "emptyDir" in cache, member
+        # A pod's own emptyDir, or the shared claim of components/trt-cache-pvc.
+        assert cache is not None, member
+        if "persistentVolumeClaim" in cache:
+            claim = r.get("PersistentVolumeClaim", cache["persistentVolumeClaim"]["claimName"])
+            assert "ReadWriteMany" in claim["spec"]["accessModes"]
+            assert "emptyDir" not in cache
+        else:
+            assert "emptyDir" in cache, member
 
 
 def test_triton_has_shared_memory_and_temp_volumes(overlay: str) -> None:
@@ -228,14 +285,22 @@ def test_model_repository_location_matches_the_image(overlay: str) -> None:
     r, _, container, _ = triton(overlay)
     env = r.env(container)
     image_env = env_of(TRITON_DOCKERFILE)
-    assert env["MODEL_PROFILE"] == args_of(TRITON_DOCKERFILE)["PROFILE"]
-    if overlay == "gpu-remote":
+    if overlay in REMOTE_OVERLAYS:
+        assert (REPOSITORY / env["MODEL_PROFILE"] / "deepfake_ensemble").is_dir()
         # Triton's own remote repositories, on the stock image it is built on.
         assert re.match(r"(s3|gs)://", env["MODEL_REPOSITORY"])
         assert container["image"] == TRITON_IMAGE == one(instruction(TRITON_DOCKERFILE, "FROM"))
     else:
         assert env["MODEL_REPOSITORY"] == image_env["MODEL_REPOSITORY"]
         assert container["image"].endswith("/triton:0.1.0")
+        # The Deployment names the image's own link to the profile it was
+        # built with, never a profile: a lite image must serve lite.
+        assert env["MODEL_PROFILE"] == image_env["MODEL_PROFILE"]
+        [check] = [r for r in instruction(TRITON_DOCKERFILE, "RUN") if "make export" in r]
+        assert f'ln -s "${{PROFILE}}" {env["MODEL_PROFILE"]}' in check
+        assert (
+            env["MODEL_PROFILE"] not in ("full", "lite") and args_of(TRITON_DOCKERFILE)["PROFILE"]
+        )
 
 
 # -- gateway ------------------------------------------------------------------------------
@@ -243,7 +308,7 @@ def test_model_repository_location_matches_the_image(overlay: str) -> None:
 
 def test_gateway_settings_come_from_its_configmap(overlay: str) -> None:
     r, _, container, env = gateway(overlay)
-    [source] = container["envFrom"]
+    [source] = [s for s in container["envFrom"] if "configMapRef" in s]
     config = r.get("ConfigMap", source["configMapRef"]["name"])
     assert set(config["data"]) <= set(env)
     assert all(k.startswith("GATEWAY_") or k == "DEEPFAKE_ASSETS" for k in config["data"])
@@ -284,7 +349,9 @@ def test_gateway_probes_use_its_health_endpoints(overlay: str) -> None:
     _, _, container, env = gateway(overlay)
     expected = {
         "livenessProbe": "/healthz",
-        "readinessProbe": "/readyz",
+        # Not /readyz (Triton ready): while Triton is down the gateway stays
+        # in the Service and answers JSON 503s, not the ingress's HTML 503.
+        "readinessProbe": "/healthz",
         "startupProbe": "/healthz",
     }
     assert_probes(container, expected, int(env["GATEWAY_PORT"]))
@@ -345,9 +412,15 @@ def test_every_container_is_non_root_read_only_and_limited(overlay: str) -> None
         seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile"))
         assert seccomp == {"type": "RuntimeDefault"}, where
         resources = c["resources"]
-        for kind in ("cpu", "memory"):
+        # A GPU pod's CPUs are requested but not limited (no CFS throttling of
+        # the threads feeding the GPU); everything else is limited.
+        gpu = any(k.startswith("nvidia.com/") for k in resources["limits"])
+        for kind in ("memory",) if gpu else ("cpu", "memory"):
             request, limit = resources["requests"][kind], resources["limits"][kind]
             assert 0 < quantity(request) <= quantity(limit), f"{where} {kind}"
+        assert gpu == (workload.name == "triton" and overlay in GPU_OVERLAYS), where
+        if gpu:
+            assert "cpu" not in resources["limits"] and quantity(resources["requests"]["cpu"]) >= 1
         for key in ("hostNetwork", "hostPID", "hostIPC"):
             assert not workload.spec.get(key), where
         assert not [v for v in workload.spec["volumes"] if "hostPath" in v], where
@@ -383,6 +456,8 @@ def test_network_policies_select_existing_pods(overlay: str) -> None:
     policies = r.all("NetworkPolicy")
     default_deny = [p for p in policies if p["spec"]["podSelector"] == {}]
     assert len(default_deny) == 1 and "ingress" not in default_deny[0]["spec"]
+    assert "egress" not in default_deny[0]["spec"]
+    assert set(default_deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     for policy in policies:
         namespace = policy["metadata"]["namespace"]
         selected = r.selected(policy["spec"]["podSelector"], namespace)
@@ -414,7 +489,9 @@ def test_only_the_gateway_reaches_triton_grpc_and_only_monitoring_scrapes(overla
     assert not allowed({}, "default", metrics)
     # The gateway: from the ingress controller and Prometheus only.
     gateway_http = container_port(gateway_pod.container(), "http")
-    assert allowed({}, INGRESS_NAMESPACE, gateway_http, gateway_pod)
+    assert allowed({}, edge_namespace(overlay), gateway_http, gateway_pod)
+    other_edge = {INGRESS_NAMESPACE, "envoy-gateway-system"} - {edge_namespace(overlay)}
+    assert not [n for n in other_edge if allowed({}, n, gateway_http, gateway_pod)]
     assert allowed({}, MONITORING, gateway_http, gateway_pod)
     assert not allowed({}, "default", gateway_http, gateway_pod)
     assert not allowed(triton_pod.labels, ns, gateway_http, gateway_pod)
@@ -434,6 +511,9 @@ def test_network_policy_evaluation_is_not_vacuous(overlay: str) -> None:
 
 def test_ingress_allows_large_uploads_and_long_reads(overlay: str) -> None:
     r, _, container, env = gateway(overlay)
+    if overlay in GATEWAY_API_OVERLAYS:
+        assert not r.all("Ingress")
+        return  # test_httproute_reaches_the_gateway_with_long_timeouts
     ingress = r.get("Ingress", "gateway")
     notes = ingress["metadata"]["annotations"]
     upload = quantity(f"{env['GATEWAY_MAX_UPLOAD_MB']}M")
@@ -450,15 +530,79 @@ def test_ingress_allows_large_uploads_and_long_reads(overlay: str) -> None:
     # /api/detect/stream's progress events reach the client as they are sent.
     assert notes["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert notes["nginx.org/proxy-buffering"] == "False"
+    # Uploads stream to the gateway, which spools and limits them itself.
+    assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
     [rule] = ingress["spec"]["rules"]
-    paths = rule["http"]["paths"]
-    assert [(p["path"], p["pathType"]) for p in paths] == [("/api", "Prefix")]
-    backend = paths[0]["backend"]["service"]
-    service = r.get("Service", backend["name"])
-    assert [b.name for b in r.backends(service)] == ["gateway"]
-    [port] = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
-    assert container_port(container, port["targetPort"]) == int(env["GATEWAY_PORT"])
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        service = r.get("Service", backend["name"])
+        assert [b.name for b in r.backends(service)] == ["gateway"]
+        [port] = [p for p in service["spec"]["ports"] if p["name"] == backend["port"]["name"]]
+        assert container_port(container, port["targetPort"]) == int(env["GATEWAY_PORT"])
     assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+
+
+def test_httproute_reaches_the_gateway_with_long_timeouts(overlay: str) -> None:
+    r, _, container, env = gateway(overlay)
+    if overlay not in GATEWAY_API_OVERLAYS:
+        assert not r.all("HTTPRoute")
+        return
+    route = r.get("HTTPRoute", "gateway")
+    slowest = max(120.0, float(env["GATEWAY_TRITON_TIMEOUT_S"]))
+    for rule in route["spec"]["rules"]:
+        assert quantity(rule["timeouts"]["request"].removesuffix("s")) >= slowest
+        for ref in rule["backendRefs"]:
+            service = r.get("Service", ref["name"])
+            assert [b.name for b in r.backends(service)] == ["gateway"]
+            [port] = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
+            assert container_port(container, port["targetPort"]) == int(env["GATEWAY_PORT"])
+
+
+def edge_paths(r: Rendering) -> list[tuple[str, str]]:
+    """(match type, path) of the Ingress or the HTTPRoute, as Exact or Prefix."""
+    found = []
+    for ingress in r.all("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            found += [(p["pathType"], p["path"]) for p in rule["http"]["paths"]]
+    for route in r.all("HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for match in rule["matches"]:
+                kind = {"PathPrefix": "Prefix", "Exact": "Exact"}[match["path"]["type"]]
+                found.append((kind, match["path"]["value"]))
+    return found
+
+
+def ingress_routes(r: Rendering, path: str) -> bool:
+    """Does the edge send `path` anywhere (Exact, or Prefix by path element)?"""
+    for kind, value in edge_paths(r):
+        prefix = value.rstrip("/")
+        if kind == "Exact" and path == value:
+            return True
+        if kind == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
+            return True
+    return False
+
+
+def test_ingress_serves_the_page_and_the_api_but_not_the_internals(overlay: str) -> None:
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    r = rendering(overlay)
+    app = create_app(Settings())
+    routes = {getattr(r, "path", "") for r in app.routes}
+    # The web page and its files, and every API route.
+    assert {"/", "/static"} <= routes
+    for path in ["/", "/static/app.js", "/api", "/api/models", "/api/detect", "/api/detect/stream"]:
+        assert ingress_routes(r, path), path
+    # Probes, metrics and the OpenAPI page stay inside the cluster.
+    for path in ["/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/apix", "/other"]:
+        assert not ingress_routes(r, path), path
+    if overlay in GATEWAY_API_OVERLAYS:
+        return  # limits are the Gateway implementation's policies (deploy/README.md)
+    # Edge limits per client address, above what one user of the page needs.
+    notes = r.get("Ingress", "gateway")["metadata"]["annotations"]
+    assert int(notes["nginx.ingress.kubernetes.io/limit-rpm"]) >= 10
+    assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) >= 2
 
 
 # -- autoscaling --------------------------------------------------------------------------
@@ -492,7 +636,8 @@ def test_hpas_target_the_deployments(overlay: str) -> None:
 
 def test_triton_hpa_scales_on_the_adapters_queue_time_metric(overlay: str) -> None:
     r = rendering(overlay)
-    [metric] = r.get("HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    metrics = r.get("HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    [metric] = [m for m in metrics if m["pods"]["metric"]["name"] == "triton_queue_time_us"]
     assert metric["type"] == "Pods"
     name = metric["pods"]["metric"]["name"]
     assert metric["pods"]["target"]["type"] == "AverageValue"
@@ -541,7 +686,8 @@ def test_service_monitors_scrape_named_metrics_ports(overlay: str) -> None:
         "triton": int(one(triton(overlay)[3]["--metrics-port"])),
         "gateway": int(gateway(overlay)[3]["GATEWAY_PORT"]),
     }
-    monitors = r.all("ServiceMonitor")
+    # The DCGM exporter's (components/dcgm-monitoring) is in another namespace.
+    monitors = [m for m in r.all("ServiceMonitor") if "namespaceSelector" not in m["spec"]]
     assert {m["metadata"]["name"] for m in monitors} == set(expected)
     for monitor in monitors:
         namespace = monitor["metadata"]["namespace"]
@@ -593,3 +739,297 @@ def test_selector_helpers_can_say_no(overlay: str) -> None:
         container_port(triton_pod.container(), "grcp")
     assert expand("--x=$(NOPE)", {}) == "--x=$(NOPE)"
     assert expand("--x=$(A)/$$(A)", {"A": "1"}) == "--x=1/$(A)"
+
+
+# -- what a GPU cluster needs (issue: rollouts, drains, sizing) ---------------------------
+
+
+def test_rollout_deadline_exceeds_the_startup_budget(overlay: str) -> None:
+    """A cold start (TensorRT builds) must not be declared ProgressDeadlineExceeded
+    while the startup probe still allows it; nor must `rollout status` in the README."""
+    r = rendering(overlay)
+    for workload in r.workloads():
+        deadline = workload.deployment["spec"].get("progressDeadlineSeconds", 600)
+        for container in workload.containers():
+            startup = probe_budget_s(container["startupProbe"])
+            ready = probe_budget_s(container["readinessProbe"])
+            assert deadline > startup + ready, (workload.name, deadline, startup)
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    waits = [
+        int(m) * 60 for m in re.findall(r"rollout status deploy/triton --timeout=(\d+)m", readme)
+    ]
+    deadline = r.workload("triton").deployment["spec"]["progressDeadlineSeconds"]
+    assert waits and all(w >= deadline for w in waits)
+
+
+def test_disk_volumes_fit_the_ephemeral_storage_limit(overlay: str) -> None:
+    """Disk-backed emptyDirs count against the pod's ephemeral storage: their
+    total must stay under the limit, or filling them evicts the whole pod.
+    Memory-backed ones count against memory."""
+    for workload in rendering(overlay).workloads():
+        [container] = workload.spec["containers"]
+        limits = container["resources"]["limits"]
+        disk = memory = 0.0
+        for volume in workload.spec["volumes"]:
+            empty = volume.get("emptyDir")
+            if empty is None:
+                continue
+            assert "sizeLimit" in empty, (workload.name, volume["name"])
+            if empty.get("medium") == "Memory":
+                memory += quantity(empty["sizeLimit"])
+            else:
+                disk += quantity(empty["sizeLimit"])
+        assert disk < quantity(limits["ephemeral-storage"]), (workload.name, disk)
+        assert memory < quantity(limits["memory"]), (workload.name, memory)
+
+
+def test_gpu_rollouts_and_drains_need_no_spare_gpu_and_keep_one_pod(overlay: str) -> None:
+    r = rendering(overlay)
+    triton_pod = r.workload("triton")
+    rolling = triton_pod.deployment["spec"]["strategy"]["rollingUpdate"]
+    hpa = r.get("HorizontalPodAutoscaler", "triton")["spec"]
+    pdb = r.get("PodDisruptionBudget", "triton")["spec"]
+    if overlay in GPU_OVERLAYS:
+        # No surge pod waiting forever for a GPU that is not there...
+        assert int(rolling["maxSurge"]) == 0 and int(rolling["maxUnavailable"]) == 1
+        # ...and a pod replaced, drained or crashed leaves another serving.
+        assert hpa["minReplicas"] >= 2 > int(pdb["maxUnavailable"])
+        assert int(rolling["maxUnavailable"]) < hpa["minReplicas"]
+    else:
+        # CPUs can surge: never below the current capacity.
+        assert int(rolling["maxUnavailable"]) == 0 and int(rolling["maxSurge"]) >= 1
+    # Scale-ups one pod at a time, no faster than a new pod can start serving
+    # (GPU: a node, a 15 GB image, engines).
+    [policy] = hpa["behavior"]["scaleUp"]["policies"]
+    assert policy == {"type": "Pods", "value": 1, "periodSeconds": policy["periodSeconds"]}
+    assert policy["periodSeconds"] >= (600 if overlay in GPU_OVERLAYS else 180)
+
+
+def test_cpu_rate_limiter_follows_the_pods_cpu_request(overlay: str) -> None:
+    """--rate-limit-resource=cpu:N lets N member executions run at once; N is
+    the pod's own CPU request (read by the kubelet) over the most threads a
+    member uses, so N members' threads fit the CPUs requested."""
+    r, _, container, f = triton(overlay)
+    if overlay != "cpu":
+        assert "--rate-limit-resource" not in f
+        return
+    assert one(f["--rate-limit"]) == "execution_count"
+    [resource] = f["--rate-limit-resource"]
+    name, count = resource.split(":")
+    threads = []
+    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+        config = (REPOSITORY / "members" / member / "configs" / "cpu.pbtxt").read_text()
+        assert re.search(rf'resources \[\{{ name: "{name}" global: true count: 1 \}}\]', config)
+        [n] = re.findall(r'"intra_op_thread_count" value: \{ string_value: "(\d+)" \}', config)
+        threads.append(int(n))
+    request = quantity(container["resources"]["requests"]["cpu"])
+    assert int(count) == math.ceil(request / max(threads)) >= 2
+    # The rendering's answer is the kubelet's: resize the request, N follows.
+    resized = copy.deepcopy(container)
+    resized["resources"]["requests"]["cpu"] = "6500m"
+    assert flags(r.args(resized))["--rate-limit-resource"] == [f"{name}:4"]
+
+
+# -- security: secrets, admin protocols, egress -------------------------------------------
+
+
+def test_api_keys_come_only_from_a_secret(overlay: str) -> None:
+    from gateway.settings import Settings
+
+    r, _, container, _ = gateway(overlay)
+    variable = f"{Settings.model_config['env_prefix']}API_KEYS".upper()
+    for config in r.all("ConfigMap"):
+        assert not [k for k in config.get("data", {}) if "KEY" in k.upper()], config["metadata"]
+    assert "API_KEYS" not in (ROOT / "deploy/k8s/base/gateway/gateway.env").read_text()
+    refs = [s for s in container["envFrom"] if "secretRef" in s]
+    assert [s["secretRef"] for s in refs] == [{"name": "gateway-api-keys"}]  # required
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert f"secret generic gateway-api-keys --from-literal={variable}=" in readme
+    assert "Rotating API keys" in readme
+
+
+def restricted(values: list[str]) -> tuple[set[str], str, str]:
+    """--*-restricted-*=<protocols>:<header>=<value> -> (protocols, header, value)."""
+    [value] = values
+    protocols, _, header = value.partition(":")
+    key, _, secret = header.partition("=")
+    return set(protocols.split(",")), key, secret
+
+
+def test_triton_admin_protocols_need_a_secret_header(overlay: str) -> None:
+    """Explicit model control left open is code execution (Triton's deploy
+    guide): loading models, the repository, shared memory, statistics, trace
+    and log settings need a header whose value comes from a required Secret;
+    what the gateway uses stays open."""
+    _, _, container, f = triton(overlay)
+    grpc = restricted(f["--grpc-restricted-protocol"])
+    http = restricted(f["--http-restricted-api"])
+    assert grpc == http
+    protocols, header, value = grpc
+    assert protocols == ADMIN_PROTOCOLS and not protocols & GATEWAY_PROTOCOLS
+    assert header == "triton-admin-key"
+    [source] = [v for v in container["env"] if v["name"] == "TRITON_ADMIN_KEY"]
+    ref = source["valueFrom"]["secretKeyRef"]
+    assert value == f"<secret {ref['name']}:{ref['key']}>"
+    assert not ref.get("optional", False)  # never start with a literal "$(TRITON_ADMIN_KEY)"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert f"secret generic {ref['name']} --from-literal={ref['key']}=" in readme
+
+
+def test_egress_is_triton_and_dns_for_the_gateway_and_dns_for_triton(overlay: str) -> None:
+    r = rendering(overlay)
+    gw, tr = r.workload("gateway"), r.workload("triton")
+    ns = gw.namespace
+    grpc = container_port(tr.container(), "grpc")
+    http = container_port(tr.container(), "http")
+    dns_labels, dns_ns = DNS
+    for source in (gw, tr):
+        for protocol in ("UDP", "TCP"):
+            assert r.egress_allowed(source, 53, dns_labels, dns_ns, protocol), source.name
+        assert not r.egress_allowed(source, 53, dns_labels, "default", "UDP")
+        assert not r.egress_allowed(source, 80, {}, "default"), source.name
+        assert not r.egress_allowed(source, 6443, {"component": "kube-apiserver"}, "kube-system")
+    # The gateway (FFmpeg parses hostile uploads there): Triton's gRPC only.
+    assert r.egress_allowed(gw, grpc, tr.labels, ns, to=tr)
+    assert not r.egress_allowed(gw, http, tr.labels, ns, to=tr)
+    assert not r.egress_allowed(gw, 443, {}, "default")
+    assert not r.egress_allowed(gw, grpc, tr.labels, "default")
+    # Triton calls nobody in the cluster; object storage only for a remote repository.
+    assert not r.egress_allowed(tr, 8080, gw.labels, ns, to=gw)
+    storage = "52.216.8.0"  # an S3 address: outside the cluster
+    assert r.egress_allowed(tr, 443, {}, "", to_ip=storage) == (overlay in REMOTE_OVERLAYS)
+    assert not r.egress_allowed(gw, 443, {}, "", to_ip=storage)
+    assert not r.egress_allowed(tr, 80, {}, "", to_ip=storage)
+    # Spans to the collector only where tracing is on.
+    for source in (gw, tr):
+        assert r.egress_allowed(source, 4318, {}, MONITORING) == (overlay in TRACED_OVERLAYS)
+
+
+def test_egress_evaluation_is_not_vacuous(overlay: str) -> None:
+    r = rendering(overlay)
+    bare = Rendering([o for o in r.objects if o["kind"] != "NetworkPolicy"])
+    assert bare.egress_allowed(bare.workload("gateway"), 443, {}, "default")
+    assert not r.egress_allowed(r.workload("gateway"), 443, {}, "default")
+
+
+# -- observability ------------------------------------------------------------------------
+
+ALERTS = {
+    "DeepfakeGatewayErrorRate": "gateway_requests_total",
+    "TritonQueueTimeHigh": "nv_inference_queue_duration_us",
+    "DeepfakePodsUnready": "kube_deployment_status_replicas_unavailable",
+    "TritonGPUMemoryHigh": "nv_gpu_memory_used_bytes",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series a PromQL expression reads (gateway_*, nv_*, kube_*, DCGM_*)."""
+    return set(re.findall(r"\b((?:gateway|nv|kube|DCGM)_[A-Za-z0-9_]+)\b(?=\s*[{\[)]|\s*$)", expr))
+
+
+def rendered_queries(r: Rendering) -> list[str]:
+    """Every PromQL expression of the alerts and the dashboard."""
+    [rule] = r.all("PrometheusRule")
+    exprs = [x["expr"] for g in rule["spec"]["groups"] for x in g["rules"]]
+    dashboard = json.loads(
+        r.get("ConfigMap", "grafana-dashboard-deepfake-detect")["data"]["deepfake-detect.json"]
+    )
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return exprs
+
+
+def test_alerts_cover_errors_queues_unready_pods_and_gpu_memory(overlay: str) -> None:
+    r = rendering(overlay)
+    [rule] = r.all("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = {x["alert"]: x for g in rule["spec"]["groups"] for x in g["rules"] if "alert" in x}
+    for name, metric in ALERTS.items():
+        assert metric in metric_names(alerts[name]["expr"]), name
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        assert alert["annotations"]["summary"] and quantity(alert["for"].removesuffix("m")) > 0
+    # An unready pod alerts only after the slowest start the startup probe allows.
+    startup = probe_budget_s(r.workload("triton").container()["startupProbe"])
+    assert quantity(alerts["DeepfakePodsUnready"]["for"].removesuffix("m")) * 60 > startup
+    # The namespace in every query is the one the objects are deployed in.
+    namespace = r.workload("triton").namespace
+    for expr in rendered_queries(r):
+        assert set(re.findall(r'namespace="([^"]+)"', expr)) == {namespace}, expr
+
+
+def test_dashboard_and_alerts_read_metrics_that_exist(overlay: str) -> None:
+    """gateway_* against the gateway's own registry; nv_* against the names
+    Triton 2.51 exports (checked live in tests/test_deploy_serving.py)."""
+    from prometheus_client import REGISTRY
+
+    import gateway.metrics  # noqa: F401  (registers the gateway's metrics)
+
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    gateway_names = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("gateway_")
+        for suffix in suffixes.get(family.type, [""])
+    }
+    assert "gateway_requests_total" in gateway_names
+    used = set().union(*(metric_names(e) for e in rendered_queries(rendering(overlay))))
+    assert {m for m in used if m.startswith("gateway_")} <= gateway_names
+    assert {m for m in used if m.startswith("nv_")} <= TRITON_METRICS
+    assert {m for m in used if m.startswith("kube_")} <= {
+        "kube_deployment_status_replicas_unavailable"
+    }
+
+
+def test_grafana_loads_the_dashboard(overlay: str) -> None:
+    config = rendering(overlay).get("ConfigMap", "grafana-dashboard-deepfake-detect")
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    [(name, text)] = config["data"].items()
+    dashboard = json.loads(text)
+    assert name.endswith(".json") and dashboard["uid"] and dashboard["panels"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    prefixes = {
+        m.split("_")[0] for e in rendered_queries(rendering(overlay)) for m in metric_names(e)
+    }
+    assert {"gateway", "nv"} <= prefixes
+
+
+def test_dcgm_is_scraped_where_the_gpu_operator_runs_it(overlay: str) -> None:
+    monitors = [
+        m for m in rendering(overlay).all("ServiceMonitor") if "namespaceSelector" in m["spec"]
+    ]
+    if overlay != "gpu-cluster":
+        assert monitors == []
+        return
+    [dcgm] = monitors
+    assert dcgm["spec"]["namespaceSelector"] == {"matchNames": ["gpu-operator"]}
+    assert dcgm["spec"]["selector"] == {"matchLabels": {"app": "nvidia-dcgm-exporter"}}
+    assert dcgm["spec"]["endpoints"][0]["port"] == "gpu-metrics"
+
+
+def test_triton_hpa_also_scales_on_pending_requests(overlay: str) -> None:
+    r = rendering(overlay)
+    metrics = r.get("HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    names = {m["pods"]["metric"]["name"] for m in metrics}
+    assert names == {"triton_pending_requests", "triton_queue_time_us"}
+    [rule] = [x for x in adapter_rules() if x["name"]["as"] == "triton_pending_requests"]
+    assert rule["seriesQuery"].startswith("nv_inference_pending_request_count{")
+    assert "nv_inference_pending_request_count{<<.LabelMatchers>>" in rule["metricsQuery"]
+    assert "rate(" not in rule["metricsQuery"]  # a gauge: no window to wait for
+    for rule in adapter_rules():
+        assert set(metric_names(rule["metricsQuery"])) <= TRITON_METRICS
+
+
+def test_tracing_is_off_unless_the_component_is_added(overlay: str) -> None:
+    r, _, _, env = gateway(overlay)
+    _, _, _, f = triton(overlay)
+    traced = overlay in TRACED_OVERLAYS
+    assert bool(env.get("GATEWAY_OTLP_TRACES_ENDPOINT")) == traced
+    trace = f.get("--trace-config", [])
+    assert ("mode=opentelemetry" in trace) == traced
+    if traced:
+        [url] = [v.split("=", 1)[1] for v in trace if v.startswith("opentelemetry,url=")]
+        assert url == env["GATEWAY_OTLP_TRACES_ENDPOINT"]  # one collector for both
+        port = int(re.search(r":(\d+)/", url).group(1))
+        for source in (r.workload("gateway"), r.workload("triton")):
+            assert r.egress_allowed(source, port, {}, url.split(".")[1])

@@ -9,8 +9,16 @@
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 ARG PROFILE=full
+# `profile` is a link to the profile built in (below): the Kubernetes
+# Deployment names that link, so a lite image serves lite.
 ENV MODEL_REPOSITORY=/models \
-    MODEL_PROFILE=${PROFILE}
+    MODEL_PROFILE=profile
+
+# The TensorRT engine cache each member's config.pbtxt names
+# (/trt-cache/<model>): ONNX Runtime creates only the last path element, so
+# the parent must exist and be the server user's (Kubernetes mounts a volume
+# here; `docker run` uses this folder).
+RUN mkdir /trt-cache && chown 1000:1000 /trt-cache
 
 # Configs (config.pbtxt for the GPU, configs/cpu.pbtxt, configs/cuda.pbtxt)
 # and the exported model.onnx files, read-only for the server's user. The local
@@ -32,7 +40,8 @@ RUN sed -n 's/^ *model_name: "\(.*\)"/\1/p' "${PROFILE}/deepfake_ensemble/config
           exit 1; \
         fi; \
         echo "${file}"; \
-      done
+      done \
+    && ln -s "${PROFILE}" profile
 
 # The NGC image's triton-server user.
 USER 1000:1000
