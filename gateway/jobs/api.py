@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Gauge
 
 from gateway import schemas
 from gateway.errors import ApiError
@@ -29,6 +30,8 @@ from gateway.settings import MB, Settings
 log = logging.getLogger("gateway.jobs")
 PUBLIC_OWNER = "public"  # without API keys every caller sees every job
 EVENTS_POLL_S = 0.5
+# The queue is shared: every gateway reports the same length, what the workers' HPA scales on.
+QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
 
 JOB_UPLOAD_DOC = {
     "requestBody": {
@@ -272,6 +275,7 @@ async def running_jobs(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     jobs = Jobs(settings)
     app.state.jobs = jobs
+    QUEUED.set_function(jobs.queued)
     pool = None
     if settings.jobs_workers > 0:
         runner = ItemRunner(jobs, app.state.analyzer, asyncio.get_running_loop())
