@@ -2,8 +2,11 @@
 embedded huey workers, the queue and job records in SQLite (the default) or in a real
 redis-server; real clips and images, a real webhook receiver checking signatures."""
 
+import csv
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ import httpx
 import pytest
 
 from model_repository.local_triton import TritonSettings
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import ROOT, Gateway, start_gateway
 from tests.jobs_support import (
     BAD,
     CLIPS,
@@ -279,3 +282,33 @@ def test_unknown_job_ids_are_404_json(strict: Gateway) -> None:
             response = httpx.request(method, f"{strict.url}/api/jobs/{job_id}", headers=BOB)
             assert response.status_code == 404, (method, job_id)
             assert response.json()["error"]["code"] == "job_not_found"
+
+
+def test_the_cli_sends_a_folder_as_a_job_and_writes_reports(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    for image in IMAGES[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "sub" / "notes.mp4").write_bytes(BAD["notes.mp4"])
+    (folder / ".hidden.jpg").write_bytes(b"skipped")
+    out = tmp_path / "report"
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "detect", str(folder), "--url", gateway.url,
+         "--api-key", "alice-key", "--frames", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr  # one file failed
+    rows = json.loads(out.with_suffix(".json").read_text())
+    expected = [*sorted(p.name for p in IMAGES[:2]), "notes.mp4"]
+    assert [Path(r["file"]).name for r in rows] == expected
+    for r in rows[:2]:
+        assert r["verdict"] in ("real", "fake") and r["error"] is None
+        assert r["sha256"] == hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest()
+        assert set(r["models"]) == {"meso4", "mesoinception4"} and r["faces"] >= 1
+    assert rows[2]["error"].startswith("unsupported_media") and rows[2]["verdict"] is None
+    with out.with_suffix(".csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [t["sha256"] for t in table] == [r["sha256"] for r in rows]
+    assert "meso4" in table[0] and table[2]["error"].startswith("unsupported_media")
