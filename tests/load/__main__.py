@@ -193,7 +193,8 @@ def run_phase(config: LoadConfig, phase: Phase, tgt: Target, crops: Path, work: 
         "LOAD_CROPS": str(crops),
         "LOAD_STATUS_FILE": str(status_file),
     }
-    users = ["GatewayUser"] + (["EnsembleUser"] if config.grpc and tgt.triton_url else [])
+    users = ["GatewayUser", "JobUser"]
+    users += ["EnsembleUser"] if config.grpc and tgt.triton_url else []
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", tgt.url, "-u", str(phase.users),
