@@ -5,6 +5,7 @@ redis-server; real clips and images, a real webhook receiver checking signatures
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -216,6 +217,7 @@ def strict(lite_triton: TritonSettings, tmp_path_factory) -> Iterator[Gateway]:
         max_upload_mb=1,
         jobs_max_active_per_key=1,
         jobs_retention_s=2,
+        jobs_stale_s=1.5,  # the sweep runs every half second
     ) as gw:
         yield gw
 
@@ -274,6 +276,19 @@ def test_a_finished_job_is_deleted_after_its_retention(strict: Gateway) -> None:
     assert response.json()["error"]["code"] == "job_not_found"
     assert job["id"] not in [j["id"] for j in httpx.get(
         strict.url + "/api/jobs", headers=BOB).json()["jobs"]]  # fmt: skip
+
+
+def test_an_orphaned_upload_folder_is_swept(strict: Gateway) -> None:
+    """A gateway killed while spooling leaves a folder no job owns."""
+    orphan = jobs_dir(strict) / "uploads" / ("f" * 32)
+    orphan.mkdir(parents=True)
+    (orphan / "0.upload").write_bytes(b"half an upload")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    deadline = time.monotonic() + 30
+    while orphan.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not orphan.exists()
 
 
 def test_unknown_job_ids_are_404_json(strict: Gateway) -> None:

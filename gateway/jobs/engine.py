@@ -134,6 +134,16 @@ class Jobs:
             self.finish_if_done(job_id)
         for job_id in self.store.purge():
             shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Folders no job owns: a gateway killed while spooling, a job deleted meanwhile.
+        Old enough that no upload can still be arriving into them."""
+        uploads = self.settings.jobs_dir / "uploads"
+        before = time.time() - 2 * self.settings.upload_timeout_s
+        for folder in uploads.iterdir() if uploads.is_dir() else []:
+            if folder.stat().st_mtime < before and self.store.job(folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _analyze_item(self, job_id: str, n: int) -> None:
         if self.runner is None:
