@@ -177,6 +177,9 @@ def test_a_key_sees_and_cancels_only_its_own_jobs(gateway: Gateway) -> None:
     created = [j["created"] for j in listed["jobs"]]
     assert created == sorted(created, reverse=True)
     assert wait_job(gateway.url, alices["id"], ALICE)["status"] == "done"
+    # Cancelling a finished job changes nothing.
+    again = httpx.delete(url, headers=ALICE)
+    assert again.status_code == 200 and again.json()["status"] == "done"
 
 
 def test_the_webhook_is_signed_and_retried(gateway: Gateway) -> None:

@@ -192,7 +192,12 @@ def router(settings: Settings) -> APIRouter:
         headers = {"Location": view["links"]["self"], "Idempotent-Replayed": "true"}
         return JSONResponse(view, status_code=202, headers=headers)
 
-    @api.get("", response_model=JobList, description="This API key's jobs, newest first.")
+    @api.get(
+        "",
+        response_model=JobList,
+        description="This API key's jobs, newest first; items without their results "
+        "(GET /api/jobs/{id} has them).",
+    )
     async def list_jobs(
         request: Request,
         offset: Annotated[int, Query(ge=0)] = 0,

@@ -87,9 +87,12 @@ class Jobs:
         return self.huey.pending_count()
 
     def cancel(self, job_id: str) -> None:
-        """Queued items end now; running ones stop at their next heartbeat."""
-        self.store.cancel(job_id)
+        """Queued items end now; running ones stop at their next heartbeat. A finished
+        job stays as it ended."""
         job = self.store.job(job_id)
+        if job is None or job["finished"] is not None:
+            return
+        self.store.cancel(job_id)
         for n, item in enumerate(job["items"] if job else []):
             if item["status"] == "queued":
                 new = self.store.update_item(job_id, n, _cancel_queued)
