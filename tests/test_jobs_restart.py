@@ -3,6 +3,7 @@ and a separate worker (Redis queue) killed with SIGKILL mid-job and started agai
 is lost: queued items run after the restart, the item that was running is retried once,
 and no item is finished twice (counted from the processes' own "item ended" log lines)."""
 
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -73,3 +74,26 @@ def test_a_worker_and_the_gateway_killed_mid_job_lose_nothing_on_redis(
             metrics = httpx.get(gw2.url + "/metrics", timeout=10).text
             assert "\ngateway_jobs_queued 0.0\n" in metrics
     assert_recovered(finished, [worker.log, worker2.log])
+
+
+def test_a_worker_stopped_with_sigterm_gives_its_item_back_uncounted(
+    lite_triton: TritonSettings, tmp_path: Path
+) -> None:
+    """A rolling update, not a crash: the item in hand gets the shutdown timeout, then goes
+    back to the queue without using up an attempt (here on the embedded SQLite queue,
+    shared by a gateway that only queues and two worker processes in turn)."""
+    shared = RECOVERY | {"jobs_dir": tmp_path / "jobs", "shutdown_timeout_s": 1}
+    with start_gateway_process(lite_triton.grpc_url, tmp_path, **shared, jobs_workers=0) as gw:
+        with worker_process(lite_triton.grpc_url, tmp_path, **shared) as first:
+            job = submit(gw.url, CLIP_FILES[:2], frames=64).json()  # seconds each
+            wait_running(gw.url, job["id"], timeout=180)
+            first.process.send_signal(signal.SIGTERM)
+            assert first.process.wait(30) == 0
+        stopped = httpx.get(f"{gw.url}/api/jobs/{job['id']}", timeout=10).json()
+        with worker_process(lite_triton.grpc_url, tmp_path, **shared) as second:
+            finished = wait_job(gw.url, job["id"], timeout=300)
+    assert [i["status"] for i in finished["items"]] == ["done", "done"]
+    assert [i["attempts"] for i in finished["items"]] == [1, 1], (stopped, finished)
+    assert '"message": "item given back"' in first.log.read_text()
+    ends = Counter(item for _, item in ended_items(first.log, second.log))
+    assert ends == Counter(range(2)), ends

@@ -265,6 +265,7 @@ class ItemRunner:
             if self.stopping.is_set():
                 future.cancel()
                 store.update_item(job_id, n, lambda doc: _give_back(doc, attempt))
+                log.info("item given back", extra={"job_id": job_id, "item": n})
                 return None
             job = store.job(job_id)
             if job is None or job["cancelled"]:
