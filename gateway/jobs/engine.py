@@ -158,11 +158,14 @@ class Jobs:
         if job is None or not job.get("callback_url"):
             return
         secret = self.settings.jobs_webhook_secret
+        if secret is None:  # the gateway had one when it took the job; this worker has not
+            log.error("no GATEWAY_JOBS_WEBHOOK_SECRET: webhook not sent", extra={"job_id": job_id})
+            return
         body = json.dumps(job_view(job), separators=(",", ":")).encode()
         webhook.deliver(
             job["callback_url"],
             body,
-            secret.get_secret_value() if secret else "",
+            secret.get_secret_value(),
             self.settings.jobs_webhook_timeout_s,
             self.settings.jobs_allow_private_callbacks,
         )
