@@ -21,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import metrics, schemas
 from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
 from gateway.errors import ApiError, from_media_error, install_handlers
+from gateway.jobs.api import router as jobs_router
+from gateway.jobs.api import running_jobs
 from gateway.live import live_router
 from gateway.model_server import ModelServer
 from gateway.security import install_access, install_cors
@@ -126,7 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.server = server
         app.state.executor = executor
         try:
-            yield
+            async with running_jobs(app):
+                yield
         finally:
             await server.close()
             executor.shutdown(wait=False, cancel_futures=True)
@@ -149,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_cors(app, settings)
     add_routes(app, settings)
     app.include_router(live_router(settings))
+    app.include_router(jobs_router(settings))
     install_web(app)
     install_tracing(app, settings)
     return app
@@ -247,6 +251,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             endpoints={
                 "detect": "POST /api/detect",
                 "stream": "POST /api/detect/stream",
+                "jobs": "POST /api/jobs",
                 "models": "GET /api/models",
                 "live": "WebSocket /api/live, POST /api/live",
                 "health": "GET /healthz",

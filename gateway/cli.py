@@ -1,6 +1,7 @@
 """Command line: analyse a file through the gateway, or straight through Triton.
 
 python -m gateway.cli detect clip.mp4 [--url http://127.0.0.1:8080]
+python -m gateway.cli detect a.mp4 b.jpg FOLDER/ --out report   (a job: report.csv, report.json)
 python -m gateway.cli detect clip.mp4 --triton 127.0.0.1:8001
 python -m gateway.cli models [--url …]
 """
@@ -14,6 +15,7 @@ import httpx
 
 from export.assets import AssetError
 from gateway.client import ClientError, DirectClient, GatewayClient
+from gateway.jobs.batch import run_batch
 
 
 def summary(answer: dict) -> str:
@@ -48,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gateway.cli")
     commands = parser.add_subparsers(dest="command", required=True)
     detect = commands.add_parser("detect", help="analyse a video or image")
-    detect.add_argument("file", type=Path)
+    detect.add_argument(
+        "file", type=Path, nargs="+", help="a file; several files or a folder: a job (report)"
+    )
     where = detect.add_mutually_exclusive_group()
     where.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     where.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC, no gateway")
@@ -56,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     detect.add_argument("--frames", type=int)
     detect.add_argument("--threshold", type=float)
     detect.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    detect.add_argument("--api-key", help="the gateway's API key, if it asks for one")
+    detect.add_argument(
+        "--out", type=Path, default=Path("detect-report"), help="job reports: OUT.csv, OUT.json"
+    )
     models = commands.add_parser("models", help="the models the service runs")
     models.add_argument("--url", default="http://127.0.0.1:8080")
     return parser.parse_args(argv)
@@ -67,17 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             print(json.dumps(GatewayClient(args.url).models(), indent=2))
             return 0
-        if not args.file.is_file():
-            print(f"error: no such file {args.file}", file=sys.stderr)
+        if not args.triton and (len(args.file) > 1 or args.file[0].is_dir()):
+            options = {"models": args.models, "frames": args.frames, "threshold": args.threshold}
+            return run_batch(args.url, args.file, args.out, api_key=args.api_key, **options)
+        (path,) = args.file
+        if not path.is_file():
+            print(f"error: no such file {path}", file=sys.stderr)
             return 2
         client = DirectClient(args.triton) if args.triton else GatewayClient(args.url)
-        answer = client.detect(args.file, args.models, args.frames, args.threshold)
+        answer = client.detect(path, args.models, args.frames, args.threshold)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except AssetError as exc:  # --triton: the face detector runs here
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except httpx.HTTPError as exc:  # connection refused, DNS, timeouts
         print(f"error: cannot reach the service: {exc}", file=sys.stderr)
         return 1

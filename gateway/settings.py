@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.model_server import grpc_target
@@ -98,6 +98,28 @@ class Settings(BaseSettings):
     )
     live_allow_private: bool = Field(
         False, description="allow loopback, private and link-local stream addresses"
+    )
+
+    # Jobs (/api/jobs): a huey queue and the job records, in SQLite files under
+    # jobs_dir (the default: `make run` needs no other server), or in Redis when
+    # jobs_redis_url is set (a cluster). Uploads wait in jobs_dir/uploads/ either way.
+    jobs_dir: Path = Path(".build/jobs")
+    jobs_redis_url: str = Field("", description="redis://host:6379/0; empty: SQLite in jobs_dir")
+    jobs_workers: int = Field(
+        1, ge=0, description="items analysed at once inside the gateway; 0: by gateway.worker"
+    )
+    jobs_max_files: int = Field(50, ge=1, description="files per job")
+    jobs_max_mb: int = Field(2048, ge=1, description="a job's files together")
+    jobs_max_active_per_key: int = Field(10, ge=1, description="unfinished jobs; 429 beyond")
+    jobs_retention_s: float = Field(86400.0, gt=0, description="a finished job is kept this long")
+    jobs_heartbeat_s: float = Field(2.0, gt=0, description="a running item's sign of life")
+    jobs_stale_s: float = Field(30.0, gt=0, description="no heartbeat this long: worker gone")
+    jobs_max_attempts: int = Field(2, ge=1, description="analyses of an item a dead worker left")
+    jobs_webhook_secret: SecretStr | None = Field(None, description="signs callbacks (HMAC)")
+    jobs_webhook_retries: int = Field(5, ge=0, description="after the first try, with backoff")
+    jobs_webhook_timeout_s: float = Field(10.0, gt=0)
+    jobs_allow_private_callbacks: bool = Field(
+        False, description="let callback_url reach loopback and private addresses (SSRF guard off)"
     )
 
     @field_validator(

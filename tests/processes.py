@@ -42,7 +42,7 @@ def gateway_process(
     uploads.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env |= {"GATEWAY_PORT": str(port), "GATEWAY_TRITON_URL": triton_url}
-    env |= {"GATEWAY_TMP_DIR": str(uploads)}
+    env |= {"GATEWAY_TMP_DIR": str(uploads), "GATEWAY_JOBS_DIR": str(work_dir / f"jobs-{port}")}
     env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
     log_path = work_dir / f"gateway-{port}.log"
     with log_path.open("wb") as log:

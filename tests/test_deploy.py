@@ -85,6 +85,17 @@ def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> No
         ("ServiceMonitor", "gateway"),
         ("Ingress", "gateway"),
         ("PrometheusRule", "deepfake-detect"),
+        # Jobs (../components/jobs): the queue's server, the workers, the shared uploads.
+        ("NetworkPolicy", "redis"),
+        ("ServiceAccount", "redis"),
+        ("ServiceAccount", "jobs-worker"),
+        ("Deployment", "redis"),
+        ("Deployment", "jobs-worker"),
+        ("Service", "redis"),
+        ("HorizontalPodAutoscaler", "jobs-worker"),
+        ("PodDisruptionBudget", "jobs-worker"),
+        ("PersistentVolumeClaim", "redis-data"),
+        ("PersistentVolumeClaim", "job-uploads"),
     }
     # The generated ConfigMap carries a content hash, so edits roll the pods;
     # the dashboard's keeps one name (Grafana knows it by its uid).

@@ -399,7 +399,7 @@ def test_gateway_lets_slow_requests_finish_on_shutdown(overlay: str) -> None:
 def test_every_container_is_non_root_read_only_and_limited(overlay: str) -> None:
     r = rendering(overlay)
     containers = list(iter_containers(r))
-    assert len(containers) == 2
+    assert len(containers) == 4  # triton, gateway, and the jobs' redis and worker
     for workload, c in containers:
         pod_ctx, ctx = workload.spec.get("securityContext", {}), c.get("securityContext", {})
         where = f"{workload.name}/{c['name']}"
@@ -615,7 +615,7 @@ def adapter_rules() -> list[Manifest]:
 def test_hpas_target_the_deployments(overlay: str) -> None:
     r = rendering(overlay)
     hpas = {h["metadata"]["name"]: h for h in r.all("HorizontalPodAutoscaler")}
-    assert set(hpas) == {"gateway", "triton"}
+    assert set(hpas) == {"gateway", "triton", "jobs-worker"}
     for name, hpa in hpas.items():
         assert hpa["apiVersion"] == "autoscaling/v2"
         target = hpa["spec"]["scaleTargetRef"]
@@ -673,7 +673,7 @@ def test_triton_hpa_scales_on_the_adapters_queue_time_metric(overlay: str) -> No
 def test_pdbs_select_existing_pods_and_never_block_a_drain(overlay: str) -> None:
     r = rendering(overlay)
     pdbs = r.all("PodDisruptionBudget")
-    assert {p["metadata"]["name"] for p in pdbs} == {"gateway", "triton"}
+    assert {p["metadata"]["name"] for p in pdbs} == {"gateway", "triton", "jobs-worker"}
     for pdb in pdbs:
         [workload] = r.selected(pdb["spec"]["selector"], pdb["metadata"]["namespace"])
         assert workload.name == pdb["metadata"]["name"]

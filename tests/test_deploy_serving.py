@@ -220,6 +220,7 @@ def deployed_gateway(
     upload folder and face-detector assets, and Triton at a dns:/// name."""
     configured = cpu.env(cpu.workload("gateway").container())
     local = {"GATEWAY_PORT", "GATEWAY_HOST", "GATEWAY_TMP_DIR", "GATEWAY_TRITON_URL"}
+    local |= {"GATEWAY_JOBS_DIR", "GATEWAY_JOBS_REDIS_URL"}  # no shared volume or Redis here
     settings = {
         name.removeprefix("GATEWAY_").lower(): value.replace(COLLECTOR, receiver.url)
         for name, value in configured.items()

@@ -747,7 +747,8 @@ function wire() {
   const input = $("file");
   $("pick").addEventListener("click", () => input.click());
   input.addEventListener("change", () => {
-    if (input.files.length) start(input.files[0]);
+    if (input.files.length > 1) startJob([...input.files]); // jobs.js
+    else if (input.files.length) start(input.files[0]);
     input.value = ""; // the same file twice in a row still fires "change"
   });
   // The whole window takes drops: a file dropped beside the zone must not make
@@ -765,6 +766,8 @@ function wire() {
     const files = filesOf(e);
     if (current) {
       showError("Please wait for the current file, or cancel it, before dropping another.", "busy");
+    } else if (files.length > 1) {
+      startJob(files); // jobs.js: a batch
     } else if (files.length) {
       start(files[0]);
     }

@@ -193,11 +193,13 @@ def run_phase(config: LoadConfig, phase: Phase, tgt: Target, crops: Path, work: 
         "LOAD_CROPS": str(crops),
         "LOAD_STATUS_FILE": str(status_file),
     }
-    users = ["GatewayUser"] + (["EnsembleUser"] if config.grpc and tgt.triton_url else [])
+    users = ["GatewayUser", "JobUser"]
+    users += ["EnsembleUser"] if config.grpc and tgt.triton_url else []
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "--host", tgt.url, "-u", str(phase.users),
-        "-r", f"{phase.users / max(config.ramp_s, 1):.3f}",
+        # +1: the JobUser (fixed_count 1) beside the phase's uploaders and gRPC users.
+        "--host", tgt.url, "-u", str(phase.users + 1),
+        "-r", f"{(phase.users + 1) / max(config.ramp_s, 1):.3f}",
         "-t", f"{phase.run_time_s}s", "--stop-timeout", "120",
         "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING",
         "--exit-code-on-error", "0", *users,

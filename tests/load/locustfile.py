@@ -1,7 +1,9 @@
 """Locust users for `make loadtest` (run by `python -m tests.load`, which sets LOAD_*).
 
-GatewayUser uploads a mix of clips and images to POST /api/detect; EnsembleUser sends
-batches of real face crops straight to Triton's deepfake_ensemble over gRPC. A 429 or
+GatewayUser uploads a mix of clips and images to POST /api/detect; JobUser submits the
+same files as one job (POST /api/jobs) and polls it until it ends (one "request" is the
+whole job: its time is submit to finish, its rate times 60 is jobs per minute); EnsembleUser
+sends batches of real face crops straight to Triton's deepfake_ensemble over gRPC. A 429 or
 503 is the service shedding load as designed: it counts as a failure for locust (the
 client did not get an answer) and is tallied per status code in LOAD_STATUS_FILE, so the
 runner can tell shedding from errors (timeouts, connection failures, 5xx other than 503).
@@ -32,6 +34,7 @@ BATCH = int(os.environ.get("LOAD_BATCH", "4"))
 STATUS_FILE = os.environ.get("LOAD_STATUS_FILE", "")
 TIMEOUT_S = float(os.environ.get("LOAD_TIMEOUT_S", "300"))
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+JOB_POLL_S = 0.5
 
 # status counts per request name; "0" is a request that got no HTTP answer (timeout, reset)
 STATUS: dict[str, Counter] = defaultdict(Counter)
@@ -84,6 +87,44 @@ class GatewayUser(HttpUser):
                 response.failure(f"shed {response.status_code}")
             else:
                 response.failure(f"error {response.status_code}")
+
+
+class JobUser(HttpUser):
+    """A batch client: every file of LOAD_MEDIA as one job, then the next once it ended."""
+
+    fixed_count = 1  # one per phase, beside the uploaders
+    wait_time = constant(0.2)
+
+    @task
+    def job(self) -> None:
+        name = f"JOB /api/jobs [{len(MEDIA)} files]"
+        began = time.perf_counter()
+        files = [("file", (p.name, p.read_bytes())) for p in MEDIA]
+        submitted = self.client.post(
+            "/api/jobs", files=files, params={"frames": FRAMES}, name="POST /api/jobs",
+            timeout=TIMEOUT_S,
+        )  # fmt: skip
+        status = str(submitted.status_code)
+        if submitted.status_code == 202:
+            status = self.wait(submitted.json()["links"]["self"], began)
+        tally(name, status, began)
+        events.request.fire(
+            request_type="JOB",
+            name=name,
+            response_time=(time.perf_counter() - began) * 1000,
+            response_length=0,
+            exception=None if status == "200" else RuntimeError(f"job {status}"),
+            context={},
+        )
+
+    def wait(self, path: str, began: float) -> str:
+        """ "200" once every file was analysed; else how it ended (or "0": not in time)."""
+        while time.perf_counter() - began < TIMEOUT_S:
+            job = self.client.get(path, name="GET /api/jobs/{id}").json()
+            if job["finished"] is not None:
+                return "200" if job["progress"]["done"] == job["progress"]["total"] else "failed"
+            time.sleep(JOB_POLL_S)
+        return "0"
 
 
 class EnsembleUser(User):

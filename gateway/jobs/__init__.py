@@ -1,0 +1,1 @@
+"""Batch and asynchronous jobs: POST /api/jobs, a huey queue, workers, webhooks."""

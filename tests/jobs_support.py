@@ -1,0 +1,178 @@
+"""Shared by the job tests: a real redis-server, a real `python -m gateway.worker`, a
+signature-checking webhook receiver, and small helpers over the /api/jobs routes."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from gateway.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from tests.conftest import MEDIA
+from tests.processes import ROOT, free_port
+
+TIMEOUT = httpx.Timeout(120.0)
+IMAGES = [
+    *sorted((MEDIA / "images/real").glob("*.jpg")),
+    MEDIA / "images/fake/dfdc_mqzvfufzoq_fr0.jpg",
+]
+CLIPS = [MEDIA / "videos/real/cvprw2019_demo.mp4", MEDIA / "videos/fake/dfdc_brtujopkby.mp4"]
+BAD = {
+    "notes.mp4": b"this is not a video\n" * 100,  # unsupported_media (415)
+    "empty.jpg": b"",
+    "cut.mp4": CLIPS[0].read_bytes()[:4096],  # undecodable_media (422)
+}
+SECRET = "test-webhook-secret"
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A real redis-server (Debian's) on a free port, nothing persisted, killed after."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while (
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+            ).stdout.strip()
+            != "PONG"
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, "redis-server not up"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass
+class WorkerRun:
+    process: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def worker_process(triton_url: str, work_dir: Path, **settings: object) -> Iterator[WorkerRun]:
+    """`python -m gateway.worker`, configured only by `settings`; SIGTERM after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {"GATEWAY_TRITON_URL": triton_url, "GATEWAY_TRITON_RETRIES": "1"}
+    env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+    log_path = work_dir / f"worker-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.worker"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    try:
+        yield WorkerRun(process, log_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def submit(
+    url: str,
+    files: list[tuple[str, bytes]],
+    headers: dict | None = None,
+    **params: object,
+) -> httpx.Response:
+    parts = [("file", (name, data, "application/octet-stream")) for name, data in files]
+    return httpx.post(
+        url + "/api/jobs", files=parts, params=params, headers=headers or {}, timeout=TIMEOUT
+    )
+
+
+def wait_job(url: str, job_id: str, headers: dict | None = None, timeout: float = 300) -> dict:
+    """The job once finished (polling, as a client without the events stream would)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", headers=headers or {}, timeout=30).json()
+        if job["finished"] is not None:
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"job {job_id} not finished after {timeout}s: {job['progress']}")
+
+
+def wait_running(url: str, job_id: str, headers: dict | None = None, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", headers=headers or {}, timeout=30).json()
+        if job["progress"]["running"]:
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"no item of job {job_id} started")
+
+
+def ended_items(*logs: Path) -> list[tuple[str, int]]:
+    """(job, item) of every "item ended" line: an item finished twice shows up twice."""
+    ended = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("message") == "item ended":
+                    ended.append((event["job_id"], event["item"]))
+    return ended
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: the first `fail_first` deliveries get a 500 (to see retries)."""
+
+    fail_first: int = 0
+    deliveries: list[dict] = field(default_factory=list)
+    received: threading.Event = field(default_factory=threading.Event)
+    url: str = ""
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator["Receiver"]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                valid = verify(
+                    SECRET,
+                    self.headers[TIMESTAMP_HEADER],
+                    body,
+                    self.headers[SIGNATURE_HEADER],
+                    tolerance_s=300,
+                )
+                receiver.deliveries.append({"valid": valid, "body": json.loads(body)})
+                ok = len(receiver.deliveries) > receiver.fail_first
+                self.send_response(200 if ok else 500)
+                self.end_headers()
+                if ok:
+                    receiver.received.set()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()

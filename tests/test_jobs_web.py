@@ -1,0 +1,104 @@
+"""The web page's batches in a real browser (Debian's chromium via Playwright) against a
+real gateway over a lite Triton: several files dropped at once become one job, a queue
+table follows it, a row opens the full result, a reload brings the batch back."""
+
+# ruff: noqa: F811 — the browser and seen fixtures are imported from test_web_ui, then used
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page
+
+from model_repository.local_triton import TritonSettings
+from tests.conftest import Gateway, start_gateway
+from tests.jobs_support import BAD, IMAGES
+from tests.test_web_ui import (  # noqa: F401 — browser and seen are fixtures
+    DESKTOP,
+    Seen,
+    assert_only_own_origin,
+    browser,
+    open_page,
+    screenshot,
+    seen,
+)
+
+# Several Files in one DataTransfer, dropped on the zone, as a file manager does.
+DROP_FILES_JS = """(files) => {
+  const data = new DataTransfer();
+  for (const [name, type, b64] of files) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], name, { type }));
+  }
+  const zone = document.getElementById("dropzone");
+  for (const kind of ["dragenter", "dragover", "drop"]) {
+    const init = { bubbles: true, cancelable: true, dataTransfer: data };
+    zone.dispatchEvent(new DragEvent(kind, init));
+  }
+}"""
+JOB_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def gateway(lite_triton: TritonSettings, tmp_path_factory) -> Iterator[Gateway]:
+    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("jobs-web")) as gw:
+        yield gw
+
+
+def drop_files(page: Page, files: list[tuple[str, str, bytes]]) -> None:
+    payload = [[name, kind, base64.b64encode(data).decode()] for name, kind, data in files]
+    page.evaluate(DROP_FILES_JS, payload)
+
+
+def rows(page: Page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#job-table tbody tr",
+        "rs => rs.map(r => ({status: r.dataset.status, "
+        "cells: [...r.cells].map(c => c.innerText)}))",
+    )
+
+
+def test_several_dropped_files_are_one_job_with_a_queue_table(
+    gateway: Gateway, browser: Browser, seen: Seen
+) -> None:
+    page = open_page(browser, gateway.url, seen, DESKTOP)
+    files = [(p.name, "image/jpeg", p.read_bytes()) for p in IMAGES[:2]]
+    files.append(("notes.mp4", "video/mp4", BAD["notes.mp4"]))
+    drop_files(page, files)
+    page.wait_for_selector('#job[data-status="done"]', state="attached", timeout=JOB_TIMEOUT_MS)
+
+    table = rows(page)
+    assert [r["cells"][0] for r in table] == [name for name, _, _ in files]
+    assert [r["status"] for r in table] == ["done", "done", "failed"]
+    assert all(r["cells"][2] in ("Likely real", "Likely fake") for r in table[:2])
+    assert table[2]["cells"][2].startswith("unsupported_media")
+    job_id = page.get_attribute("#job", "data-job")
+    assert f"job={job_id}" in page.url
+    posts = [r for r in seen.posts() if "/api/jobs" in r]
+    assert len(posts) == 1  # one job for the three files, not three uploads
+
+    # A row opens the full result: the same view as a single upload.
+    page.click('#job-table tr[data-item="1"] button')
+    page.wait_for_selector("#result:not([hidden])", state="attached")
+    answer = json.loads(page.text_content("#raw") or "")
+    assert answer["filename"] == files[1][0]
+    assert page.text_content("#verdict") in ("Likely real", "Likely fake")
+    screenshot(page, "job-table-desktop")
+
+    # A reload brings the batch back from the id in the URL.
+    page.reload()
+    page.wait_for_selector('#job[data-status="done"]', state="attached", timeout=30_000)
+    assert rows(page) == table
+    assert_only_own_origin(seen.requests, gateway.url)
+    assert seen.errors == []
+    page.close()
+
+
+def test_a_batch_that_is_gone_says_so(gateway: Gateway, browser: Browser, seen: Seen) -> None:
+    page = open_page(browser, gateway.url, seen, DESKTOP)
+    page.goto(f"{gateway.url}/?job={'0' * 32}")
+    page.wait_for_selector('#error[data-status="404"]', state="attached", timeout=30_000)
+    assert "no longer kept" in (page.text_content("#error") or "")
+    assert "job=" not in page.url
+    page.close()
