@@ -42,7 +42,8 @@ setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed sys
 # Debian packages the tests use, installed with apt-get when missing (needs root):
 # chromium for the browser tests (Playwright's own download does not work offline),
 # ffmpeg to make test media (rotations, codecs, pixel formats) and serve RTMP, GStreamer's
-# RTSP server (run by Debian's python3 with python3-gi) for the live-stream tests.
+# RTSP server (run by Debian's python3 with python3-gi) for the live-stream tests,
+# redis-server for the jobs queue's Redis mode (the tests start their own).
 SYSTEM_PACKAGES := chromium ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad redis-server
 system-packages:
