@@ -186,6 +186,10 @@ class DetectQuery:
     frames: Annotated[int | None, Query(ge=1, le=300, description="frames to sample")] = None
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
     thumbnails: Annotated[bool, Query(description="a small JPEG of each face")] = False
+    explain: Annotated[
+        bool,
+        Query(description="saliency maps of each track's most fake faces, per voting model"),
+    ] = False
 
 
 async def accept_upload(request: Request, settings: Settings) -> Upload:
@@ -214,7 +218,10 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             query.frames,
             query.threshold,
             thumbnails=query.thumbnails,
+            explain=query.explain,
             filename=upload.filename,
+            size=upload.size,
+            sha256=upload.sha256,
             request_id=request.state.request_id,
             upload_ms=upload.seconds * 1000,
         )
