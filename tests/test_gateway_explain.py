@@ -9,6 +9,8 @@ in a random order. It runs on faces the real pipeline cuts from shared fake clip
 import asyncio
 import base64
 import hashlib
+import io
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +240,36 @@ def test_explain_with_models_explains_those_and_no_face_has_none(
         timeout=60,
     )
     assert bad.status_code == 422 and bad.json()["error"]["code"]
+
+
+def test_report_of_an_answer_is_self_contained_html_and_a_pdf(lite_gateway: Gateway) -> None:
+    from pypdf import PdfReader
+
+    clip = FAKE_CLIPS[0]
+    answer = detect(lite_gateway, clip, explain="true", thumbnails="true")
+    html = httpx.post(f"{lite_gateway.url}/api/report", json=answer, timeout=60)
+    assert html.status_code == 200, html.text
+    assert html.headers["content-type"].startswith("text/html")
+    assert f'filename="{clip.stem}.deepfake-report.html"' in html.headers["content-disposition"]
+    page = html.text
+    for fact in (clip.name, answer["sha256"], f"{clip.stat().st_size:,} bytes", "Likely fake"):
+        assert fact in page, fact
+    for model in answer["models"]:
+        assert model["weights"]["sha256"] in page and model["version"] in page
+    assert page.count("data:image/png;base64,") == len(answer["explanations"])
+    assert "default-src 'none'" in page and "http://" not in page and "https://" not in page
+
+    pdf = httpx.post(
+        f"{lite_gateway.url}/api/report", params={"format": "pdf"}, json=answer, timeout=120
+    )
+    assert pdf.status_code == 200, pdf.text
+    assert pdf.headers["content-type"] == "application/pdf"
+    reader = PdfReader(io.BytesIO(pdf.content))
+    # NFKC: the PDF's fonts set "ff" as one ligature glyph.
+    text = unicodedata.normalize("NFKC", "".join(p.extract_text() for p in reader.pages))
+    assert len(reader.pages) >= 1 and clip.name in text and "Likely fake" in text
+    images = sum(len(p.images) for p in reader.pages)
+    assert images >= len(answer["explanations"])  # the heatmaps were printed too
+
+    broken = httpx.post(f"{lite_gateway.url}/api/report", json={"verdict": "fake"}, timeout=30)
+    assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_answer"
