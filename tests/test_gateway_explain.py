@@ -273,3 +273,34 @@ def test_report_of_an_answer_is_self_contained_html_and_a_pdf(lite_gateway: Gate
 
     broken = httpx.post(f"{lite_gateway.url}/api/report", json={"verdict": "fake"}, timeout=30)
     assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_answer"
+
+
+def test_cli_writes_the_report_through_the_gateway_and_straight_through_triton(
+    lite_gateway: Gateway, lite_triton: TritonSettings, tmp_path: Path, capsys
+) -> None:
+    from pypdf import PdfReader
+
+    from gateway.cli import main
+
+    clip = FAKE_CLIPS[0]
+    html = tmp_path / "via-gateway.html"
+    assert (
+        main(
+            ["detect", str(clip), "--url", lite_gateway.url, "--frames", "4", "--report", str(html)]
+        )
+        == 0
+    )
+    assert f"report: {html}" in capsys.readouterr().out
+    page = html.read_text()
+    assert clip.name in page and "data:image/png;base64," in page and "Decisive faces" in page
+
+    pdf = tmp_path / "direct.pdf"
+    argv = ["detect", str(clip), "--triton", lite_triton.grpc_url, "--frames", "4"]
+    assert main([*argv, "--report", str(pdf)]) == 0
+    out = capsys.readouterr().out
+    assert "explained: 3 decisive face(s)" in out, out
+    reader = PdfReader(pdf)
+    text = unicodedata.normalize("NFKC", "".join(p.extract_text() for p in reader.pages))
+    assert clip.name in text and hashlib.sha256(clip.read_bytes()).hexdigest()[:16] in text.replace(
+        "\n", ""
+    )
