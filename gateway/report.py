@@ -57,7 +57,7 @@ class Timeline:
     threshold_y: float
     decisive_x: list[float]  # frames whose faces decided the verdict
     y_ticks: list[tuple[float, str]]
-    x_ticks: list[tuple[float, str]]
+    x_ticks: list[tuple[float, str, str]]  # x, label, text-anchor
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,10 @@ def timeline(answer: schemas.DetectAnswer) -> Timeline | None:
     path = "".join(f"{'L' if n else 'M'}{p.x},{p.y}" for n, p in enumerate(points))
     index_x = {f.index: frame_x(answer, f) for f in answer.frames}
     unit = " s" if answer.media.kind == "video" else ""
-    x_ticks = sorted({(sx(x), f"{x:.1f}{unit}" if unit else f"#{int(x)}") for x in (x0, x1)})
+    x_ticks = [
+        (sx(x), f"{x:.1f}{unit}" if unit else f"#{int(x)}", anchor)
+        for x, anchor in ((x0, "start"), (x1, "end"))
+    ]
     return Timeline(
         path=path,
         points=points,
