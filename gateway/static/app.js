@@ -556,7 +556,9 @@ function renderPlot(answer) {
   );
   chart.append(axes);
   // The frames whose faces decided the verdict (the explained faces of the most fake person).
-  const xOf = new Map(answer.frames.map((f) => [f.index, answer.media.kind === "video" ? f.timestamp_s : f.index]));
+  const xOf = new Map(
+    answer.frames.map((f) => [f.index, answer.media.kind === "video" ? f.timestamp_s : f.index]),
+  );
   const marks = svg("g", { class: "decisive-marks" });
   for (const frame of decisiveFrames(answer)) {
     const mark = svg("line", {
@@ -706,11 +708,19 @@ function renderExplanations(answer) {
       }),
     );
     const captions = maps.map((e) =>
-      el("figcaption", { "data-model": e.model, text: `${pct(e.p_fake)} · person ${track + 1} · ${when}` }),
+      el("figcaption", {
+        "data-model": e.model,
+        text: `${pct(e.p_fake)} · person ${track + 1} · ${when}`,
+      }),
     );
     return el(
       "figure",
-      { class: "explained", "data-track": String(track), "data-frame": String(frame), "data-face": String(face) },
+      {
+        class: "explained",
+        "data-track": String(track),
+        "data-frame": String(frame),
+        "data-face": String(face),
+      },
       ...images,
       ...captions,
     );
