@@ -22,6 +22,7 @@ import numpy as np
 from gateway import metrics, schemas
 from gateway.aggregate import Strategy, decisive_track, score_tracks, voting_weights
 from gateway.errors import ApiError
+from gateway.explain import ExplainConfig, explain
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
 from gateway.settings import Settings
 from preprocess.faces import Face
@@ -39,7 +40,10 @@ class Options:
     threshold: float
     models: tuple[str, ...] | None = None  # None: the whole ensemble
     thumbnails: bool = False
+    explain: ExplainConfig | None = None  # None: no saliency maps
     filename: str = ""
+    size: int | None = None  # the uploaded file's bytes and SHA-256, for reports
+    sha256: str | None = None
     request_id: str = ""
     upload_ms: float = 0.0  # receiving the upload, before the analysis
 
@@ -58,7 +62,10 @@ def options_for(
     threshold: float | None = None,
     *,
     thumbnails: bool = False,
+    explain: bool = False,
     filename: str = "",
+    size: int | None = None,
+    sha256: str | None = None,
     request_id: str = "",
     upload_ms: float = 0.0,
 ) -> Options:
@@ -68,7 +75,10 @@ def options_for(
         threshold=settings.threshold if threshold is None else threshold,
         models=parse_models(models),
         thumbnails=thumbnails,
+        explain=settings.explain_config() if explain else None,
         filename=filename,
+        size=size,
+        sha256=sha256,
         request_id=request_id,
         upload_ms=upload_ms,
     )
@@ -172,7 +182,13 @@ class Analyzer:
         keys = [(found[p].index, i) for p, i in report.faces]
         scores = {name: np.array([by_face[k][name] for k in keys]) for name in by_face[keys[0]]}
         answer = report.scored(tracks, crops, scores, self.strategy, clock)
-        clock.stage("aggregate", t)
+        t = clock.stage("aggregate", t)
+        if options.explain is not None:
+            face_crops = dict(zip(keys, crops, strict=True))
+            answer.explanations = await explain(
+                answer, face_crops, self.server.score_with_members, options.explain
+            )
+            clock.stage("explain", t)
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
@@ -381,6 +397,8 @@ class Report:
         return schemas.DetectAnswer(
             request_id=self.options.request_id,
             filename=self.options.filename,
+            bytes=self.options.size,
+            sha256=self.options.sha256,
             verdict=verdict,  # type: ignore[arg-type]
             score=score,
             threshold=self.options.threshold,

@@ -7,16 +7,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from gateway import metrics, schemas
 from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
@@ -25,6 +28,7 @@ from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
 from gateway.model_server import ModelServer
+from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.security import install_access, install_cors
 from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
@@ -195,6 +199,10 @@ class DetectQuery:
     frames: Annotated[int | None, Query(ge=1, le=300, description="frames to sample")] = None
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
     thumbnails: Annotated[bool, Query(description="a small JPEG of each face")] = False
+    explain: Annotated[
+        bool,
+        Query(description="saliency maps of each track's most fake faces, per voting model"),
+    ] = False
 
 
 async def accept_upload(request: Request, settings: Settings) -> Upload:
@@ -223,7 +231,10 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             query.frames,
             query.threshold,
             thumbnails=query.thumbnails,
+            explain=query.explain,
             filename=upload.filename,
+            size=upload.size,
+            sha256=upload.sha256,
             request_id=request.state.request_id,
             upload_ms=upload.seconds * 1000,
         )
@@ -254,6 +265,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 "jobs": "POST /api/jobs",
                 "models": "GET /api/models",
                 "live": "WebSocket /api/live, POST /api/live",
+                "report": "POST /api/report",
                 "health": "GET /healthz",
                 "ready": "GET /readyz",
                 "metrics": "GET /metrics",
@@ -316,6 +328,50 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         opts = options(request, upload, query)
         events = stream_analysis(request.app.state.analyzer, upload, opts, admission)
         return StreamingResponse(events, media_type="application/x-ndjson")
+
+    @app.post(
+        "/api/report",
+        responses=ERRORS_DOC,
+        response_class=Response,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/DetectAnswer"}}
+                },
+            }
+        },
+        description="A detect answer (JSON, as /api/detect returned it) as a self-contained "
+        "HTML report, or a PDF printed by headless Chromium where the gateway has one.",
+    )
+    async def report(
+        request: Request,
+        format: Annotated[Literal["html", "pdf"], Query(description="html or pdf")] = "html",
+    ) -> Response:
+        answer = await read_answer(request, settings.report_max_mb << 20)
+        html = render_html(answer, VERSION, datetime.now(UTC))
+        name = report_name(answer.filename)
+        if format == "html":
+            return Response(
+                html,
+                media_type="text/html; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{name}.html"'},
+            )
+        admission: Admission = request.app.state.admission
+        await admission.enter()  # a Chromium per PDF: bounded like an analysis
+        try:
+            pdf = await asyncio.get_running_loop().run_in_executor(
+                request.app.state.executor, print_pdf, html, find_chromium(settings.chromium)
+            )
+        except ReportError as exc:
+            raise ApiError(503, "pdf_unavailable", str(exc)) from None
+        finally:
+            admission.leave()
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="{name}.pdf"'},
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -380,6 +436,30 @@ async def stream_analysis(
             await task
         Path(upload.path).unlink(missing_ok=True)
         admission.leave()
+
+
+async def read_answer(request: Request, cap: int) -> schemas.DetectAnswer:
+    """The posted answer, read no further than the cap, checked against the schema."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise ApiError(413, "report_too_large", f"the answer is larger than {cap >> 20} MB")
+    try:
+        return schemas.DetectAnswer.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        raise ApiError(
+            422,
+            "invalid_answer",
+            f"not a detect answer: {exc.error_count()} error(s), "
+            f"first: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}",
+        ) from None
+
+
+def report_name(filename: str) -> str:
+    """The download's name: the file's stem, in characters any header and disk take."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).stem)[:100].strip("._")
+    return f"{stem or 'upload'}.deepfake-report"
 
 
 def line(event: dict) -> bytes:

@@ -3,6 +3,7 @@
 python -m gateway.cli detect clip.mp4 [--url http://127.0.0.1:8080]
 python -m gateway.cli detect a.mp4 b.jpg FOLDER/ --out report   (a job: report.csv, report.json)
 python -m gateway.cli detect clip.mp4 --triton 127.0.0.1:8001
+python -m gateway.cli detect clip.mp4 --report clip-report.html   (or .pdf: heatmaps included)
 python -m gateway.cli models [--url …]
 """
 
@@ -40,6 +41,10 @@ def summary(answer: dict) -> str:
     ]
     for t in answer["tracks"]:
         lines.append(f"  track {t['id']}: P(fake) {t['score']:.3f} over {len(t['frames'])} frames")
+    explained = {(e["frame"], e["face"]) for e in answer.get("explanations", [])}
+    if explained:
+        frames = ", ".join(str(f) for f in sorted({f for f, _ in explained}))
+        lines.append(f"explained: {len(explained)} decisive face(s), frames {frames}")
     timings = answer["timings_ms"]
     lines.append("time (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items() if v))
     lines += [f"note: {n}" for n in answer["notes"]]
@@ -64,6 +69,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     detect.add_argument(
         "--out", type=Path, default=Path("detect-report"), help="job reports: OUT.csv, OUT.json"
     )
+    detect.add_argument(
+        "--explain", action="store_true", help="heatmaps of the decisive faces (in --json)"
+    )
+    detect.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the report: FILE.html, or FILE.pdf printed by Chromium (implies --explain)",
+    )
     models = commands.add_parser("models", help="the models the service runs")
     models.add_argument("--url", default="http://127.0.0.1:8080")
     return parser.parse_args(argv)
@@ -83,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no such file {path}", file=sys.stderr)
             return 2
         client = DirectClient(args.triton) if args.triton else GatewayClient(args.url)
-        answer = client.detect(path, args.models, args.frames, args.threshold)
+        explain = args.explain or args.report is not None
+        answer = client.detect(path, args.models, args.frames, args.threshold, explain)
+        if args.report is not None:
+            kind = "pdf" if args.report.suffix.lower() == ".pdf" else "html"
+            args.report.write_bytes(client.report(answer, kind))
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -97,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot reach the service: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if args.json else summary(answer))
+    if args.report is not None:
+        print(f"report: {args.report}")
     return 0
 
 

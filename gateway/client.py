@@ -5,23 +5,28 @@ with the gateway's own Analyzer: the path for gRPC clients, same answer.
 """
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import httpx
 
+from gateway import schemas
 from gateway.analysis import Analyzer, new_request_id, options_for
 from gateway.errors import ApiError
 from gateway.model_server import ModelServer
+from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.settings import Settings
 from preprocess.faces import load_detector
 from preprocess.media import MediaError, MediaReader
 from preprocess.pipeline import FaceExtractor
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+ReportFormat = Literal["html", "pdf"]
 
 
 class ClientError(RuntimeError):
@@ -31,11 +36,18 @@ class ClientError(RuntimeError):
 
 
 def upload(
-    path: Path, file: BinaryIO, models: str | None, frames: int | None, threshold: float | None
+    path: Path,
+    file: BinaryIO,
+    models: str | None,
+    frames: int | None,
+    threshold: float | None,
+    explain: bool = False,
 ) -> dict:
     """The file and the query options of a detect request, as httpx takes them."""
     values = {"models": models, "frames": frames, "threshold": threshold}
-    params = {k: v for k, v in values.items() if v is not None}
+    params: dict[str, object] = {k: v for k, v in values.items() if v is not None}
+    if explain:
+        params["explain"] = "true"
     return {"files": {"file": (path.name, file)}, "params": params}
 
 
@@ -59,11 +71,20 @@ class GatewayClient:
         models: str | None = None,
         frames: int | None = None,
         threshold: float | None = None,
+        explain: bool = False,
     ) -> dict:
         with path.open("rb") as f:
-            response = self.http.post("/api/detect", **upload(path, f, models, frames, threshold))
+            response = self.http.post(
+                "/api/detect", **upload(path, f, models, frames, threshold, explain)
+            )
         raise_for_error(response)
         return response.json()
+
+    def report(self, answer: dict, format: ReportFormat = "html") -> bytes:
+        """The gateway's report of an answer (POST /api/report)."""
+        response = self.http.post("/api/report", params={"format": format}, json=answer)
+        raise_for_error(response)
+        return response.content
 
     def stream(
         self,
@@ -107,11 +128,29 @@ class DirectClient:
         models: str | None = None,
         frames: int | None = None,
         threshold: float | None = None,
+        explain: bool = False,
     ) -> dict:
-        return asyncio.run(self._detect(path, models, frames, threshold))
+        return asyncio.run(self._detect(path, models, frames, threshold, explain))
+
+    def report(self, answer: dict, format: ReportFormat = "html") -> bytes:
+        """The report rendered here, by the gateway's own code (no gateway to ask)."""
+        from gateway.app import VERSION  # the service's version: this code is the service
+
+        html = render_html(schemas.DetectAnswer.model_validate(answer), VERSION, datetime.now(UTC))
+        if format == "html":
+            return html.encode()
+        try:
+            return print_pdf(html, find_chromium(self.settings.chromium))
+        except ReportError as exc:
+            raise ClientError(503, "pdf_unavailable", str(exc)) from None
 
     async def _detect(
-        self, path: Path, models: str | None, frames: int | None, threshold: float | None
+        self,
+        path: Path,
+        models: str | None,
+        frames: int | None,
+        threshold: float | None,
+        explain: bool,
     ) -> dict:
         s = self.settings
         server = ModelServer(
@@ -121,8 +160,18 @@ class DirectClient:
             extractor = FaceExtractor(load_detector(s.detector_config()), s.crop_config())
             reader = MediaReader(s.media_limits())
             analyzer = Analyzer(reader, extractor, server, executor, chunk=s.infer_chunk)
+            with path.open("rb") as file:
+                sha256 = hashlib.file_digest(file, "sha256").hexdigest()
             options = options_for(
-                s, models, frames, threshold, filename=path.name, request_id=new_request_id()
+                s,
+                models,
+                frames,
+                threshold,
+                explain=explain,
+                filename=path.name,
+                size=path.stat().st_size,
+                sha256=sha256,
+                request_id=new_request_id(),
             )
             try:
                 answer = await analyzer.analyze(path, options)

@@ -70,18 +70,35 @@ class MediaFacts(BaseModel):
     flipped: bool = Field(False, description="mirrored left-right first, before the rotation")
 
 
+class Explanation(BaseModel):
+    """Where one model saw a fake on one decisive face (occlusion sensitivity)."""
+
+    track: int
+    frame: int = Field(description="the frame's index in the clip")
+    face: int = Field(description="the face's position in that frame's faces")
+    model: str = Field(description="a voting member, or 'ensemble' for the vote")
+    p_fake: float = Field(description="this model's P(fake) on the intact face")
+    grid: list[list[float]] = Field(
+        description="rows top to bottom: how much hiding each cell lowers P(fake)"
+    )
+    heatmap: str = Field(description="data: URL of a PNG, the map over the face crop")
+
+
 class Timings(BaseModel):
     upload: float = 0.0
     decode: float = 0.0
     detect: float = 0.0
     infer: float = 0.0
     aggregate: float = 0.0
+    explain: float = 0.0
     total: float = 0.0
 
 
 class DetectAnswer(BaseModel):
     request_id: str
     filename: str
+    bytes: int | None = Field(None, description="size of the uploaded file")
+    sha256: str | None = Field(None, description="SHA-256 of the uploaded file, hex")
     verdict: Literal["fake", "real", "no_face"]
     score: float | None = Field(description="P(fake) of the video; null when no face was found")
     threshold: float
@@ -92,6 +109,10 @@ class DetectAnswer(BaseModel):
     media: MediaFacts
     timings_ms: Timings
     notes: list[str] = Field(description="what a reader must know, e.g. untrained models")
+    explanations: list[Explanation] = Field(
+        default_factory=list,
+        description="with explain=true: saliency maps of the decisive faces, per voting model",
+    )
 
 
 class ErrorDetail(BaseModel):

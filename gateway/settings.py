@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.explain import ExplainConfig
 from gateway.model_server import grpc_target
 from preprocess.crop import CropConfig
 from preprocess.faces import DetectorConfig
@@ -122,6 +123,16 @@ class Settings(BaseSettings):
         False, description="let callback_url reach loopback and private addresses (SSRF guard off)"
     )
 
+    # Explanations (explain=true): their cost is bounded by these, per request.
+    explain_top_k: int = Field(3, ge=1, le=16, description="faces explained per track")
+    explain_grid: int = Field(4, ge=2, le=16, description="occlusion grid: cells per side")
+    explain_max_tracks: int = Field(2, ge=1, le=8, description="tracks explained, most fake first")
+    explain_overlay_px: int = Field(128, ge=32, le=512, description="heatmap PNG side")
+
+    # Reports: PDFs are printed by headless Chromium, where there is one.
+    chromium: str | None = Field(None, description="Chromium for PDF reports; None: on PATH")
+    report_max_mb: int = Field(20, ge=1, description="largest answer POST /api/report takes")
+
     @field_validator(
         "api_keys", "cors_origins", "live_url_schemes", "live_url_hosts", mode="before"
     )
@@ -160,3 +171,11 @@ class Settings(BaseSettings):
 
     def crop_config(self) -> CropConfig:
         return CropConfig()
+
+    def explain_config(self) -> ExplainConfig:
+        return ExplainConfig(
+            top_k=self.explain_top_k,
+            grid=self.explain_grid,
+            max_tracks=self.explain_max_tracks,
+            overlay_px=self.explain_overlay_px,
+        )

@@ -7,6 +7,7 @@ file part straight to disk and stopping at the first byte over the cap.
 """
 
 import asyncio
+import hashlib
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ class Upload:
     content_type: str
     size: int
     seconds: float  # receiving it: the answer's upload timing
+    sha256: str = ""  # hashed as it is written: a report names the exact file
 
 
 def too_large(cap: int) -> ApiError:
@@ -67,6 +69,7 @@ class _FilePart:
         self.filename = ""
         self.content_type = ""
         self.size = 0
+        self.digest = hashlib.sha256()
         self.done = False
         self._headers: dict[bytes, bytes] = {}
         self._field = b""
@@ -115,6 +118,7 @@ class _FilePart:
         if self.size > self.cap:
             raise too_large(self.cap)
         self.file.write(data[start:end])
+        self.digest.update(data[start:end])
 
     def _part_end(self) -> None:
         if self._writing:
@@ -160,7 +164,14 @@ async def receive_upload(
     part.file.close()
     seconds = time.perf_counter() - start
     name = safe_filename(part.filename)
-    return Upload(Path(part.file.name), name, part.content_type, part.size, seconds)
+    return Upload(
+        Path(part.file.name),
+        name,
+        part.content_type,
+        part.size,
+        seconds,
+        part.digest.hexdigest(),
+    )
 
 
 def safe_filename(name: str) -> str:

@@ -223,7 +223,9 @@ def test_drop_a_clip_shows_progress_then_the_full_result(
     answer = assert_result_matches_answer(page, gateway)
     assert answer["filename"] == FAKE_CLIP.name
     assert len(answer["frames"]) == FRAMES  # the page passed its ?frames= on
-    assert seen.posts() == [f"POST {gateway.url}/api/detect/stream?thumbnails=true&frames={FRAMES}"]
+    assert seen.posts() == [
+        f"POST {gateway.url}/api/detect/stream?thumbnails=true&frames={FRAMES}&explain=true"
+    ]
     assert_only_own_origin(seen.requests, gateway.url)
     # The browser itself holds the page to its origin, and nothing broke under that.
     policy = httpx.get(f"{gateway.url}/", timeout=30).headers["content-security-policy"]

@@ -11,6 +11,8 @@ const SUFFIX_ALIASES = { jpeg: ["jpg", "jpeg", "jfif"], mp4: ["mp4", "m4v"], mov
 const STAGES = ["upload", "accepted", "decoded", "faces", "inference", "result"];
 const PALETTE = ["#0b63b6", "#b35c00", "#7b3fa0", "#00786f", "#a8326a", "#4d6b00"];
 const ENSEMBLE_COLOUR = "#1a1a1a";
+const DECISIVE_COLOUR = "#b35c00";
+const VOTE = "ensemble"; // the answer's name for the vote of the models
 // Plot margins in CSS pixels; the width follows the page so text keeps its size.
 const PLOT = { left: 40, right: 12, top: 12, bottom: 32, minWidth: 280, maxHeight: 260 };
 const VERDICT_WORDS = {
@@ -228,6 +230,7 @@ function setState(state) {
   const busy = state === "uploading" || state === "analysing";
   $("pick").disabled = busy;
   $("frames").disabled = busy;
+  $("explain").disabled = busy;
   $("cancel").hidden = !busy;
   $("dropzone").setAttribute("aria-disabled", String(busy));
 }
@@ -269,6 +272,7 @@ function start(file) {
 function upload(file) {
   const xhr = new XMLHttpRequest();
   const query = new URLSearchParams({ thumbnails: "true", frames: String(framesWanted()) });
+  if ($("explain").checked) query.set("explain", "true");
   let seen = 0; // characters of responseText already parsed
   let finished = false;
   let uploaded = false;
@@ -402,6 +406,7 @@ function showResult(answer, file, uploadMs) {
   renderVerdict(answer);
   renderModels(answer);
   renderPlot(answer);
+  renderExplanations(answer);
   renderTracks(answer);
   renderMedia(answer, file);
   renderTimings(answer, uploadMs);
@@ -550,6 +555,28 @@ function renderPlot(answer) {
     }),
   );
   chart.append(axes);
+  // The frames whose faces decided the verdict (the explained faces of the most fake person).
+  const xOf = new Map(
+    answer.frames.map((f) => [f.index, answer.media.kind === "video" ? f.timestamp_s : f.index]),
+  );
+  const marks = svg("g", { class: "decisive-marks" });
+  for (const frame of decisiveFrames(answer)) {
+    const mark = svg("line", {
+      x1: sx(xOf.get(frame)),
+      x2: sx(xOf.get(frame)),
+      y1: top,
+      y2: height - bottom,
+      stroke: DECISIVE_COLOUR,
+      "stroke-width": 2,
+      class: "decisive",
+      "data-frame": String(frame),
+    });
+    const title = svg("title");
+    title.textContent = `frame ${frame}: decided the verdict`;
+    mark.append(title);
+    marks.append(mark);
+  }
+  chart.append(marks);
 
   const legend = [];
   const untrained = new Set(answer.models.filter((m) => !m.trained).map((m) => m.name));
@@ -615,6 +642,139 @@ function ticks(x0, x1) {
   for (let x = Math.ceil(x0 / step) * step; x <= x1 + 1e-9; x += step)
     out.push(Number(x.toFixed(3)));
   return out;
+}
+
+/** Frames of the most fake person's explained faces: those that decided the verdict. */
+function decisiveFrames(answer) {
+  if (!answer.tracks.length || !(answer.explanations || []).length) return [];
+  const decisive = answer.tracks.reduce((a, b) => (b.score > a.score ? b : a)).id;
+  const frames = answer.explanations.filter((e) => e.track === decisive).map((e) => e.frame);
+  return [...new Set(frames)].sort((a, b) => a - b);
+}
+
+/** The heatmaps of the decisive faces, one model at a time, chosen by a toggle. */
+function renderExplanations(answer) {
+  const explanations = answer.explanations || [];
+  const section = $("explain-section");
+  section.hidden = !explanations.length;
+  const legend = $("explain-models").querySelector("legend");
+  if (!explanations.length) {
+    $("explain-models").replaceChildren(legend);
+    $("explain-faces").replaceChildren();
+    return;
+  }
+  const models = [...new Set(explanations.map((e) => e.model))].sort((a, b) =>
+    a === VOTE ? -1 : b === VOTE ? 1 : a.localeCompare(b),
+  );
+  const toggles = models.map((model) => {
+    const input = el("input", {
+      type: "radio",
+      name: "explain-model",
+      value: model,
+      id: `explain-model-${model}`,
+    });
+    input.checked = model === models[0];
+    input.addEventListener("change", () => showHeatmaps(model));
+    return el(
+      "label",
+      { for: input.id, "data-model": model },
+      input,
+      model === VOTE ? " the vote" : ` ${model}`,
+    );
+  });
+  $("explain-models").replaceChildren(legend, ...toggles);
+
+  const timestamps = new Map(answer.frames.map((f) => [f.index, f.timestamp_s]));
+  const faces = new Map();
+  for (const e of explanations) {
+    const key = `${e.track}/${e.frame}/${e.face}`;
+    if (!faces.has(key)) faces.set(key, []);
+    faces.get(key).push(e);
+  }
+  const figures = [...faces.values()].map((maps) => {
+    const { track, frame, face } = maps[0];
+    const when =
+      answer.media.kind === "video" ? `${timestamps.get(frame).toFixed(2)} s` : `frame ${frame}`;
+    const images = maps.map((e) =>
+      el("img", {
+        src: e.heatmap,
+        width: "128",
+        height: "128",
+        class: "heatmap",
+        "data-model": e.model,
+        alt: `${e.model === VOTE ? "the vote" : e.model}: where it saw a fake, person ${
+          track + 1
+        } at ${when}, P(fake) ${pct(e.p_fake)}`,
+      }),
+    );
+    const captions = maps.map((e) =>
+      el("figcaption", {
+        "data-model": e.model,
+        text: `${pct(e.p_fake)} · person ${track + 1} · ${when}`,
+      }),
+    );
+    return el(
+      "figure",
+      {
+        class: "explained",
+        "data-track": String(track),
+        "data-frame": String(frame),
+        "data-face": String(face),
+      },
+      ...images,
+      ...captions,
+    );
+  });
+  $("explain-faces").replaceChildren(...figures);
+  showHeatmaps(models[0]);
+}
+
+function showHeatmaps(model) {
+  for (const node of $("explain-faces").querySelectorAll("[data-model]")) {
+    node.hidden = node.dataset.model !== model;
+  }
+  $("explain-faces").dataset.model = model;
+}
+
+// --- the report -----------------------------------------------------------------------------
+
+/** The gateway renders the report of the answer on screen (POST /api/report). */
+async function downloadReport(format) {
+  if (!shown) return;
+  const status = $("report-status");
+  status.textContent = format === "pdf" ? "Printing the PDF…" : "Preparing the report…";
+  try {
+    const response = await fetch(`api/report?format=${format}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...keyHeaders() },
+      body: JSON.stringify(shown),
+    });
+    if (!response.ok) {
+      let error = null;
+      try {
+        error = (await response.json()).error;
+      } catch {
+        // not the gateway's JSON
+      }
+      status.textContent =
+        response.status === 503 && format === "pdf"
+          ? "This gateway cannot print PDFs (no Chromium); download the HTML report and print it."
+          : humanError(response.status, error);
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const link = el("a", {
+      href: url,
+      download: `${(shown.filename || "upload").replace(/\.[^.]*$/, "")}.deepfake-report.${format}`,
+    });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    status.textContent = "Report downloaded.";
+  } catch {
+    status.textContent = humanError(0, null);
+  }
 }
 
 function renderTracks(answer) {
@@ -691,7 +851,8 @@ function renderTimings(answer, uploadMs) {
   const t = { ...answer.timings_ms };
   if (!t.upload && uploadMs) t.upload = uploadMs;
   const longest = Math.max(t.total, t.upload, 1);
-  const rows = ["upload", "decode", "detect", "infer", "aggregate", "total"].map((stage) =>
+  const stages = ["upload", "decode", "detect", "infer", "aggregate", "explain", "total"];
+  const rows = stages.filter((stage) => stage !== "explain" || t.explain).map((stage) =>
     el(
       "tr",
       { "data-stage": stage },
@@ -720,6 +881,7 @@ function renderRaw(answer) {
   link.href = downloadUrl;
   link.download = `${(answer.filename || "result").replace(/\.[^.]*$/, "")}.deepfake.json`;
   $("copy-status").textContent = "";
+  $("report-status").textContent = "";
 }
 
 async function copyRaw() {
@@ -774,6 +936,8 @@ function wire() {
   });
   $("cancel").addEventListener("click", () => current && current.abort());
   $("copy").addEventListener("click", copyRaw);
+  $("report-html").addEventListener("click", () => downloadReport("html"));
+  $("report-pdf").addEventListener("click", () => downloadReport("pdf"));
   $("key-form").addEventListener("submit", useKey);
   let redraw = 0;
   window.addEventListener("resize", () => {
