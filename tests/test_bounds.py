@@ -43,12 +43,9 @@ def figures() -> Iterator[None]:
 
 def black_4k_clip(path: Path, seconds: int) -> Path:
     """The issue's clip: black 3840x2160 at 30 fps, a few KB of H.264."""
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "color=black:s=3840x2160:r=30"]
-        + ["-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-        + [str(path)],
-        check=True,
-    )
+    source = ("-f", "lavfi", "-i", "color=black:s=3840x2160:r=30", "-t", str(seconds))
+    encoder = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+    subprocess.run(["ffmpeg", "-loglevel", "error", *source, *encoder, str(path)], check=True)
     return path
 
 
