@@ -175,7 +175,8 @@ class MediaLimits:
     def ffmpeg_max_pixels(self) -> int:
         """FFmpeg's bound on one frame: the size limit plus the alignment padding its
         decoders allocate around a frame (a 720x1280 H.264 frame needs more than 921,600)."""
-        return (self.max_width + FFMPEG_PADDING) * (self.max_height + FFMPEG_PADDING)
+        padded = (self.max_width + FFMPEG_PADDING) * (self.max_height + FFMPEG_PADDING)
+        return min(padded, 2**31 - 1)  # FFmpeg's option is an int
 
     def check_size(self, width: int, height: int) -> None:
         long_side, short_side = max(width, height), min(width, height)
