@@ -24,7 +24,7 @@ from gateway import metrics, schemas
 from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
 from gateway.errors import ApiError, error_response, from_media_error, install_handlers
 from gateway.model_server import ModelServer
-from gateway.security import install_access, install_cors
+from gateway.security import install_access, install_cors, peer
 from gateway.settings import Settings
 from gateway.uploads import Upload, UploadSlots, receive_upload
 from gateway.web import install_web
@@ -185,8 +185,7 @@ def add_request_middleware(app: FastAPI) -> None:
                 "status": response.status_code,
                 "ms": round((time.perf_counter() - start) * 1000, 1),
                 # The key's name, else the peer (X-Forwarded-For's only from a trusted proxy).
-                "client": request.scope.get("state", {}).get("client")
-                or (request.client.host if request.client else ""),
+                "client": request.scope.get("state", {}).get("client") or peer(request.scope),
             },
         )
         return response

@@ -171,3 +171,46 @@ def test_keys_are_compared_whole() -> None:
     assert key_matches(KEYS[1], list(KEYS))
     assert not key_matches(KEYS[1] + "x", list(KEYS))
     assert not key_matches("", list(KEYS))
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["no-proxy-trusted", "loopback-trusted"])
+def test_forwarded_addresses_count_only_from_a_trusted_proxy(tmp_path: Path, trusted: bool) -> None:
+    """Rate limits and logs see X-Forwarded-For's client only when the peer (here loopback)
+    is a configured proxy; otherwise anyone could pick a fresh address per request."""
+    proxies = {"forwarded_allow_ips": "127.0.0.1"} if trusted else {}
+    with start_gateway(
+        f"127.0.0.1:{free_port()}",
+        tmp_path,
+        rate_limit_per_minute=1,
+        rate_limit_burst=1,
+        **proxies,
+    ) as gateway:
+        statuses = [
+            httpx.get(gateway.url + "/api", headers={"X-Forwarded-For": f"203.0.113.{n}"})
+            for n in (1, 2)
+        ]
+        again = httpx.get(gateway.url + "/api", headers={"X-Forwarded-For": "203.0.113.1"})
+        log = gateway.log.read_text()
+    events = [json.loads(line) for line in log.splitlines() if line.strip()]
+    clients = [e["client"] for e in events if e.get("route") == "/api"]
+    if trusted:
+        assert [r.status_code for r in statuses] == [200, 200], "two clients behind the proxy"
+        assert again.status_code == 429, "the first client's own bucket is spent"
+        assert clients == ["ip:203.0.113.1", "ip:203.0.113.2", "ip:203.0.113.1"]
+    else:
+        assert [r.status_code for r in statuses] == [200, 429], "one client: the peer"
+        assert set(clients) == {"ip:127.0.0.1"}
+
+
+def test_any_method_name_is_counted_under_a_bounded_label(tmp_path: Path) -> None:
+    with start_gateway(f"127.0.0.1:{free_port()}", tmp_path) as gateway:
+        for method in ("BREW", "XYZZY-1", "GET"):
+            httpx.request(method, gateway.url + "/api")
+        metrics = httpx.get(gateway.url + "/metrics").text
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if line.startswith("gateway_requests_total{")
+    }
+    assert "other" in methods and "GET" in methods
+    assert not {"BREW", "XYZZY-1"} & methods
