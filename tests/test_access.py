@@ -2,6 +2,10 @@
 structured logs that never hold file contents or temp paths — against a real gateway."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.security import MAX_TRACKED_CLIENTS, RateLimiter, key_matches
-from tests.conftest import MEDIA, Gateway, free_port, start_gateway
+from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 KEYS = ("first-key-0123456789", "second-key-abcdefghij")
@@ -215,3 +219,33 @@ def test_any_method_name_is_counted_under_a_bounded_label(tmp_path: Path) -> Non
     }
     assert "other" in methods and "GET" in methods
     assert not {"BREW", "XYZZY-1"} & methods
+
+
+def test_make_run_logs_what_python_m_gateway_logs(exported: Path, tmp_path: Path) -> None:
+    """`make run` (python -m gateway.local: a lite Triton, then the gateway) logs the same
+    JSON lines, with request id, route, status and time."""
+    port = free_port()
+    triton_ports = {f"--triton-{p}-port": str(free_port()) for p in ("http", "grpc", "metrics")}
+    args = ["--profile", "lite", "--port", str(port), *sum(triton_ports.items(), ())]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_TMP_DIR"] = str(tmp_path)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.local", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", process, err, timeout=180)
+        answer = httpx.get(f"http://127.0.0.1:{port}/api")
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C stops both
+        process.wait(60)
+    lines = [line for line in err.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is JSON
+    (event,) = [e for e in events if e.get("route") == "/api"]
+    assert event["request_id"] == answer.headers["x-request-id"]
+    assert event["status"] == 200 and event["ms"] >= 0 and event["method"] == "GET"
