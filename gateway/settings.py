@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     upload_grace_s: float = Field(10.0, ge=0, description="before the minimum rate applies")
     max_uploads: int = Field(
-        64, ge=1, description="uploads received at once (no analysis slot held); 429 beyond"
+        16, ge=1, description="uploads received at once (no analysis slot held); 429 beyond"
     )
     max_in_flight: int = Field(4, ge=1, description="requests analysed at once")
     max_queue: int = Field(0, ge=0, description="requests waiting for a slot; 429 beyond")
