@@ -9,6 +9,7 @@ they are never decoded at all: a 10-s 1080p H.264 clip costs ~40 % less CPU. Eac
 frame is then the first decoded frame at or after it, a frame or two later at most.
 """
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ SKIP_MIN_RATIO = 4
 # A run of non-reference frames is a few B-frames: a stream that ends further than this
 # before the last wanted frame was cut short, it did not just end in a B-frame run.
 MAX_NON_REFERENCE_RUN = 8
+# Decoding threads per video, at most: each holds a frame or more of its own.
+MAX_DECODER_THREADS = 4
 # Codecs whose non-reference frames FFmpeg can skip cleanly (B-frames without dependants).
 SKIPPABLE_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video"})
 
@@ -83,7 +86,10 @@ class VideoFile:
             # FFmpeg's own bound on one frame, before it allocates it: a header that declares
             # 320x240 may carry 16000x16000 frames (MJPEG sizes each frame on its own).
             self.stream.codec_context.options = {"max_pixels": str(max_pixels)}
-        self.stream.thread_type = "AUTO"  # frame and slice threads: all cores
+        self.stream.thread_type = "AUTO"  # frame and slice threads
+        # FFmpeg's default is a thread per core (+1), each holding frames in flight: on a
+        # 64-core node that is 64 4K frames per request, whatever the pod's CPU limit.
+        self.stream.codec_context.thread_count = min(MAX_DECODER_THREADS, os.cpu_count() or 1)
         self.header = _header(container, self.stream)
         start, base = self.stream.start_time, self.stream.time_base
         # A damaged container may give neither: frames are then numbered from 0.

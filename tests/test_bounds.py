@@ -164,7 +164,7 @@ def test_a_4k_clip_at_300_frames_stays_far_under_the_pod_limit(
         "upload_kb": clip.stat().st_size >> 10,
         "seconds": round(answer["timings_ms"]["total"] / 1000, 1),
     }
-    assert rss.peak >> 20 < POD_LIMIT_MB // 3, FIGURES
+    assert rss.peak >> 20 < POD_LIMIT_MB // 2, FIGURES
 
 
 def test_four_4k_uploads_at_once_stay_far_under_the_pod_limit(
@@ -190,7 +190,7 @@ def test_four_4k_uploads_at_once_stay_far_under_the_pod_limit(
         responses = asyncio.run(four())
     assert [r.status_code for r in responses] == [200] * 4
     FIGURES["4k_black_x4_32_frames"] = rss.figures()
-    assert rss.peak >> 20 < POD_LIMIT_MB // 3, FIGURES
+    assert rss.peak >> 20 < POD_LIMIT_MB // 2, FIGURES
 
 
 # --- CPU time -----------------------------------------------------------------------------------
