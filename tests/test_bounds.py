@@ -29,6 +29,7 @@ from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, GatewayProcess, start_gateway_process, write_results
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
+TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
 LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s, 751 frames
 POD_LIMIT_MB = 3 * 1024  # deploy/k8s/base/gateway/deployment.yaml
 TIMEOUT = httpx.Timeout(300.0)
@@ -191,6 +192,22 @@ def test_four_4k_uploads_at_once_stay_far_under_the_pod_limit(
     assert [r.status_code for r in responses] == [200] * 4
     FIGURES["4k_black_x4_32_frames"] = rss.figures()
     assert rss.peak >> 20 < POD_LIMIT_MB // 2, FIGURES
+
+
+def test_the_request_budgets_refuse_what_is_beyond_them(
+    lite_triton: TritonSettings, tmp_path: Path
+) -> None:
+    """Decoded pixels are counted frame by frame as decoded, faces as found: 422 past either."""
+    with start_gateway_process(
+        lite_triton.grpc_url, tmp_path, max_decoded_megapixels=100, max_request_faces=1
+    ) as gateway:
+        clip = black_4k_clip(tmp_path / "black-4k.mp4", 1)  # 30 frames of 8.3 megapixels
+        for path, params in ((clip, {"frames": 30}), (TWO_PEOPLE, {})):
+            response = detect(gateway.url, path, **params)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "media_limit_exceeded"
+        assert detect(gateway.url, OBAMA).status_code == 200, "one face is within the budget"
+        assert list(gateway.uploads.iterdir()) == []
 
 
 # --- CPU time -----------------------------------------------------------------------------------
