@@ -130,6 +130,12 @@ def open_upload(url: str, route: str, path: Path, body_rate: float | None = None
     return conn, body
 
 
+def logged(gateway: GatewayProcess, route: str) -> int:
+    """Requests to `route` the gateway has logged as ended."""
+    lines = gateway.log.read_text().splitlines()
+    return sum(f'"route": "{route}"' in line and '"message": "request"' in line for line in lines)
+
+
 def busy_cpu_s(process: psutil.Process, seconds: float = 1.0) -> float:
     """CPU seconds the gateway spends over `seconds` of wall time."""
     before = process.cpu_times()
@@ -256,11 +262,13 @@ def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
 def test_a_client_gone_right_after_its_upload_frees_its_slot(
     gateway: GatewayProcess, route: str
 ) -> None:
+    answered = logged(gateway, route)
     conn, _ = open_upload(gateway.url, route, LONG_CLIP, frames=300)
     conn.shutdown(socket.SHUT_RDWR)
     conn.close()
     closed = time.monotonic()
-    time.sleep(0.5)  # the upload is read from the socket's buffer: the request did start
+    # The upload is read from the socket's buffer: the request runs, then ends.
+    wait_until(lambda: logged(gateway, route) > answered, what="the request never ended")
     wait_until(lambda: metric(gateway, "gateway_requests_in_flight") == 0, what="slot held")
     wait_until(lambda: not list(gateway.uploads.iterdir()), timeout=1, what="temp file left")
     FIGURES[f"gone_after_upload{route.replace('/', '_')}"] = {
