@@ -44,19 +44,7 @@ def configure_logging(level: str) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # uvicorn's loggers go through the JSON handler above
-        access_log=False,  # the gateway logs each request itself, with its request id
-        # WebSocket sends wait while the client's buffer is full (flow control): a live
-        # client that stops reading holds no growing queue (gateway/live.py).
-        ws="websockets-sansio",
-        # SIGTERM: stop accepting at once, let in-flight requests finish up to this bound.
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-    )
+    uvicorn.run(create_app(settings), **settings.uvicorn_options())
 
 
 if __name__ == "__main__":

@@ -3,19 +3,27 @@
 The same Analyzer serves the HTTP gateway and the CLI's direct gRPC mode, so
 both give the same answer. CPU-bound stages run in a thread pool, never on the
 event loop; progress is reported through an optional async callback.
+
+Bounded per request: each decoded frame is reduced at once to its faces' crops and
+dropped; crops are dropped once Triton scored them (a thumbnail kept if asked for);
+a deadline and a cancel flag are checked per frame, and an analysis returns only once
+every thread it started has (so a freed admission slot means freed CPU).
 """
 
 import asyncio
 import base64
 import contextvars
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, Future
+from concurrent.futures import wait as wait_threads
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import anyio
 import cv2
 import numpy as np
 
@@ -26,12 +34,52 @@ from gateway.explain import ExplainConfig, explain
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
 from gateway.settings import Settings
 from preprocess.faces import Face
-from preprocess.media import Frame, Media, MediaReader
+from preprocess.media import Frame, MediaInfo, MediaLimitExceeded, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
 from preprocess.tracks import Track, link_tracks
 
 Emit = Callable[[dict], Awaitable[None]]
 THUMBNAIL_PX = 96
+
+
+class Cancelled(Exception):
+    """The analysis was stopped from outside: its client went away."""
+
+
+def analysis_timeout(seconds: float) -> ApiError:
+    return ApiError(
+        504,
+        "analysis_timeout",
+        f"the analysis took over {seconds:g} s: send a shorter clip or ask for fewer frames",
+    )
+
+
+class Stop:
+    """One request's deadline and cancel flag, checked by its threads before each frame:
+    `check` raises what stopped it (a timeout, a cancel, a budget spent), so decoding and
+    detection end within a frame."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self._error: Exception | None = None
+        self._lock = threading.Lock()
+
+    def fail(self, error: Exception) -> None:
+        with self._lock:
+            self._error = self._error or error
+
+    def cancel(self) -> None:
+        self.fail(Cancelled("the analysis was cancelled"))
+
+    def check(self) -> None:
+        if self._error is None and time.monotonic() > self.deadline:
+            self.fail(analysis_timeout(self.timeout_s))
+        if self._error is not None:
+            raise self._error
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -124,6 +172,9 @@ class Analyzer:
         executor: Executor,
         strategy: Strategy | None = None,
         chunk: int = 4,
+        timeout_s: float = 300.0,
+        max_faces: int = 512,
+        frames_ahead: int = 2,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -131,11 +182,25 @@ class Analyzer:
         self.executor = executor
         self.strategy = strategy or Strategy()
         self.chunk = chunk  # faces per Triton request while the clip is still being read
+        self.timeout_s = timeout_s  # one analysis's deadline: 504 beyond
+        self.max_faces = max_faces  # faces one request may hold: 422 beyond
+        self.frames_ahead = frames_ahead  # decoded frames waiting for detection, per request
 
     async def analyze(
         self, path: Path, options: Options, emit: Emit | None = None
     ) -> schemas.DetectAnswer:
-        emit = emit or _silent
+        """The answer; ApiError 504 past the deadline. Cancelled (the client went away), it
+        stops its threads and returns only once they have."""
+        stop = Stop(self.timeout_s)
+        try:
+            async with asyncio.timeout(stop.remaining_s()):
+                return await self._analyze(path, options, emit or _silent, stop)
+        except TimeoutError:
+            raise analysis_timeout(self.timeout_s) from None
+
+    async def _analyze(
+        self, path: Path, options: Options, emit: Emit, stop: Stop
+    ) -> schemas.DetectAnswer:
         clock = Clock.started()
         clock.timings["upload"] = round(options.upload_ms, 1)
         selection = select_models(await self.server.ensemble(), options.models)
@@ -147,19 +212,36 @@ class Analyzer:
             if options.models is None
             else self.server.score_with_members
         )
-        scoring = StreamedScoring(lambda crops: score(crops, selection.members), self.chunk)
-        early = EarlyFaces(self.extractor, self.executor, loop, scoring.add)
+        # Explanations need the decisive faces' crops after the verdict: only then are the
+        # crops kept past their scoring (at most max_faces of them, as for every request).
+        scoring = StreamedScoring(
+            lambda crops: score(crops, selection.members),
+            self.chunk,
+            keep_crops=options.explain is not None,
+        )
+        early = EarlyFaces(
+            self.extractor,
+            self.executor,
+            loop,
+            scoring.add,
+            stop,
+            thumbnails=options.thumbnails,
+            max_faces=self.max_faces,
+            ahead=self.frames_ahead,
+        )
         try:
-            media = await loop.run_in_executor(
-                self.executor, self.reader.read, path, options.frames, early.submit
+            reading = self.executor.submit(
+                self.reader.scan, path, options.frames, early.submit, stop.check
             )
+            early.threads.append(reading)
+            scan = await asyncio.wrap_future(reading)
             t = clock.stage("decode", t)
-            facts = media_facts(media).model_dump()
-            await emit({"event": "decoded", "media": facts, "frames": len(media.frames)})
-            found = await asyncio.gather(*(early.faces(f) for f in media.frames))
+            facts = media_facts(scan.info).model_dump()
+            await emit({"event": "decoded", "media": facts, "frames": len(scan.indices)})
+            found = await early.faces(scan.indices)
             tracks = link_tracks([f.faces for f in found])
             t = clock.stage("detect", t)
-            report = Report(selection, options, media, found)
+            report = Report(selection, options, scan.info, found, early.thumbnails)
             metrics.FACES.observe(len(report.faces))
             await emit({"event": "faces", "faces": len(report.faces), "tracks": len(tracks)})
             if not report.faces:
@@ -174,19 +256,18 @@ class Analyzer:
             await progress(scoring.done)
             by_face = await scoring.results(progress)
         finally:
-            early.cancel()
+            stop.cancel()  # nothing is left to do once here: threads still running stop
             scoring.cancel()
+            await early.finish()
         t = clock.stage("infer", t)
 
-        crops = np.stack([found[p].crops[i] for p, i in report.faces])
         keys = [(found[p].index, i) for p, i in report.faces]
         scores = {name: np.array([by_face[k][name] for k in keys]) for name in by_face[keys[0]]}
-        answer = report.scored(tracks, crops, scores, self.strategy, clock)
+        answer = report.scored(tracks, scores, self.strategy, clock)
         t = clock.stage("aggregate", t)
         if options.explain is not None:
-            face_crops = dict(zip(keys, crops, strict=True))
             answer.explanations = await explain(
-                answer, face_crops, self.server.score_with_members, options.explain
+                answer, scoring.crops, self.server.score_with_members, options.explain
             )
             clock.stage("explain", t)
         clock.stage("total", clock.start)
@@ -203,10 +284,15 @@ class StreamedScoring:
     decoding and detection instead of waiting for the last frame."""
 
     def __init__(
-        self, score: Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]], chunk: int
+        self,
+        score: Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]],
+        chunk: int,
+        keep_crops: bool = False,
     ) -> None:
         self.score = score
         self.chunk = chunk
+        self.keep_crops = keep_crops
+        self.crops: dict[FaceKey, np.ndarray] = {}  # scored crops, kept only if keep_crops
         self.waiting: list[tuple[FaceKey, np.ndarray]] = []
         self.tasks: list[asyncio.Task[dict[FaceKey, FaceScores]]] = []
         self.done = 0  # faces scored so far
@@ -218,6 +304,8 @@ class StreamedScoring:
         if self.closed:
             return
         self.waiting += [((found.index, i), crop) for i, crop in enumerate(found.crops)]
+        if self.keep_crops:
+            self.crops |= {(found.index, i): crop for i, crop in enumerate(found.crops)}
         while len(self.waiting) >= self.chunk:
             self._send(self.chunk)
 
@@ -256,8 +344,12 @@ class StreamedScoring:
 
 class EarlyFaces:
     """Face detection started on each frame as the reader decodes it, so detection runs
-    while the rest of the clip is decoding instead of after it; each frame's faces are
-    handed to `found` (on the event loop) as soon as they are known."""
+    while the rest of the clip is decoding instead of after it; each frame's faces (with
+    their crops) are handed to `found` on the event loop as soon as they are known, and
+    only the faces (and thumbnails, if asked for) are kept: never the frame, nor a crop.
+
+    At most `ahead` frames wait for a detection thread; beyond, the decoding thread detects
+    the frame itself, so a fast decoder never piles up full-resolution frames."""
 
     def __init__(
         self,
@@ -265,41 +357,100 @@ class EarlyFaces:
         executor: Executor,
         loop: asyncio.AbstractEventLoop,
         found: Callable[[FrameFaces], None],
+        stop: Stop,
+        *,
+        thumbnails: bool = False,
+        max_faces: int = 512,
+        ahead: int = 2,
     ) -> None:
         self.extractor = extractor
         self.executor = executor
         self.loop = loop
         self.found = found
+        self.stop = stop
+        self.want_thumbnails = thumbnails
+        self.max_faces = max_faces
+        self.ahead = threading.BoundedSemaphore(ahead)
+        self.threads: list[Future] = []  # every piece of work started: finish() awaits them
         self.started: dict[int, Future[FrameFaces]] = {}
         # The request's context (its trace span, its request id), for `found` and
         # the Triton calls it starts: worker threads do not carry it.
         self.context = contextvars.copy_context()
+        self.thumbnails: dict[FaceKey, str] = {}
+        self.face_count = 0
+        self._lock = threading.Lock()
 
     def submit(self, frame: Frame) -> None:
         """MediaReader's on_frame: called from the decoding thread."""
-        future = self.executor.submit(self.extractor.extract_frame, frame)
-        future.add_done_callback(self._hand_over)
+        self.stop.check()  # a stopped request starts nothing more
+        if frame.index in self.started:  # a re-sampled truncated file hands it over again
+            return
+        if self.ahead.acquire(blocking=False):
+            future = self.executor.submit(self._extract, frame, True)
+        else:
+            future = Future()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(self._extract(frame, False))
+            except Exception as exc:
+                future.set_exception(exc)
+        self.threads.append(future)
         self.started[frame.index] = future
 
-    def _hand_over(self, future: Future[FrameFaces]) -> None:
-        # A worker thread: the faces go to the event loop, which owns the scoring.
-        if not future.cancelled() and future.exception() is None:
-            self.loop.call_soon_threadsafe(self.found, future.result(), context=self.context)
+    def _extract(self, frame: Frame, queued: bool) -> FrameFaces:
+        """One frame's faces: the crops go to `found` (the event loop, which owns the
+        scoring); only the faces are returned, and kept."""
+        try:
+            self.stop.check()
+            faces = self.extractor.extract_frame(frame)
+        finally:
+            if queued:
+                self.ahead.release()
+        with self._lock:
+            self.face_count += len(faces.faces)
+            over = self.face_count > self.max_faces
+        if over:
+            self.stop.fail(
+                MediaLimitExceeded(
+                    f"more than {self.max_faces} faces in the frames sampled: ask for fewer "
+                    "frames (or a lower max_faces per frame)"
+                )
+            )
+            self.stop.check()
+        if self.want_thumbnails:
+            for i, crop in enumerate(faces.crops):
+                self.thumbnails[(faces.index, i)] = thumbnail(crop)
+        self.loop.call_soon_threadsafe(self.found, faces, context=self.context)
+        return FrameFaces(faces.index, faces.timestamp_s, faces.faces, [])
 
-    async def faces(self, frame: Frame) -> FrameFaces:
-        """The faces of one of the reader's final frames: found early, or now (a truncated
-        file is re-sampled after decoding, so some final frames were never handed over)."""
-        future = self.started.pop(frame.index, None)
-        if future is None:
-            self.submit(frame)
-            future = self.started.pop(frame.index)
-        return await asyncio.wrap_future(future)
+    async def faces(self, indices: list[int]) -> list[FrameFaces]:
+        """The faces of the reader's final frames, without their crops (sent to scoring)."""
+        found = [await asyncio.wrap_future(self.started[index]) for index in indices]
+        self.stop.check()  # a budget spent by a frame the reader had dropped
+        return found
 
-    def cancel(self) -> None:
-        """Drop the work on frames that were not needed (or a request that failed)."""
-        for future in self.started.values():
-            future.cancel()
-        self.started.clear()
+    async def finish(self) -> None:
+        """Until every thread this request started has returned, whatever happens to the
+        caller meanwhile: the request's admission slot is free only once its CPU is."""
+        for future in self.threads:
+            future.cancel()  # those not started yet
+        if all(f.done() for f in self.threads):
+            return
+        cancelled = False
+        with anyio.CancelScope(shield=True):
+            waiting = asyncio.ensure_future(asyncio.to_thread(self._wait_threads))
+            while not waiting.done():
+                try:
+                    await asyncio.shield(waiting)
+                except asyncio.CancelledError:
+                    cancelled = True  # a second cancel: still wait, then pass it on
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _wait_threads(self) -> None:
+        # The reader may start one more piece of work before it sees the stop: wait for it too.
+        while pending := [f for f in self.threads if not f.done()]:
+            wait_threads(pending)
 
 
 @dataclass(frozen=True)
@@ -308,8 +459,9 @@ class Report:
 
     selection: Selection
     options: Options
-    media: Media
+    info: MediaInfo
     found: Sequence[FrameFaces]
+    thumbnails: dict[tuple[int, int], str]  # (frame index, face number): only if asked for
 
     @cached_property
     def faces(self) -> list[tuple[int, int]]:
@@ -326,7 +478,6 @@ class Report:
     def scored(
         self,
         tracks: Sequence[Track],
-        crops: np.ndarray,
         scores: dict[str, np.ndarray],
         strategy: Strategy,
         clock: Clock,
@@ -350,7 +501,7 @@ class Report:
                 detector_score=round(float(found.score), 4),
                 p_fake=float(face_vote[n]),
                 models={m: float(model_scores[m][n]) for m in members},
-                thumbnail=thumbnail(crops[n]) if self.options.thumbnails else None,
+                thumbnail=self.thumbnails.get((self.found[p].index, i)),
             )
 
         frames = [
@@ -406,7 +557,7 @@ class Report:
             models=models,
             tracks=tracks,
             frames=frames,
-            media=media_facts(self.media),
+            media=media_facts(self.info),
             timings_ms=schemas.Timings(**clock.timings),
             notes=notes(self.selection),
         )
@@ -455,8 +606,8 @@ def notes(selection: Selection) -> list[str]:
     return result
 
 
-def media_facts(media: Media) -> schemas.MediaFacts:
-    return schemas.MediaFacts.model_validate(media.info, from_attributes=True)
+def media_facts(info: MediaInfo) -> schemas.MediaFacts:
+    return schemas.MediaFacts.model_validate(info, from_attributes=True)
 
 
 def thumbnail(crop: np.ndarray) -> str:

@@ -16,23 +16,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
 from gateway import metrics, schemas
 from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
-from gateway.errors import ApiError, from_media_error, install_handlers
+from gateway.errors import ApiError, error_response, from_media_error, install_handlers
 from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
 from gateway.model_server import ModelServer
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
-from gateway.security import install_access, install_cors
+from gateway.security import install_access, install_cors, peer
 from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
-from gateway.uploads import Upload, receive_upload
+from gateway.uploads import Upload, UploadSlots, receive_upload
 from gateway.web import install_web
 from preprocess.faces import load_detector
 from preprocess.media import MediaError, MediaReader, sniff
@@ -59,13 +61,14 @@ UPLOAD_DOC = {
 ERRORS_DOC = {
     code: {"model": schemas.ErrorAnswer, "description": text}
     for code, text in {
-        408: "upload too slow",
+        408: "upload too slow (below the minimum rate, or past the deadline)",
         413: "file over the upload cap",
         415: "not a supported video or image",
-        422: "undecodable media, bad options or media over the limits",
-        429: "too many requests in flight (see Retry-After)",
+        422: "undecodable media, bad options or media over the limits (size, decoded "
+        "pixels, faces)",
+        429: "too many requests in flight, or uploads being received (see Retry-After)",
         503: "Triton unavailable (see Retry-After)",
-        504: "Triton did not answer in time",
+        504: "Triton did not answer in time, or the analysis passed its deadline",
     }.items()
 }
 
@@ -127,7 +130,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
         reader = MediaReader(settings.media_limits())
         app.state.analyzer = Analyzer(
-            reader, extractor, server, executor, chunk=settings.infer_chunk
+            reader,
+            extractor,
+            server,
+            executor,
+            chunk=settings.infer_chunk,
+            timeout_s=settings.analysis_timeout_s,
+            max_faces=settings.max_request_faces,
+            frames_ahead=settings.workers,
         )
         app.state.server = server
         app.state.executor = executor
@@ -148,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = Admission(
         settings.max_in_flight, settings.max_queue, settings.queue_timeout_s
     )
+    app.state.uploads = UploadSlots(settings.max_uploads)
     install_handlers(app)
     # Middlewares, innermost first: keys and rate limits see the request id;
     # CORS is outermost so preflights and refusals carry its headers.
@@ -175,17 +186,19 @@ def add_request_middleware(app: FastAPI) -> None:
         response.headers["X-Request-ID"] = request_id
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.REQUESTS.labels(path, request.method, str(response.status_code)).inc()
+        method = metrics.method_label(request.method)
+        metrics.REQUESTS.labels(path, method, str(response.status_code)).inc()
         # Never the file name, the temp path or the body: only what identifies the request.
         log.info(
             "request",
             extra={
                 "request_id": request_id,
-                "method": request.method,
+                "method": method,
                 "route": path,
                 "status": response.status_code,
                 "ms": round((time.perf_counter() - start) * 1000, 1),
-                "client": request.scope.get("state", {}).get("client", ""),
+                # The key's name, else the peer (X-Forwarded-For's only from a trusted proxy).
+                "client": request.scope.get("state", {}).get("client") or peer(request.scope),
             },
         )
         return response
@@ -206,15 +219,19 @@ class DetectQuery:
 
 
 async def accept_upload(request: Request, settings: Settings) -> Upload:
-    """The upload on disk, its content sniffed: only real media goes further."""
-    upload = await receive_upload(
-        request.stream(),
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        settings.max_upload_bytes,
-        settings.tmp_dir,
-        settings.upload_timeout_s,
-    )
+    """The upload on disk, its content sniffed: only real media goes further. Receiving holds
+    an upload slot, never an analysis slot: a slow client cannot hold up the analyses."""
+    async with request.app.state.uploads.held():
+        upload = await receive_upload(
+            request.stream(),
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            settings.max_upload_bytes,
+            settings.tmp_dir,
+            settings.upload_timeout_s,
+            settings.upload_min_bytes_per_s,
+            settings.upload_grace_s,
+        )
     try:
         await asyncio.get_running_loop().run_in_executor(None, sniff, upload.path)
     except MediaError as exc:
@@ -292,19 +309,29 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     async def detect(
         request: Request,
         query: Annotated[DetectQuery, Depends()],
-    ) -> schemas.DetectAnswer:
-        admission: Admission = request.app.state.admission
-        await admission.enter()
-        upload = None
+    ) -> schemas.DetectAnswer | Response:
+        upload = await accept_upload(request, settings)
         try:
-            upload = await accept_upload(request, settings)
-            return await request.app.state.analyzer.analyze(
-                upload.path, options(request, upload, query)
-            )
+            admission: Admission = request.app.state.admission
+            await admission.enter()
+            try:
+                opts = options(request, upload, query)
+                analysis = asyncio.create_task(
+                    request.app.state.analyzer.analyze(upload.path, opts)
+                )
+                async with cancelled_on_disconnect(request, analysis) as watch:
+                    try:
+                        answer = await analysis
+                    except asyncio.CancelledError:
+                        if not watch.gone:
+                            raise
+                        # Nobody reads it: the status is for the log and the metrics.
+                        return error_response(CLIENT_GONE)
+                return answer
+            finally:
+                admission.leave()  # only now: the analysis's threads have all returned
         finally:
-            if upload is not None:
-                upload.path.unlink(missing_ok=True)
-            admission.leave()
+            upload.path.unlink(missing_ok=True)
 
     @app.post(
         "/api/detect/stream",
@@ -318,16 +345,17 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         request: Request,
         query: Annotated[DetectQuery, Depends()],
     ) -> StreamingResponse:
+        upload = await accept_upload(request, settings)
         admission: Admission = request.app.state.admission
-        await admission.enter()
         try:
-            upload = await accept_upload(request, settings)
+            await admission.enter()
         except BaseException:
-            admission.leave()
+            upload.path.unlink(missing_ok=True)
             raise
+        release = Release(upload, admission)
         opts = options(request, upload, query)
-        events = stream_analysis(request.app.state.analyzer, upload, opts, admission)
-        return StreamingResponse(events, media_type="application/x-ndjson")
+        events = stream_analysis(request.app.state.analyzer, upload, opts)
+        return AnalysisStream(events, release, media_type="application/x-ndjson")
 
     @app.post(
         "/api/report",
@@ -390,8 +418,76 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+CLIENT_GONE = ApiError(499, "client_closed_request", "the client went away")
+
+
+class DisconnectWatch:
+    """Set once the client is gone; cancels the analysis then."""
+
+    def __init__(self) -> None:
+        self.gone = False
+
+
+@contextlib.asynccontextmanager
+async def cancelled_on_disconnect(
+    request: Request, task: asyncio.Task
+) -> AsyncIterator[DisconnectWatch]:
+    """Cancels `task` if the client disconnects meanwhile: FastAPI would let an answer
+    nobody waits for run to its end, holding a slot and the CPU."""
+    watch = DisconnectWatch()
+
+    async def listen() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # what is left of the body after the file (other form fields)
+        watch.gone = True
+        task.cancel()
+
+    listener = asyncio.create_task(listen())
+    try:
+        yield watch
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+@dataclass
+class Release:
+    """A streamed request's slot and temp file, released once, whichever way it ends."""
+
+    upload: Upload
+    admission: Admission
+    done: bool = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            Path(self.upload.path).unlink(missing_ok=True)
+            self.admission.leave()
+
+
+class AnalysisStream(StreamingResponse):
+    """The NDJSON stream, whose cleanup runs even if its generator never started (the
+    client gone right after the upload): a generator's own `finally` would not."""
+
+    def __init__(self, events: AsyncIterator[bytes], release: Release, **kwargs: object) -> None:
+        super().__init__(events, **kwargs)  # type: ignore[arg-type]
+        self.events = events
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                # Runs the generator's cleanup (its analysis stopped, threads finished), if
+                # it started; only then the slot is free.
+                await self.events.aclose()  # type: ignore[attr-defined]
+                self.release()
+
+
 async def stream_analysis(
-    analyzer: Analyzer, upload: Upload, options: Options, admission: Admission
+    analyzer: Analyzer, upload: Upload, options: Options
 ) -> AsyncIterator[bytes]:
     """The analysis as NDJSON lines; errors after the stream began are events."""
     queue: asyncio.Queue[dict | None] = asyncio.Queue()
@@ -432,10 +528,10 @@ async def stream_analysis(
             yield line(event)
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # Shielded: the client is gone and this scope cancelled, but the analysis's threads
+        # must have returned before its slot is released.
+        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
             await task
-        Path(upload.path).unlink(missing_ok=True)
-        admission.leave()
 
 
 async def read_answer(request: Request, cap: int) -> schemas.DetectAnswer:

@@ -4,10 +4,10 @@ python -m gateway.local --profile full --port 8080
 """
 
 import argparse
-import logging
 
 import uvicorn
 
+from gateway.__main__ import configure_logging
 from gateway.app import create_app
 from gateway.settings import Settings
 from model_repository.local_triton import LocalTriton, TritonSettings
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Command-line values win over GATEWAY_* variables; the rest come from them.
     settings = Settings(host=args.host, port=args.port, triton_url=triton.grpc_url)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    configure_logging(settings.log_level)  # the same JSON lines as `python -m gateway`
     print(f"Starting Triton ({args.profile} profile) on {triton.grpc_url} …", flush=True)
     with LocalTriton(triton) as server:
         print(
@@ -44,14 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             f"http://{settings.host}:{settings.port}/ — Ctrl-C stops both.",
             flush=True,
         )
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=30,
-        )
+        uvicorn.run(create_app(settings), **settings.uvicorn_options())
 
 
 if __name__ == "__main__":

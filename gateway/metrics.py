@@ -2,6 +2,14 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# h11 accepts any token as a method: anything else is counted as "other", never a new label.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 REQUESTS = Counter(
     "gateway_requests_total", "HTTP requests by route and status", ["route", "method", "status"]
 )
@@ -20,6 +28,7 @@ VERDICTS = Counter("gateway_verdicts_total", "Verdicts returned", ["verdict"])
 TRITON_ERRORS = Counter("gateway_triton_errors_total", "Failed calls to Triton", ["code"])
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Uploads being analysed now")
 REJECTED = Counter("gateway_rejected_total", "Requests refused by admission control")
+UPLOADS = Gauge("gateway_uploads_receiving", "Uploads being received now")
 WAITING = Gauge("gateway_requests_waiting", "Uploads queued for an analysis slot")
 TRITON_RETRIES = Counter(
     "gateway_triton_retries_total", "Calls to Triton repeated after UNAVAILABLE (safe: no effects)"

@@ -47,6 +47,12 @@ def key_id(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def peer(scope: Scope) -> str:
+    """The client's address: the peer's, or X-Forwarded-For's when uvicorn was told the peer
+    is a trusted proxy (Settings.forwarded_allow_ips) and rewrote scope["client"]."""
+    return "ip:" + (scope.get("client") or ("unknown", 0))[0]
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -106,7 +112,7 @@ class AccessControl:
                 )
             client = key_id(key)
         else:
-            client = "ip:" + (scope.get("client") or ("unknown", 0))[0]
+            client = peer(scope)
         scope.setdefault("state", {})["client"] = client  # for the request log line
         if self.limiter and (wait := self.limiter.wait_s(client)) > 0:
             return ApiError(

@@ -38,11 +38,22 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(100, ge=1)
     tmp_dir: Path | None = None
     upload_timeout_s: float = Field(120.0, gt=0, description="a slower upload gets 408")
+    upload_min_bytes_per_s: float = Field(
+        16384, ge=0, description="average rate an upload must keep after the grace; 408 below"
+    )
+    upload_grace_s: float = Field(10.0, ge=0, description="before the minimum rate applies")
+    max_uploads: int = Field(
+        16, ge=1, description="uploads received at once (no analysis slot held); 429 beyond"
+    )
     max_in_flight: int = Field(4, ge=1, description="requests analysed at once")
     max_queue: int = Field(0, ge=0, description="requests waiting for a slot; 429 beyond")
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; 429 after")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: in-flight requests' bound")
     workers: int = Field(2, ge=1, description="threads for decoding and face detection")
+
+    # Client addresses (rate limits, logs) from X-Forwarded-For only when the peer is one of
+    # these proxies (uvicorn's forwarded_allow_ips: IPs or CIDRs, * for any); empty: never.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Access: empty api_keys leaves the API open; health, metrics and the web page always are.
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -74,6 +85,11 @@ class Settings(BaseSettings):
     max_height: int = Field(2160, ge=1)
     max_duration_s: float = Field(600.0, gt=0)
     max_frame_count: int = Field(36000, ge=1)
+    max_decoded_megapixels: int = Field(
+        20_000, ge=1, description="frames x width x height decoded per request; 422 beyond"
+    )
+    max_request_faces: int = Field(512, ge=1, description="faces per request; 422 beyond")
+    analysis_timeout_s: float = Field(300.0, gt=0, description="one analysis's deadline; 504")
 
     # Live analysis (WebSocket /api/live, POST /api/live): frames judged while they play.
     live_max_sessions: int = Field(8, ge=1, description="live sessions at once, in all")
@@ -134,7 +150,12 @@ class Settings(BaseSettings):
     report_max_mb: int = Field(20, ge=1, description="largest answer POST /api/report takes")
 
     @field_validator(
-        "api_keys", "cors_origins", "live_url_schemes", "live_url_hosts", mode="before"
+        "api_keys",
+        "cors_origins",
+        "forwarded_allow_ips",
+        "live_url_schemes",
+        "live_url_hosts",
+        mode="before",
     )
     @classmethod
     def comma_separated(cls, value: object) -> object:
@@ -159,6 +180,7 @@ class Settings(BaseSettings):
             max_height=self.max_height,
             max_duration_s=self.max_duration_s,
             max_frame_count=self.max_frame_count,
+            max_decoded_pixels=self.max_decoded_megapixels * 1_000_000,
         )
 
     def detector_config(self) -> DetectorConfig:
@@ -168,6 +190,23 @@ class Settings(BaseSettings):
             min_face_px=self.min_face_px,
             max_faces=self.max_faces,
         )
+
+    def uvicorn_options(self) -> dict[str, object]:
+        """How uvicorn serves the gateway, under `python -m gateway` and `make run` alike."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "log_level": self.log_level,
+            "log_config": None,  # uvicorn's loggers go through the gateway's JSON handler
+            "access_log": False,  # the gateway logs each request itself, with its request id
+            # SIGTERM: stop accepting at once, let in-flight requests finish up to this bound.
+            "timeout_graceful_shutdown": self.shutdown_timeout_s,
+            # WebSocket sends wait while the client's buffer is full (flow control): a live
+            # client that stops reading holds no growing queue (gateway/live.py).
+            "ws": "websockets-sansio",
+            "proxy_headers": bool(self.forwarded_allow_ips),
+            "forwarded_allow_ips": self.forwarded_allow_ips or None,
+        }
 
     def crop_config(self) -> CropConfig:
         return CropConfig()

@@ -7,6 +7,7 @@ file part straight to disk and stopping at the first byte over the cap.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import tempfile
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from gateway import metrics
 from gateway.errors import ApiError
 
 FILE_FIELDS = ("file", "video")  # "video" is the seed's field name: its clients keep working
@@ -30,6 +32,33 @@ class Upload:
     size: int
     seconds: float  # receiving it: the answer's upload timing
     sha256: str = ""  # hashed as it is written: a report names the exact file
+
+
+class UploadSlots:
+    """At most `limit` uploads received at once, apart from the analysis slots (an upload
+    takes one of those only once complete); beyond, 429 at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        if self.active >= self.limit:
+            metrics.REJECTED.inc()
+            raise ApiError(
+                429,
+                "too_many_uploads",
+                "too many uploads are being received; retry shortly",
+                {"Retry-After": "2"},
+            )
+        self.active += 1
+        metrics.UPLOADS.set(self.active)
+        try:
+            yield
+        finally:
+            self.active -= 1
+            metrics.UPLOADS.set(self.active)
 
 
 def too_large(cap: int) -> ApiError:
@@ -132,15 +161,25 @@ async def receive_upload(
     cap: int,
     tmp_dir: Path | None = None,
     timeout_s: float = 120.0,
+    min_bytes_per_s: float = 0.0,
+    grace_s: float = 10.0,
 ) -> Upload:
-    """The uploaded file on disk; the caller removes it. Errors leave nothing behind."""
+    """The uploaded file on disk; the caller removes it. Errors leave nothing behind.
+
+    408 past `timeout_s`, or as soon as fewer than `min_bytes_per_s` have arrived on average
+    since `grace_s` after the start (a client trickling bytes holds a connection and a file)."""
     check_declared_length(content_length, cap)
     part = _FilePart(cap, tmp_dir)
     parser = MultipartParser(multipart_boundary(content_type), part.callbacks())
     received, start = 0, time.perf_counter()
+    body = aiter(chunks)
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in chunks:
+            while True:
+                try:
+                    chunk = await _next_chunk(body, start, received, min_bytes_per_s, grace_s)
+                except StopAsyncIteration:
+                    break
                 received += len(chunk)
                 if received > cap + FORM_OVERHEAD:
                     raise too_large(cap)
@@ -172,6 +211,22 @@ async def receive_upload(
         seconds,
         part.digest.hexdigest(),
     )
+
+
+async def _next_chunk(
+    body: AsyncIterator[bytes], start: float, received: int, min_rate: float, grace_s: float
+) -> bytes:
+    """The next chunk, waited for only until the average rate would fall below `min_rate`."""
+    if min_rate <= 0:
+        return await anext(body)
+    behind_at = start + grace_s + received / min_rate  # when `received` becomes too little
+    try:
+        async with asyncio.timeout(max(0.0, behind_at - time.perf_counter())):
+            return await anext(body)
+    except TimeoutError:
+        raise ApiError(
+            408, "upload_too_slow", f"the upload is slower than {min_rate / 1024:g} KiB/s"
+        ) from None
 
 
 def safe_filename(name: str) -> str:

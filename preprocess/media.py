@@ -1,6 +1,8 @@
 """Uploaded file -> a few RGB frames: sniff the format, check the limits, sample evenly.
 
-`MediaReader.read` is the one entry point. Every problem with the file itself is a
+`MediaReader.scan` hands each sampled frame to a callback as it is decoded and keeps none
+(the gateway's way: memory stays bounded whatever the resolution); `MediaReader.read` keeps
+them, for tools and tests. Every problem with the file itself is a
 `MediaError` that carries the HTTP status and a stable error code for the client.
 """
 
@@ -21,7 +23,7 @@ from preprocess.video import (
     Frame,
     FrameLimit,
     VideoFile,
-    decode_spread,
+    count_packets,
     decode_wanted,
     open_video,
     sample_indices,
@@ -32,6 +34,16 @@ from preprocess.video import (
 PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
+# The FFmpeg demuxer for each sniffed container: FFmpeg never probes the file itself.
+DEMUXERS = {"mp4": "mov", "mov": "mov", "avi": "avi", "mkv": "matroska", "webm": "matroska"}
+# Only these decoders ever see an upload: camera, phone, browser and editing codecs, not the
+# hundreds of rarely used (and rarely fuzzed) ones FFmpeg also carries.
+VIDEO_CODECS = frozenset(
+    {
+        *("h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "prores"),
+        *("vp8", "vp9", "av1", "libdav1d", "libaom-av1", "theora", "msmpeg4v3", "h263"),
+    }
+)
 IMAGE_FORMATS = frozenset({"jpeg", "png", "webp", "gif"})
 
 
@@ -146,6 +158,8 @@ def _vint(data: bytes, pos: int, keep_marker: bool = False) -> tuple[int, int]:
     return value, pos + length
 
 
+FFMPEG_PADDING = 128  # pixels FFmpeg may add to each side of a frame it allocates
+
 # --- limits and results -----------------------------------------------------------------------
 
 
@@ -161,6 +175,16 @@ class MediaLimits:
     max_height: int = 2160
     max_duration_s: float = 600.0
     max_frame_count: int = 36_000
+    # Frames x width x height decoded for one request, sampled or not, counted as decoded:
+    # bounds the CPU a file can cost (80 s of 4K, 5 min of 1080p at 30 fps).
+    max_decoded_pixels: int = 20_000_000_000
+
+    @property
+    def ffmpeg_max_pixels(self) -> int:
+        """FFmpeg's bound on one frame: the size limit plus the alignment padding its
+        decoders allocate around a frame (a 720x1280 H.264 frame needs more than 921,600)."""
+        padded = (self.max_width + FFMPEG_PADDING) * (self.max_height + FFMPEG_PADDING)
+        return min(padded, 2**31 - 1)  # FFmpeg's option is an int
 
     def check_size(self, width: int, height: int) -> None:
         long_side, short_side = max(width, height), min(width, height)
@@ -208,12 +232,48 @@ class Media:
     frames: list[Frame]
 
 
+@dataclass(frozen=True)
+class Scan:
+    """What `MediaReader.scan` found: the file's info and the indices of the sampled frames it
+    finally chose (each handed to `on_frame`; a re-sampled truncated file hands over more)."""
+
+    info: MediaInfo
+    indices: list[int]
+
+
+class DecodeBudget:
+    """Checks each frame as decoded, whatever the header said: its size, the request's
+    decoded-pixel budget, then the caller's `stop` (a deadline or a cancel), which raises."""
+
+    def __init__(self, limits: "MediaLimits", stop: Callable[[], None]) -> None:
+        self.limits = limits
+        self.stop = stop
+        self.pixels = 0
+
+    def __call__(self, frame: av.VideoFrame) -> None:
+        self.check(frame.width, frame.height)
+
+    def check(self, width: int, height: int) -> None:
+        self.limits.check_size(width, height)
+        self.pixels += width * height
+        if self.pixels > self.limits.max_decoded_pixels:
+            raise MediaLimitExceeded(
+                f"the video needs more than {self.limits.max_decoded_pixels / 1e9:g} gigapixels "
+                "decoded: send a shorter or smaller clip, or ask for fewer frames"
+            )
+        self.stop()
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 
 # Called with each sampled frame as soon as it is decoded, from the decoding thread, so a
 # caller can start on it (face detection) while the rest of the clip is still decoding.
 OnFrame = Callable[[Frame], None]
+
+
+def _go_on() -> None:
+    return None
 
 
 class MediaReader:
@@ -225,20 +285,30 @@ class MediaReader:
     def __init__(self, limits: MediaLimits = MediaLimits()) -> None:
         self.limits = limits
 
-    def read(self, path: Path, n_frames: int, on_frame: OnFrame | None = None) -> Media:
-        """The file's info and frames. `on_frame` sees frames early, as they are decoded; the
-        returned frames are the final choice (a truncated file is re-sampled at the end)."""
+    def read(self, path: Path, n_frames: int) -> Media:
+        """The file's info and its sampled frames, all kept: for tools and tests. A server
+        uses `scan`, which keeps none."""
+        frames: dict[int, Frame] = {}
+        scan = self.scan(path, n_frames, lambda frame: frames.__setitem__(frame.index, frame))
+        return Media(scan.info, [frames[i] for i in scan.indices])
+
+    def scan(
+        self, path: Path, n_frames: int, on_frame: OnFrame, stop: Callable[[], None] = _go_on
+    ) -> Scan:
+        """The file's info; each sampled frame goes to `on_frame` (from this thread) as soon
+        as it is decoded, and is not kept. `stop` is called as each frame is decoded and
+        stops the reading by raising (a deadline, a client gone)."""
         if n_frames < 1:
             raise ValueError(f"n_frames must be at least 1, not {n_frames}")
         path = Path(path)
         fmt = sniff(path)
         if fmt in IMAGE_FORMATS:
-            return self._read_image(path, fmt, n_frames, on_frame)
-        return self._read_video(path, fmt, n_frames, on_frame)
+            return self._read_image(path, fmt, n_frames, on_frame, DecodeBudget(self.limits, stop))
+        return self._read_video(path, fmt, n_frames, on_frame, DecodeBudget(self.limits, stop))
 
     def _read_image(
-        self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame | None = None
-    ) -> Media:
+        self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame, budget: "DecodeBudget"
+    ) -> Scan:
         try:
             # Image.open parses only the header: a decompression bomb is refused undecoded.
             with Image.open(path) as opened:
@@ -248,7 +318,9 @@ class MediaReader:
                 # upright by its EXIF orientation, as cameras and viewers mean it.
                 orientation = from_exif(opened.getexif().get(ExifTags.Base.Orientation))
                 if getattr(opened, "n_frames", 1) > 1:  # animated GIF, WebP or PNG
-                    return self._read_animation(opened, fmt, orientation, n_frames, on_frame)
+                    return self._read_animation(
+                        opened, fmt, orientation, n_frames, on_frame, budget
+                    )
                 image = orientation.apply(rgb_image(opened))
         except Image.DecompressionBombError as exc:
             raise MediaLimitExceeded(f"image too large: {exc}") from exc
@@ -256,7 +328,8 @@ class MediaReader:
             raise UndecodableMedia(f"could not decode the {fmt} image: {exc}") from exc
         height, width = image.shape[:2]
         info = MediaInfo("image", fmt, width, height, None, 1, None, *orientation.facts())
-        return Media(info, [Frame(0, 0.0, image)])
+        on_frame(Frame(0, 0.0, image))
+        return Scan(info, [0])
 
     def _read_animation(
         self,
@@ -264,74 +337,104 @@ class MediaReader:
         fmt: str,
         orientation: Orientation,
         n_frames: int,
-        on_frame: OnFrame | None,
-    ) -> Media:
+        on_frame: OnFrame,
+        budget: "DecodeBudget",
+    ) -> Scan:
         """An animated image is sampled like a video: evenly spread frames, each stamped
-        with the sum of the display times (ms) of the frames before it."""
+        with the sum of the display times (ms) of the frames before it, handed to `on_frame`
+        and not kept."""
         frame_count: int = opened.n_frames
         # Until the frames are read, the first one's delay stands for all (GIF's vary a little).
         delay_ms = opened.info.get("duration") or 0
         self.limits.check_length(frame_count, frame_count * delay_ms / 1000 or None)
         wanted = sample_indices(frame_count, n_frames)
-        frames, clock_ms, keep = [], 0.0, set(wanted)
+        clock_ms, keep, size = 0.0, set(wanted), (0, 0)
         for index in range(wanted[-1] + 1):
             opened.seek(index)  # Pillow composes each frame over the last: read them in order
             opened.load()  # WebP sets the frame's duration only as it decodes it
+            budget.check(*opened.size)
             if index in keep:
                 image = orientation.apply(rgb_image(opened))
-                frames.append(Frame(index, clock_ms / 1000, image))
-                if on_frame is not None:
-                    on_frame(frames[-1])
+                size = (image.shape[1], image.shape[0])
+                on_frame(Frame(index, clock_ms / 1000, image))
             clock_ms += opened.info.get("duration") or 0
-        height, width = frames[0].image.shape[:2]
         # The last frame is always sampled, so the clock has run through the whole animation.
         duration = clock_ms / 1000 if clock_ms > 0 else None
         fps = frame_count / duration if duration else None
         facts = orientation.facts()
-        info = MediaInfo("video", fmt, width, height, fps, frame_count, duration, *facts)
-        return Media(info, frames)
+        info = MediaInfo("video", fmt, *size, fps, frame_count, duration, *facts)
+        return Scan(info, wanted)
 
     def _read_video(
-        self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame | None = None
-    ) -> Media:
-        with _open_video(path, fmt) as video:
+        self, path: Path, fmt: str, n_frames: int, on_frame: OnFrame, budget: DecodeBudget
+    ) -> Scan:
+        size: tuple[int, int] | None = None
+
+        def hand_over(frame: Frame) -> None:
+            nonlocal size
+            size = size or (frame.image.shape[1], frame.image.shape[0])
+            on_frame(frame)
+
+        with self._open_video(path, fmt) as video:
             header = video.header
             if header.width <= 0 or header.height <= 0:
                 raise UndecodableMedia(f"the {fmt} video has no frame size")
+            if header.codec not in VIDEO_CODECS:
+                raise UnsupportedMedia(f"the {header.codec} video codec is not supported")
             self.limits.check_size(header.width, header.height)
-            ended_at = None
+            counted = None
             if header.frame_count is None:
-                frames, frame_count = self._decode_unknown_length(video, n_frames)
+                counted = self._count_frames(video, budget.stop)
             else:
                 self.limits.check_length(header.frame_count, header.duration_s(header.frame_count))
+        if counted is not None:
+            # Counting read the stream to its end: decoding starts again from the start.
+            with self._open_video(path, fmt) as video:
+                indices, ended_at = decode_wanted(
+                    video, sample_indices(counted, n_frames), hand_over, budget, counted
+                )
+        else:
+            with self._open_video(path, fmt) as video:
                 wanted = sample_indices(header.frame_count, n_frames)
-                frames, ended_at = decode_wanted(video, wanted, on_frame)
-                frame_count = header.frame_count if ended_at is None else ended_at
-        if ended_at is not None and len(frames) < min(n_frames, ended_at):
+                indices, ended_at = decode_wanted(video, wanted, hand_over, budget)
+        frame_count = (counted or header.frame_count or 0) if ended_at is None else ended_at
+        if ended_at is not None and len(indices) < min(n_frames, ended_at):
             # The container overstated its length (a truncated file). Now that the real length
             # is known, decode again for an even spread rather than keep only the early frames.
-            with _open_video(path, fmt) as video:
-                frames, _ = decode_wanted(video, sample_indices(ended_at, n_frames))
-        if not frames:
+            with self._open_video(path, fmt) as video:
+                indices, _ = decode_wanted(
+                    video, sample_indices(ended_at, n_frames), hand_over, budget
+                )
+        if not indices or size is None:
             raise UndecodableMedia(f"no frame of the {fmt} video could be decoded")
-        height, width = frames[0].image.shape[:2]
         duration = header.duration_s(frame_count)
         facts = video.orientation.facts()
-        info = MediaInfo("video", fmt, width, height, header.fps, frame_count, duration, *facts)
-        return Media(info, frames)
+        info = MediaInfo("video", fmt, *size, header.fps, frame_count, duration, *facts)
+        return Scan(info, indices)
 
-    def _decode_unknown_length(self, video: VideoFile, n_frames: int) -> tuple[list[Frame], int]:
-        """The limits are enforced as frames arrive, since the header could not tell."""
+    def _count_frames(self, video: VideoFile, stop: Callable[[], None]) -> int:
+        """A stream of unknown length: its packets counted, the limits enforced as they come."""
         max_frames = self.limits.max_frame_count
         if video.header.fps:
             max_frames = min(max_frames, int(self.limits.max_duration_s * video.header.fps))
         try:
-            return decode_spread(video, n_frames, max_frames)
+            return count_packets(video, max_frames, stop)
         except FrameLimit:
             raise MediaLimitExceeded(
                 f"the video is longer than the limits ({self.limits.max_frame_count} frames, "
                 f"{self.limits.max_duration_s:g} s)"
             ) from None
+
+    @contextmanager
+    def _open_video(self, path: Path, fmt: str) -> Iterator[VideoFile]:
+        try:
+            with open_video(path, DEMUXERS[fmt], self.limits.ffmpeg_max_pixels) as video:
+                yield video
+        except DecodeError as exc:
+            raise UndecodableMedia(f"the {fmt} video: {exc}") from exc
+        except (av.FFmpegError, ValueError) as exc:
+            # ValueError: PyAV's reading of a damaged header (a rate or size it cannot hold).
+            raise UndecodableMedia(f"could not decode the {fmt} video: {exc}") from exc
 
 
 def rgb_image(image: Image.Image) -> np.ndarray:
@@ -348,15 +451,3 @@ def rgb_image(image: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
     return np.array(image.convert("RGB"))
-
-
-@contextmanager
-def _open_video(path: Path, fmt: str) -> Iterator[VideoFile]:
-    try:
-        with open_video(path) as video:
-            yield video
-    except DecodeError as exc:
-        raise UndecodableMedia(f"the {fmt} video: {exc}") from exc
-    except (av.FFmpegError, ValueError) as exc:
-        # ValueError: PyAV's reading of a damaged header (a rate or size it cannot represent).
-        raise UndecodableMedia(f"could not decode the {fmt} video: {exc}") from exc

@@ -1,12 +1,15 @@
 """Video file -> sampled RGB frames, with PyAV (FFmpeg): sequential, never seeking.
 
 Seeking costs ~10x a sequential read with FFmpeg, so every clip is read from the start up to
-the last frame wanted. When frames are plentiful (at least `SKIP_MIN_RATIO` per frame wanted)
+the last frame wanted. Frames go to the caller's `on_frame` as they are decoded and are never kept
+here, so a request holds a few decoded frames at a time whatever its resolution and length.
+When frames are plentiful (at least `SKIP_MIN_RATIO` per frame wanted)
 the decoder skips non-reference frames (most B-frames): nothing else depends on them, so
 they are never decoded at all: a 10-s 1080p H.264 clip costs ~40 % less CPU. Each wanted
 frame is then the first decoded frame at or after it, a frame or two later at most.
 """
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,12 +27,23 @@ SKIP_MIN_RATIO = 4
 # A run of non-reference frames is a few B-frames: a stream that ends further than this
 # before the last wanted frame was cut short, it did not just end in a B-frame run.
 MAX_NON_REFERENCE_RUN = 8
+# Decoding threads per video, at most: each holds a frame or more of its own.
+MAX_DECODER_THREADS = 4
 # Codecs whose non-reference frames FFmpeg can skip cleanly (B-frames without dependants).
 SKIPPABLE_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg2video"})
 
 
 class DecodeError(Exception):
     """The file could not be opened or holds no decodable video stream."""
+
+
+# Called with every decoded frame before it is converted: the caller's limits (frame size,
+# decoded-pixel budget, deadline, cancellation) raise from here to stop decoding at once.
+Watch = Callable[[av.VideoFrame], None]
+
+
+def _unwatched(frame: av.VideoFrame) -> None:
+    return None
 
 
 class FrameLimit(Exception):
@@ -64,14 +78,21 @@ class VideoHeader:
 class VideoFile:
     """One open video: its header, then frames decoded in order."""
 
-    def __init__(self, container: av.container.InputContainer) -> None:
+    def __init__(self, container: av.container.InputContainer, max_pixels: int | None) -> None:
         if not container.streams.video:
             raise DecodeError("the file has no video stream")
         self.container = container
         self.stream = container.streams.video[0]
         if self.stream.codec_context is None:  # a codec FFmpeg does not know (a damaged header)
             raise DecodeError("no decoder for the file's video stream")
-        self.stream.thread_type = "AUTO"  # frame and slice threads: all cores
+        if max_pixels:
+            # FFmpeg's own bound on one frame, before it allocates it: a header that declares
+            # 320x240 may carry 16000x16000 frames (MJPEG sizes each frame on its own).
+            self.stream.codec_context.options = {"max_pixels": str(max_pixels)}
+        self.stream.thread_type = "AUTO"  # frame and slice threads
+        # FFmpeg's default is a thread per core (+1), each holding frames in flight: on a
+        # 64-core node that is 64 4K frames per request, whatever the pod's CPU limit.
+        self.stream.codec_context.thread_count = min(MAX_DECODER_THREADS, os.cpu_count() or 1)
         self.header = _header(container, self.stream)
         start, base = self.stream.start_time, self.stream.time_base
         # A damaged container may give neither: frames are then numbered from 0.
@@ -123,15 +144,39 @@ def sample_indices(frame_count: int, n: int) -> list[int]:
     return np.linspace(0, frame_count - 1, n).round().astype(int).tolist()
 
 
+def count_packets(video: VideoFile, max_frames: int, watch: Callable[[], None]) -> int:
+    """The stream's frame count from its packets (one frame each), demuxed without decoding:
+    how long a stream whose container does not say is, at a fraction of decoding's cost.
+    Raises FrameLimit past `max_frames`; `watch` may stop it (a deadline, a cancel)."""
+    count = 0
+    for packet in video.container.demux(video.stream):
+        if packet.size:
+            count += 1
+            if count > max_frames:
+                raise FrameLimit(max_frames)
+            watch()
+    return count
+
+
 @contextmanager
-def open_video(path: Path) -> Iterator[VideoFile]:
+def open_video(
+    path: Path, format: str | None = None, max_pixels: int | None = None
+) -> Iterator[VideoFile]:
+    """`format`: FFmpeg's demuxer, as sniffed (never probed again); local files only."""
     try:
         # Metadata are only shown, never trusted: undecodable text must not fail the file.
-        container = av.open(str(path), mode="r", metadata_errors="replace")
+        container = av.open(
+            str(path),
+            mode="r",
+            format=format,
+            # No network or nested protocols, whatever a playlist or reference inside says.
+            container_options={"protocol_whitelist": "file"},
+            metadata_errors="replace",
+        )
     except av.FFmpegError as exc:
         raise DecodeError(f"could not open the video: {exc}") from exc
     try:
-        yield VideoFile(container)
+        yield VideoFile(container, max_pixels)
     finally:
         container.close()
 
@@ -152,58 +197,39 @@ def _frame(video: VideoFile, index: int, frame: av.VideoFrame) -> Frame:
 def decode_wanted(
     video: VideoFile,
     wanted: list[int],
-    on_frame: Callable[[Frame], None] | None = None,
-) -> tuple[list[Frame], int | None]:
-    """The wanted frames (or, skipping non-reference frames, the first decoded at or after
-    each), decoding no further than the last. Also, if the stream ended before the last wanted
-    index, how many frames it really had; None otherwise."""
-    skip = len(wanted) * SKIP_MIN_RATIO <= (video.header.frame_count or 0)
-    kept: list[Frame] = []
+    on_frame: Callable[[Frame], None],
+    watch: Watch = _unwatched,
+    frame_count: int | None = None,
+) -> tuple[list[int], int | None]:
+    """Hands `on_frame` the wanted frames (or, skipping non-reference frames, the first decoded
+    at or after each), decoding no further than the last; returns their indices. Also, if the
+    stream ended before the last wanted index, how many frames it really had; None otherwise.
+    `frame_count`: the stream's length when the header does not give it."""
+    length = video.header.frame_count or frame_count or 0
+    skip = len(wanted) * SKIP_MIN_RATIO <= length
+    kept: list[int] = []
     pending = 0  # position in `wanted` of the next frame to find
     last: tuple[int, av.VideoFrame] | None = None
     for index, frame in video.frames(skip_non_reference=skip):
+        watch(frame)
         last = (index, frame)
         if index < wanted[pending]:
             continue
         while pending < len(wanted) and wanted[pending] <= index:
             pending += 1
-        kept.append(_frame(video, index, frame))
-        if on_frame is not None:
-            on_frame(kept[-1])
+        kept.append(index)
+        on_frame(_frame(video, index, frame))
         if pending == len(wanted):
             return kept, None
     if last is None:
         return kept, 0
-    if (
-        skip
-        and wanted[-1] - last[0] <= MAX_NON_REFERENCE_RUN
-        and (not kept or kept[-1].index < last[0])
-    ):
+    if skip and wanted[-1] - last[0] <= MAX_NON_REFERENCE_RUN and (not kept or kept[-1] < last[0]):
         # The clip's last frames were non-reference ones: the last decoded stands in for them.
         index, frame = last
-        kept.append(_frame(video, index, frame))
-        if on_frame is not None:
-            on_frame(kept[-1])
+        kept.append(index)
+        on_frame(_frame(video, index, frame))
         return kept, None
     return kept, last[0] + 1
-
-
-def decode_spread(video: VideoFile, n_frames: int, max_frames: int) -> tuple[list[Frame], int]:
-    """About n frames spread over a stream of unknown length, and its length: decodes it all,
-    keeping every `stride`-th frame and doubling the stride whenever 2n are kept, so memory
-    stays bounded. Raises FrameLimit past `max_frames`."""
-    kept: list[Frame] = []
-    stride, count = 1, 0
-    for index, frame in video.frames():
-        if index == max_frames:
-            raise FrameLimit(max_frames)
-        if index % stride == 0:
-            kept.append(_frame(video, index, frame))
-            if len(kept) >= 2 * n_frames:
-                stride *= 2
-                kept = [f for f in kept if f.index % stride == 0]
-        count = index + 1
-    return [kept[i] for i in sample_indices(len(kept), n_frames)], count
 
 
 def _header(container: av.container.InputContainer, stream: av.VideoStream) -> VideoHeader:

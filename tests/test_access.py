@@ -2,6 +2,10 @@
 structured logs that never hold file contents or temp paths — against a real gateway."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.security import MAX_TRACKED_CLIENTS, RateLimiter, key_matches
-from tests.conftest import MEDIA, Gateway, free_port, start_gateway
+from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 KEYS = ("first-key-0123456789", "second-key-abcdefghij")
@@ -171,3 +175,77 @@ def test_keys_are_compared_whole() -> None:
     assert key_matches(KEYS[1], list(KEYS))
     assert not key_matches(KEYS[1] + "x", list(KEYS))
     assert not key_matches("", list(KEYS))
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["no-proxy-trusted", "loopback-trusted"])
+def test_forwarded_addresses_count_only_from_a_trusted_proxy(tmp_path: Path, trusted: bool) -> None:
+    """Rate limits and logs see X-Forwarded-For's client only when the peer (here loopback)
+    is a configured proxy; otherwise anyone could pick a fresh address per request."""
+    proxies = {"forwarded_allow_ips": "127.0.0.1"} if trusted else {}
+    with start_gateway(
+        f"127.0.0.1:{free_port()}",
+        tmp_path,
+        rate_limit_per_minute=1,
+        rate_limit_burst=1,
+        **proxies,
+    ) as gateway:
+        statuses = [
+            httpx.get(gateway.url + "/api", headers={"X-Forwarded-For": f"203.0.113.{n}"})
+            for n in (1, 2)
+        ]
+        again = httpx.get(gateway.url + "/api", headers={"X-Forwarded-For": "203.0.113.1"})
+        log = gateway.log.read_text()
+    events = [json.loads(line) for line in log.splitlines() if line.strip()]
+    requests = [e for e in events if e.get("message") == "request"]
+    clients = [e["client"] for e in requests if e["route"] != "/healthz"]  # not the probes
+    if trusted:
+        assert [r.status_code for r in statuses] == [200, 200], "two clients behind the proxy"
+        assert again.status_code == 429, "the first client's own bucket is spent"
+        assert clients == ["ip:203.0.113.1", "ip:203.0.113.2", "ip:203.0.113.1"]
+    else:
+        assert [r.status_code for r in statuses] == [200, 429], "one client: the peer"
+        assert set(clients) == {"ip:127.0.0.1"}
+
+
+def test_any_method_name_is_counted_under_a_bounded_label(tmp_path: Path) -> None:
+    with start_gateway(f"127.0.0.1:{free_port()}", tmp_path) as gateway:
+        for method in ("BREW", "XYZZY-1", "GET"):
+            httpx.request(method, gateway.url + "/api")
+        metrics = httpx.get(gateway.url + "/metrics").text
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if line.startswith("gateway_requests_total{")
+    }
+    assert "other" in methods and "GET" in methods
+    assert not {"BREW", "XYZZY-1"} & methods
+
+
+def test_make_run_logs_what_python_m_gateway_logs(exported: Path, tmp_path: Path) -> None:
+    """`make run` (python -m gateway.local: a lite Triton, then the gateway) logs the same
+    JSON lines, with request id, route, status and time."""
+    port = free_port()
+    triton_ports = {f"--triton-{p}-port": str(free_port()) for p in ("http", "grpc", "metrics")}
+    args = ["--profile", "lite", "--port", str(port), *sum(triton_ports.items(), ())]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_TMP_DIR"] = str(tmp_path)
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.local", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", process, err, timeout=180)
+        answer = httpx.get(f"http://127.0.0.1:{port}/api")
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C stops both
+        process.wait(60)
+    lines = [line for line in err.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line is JSON
+    (event,) = [e for e in events if e.get("route") == "/api"]
+    assert event["request_id"] == answer.headers["x-request-id"]
+    assert event["status"] == 200 and event["ms"] >= 0 and event["method"] == "GET"

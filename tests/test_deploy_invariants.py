@@ -381,9 +381,16 @@ def test_gateway_temp_dir_is_a_writable_volume(overlay: str) -> None:
     mounted = [p for p in mounts if tmp_dir == Path(p) or Path(p) in tmp_dir.parents]
     assert mounted, f"{tmp_dir} is on the read-only root filesystem"
     assert "emptyDir" in workload.volume(mounts[mounted[0]])
-    assert quantity(workload.volume(mounts[mounted[0]])["emptyDir"]["sizeLimit"]) >= 2 * quantity(
-        f"{env['GATEWAY_MAX_UPLOAD_MB']}Mi"
-    )
+    # Every upload being received, analysed or queued has its file there at once.
+    files = sum(int(env[k]) for k in ("GATEWAY_MAX_UPLOADS", "GATEWAY_MAX_IN_FLIGHT"))
+    files += int(env["GATEWAY_MAX_QUEUE"])
+    size = quantity(workload.volume(mounts[mounted[0]])["emptyDir"]["sizeLimit"])
+    assert size >= files * quantity(f"{env['GATEWAY_MAX_UPLOAD_MB']}Mi")
+
+
+def test_an_analysis_ends_within_the_shutdown_drain(overlay: str) -> None:
+    _, _, _, env = gateway(overlay)
+    assert float(env["GATEWAY_ANALYSIS_TIMEOUT_S"]) <= float(env["GATEWAY_SHUTDOWN_TIMEOUT_S"])
 
 
 def test_gateway_lets_slow_requests_finish_on_shutdown(overlay: str) -> None:

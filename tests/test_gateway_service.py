@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 CLIP = MEDIA / "videos/fake/cvprw2019_demo_fake.mp4"
+LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s
 
 
 def test_without_triton_the_gateway_is_alive_not_ready_and_says_503(tmp_path: Path) -> None:
@@ -36,7 +38,7 @@ def test_without_triton_the_gateway_is_alive_not_ready_and_says_503(tmp_path: Pa
 
 
 async def trickle(url: str, seconds: float) -> int:
-    """An upload that sends its body slowly: it holds its admission slot meanwhile."""
+    """An upload that sends its body slowly."""
 
     async def body():
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
@@ -54,21 +56,45 @@ async def trickle(url: str, seconds: float) -> int:
         return response.status_code
 
 
-async def while_busy(url: str) -> tuple[int, httpx.Response]:
-    slow = asyncio.create_task(trickle(url, 3.0))
-    await asyncio.sleep(1.0)
-    async with httpx.AsyncClient(timeout=60) as client:
-        refused = await client.post(url + "/api/detect", files={"file": ("o.jpg", b"x")})
-    return await slow, refused
+def in_flight(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("gateway_requests_in_flight "):
+            return float(line.split()[1])
+    raise KeyError("gateway_requests_in_flight")
 
 
-def test_beyond_max_in_flight_requests_get_429(triton: TritonSettings, tmp_path: Path) -> None:
-    with start_gateway(triton.grpc_url, tmp_path, max_in_flight=1) as gateway:
-        slow_status, refused = asyncio.run(while_busy(gateway.url))
+async def while_busy(url: str) -> tuple[int, httpx.Response, int]:
+    """A long analysis holds the one slot: an ordinary request is refused meanwhile, while a
+    trickled upload is received (receiving holds no slot)."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        busy = asyncio.create_task(
+            client.post(
+                url + "/api/detect",
+                files={"file": ("long.mp4", LONG_CLIP.read_bytes())},
+                params={"frames": 300},
+            )
+        )
+        while in_flight(url) < 1:
+            await asyncio.sleep(0.05)
+        slow = asyncio.create_task(trickle(url, 2.0))
+        image = {"file": ("o.jpg", OBAMA.read_bytes())}
+        refused = await client.post(url + "/api/detect", files=image)
+        slow_status = await slow
+        busy.cancel()  # the client goes away: its analysis stops, its slot is freed
+        return slow_status, refused, (await asyncio.gather(busy, return_exceptions=True))[0]
+
+
+def test_beyond_max_in_flight_requests_get_429(lite_triton: TritonSettings, tmp_path: Path) -> None:
+    with start_gateway(lite_triton.grpc_url, tmp_path, max_in_flight=1) as gateway:
+        slow_status, refused, _ = asyncio.run(while_busy(gateway.url))
         assert refused.status_code == 429
         assert refused.json()["error"]["code"] == "too_many_requests"
         assert "retry-after" in refused.headers
-        assert slow_status == 415, "the slow upload itself was answered (a 1-byte 'image')"
+        # Received and sniffed without a slot: answered on its own (a 1-byte-a-tick "image").
+        assert slow_status == 415
+        deadline = time.monotonic() + 30
+        while in_flight(gateway.url) and time.monotonic() < deadline:
+            time.sleep(0.05)
         ok = httpx.post(
             gateway.url + "/api/detect", files={"file": ("o.jpg", OBAMA.read_bytes())}, timeout=120
         )

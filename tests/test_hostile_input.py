@@ -124,6 +124,30 @@ def clip_bytes(tmp: Path, frames: int, size: tuple[int, int], fps: float = 25.0)
     return path.read_bytes()
 
 
+def mjpeg_avi_claiming(tmp: Path, real: tuple[int, int], claimed: tuple[int, int]) -> bytes:
+    """An MJPEG AVI whose headers (avih, strf) claim `claimed` while its frames are `real`:
+    each JPEG frame carries its own size, which only decoding reveals."""
+    path = tmp / "lying.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, real)
+    for _ in range(2):
+        writer.write(np.zeros((real[1], real[0], 3), np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    avih, strf = data.index(b"avih") + 8, data.index(b"strf") + 8
+    data = patched(data, avih + 32, struct.pack("<II", *claimed))  # dwWidth, dwHeight
+    return patched(data, strf + 4, struct.pack("<ii", *claimed))  # biWidth, biHeight
+
+
+def other_codec(tmp: Path, fourcc: str, ext: str) -> bytes:
+    """A valid clip in a codec FFmpeg decodes but the service does not take."""
+    path = tmp / f"other.{ext}"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    return path.read_bytes()
+
+
 def audio_only(clip: bytes) -> bytes:
     """The clip with its video track's handler turned into a sound handler: to a demuxer
     an mp4 with one (undecodable) audio stream and no video stream."""
@@ -212,6 +236,18 @@ FILE_CASES: dict[str, tuple[str, Build, set[int], str]] = {
         TOO_BIG,
     ),
     "video 4096x64": ("wide.mp4", lambda tmp: clip_bytes(tmp, 3, (4096, 64)), {422}, TOO_BIG),
+    "mjpeg avi claiming 320x240, frames 4000x4000": (
+        "lying.avi",
+        lambda tmp: mjpeg_avi_claiming(tmp, (4000, 4000), (320, 240)),
+        {422},
+        f"{TOO_BIG}|{UNDECODABLE}",  # FFmpeg's max_pixels, or the frame's own size check
+    ),
+    "ffv1 video (a codec not taken)": (
+        "ffv1.mkv",
+        lambda tmp: other_codec(tmp, "FFV1", "mkv"),
+        {415},
+        "unsupported_media",
+    ),
     "video of 36001 frames": (
         "long.mp4",
         lambda tmp: clip_bytes(tmp, 36_001, (16, 16)),

@@ -319,8 +319,9 @@ def test_a_burst_beyond_the_queue_is_refused_with_429_and_memory_stays_bounded(
     replica: Replica, tmp_path: Path
 ) -> None:
     burst, limit, queue = 24, 2, 2
+    # Every upload is received (max_uploads): admission alone decides.
     with start_gateway_process(
-        replica.url, tmp_path, max_in_flight=limit, max_queue=queue
+        replica.url, tmp_path, max_in_flight=limit, max_queue=queue, max_uploads=burst
     ) as gateway:
         assert detect(gateway.url, CLIP, frames=4).status_code == 200  # models loaded, warm
         baseline = gateway.process.memory_info().rss
