@@ -33,7 +33,7 @@ from gateway.errors import ApiError
 from gateway.explain import ExplainConfig, explain
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
 from gateway.settings import Settings
-from preprocess.faces import Face
+from preprocess.faces import Face, load_detector
 from preprocess.media import Frame, MediaInfo, MediaLimitExceeded, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
 from preprocess.tracks import Track, link_tracks
@@ -185,6 +185,30 @@ class Analyzer:
         self.timeout_s = timeout_s  # one analysis's deadline: 504 beyond
         self.max_faces = max_faces  # faces one request may hold: 422 beyond
         self.frames_ahead = frames_ahead  # decoded frames waiting for detection, per request
+
+    @classmethod
+    def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
+        """The analyzer the gateway, the job workers and the CLI's direct mode all use: one
+        place, so every entry point gets the same models, detector and bounds. Call it on the
+        event loop that will run it (the gRPC aio channel belongs to that loop)."""
+        server = ModelServer(
+            settings.triton_url,
+            settings.ensemble,
+            settings.triton_timeout_s,
+            settings.triton_retries,
+            settings.max_batch,
+        )
+        extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
+        return cls(
+            MediaReader(settings.media_limits()),
+            extractor,
+            server,
+            executor,
+            chunk=settings.infer_chunk,
+            timeout_s=settings.analysis_timeout_s,
+            max_faces=settings.max_request_faces,
+            frames_ahead=settings.workers,
+        )
 
     async def analyze(
         self, path: Path, options: Options, emit: Emit | None = None

@@ -30,15 +30,14 @@ from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
 from gateway.model_server import ModelServer
+from gateway.queries import DetectQuery
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.security import install_access, install_cors, peer
 from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
 from gateway.uploads import Upload, UploadSlots, receive_upload
 from gateway.web import install_web
-from preprocess.faces import load_detector
-from preprocess.media import MediaError, MediaReader, sniff
-from preprocess.pipeline import FaceExtractor
+from preprocess.media import MediaError, sniff
 
 VERSION = "0.3.0"
 FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp", "gif"]
@@ -120,26 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="preprocess")
-        server = ModelServer(
-            settings.triton_url,
-            settings.ensemble,
-            settings.triton_timeout_s,
-            settings.triton_retries,
-            settings.max_batch,
-        )
-        extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
-        reader = MediaReader(settings.media_limits())
-        app.state.analyzer = Analyzer(
-            reader,
-            extractor,
-            server,
-            executor,
-            chunk=settings.infer_chunk,
-            timeout_s=settings.analysis_timeout_s,
-            max_faces=settings.max_request_faces,
-            frames_ahead=settings.workers,
-        )
-        app.state.server = server
+        analyzer = Analyzer.from_settings(settings, executor)
+        app.state.analyzer = analyzer
+        app.state.server = server = analyzer.server
         app.state.executor = executor
         try:
             async with running_jobs(app):
@@ -204,20 +186,6 @@ def add_request_middleware(app: FastAPI) -> None:
         return response
 
 
-@dataclass
-class DetectQuery:
-    """The detect routes' query options (FastAPI reads them from the fields)."""
-
-    models: Annotated[str | None, Query(description="comma-separated, e.g. meso4,xception")] = None
-    frames: Annotated[int | None, Query(ge=1, le=300, description="frames to sample")] = None
-    threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
-    thumbnails: Annotated[bool, Query(description="a small JPEG of each face")] = False
-    explain: Annotated[
-        bool,
-        Query(description="saliency maps of each track's most fake faces, per voting model"),
-    ] = False
-
-
 async def accept_upload(request: Request, settings: Settings) -> Upload:
     """The upload on disk, its content sniffed: only real media goes further. Receiving holds
     an upload slot, never an analysis slot: a slow client cannot hold up the analyses."""
@@ -244,11 +212,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     def options(request: Request, upload: Upload, query: DetectQuery) -> Options:
         return options_for(
             settings,
-            query.models,
-            query.frames,
-            query.threshold,
-            thumbnails=query.thumbnails,
-            explain=query.explain,
+            **query.options(),
             filename=upload.filename,
             size=upload.size,
             sha256=upload.sha256,

@@ -18,12 +18,9 @@ import httpx
 from gateway import schemas
 from gateway.analysis import Analyzer, new_request_id, options_for
 from gateway.errors import ApiError
-from gateway.model_server import ModelServer
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.settings import Settings
-from preprocess.faces import load_detector
-from preprocess.media import MediaError, MediaReader
-from preprocess.pipeline import FaceExtractor
+from preprocess.media import MediaError
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 ReportFormat = Literal["html", "pdf"]
@@ -153,13 +150,8 @@ class DirectClient:
         explain: bool,
     ) -> dict:
         s = self.settings
-        server = ModelServer(
-            s.triton_url, s.ensemble, s.triton_timeout_s, s.triton_retries, s.max_batch
-        )
         with ThreadPoolExecutor(s.workers) as executor:
-            extractor = FaceExtractor(load_detector(s.detector_config()), s.crop_config())
-            reader = MediaReader(s.media_limits())
-            analyzer = Analyzer(reader, extractor, server, executor, chunk=s.infer_chunk)
+            analyzer = Analyzer.from_settings(s, executor)
             with path.open("rb") as file:
                 sha256 = hashlib.file_digest(file, "sha256").hexdigest()
             options = options_for(
@@ -180,5 +172,5 @@ class DirectClient:
             except ApiError as exc:
                 raise ClientError(exc.status, exc.code, exc.message) from None
             finally:
-                await server.close()
+                await analyzer.server.close()
         return answer.model_dump()

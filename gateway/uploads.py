@@ -88,22 +88,15 @@ def check_declared_length(content_length: str | None, cap: int) -> None:
         raise too_large(cap)
 
 
-class _FilePart:
-    """The parser's callbacks: keep the first file field, skip the rest."""
+class PartHeaders:
+    """python-multipart's callbacks up to each part's headers, which they collect;
+    subclasses decide what a part's data is for (`_headers_finished`, `_part_data`,
+    `_part_end`)."""
 
-    def __init__(self, cap: int, tmp_dir: Path | None) -> None:
-        self.cap = cap
-        self.tmp_dir = tmp_dir
-        self.file: tempfile._TemporaryFileWrapper | None = None
-        self.filename = ""
-        self.content_type = ""
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self.done = False
+    def __init__(self) -> None:
         self._headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
-        self._writing = False
 
     def callbacks(self) -> dict:
         return {
@@ -115,6 +108,12 @@ class _FilePart:
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
         }
+
+    def disposition(self) -> tuple[str, str]:
+        """The part's form field name and its file name (for display only)."""
+        _, disposition = parse_options_header(self._headers.get(b"content-disposition"))
+        name = disposition.get(b"name", b"").decode("latin-1")
+        return name, safe_filename(disposition.get(b"filename", b"").decode("utf-8", "replace"))
 
     def _part_begin(self) -> None:
         self._headers, self._field, self._value = {}, b"", b""
@@ -130,11 +129,35 @@ class _FilePart:
         self._field, self._value = b"", b""
 
     def _headers_finished(self) -> None:
-        _, disposition = parse_options_header(self._headers.get(b"content-disposition"))
-        name = disposition.get(b"name", b"").decode("latin-1")
+        raise NotImplementedError
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        raise NotImplementedError
+
+    def _part_end(self) -> None:
+        raise NotImplementedError
+
+
+class _FilePart(PartHeaders):
+    """Keeps the first file field, skips the rest."""
+
+    def __init__(self, cap: int, tmp_dir: Path | None) -> None:
+        super().__init__()
+        self.cap = cap
+        self.tmp_dir = tmp_dir
+        self.file: tempfile._TemporaryFileWrapper | None = None
+        self.filename = ""
+        self.content_type = ""
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.done = False
+        self._writing = False
+
+    def _headers_finished(self) -> None:
+        name, filename = self.disposition()
         self._writing = name in FILE_FIELDS and self.file is None and not self.done
         if self._writing:
-            self.filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+            self.filename = filename
             self.content_type = self._headers.get(b"content-type", b"").decode("latin-1")
             self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 — closed in receive()
                 dir=self.tmp_dir, prefix="upload-", delete=False
@@ -202,7 +225,7 @@ async def receive_upload(
         raise ApiError(422, "missing_file", "no file in the form: send it in a field named 'file'")
     part.file.close()
     seconds = time.perf_counter() - start
-    name = safe_filename(part.filename)
+    name = part.filename
     return Upload(
         Path(part.file.name),
         name,

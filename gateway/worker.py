@@ -14,25 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from gateway.__main__ import configure_logging
 from gateway.analysis import Analyzer
 from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
-from gateway.model_server import ModelServer
 from gateway.settings import Settings
-from preprocess.faces import load_detector
-from preprocess.media import MediaReader
-from preprocess.pipeline import FaceExtractor
-
-
-def build_analyzer(settings: Settings, executor: ThreadPoolExecutor) -> Analyzer:
-    """As the gateway's lifespan builds it (gateway/app.py)."""
-    server = ModelServer(
-        settings.triton_url,
-        settings.ensemble,
-        settings.triton_timeout_s,
-        settings.triton_retries,
-        settings.max_batch,
-    )
-    extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
-    reader = MediaReader(settings.media_limits())
-    return Analyzer(reader, extractor, server, executor, chunk=settings.infer_chunk)
 
 
 def main() -> None:
@@ -57,7 +39,7 @@ def main() -> None:
 
 
 async def _build(settings: Settings, executor: ThreadPoolExecutor) -> Analyzer:
-    return build_analyzer(settings, executor)
+    return Analyzer.from_settings(settings, executor)
 
 
 if __name__ == "__main__":

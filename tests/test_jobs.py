@@ -107,6 +107,24 @@ def test_a_ten_file_job_mixing_good_and_bad_files(gateway: Gateway) -> None:
     assert not (jobs_dir(gateway) / "uploads" / job["id"]).exists()
 
 
+def test_a_job_takes_every_detect_option_and_names_each_file_by_its_hash(
+    gateway: Gateway,
+) -> None:
+    """explain and thumbnails as on /api/detect; each item's size and sha256, as the
+    synchronous answer (and a report made from it) carries them."""
+    data = CLIPS[0].read_bytes()
+    params = FAST | {"explain": "true", "thumbnails": "true"}
+    accepted = submit(gateway.url, [(CLIPS[0].name, data)], ALICE, **params).json()
+    job = wait_job(gateway.url, accepted["id"], ALICE)
+    (item,) = job["items"]
+    assert item["sha256"] == hashlib.sha256(data).hexdigest() and item["bytes"] == len(data)
+    result = item["result"]
+    assert (result["sha256"], result["bytes"]) == (item["sha256"], len(data))
+    assert result["explanations"], "explain=true on a job must explain its decisive faces"
+    faces = [face for frame in result["frames"] for face in frame["faces"]]
+    assert faces and all(face["thumbnail"].startswith("data:image/jpeg") for face in faces)
+
+
 def test_events_report_progress_until_the_job_ends(gateway: Gateway) -> None:
     job = submit(gateway.url, [(p.name, p.read_bytes()) for p in IMAGES[:3]], ALICE).json()
     with httpx.stream(

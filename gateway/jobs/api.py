@@ -24,6 +24,7 @@ from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
 from gateway.jobs.spool import Caps, discard, spool_files
 from gateway.jobs.views import JobAnswer, JobList, job_view
 from gateway.jobs.webhook import check_callback_url
+from gateway.queries import DetectQuery
 from gateway.security import key_id, presented_key
 from gateway.settings import MB, Settings
 
@@ -63,15 +64,15 @@ JOB_ERRORS = {
 
 
 @dataclass
-class JobQuery:
+class JobQuery(DetectQuery):
     """The /api/detect options, for every file of the job, and where to call back."""
 
-    models: Annotated[str | None, Query(description="comma-separated, e.g. meso4,xception")] = None
-    frames: Annotated[int | None, Query(ge=1, le=300, description="frames to sample")] = None
-    threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
     callback_url: Annotated[
         str | None, Query(description="POSTed the finished job, signed (see README)")
     ] = None
+
+    def options(self) -> dict[str, object]:
+        return {k: v for k, v in super().options().items() if k != "callback_url"}
 
 
 def owner_of(request: Request, settings: Settings) -> str:
@@ -151,11 +152,7 @@ def router(settings: Settings) -> APIRouter:
             "id": job_id,
             "owner": owner,
             "created": time.time(),
-            "options": {
-                "models": query.models,
-                "frames": query.frames,
-                "threshold": query.threshold,
-            },
+            "options": query.options(),
             "callback_url": query.callback_url,
         }
         items = [
@@ -163,6 +160,7 @@ def router(settings: Settings) -> APIRouter:
                 "filename": f.filename,
                 "path": str(f.path),
                 "bytes": f.size,
+                "sha256": f.sha256,
                 "status": "queued",
                 "attempts": 0,
                 "heartbeat": 0.0,

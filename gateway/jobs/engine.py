@@ -220,6 +220,8 @@ class ItemRunner:
             settings,
             **job["options"],
             filename=claimed["filename"],
+            size=claimed["bytes"],
+            sha256=claimed.get("sha256"),
             request_id=f"{job_id}-{n}",
         )
         log.info("item started", extra={"job_id": job_id, "item": n, "attempt": attempt})

@@ -6,15 +6,16 @@ Any error removes everything written so far: nothing is queued.
 """
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser
 
 from gateway.errors import ApiError
-from gateway.uploads import FILE_FIELDS, FORM_OVERHEAD, multipart_boundary, safe_filename, too_large
+from gateway.uploads import FILE_FIELDS, FORM_OVERHEAD, PartHeaders, multipart_boundary, too_large
 
 FILES_FIELDS = (*FILE_FIELDS, "files")
 
@@ -31,6 +32,7 @@ class Spooled:
     path: Path
     filename: str
     size: int
+    sha256: str  # hashed as it was written: the answer (and its report) names the exact file
 
 
 def job_too_large(caps: Caps) -> ApiError:
@@ -41,10 +43,11 @@ def job_too_large(caps: Caps) -> ApiError:
     )
 
 
-class _FileParts:
-    """The parser's callbacks: each file field to its own numbered file in `folder`."""
+class _FileParts(PartHeaders):
+    """Each file field to its own numbered file in `folder`, hashed as it is written."""
 
     def __init__(self, caps: Caps, folder: Path) -> None:
+        super().__init__()
         self.caps = caps
         self.folder = folder
         self.files: list[Spooled] = []
@@ -52,42 +55,15 @@ class _FileParts:
         self._out: BinaryIO | None = None
         self._name = ""
         self._size = 0
-        self._headers: dict[bytes, bytes] = {}
-        self._field = b""
-        self._value = b""
-
-    def callbacks(self) -> dict:
-        return {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-        }
-
-    def _part_begin(self) -> None:
-        self._headers, self._field, self._value = {}, b"", b""
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
-        self._field, self._value = b"", b""
+        self._digest = hashlib.sha256()
 
     def _headers_finished(self) -> None:
-        _, disposition = parse_options_header(self._headers.get(b"content-disposition"))
-        if disposition.get(b"name", b"").decode("latin-1") not in FILES_FIELDS:
+        name, filename = self.disposition()
+        if name not in FILES_FIELDS:
             return
         if len(self.files) >= self.caps.files:
             raise job_too_large(self.caps)
-        self._name = safe_filename(disposition.get(b"filename", b"").decode("utf-8", "replace"))
-        self._size = 0
+        self._name, self._size, self._digest = filename, 0, hashlib.sha256()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._out = (self.folder / f"{len(self.files)}.upload").open("xb")
 
@@ -101,11 +77,15 @@ class _FileParts:
         if self.total > self.caps.total_bytes:
             raise job_too_large(self.caps)
         self._out.write(data[start:end])
+        self._digest.update(data[start:end])
 
     def _part_end(self) -> None:
         if self._out is not None:
             self._out.close()
-            self.files.append(Spooled(Path(self._out.name), self._name, self._size))
+            spooled = Spooled(
+                Path(self._out.name), self._name, self._size, self._digest.hexdigest()
+            )
+            self.files.append(spooled)
             self._out = None
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ class JobItem(BaseModel):
     id: int
     filename: str
     bytes: int
+    sha256: str | None = Field(None, description="of the file as received")
     status: ItemStatus
     attempts: int = Field(description="analyses started (2 when a worker stopped mid-file)")
     result: DetectAnswer | None = Field(None, description="exactly the /api/detect answer")
@@ -85,6 +86,7 @@ def job_view(job: Doc, results: bool = True) -> dict:
             "id": n,
             "filename": item["filename"],
             "bytes": item["bytes"],
+            "sha256": item.get("sha256"),
             "status": item["status"],
             "attempts": item["attempts"],
         }
