@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -17,7 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from deploy.manifests import container_port, quantity
+from deploy import validate
+from deploy.manifests import Rendering, container_port, quantity
 from gateway.jobs.api import QUEUED
 from gateway.settings import Settings
 from gateway.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
@@ -230,3 +232,25 @@ def test_worker_probes_read_the_file_the_worker_touches(overlay: str, tmp_path: 
         stop.set()
         toucher.join(timeout=5)
         loop.close()
+
+
+def test_the_readmes_patch_drops_only_the_webhook_egress(overlay: str, tmp_path: Path) -> None:
+    """deploy/README.md ("Jobs") tells how to run without webhooks: its patch, on
+    top of the overlay, must remove the internet rule and keep the others."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    [snippet] = re.findall(r"```yaml\n(\s*patches:\n.*?name: jobs-worker\}.*?)```", readme, re.S)
+    patches = yaml.safe_load(textwrap.dedent(snippet))["patches"]
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(validate.OVERLAYS / overlay, tmp_path)],
+                "patches": patches,
+            }
+        )
+    )
+    r = Rendering(validate.render(tmp_path))
+    worker, redis = r.workload("jobs-worker"), r.workload("redis")
+    for ip in PUBLIC:
+        assert not r.egress_allowed(worker, 443, {}, "", to_ip=ip)
+    assert r.egress_allowed(worker, 6379, redis.labels, worker.namespace, to=redis)
+    assert r.egress_allowed(worker, 53, *DNS, "UDP")
