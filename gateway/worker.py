@@ -84,16 +84,19 @@ def main() -> None:
         jobs, ItemRunner(jobs, analyzer, loop), max(1, settings.jobs_workers), embedded=False
     )
     stop = threading.Event()
-    threading.Thread(
+    toucher = threading.Thread(
         target=keep_alive,
         args=(alive_file(settings), loop, stop, ALIVE_INTERVAL_S),
         name="keep-alive",
         daemon=True,
-    ).start()
+    )
+    toucher.start()
     try:
         pool.run()
     finally:
         stop.set()
+        toucher.join(timeout=ALIVE_INTERVAL_S + 1)
+        alive_file(settings).unlink(missing_ok=True)  # no litter in a shared temp dir
         asyncio.run_coroutine_threadsafe(analyzer.server.close(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         executor.shutdown(wait=False, cancel_futures=True)
