@@ -5,21 +5,56 @@ threads take item ids from the queue (Redis, or the local SQLite file) and
 run them on it. SIGTERM: the items in hand get shutdown_timeout_s to finish,
 then go back to the queue; SIGINT stops at once (the sweep requeues them).
 Settings: the gateway's GATEWAY_* variables; jobs_workers is the thread count.
+While the analysis loop answers, the worker touches ALIVE_FILE in its temp
+dir: Kubernetes' probes (deploy/k8s/components/jobs/worker.yaml) read its age.
 """
 
 import asyncio
+import contextlib
+import logging
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from gateway.__main__ import configure_logging
 from gateway.analysis import Analyzer
 from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
 from gateway.settings import Settings
 
+ALIVE_FILE = "jobs-worker-alive"
+ALIVE_INTERVAL_S = 10.0
+
+log = logging.getLogger("gateway.worker")
+
+
+def alive_file(settings: Settings) -> Path:
+    return Path(settings.tmp_dir or tempfile.gettempdir()) / ALIVE_FILE
+
+
+def keep_alive(
+    path: Path, loop: asyncio.AbstractEventLoop, stop: threading.Event, interval_s: float
+) -> None:
+    """Touch `path` each time a callback gets through the analysis loop in time: a
+    loop that is blocked or gone (every item would stall there) stops the touches,
+    and the liveness probe restarts the pod."""
+    while True:
+        answered = threading.Event()
+        with contextlib.suppress(RuntimeError):  # a closed loop never answers
+            loop.call_soon_threadsafe(answered.set)
+        if answered.wait(interval_s):
+            path.touch()
+        else:
+            log.warning("analysis loop did not answer within %.0f s", interval_s)
+        if stop.wait(interval_s):
+            return
+
 
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
+    # A previous container's file (the temp dir outlives it) must not pass the startup probe.
+    alive_file(settings).unlink(missing_ok=True)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="analysis-loop", daemon=True)
     thread.start()
@@ -30,9 +65,20 @@ def main() -> None:
     pool = WorkerPool(
         jobs, ItemRunner(jobs, analyzer, loop), max(1, settings.jobs_workers), embedded=False
     )
+    stop = threading.Event()
+    toucher = threading.Thread(
+        target=keep_alive,
+        args=(alive_file(settings), loop, stop, ALIVE_INTERVAL_S),
+        name="keep-alive",
+        daemon=True,
+    )
+    toucher.start()
     try:
         pool.run()
     finally:
+        stop.set()
+        toucher.join(timeout=ALIVE_INTERVAL_S + 1)
+        alive_file(settings).unlink(missing_ok=True)  # no litter in a shared temp dir
         asyncio.run_coroutine_threadsafe(analyzer.server.close(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         executor.shutdown(wait=False, cancel_futures=True)

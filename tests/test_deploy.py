@@ -87,6 +87,7 @@ def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> No
         ("PrometheusRule", "deepfake-detect"),
         # Jobs (../components/jobs): the queue's server, the workers, the shared uploads.
         ("NetworkPolicy", "redis"),
+        ("NetworkPolicy", "jobs-worker"),
         ("ServiceAccount", "redis"),
         ("ServiceAccount", "jobs-worker"),
         ("Deployment", "redis"),

@@ -845,11 +845,19 @@ def test_api_keys_come_only_from_a_secret(overlay: str) -> None:
 
     r, _, container, _ = gateway(overlay)
     variable = f"{Settings.model_config['env_prefix']}API_KEYS".upper()
+    # Credentials, not settings about them (GATEWAY_JOBS_MAX_ACTIVE_PER_KEY is a limit).
+    credential = re.compile(r"API_KEYS?$|SECRET|PASSWORD|TOKEN$")
     for config in r.all("ConfigMap"):
-        assert not [k for k in config.get("data", {}) if "KEY" in k.upper()], config["metadata"]
+        assert not [k for k in config.get("data", {}) if credential.search(k)], config["metadata"]
     assert "API_KEYS" not in (ROOT / "deploy/k8s/base/gateway/gateway.env").read_text()
     refs = [s for s in container["envFrom"] if "secretRef" in s]
     assert [s["secretRef"] for s in refs] == [{"name": "gateway-api-keys"}]  # required
+    # Only the gateway checks keys: no other pod holds them (the jobs' workers
+    # reach the internet for webhooks and parse untrusted uploads).
+    for workload, other in iter_containers(r):
+        if workload.name != "gateway":
+            assert "gateway-api-keys" not in [s["name"] for s in r.secret_refs(other)]
+            assert variable not in r.env(other), workload.name
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert f"secret generic gateway-api-keys --from-literal={variable}=" in readme
     assert "Rotating API keys" in readme

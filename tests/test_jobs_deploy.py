@@ -1,18 +1,29 @@
 """The jobs component (deploy/k8s/components/jobs) hangs together in every overlay: workers
 run the gateway's image and settings against the Redis Service, share the uploads volume
 with the gateway, may reach Triton and Redis (and nobody else may reach Redis), and their
-autoscaler reads the queue length the gateway exports through the adapter's rule."""
+autoscaler reads the queue length the gateway exports through the adapter's rule. Out of
+the namespace, only the workers may go, to public web addresses: they POST the webhooks."""
 
+import asyncio
+import os
 import re
-from pathlib import PurePosixPath
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from deploy.manifests import container_port, quantity
+from deploy import validate
+from deploy.manifests import Rendering, container_port, quantity
 from gateway.jobs.api import QUEUED
-from tests.test_deploy_invariants import ADAPTER_VALUES, OVERLAYS, ROOT, rendering
+from gateway.settings import Settings
+from gateway.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
+from tests.test_deploy_invariants import ADAPTER_VALUES, DNS, OVERLAYS, ROOT, rendering
 
 ROOT_BASE = "deploy/k8s/base/kustomization.yaml"
 COMPONENT = "deploy/k8s/components/jobs/kustomization.yaml"
@@ -38,7 +49,11 @@ def test_workers_run_the_gateways_image_and_settings(overlay: str) -> None:
     g, w = gateway.container("gateway"), worker.container("worker")
     assert w["image"] == g["image"]
     assert w["command"] == ["python", "-m", "gateway.worker"]
-    assert w["envFrom"] == g["envFrom"]
+    # The same ConfigMap; the API keys stay with the gateway, the one pod that checks them.
+    assert [e for e in w["envFrom"] if "configMapRef" in e] == [
+        e for e in g["envFrom"] if "configMapRef" in e
+    ]
+    assert not [e for e in w["envFrom"] if "secretRef" in e]
     genv, wenv = r.env(g), r.env(w)
     assert int(genv["GATEWAY_JOBS_WORKERS"]) == 0  # the gateway only queues
     assert int(wenv["GATEWAY_JOBS_WORKERS"]) >= 1
@@ -113,3 +128,129 @@ def test_workers_scale_on_the_queue_length_the_gateway_exports(overlay: str) -> 
     assert re.match(rf"\^?{exported}\$?$", rule["name"]["matches"])
     assert rule["seriesQuery"].startswith(exported + "{")
     assert f"{exported}{{<<.LabelMatchers>>}}" in rule["metricsQuery"]
+
+
+PUBLIC = ("93.184.215.14", "2606:4700::6810:84e5")  # a web host's v4 and v6 addresses
+INTERNAL = (
+    "10.96.0.1",  # a Service
+    "172.20.3.4",
+    "192.168.1.10",
+    "100.64.0.7",  # carrier-grade NAT, used for pods by some CNIs
+    "169.254.169.254",  # the cloud metadata endpoint
+    "127.0.0.1",
+    "fd00::1",
+    "fe80::1",
+)
+
+
+def test_egress_of_the_jobs_pods(overlay: str) -> None:
+    """The workers (which send the webhooks: the gateway runs no huey tasks,
+    GATEWAY_JOBS_WORKERS=0) reach Triton's gRPC, Redis, DNS and public web hosts;
+    the gateway reaches Redis but still no outside host; Redis calls nobody."""
+    r = rendering(overlay)
+    gateway, worker = r.workload("gateway"), r.workload("jobs-worker")
+    redis, triton = r.workload("redis"), r.workload("triton")
+    ns = worker.namespace
+    port = container_port(redis.container("redis"), "redis")
+    grpc = container_port(triton.container("triton"), "grpc")
+    dns_labels, dns_ns = DNS
+    for source in (gateway, worker):
+        assert r.egress_allowed(source, port, redis.labels, ns, to=redis), source.name
+        assert r.egress_allowed(source, grpc, triton.labels, ns, to=triton), source.name
+        for protocol in ("UDP", "TCP"):
+            assert r.egress_allowed(source, 53, dns_labels, dns_ns, protocol), source.name
+        assert not r.egress_allowed(source, port, redis.labels, "default")
+    assert not r.egress_allowed(triton, port, redis.labels, ns, to=redis)
+    assert not r.egress_allowed(worker, 8000, triton.labels, ns, to=triton)  # Triton's HTTP
+    assert not r.egress_allowed(worker, 8080, gateway.labels, ns, to=gateway)
+    assert not r.egress_allowed(worker, 6443, {"component": "kube-apiserver"}, "kube-system")
+    for ip in PUBLIC:
+        for web in (80, 443):
+            assert r.egress_allowed(worker, web, {}, "", to_ip=ip), (ip, web)
+            assert not r.egress_allowed(gateway, web, {}, "", to_ip=ip), (ip, web)
+        assert not r.egress_allowed(worker, 22, {}, "", to_ip=ip)
+    for ip in INTERNAL:
+        assert not r.egress_allowed(worker, 443, {}, "", to_ip=ip), ip
+    for web in (80, 443):  # pods go by selectors: none of another namespace
+        assert not r.egress_allowed(worker, web, {}, "default")
+    assert not r.egress_allowed(redis, 53, dns_labels, dns_ns, "UDP")
+    assert not r.egress_allowed(redis, 443, {}, "", to_ip=PUBLIC[0])
+    # Nothing calls a worker.
+    for labels, namespace in ((gateway.labels, ns), ({}, "ingress-nginx"), ({}, "monitoring")):
+        assert not r.ingress_allowed(worker, 8080, labels, namespace)
+
+
+def probe_command(container: dict, probe: str, alive: Path) -> list[str]:
+    """The probe's exec command, run here: this Python, the file at `alive`."""
+    command = container[probe]["exec"]["command"]
+    assert command[:2] == ["python", "-c"]
+    return [sys.executable, "-c", command[2].replace("/tmp/jobs-worker-alive", str(alive))]
+
+
+def probe_passes(command: list[str]) -> bool:
+    return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+
+
+def test_worker_probes_read_the_file_the_worker_touches(overlay: str, tmp_path: Path) -> None:
+    r = rendering(overlay)
+    worker = r.workload("jobs-worker")
+    container = worker.container("worker")
+    env = r.env(container)
+    probes = ("startupProbe", "livenessProbe", "readinessProbe")
+    commands = [container[p]["exec"]["command"] for p in probes]
+    assert commands[0] == commands[1] == commands[2]
+    settings = Settings(_env_file=None, tmp_dir=env["GATEWAY_TMP_DIR"])
+    assert f"'{alive_file(settings)}'" in commands[0][2]
+    assert worker.mount(container, env["GATEWAY_TMP_DIR"]) is not None  # written there
+    # Stale after more than a touch interval plus the loop's time to answer.
+    max_age = float(re.search(r"st_mtime > (\d+)", commands[0][2]).group(1))
+    assert max_age > 2 * ALIVE_INTERVAL_S
+    alive = tmp_path / "alive"
+    command = probe_command(container, "livenessProbe", alive)
+    assert not probe_passes(command)  # not started: no file yet
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    stop = threading.Event()
+    toucher = threading.Thread(target=keep_alive, args=(alive, loop, stop, 0.05), daemon=True)
+    toucher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not alive.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert probe_passes(command)
+        # The analysis loop stops answering: the file ages and the probe fails.
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(timeout=5)
+        old = time.time() - max_age - 1
+        os.utime(alive, (old, old))
+        time.sleep(0.3)  # several touch intervals
+        assert alive.stat().st_mtime == old
+        assert not probe_passes(command)
+    finally:
+        stop.set()
+        toucher.join(timeout=5)
+        loop.close()
+
+
+def test_the_readmes_patch_drops_only_the_webhook_egress(overlay: str, tmp_path: Path) -> None:
+    """deploy/README.md ("Jobs") tells how to run without webhooks: its patch, on
+    top of the overlay, must remove the internet rule and keep the others."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    [snippet] = re.findall(r"```yaml\n(\s*patches:\n.*?name: jobs-worker\}.*?)```", readme, re.S)
+    patches = yaml.safe_load(textwrap.dedent(snippet))["patches"]
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(validate.OVERLAYS / overlay, tmp_path)],
+                "patches": patches,
+            }
+        )
+    )
+    r = Rendering(validate.render(tmp_path))
+    worker, redis = r.workload("jobs-worker"), r.workload("redis")
+    for ip in PUBLIC:
+        assert not r.egress_allowed(worker, 443, {}, "", to_ip=ip)
+    assert r.egress_allowed(worker, 6379, redis.labels, worker.namespace, to=redis)
+    assert r.egress_allowed(worker, 53, *DNS, "UDP")
