@@ -163,3 +163,62 @@ def write_results(section: str, figures: dict) -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results[section] = figures
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+# --- the fast tier's gateway: in process (TestClient), over a fake model server -------------
+
+
+@dataclass(frozen=True)
+class InProcessGateway:
+    client: "TestClient"  # noqa: F821 — httpx's API, requests go to the app in this process
+    triton: "FakeTriton"  # noqa: F821 — its models and the count of inference calls
+    settings: "Settings"  # noqa: F821
+    uploads: Path
+
+
+def gateway_settings(triton_url: str, tmp: Path, **settings: object) -> "Settings":  # noqa: F821
+    """Settings from these values only: no GATEWAY_* variable, no .env (as gateway_process)."""
+    from gateway.settings import Settings
+
+    uploads = tmp / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    defaults = {"tmp_dir": uploads, "jobs_dir": tmp / "jobs", "triton_retries": 1}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("GATEWAY_")}
+    try:
+        return Settings(_env_file=None, triton_url=triton_url, **(defaults | settings))
+    finally:
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def inprocess_gateway(tmp: Path, profile: str = "lite", **settings: object):
+    """create_app in this process (lifespan and all), its Triton the fake of
+    tests/fake_triton.py serving `profile` from the committed configs."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from tests.fake_triton import fake_triton
+
+    with fake_triton(profile) as triton:
+        config = gateway_settings(triton.url, tmp, **settings)
+        with TestClient(create_app(config)) as client:
+            yield InProcessGateway(client, triton, config, config.tmp_dir)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    """The gateway in process over a fake lite Triton: the API without real processes."""
+    with inprocess_gateway(tmp_path_factory.mktemp("api")) as gateway:
+        yield gateway
+
+
+# --- tiers: `make test-fast` runs `-m "not stack"` ------------------------------------------
+
+# A test whose fixtures reach one of these runs real processes: it belongs to the full tier.
+STACK_FIXTURES = {"exported", "triton", "lite_triton"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)

@@ -28,6 +28,10 @@ from preprocess.media import Media, MediaReader
 from preprocess.orientation import ALL, Orientation, from_display_matrix, from_exif
 from tests.conftest import MEDIA, Gateway, start_gateway, write_results
 
+# The full tier only (make test): ffmpeg makes its media; a real Triton scores it.
+pytestmark = pytest.mark.stack
+
+
 CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"  # 640x480, lite: 0.95 fake
 CLIP_FRAMES = 12  # frames cut from the clip: encoding every variant stays at a few seconds
 FRAMES = 4  # frames sampled per request

@@ -13,6 +13,9 @@ from model_repository.local_triton import LocalTriton, TritonSettings
 from tests.conftest import ROOT, free_port, resized, start_triton
 from tests.triton_client import infer, model_config
 
+# The full tier only (make test): tritonserver processes.
+pytestmark = pytest.mark.stack
+
 
 def test_lite_profile_serves_only_the_mesonet_pair(
     exported: Path, tmp_path: Path, face_crops: list

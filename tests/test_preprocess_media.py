@@ -147,6 +147,7 @@ def test_sample_indices_edges() -> None:
 # --- the shared clips and images ----------------------------------------------------------
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.name)
 def test_read_every_shared_clip(clip: Path) -> None:
     width, height, count, fps, seconds = TABLE[clip]

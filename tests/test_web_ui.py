@@ -19,6 +19,10 @@ from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.conftest import MEDIA, MEMBERS, ROOT, Gateway, free_port, start_gateway
 
+# The full tier only (make test): a browser and gateway processes.
+pytestmark = pytest.mark.stack
+
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests/artifacts/web_ui"
 FRAMES = 8  # few frames keep the browser tests quick; the page passes ?frames= on

@@ -1,0 +1,125 @@
+"""The API in process (FastAPI's TestClient) over the fake model server: the fast tier's
+view of the gateway. The real stack answers the same requests in test_gateway_api.py."""
+
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.schemas import DetectAnswer, ModelsAnswer
+from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway
+from tests.fake_triton import ENSEMBLE, read_config
+
+OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
+TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
+
+
+def requests_counted(gateway: InProcessGateway, route: str, method: str, status: int) -> float:
+    """gateway_requests_total for one route, method and status, as /metrics says it."""
+    text = gateway.client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        if family.name == "gateway_requests":
+            for sample in family.samples:
+                labels = {"route": route, "method": method, "status": str(status)}
+                if sample.name.endswith("_total") and sample.labels == labels:
+                    return sample.value
+    return 0.0
+
+
+def detect(gateway: InProcessGateway, path: Path, **params: object):
+    with path.open("rb") as handle:
+        return gateway.client.post(
+            "/api/detect", files={"file": (path.name, handle)}, params=params
+        )
+
+
+def test_models_are_what_the_committed_configs_say(api: InProcessGateway) -> None:
+    answer = ModelsAnswer.model_validate(api.client.get("/api/models").json())
+    assert (answer.ensemble, answer.profile, answer.ready) == (ENSEMBLE, "lite", True)
+    assert [m.name for m in answer.models] == ["meso4", "mesoinception4"]
+    for model in answer.models:
+        config = read_config(api.triton.models.repository / "members" / model.name)
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        assert model.input_size == int(params["input_size"]) == 256
+        assert model.weights.sha256 == params["weights_sha256"] and len(model.weights.sha256) == 64
+        assert model.weights.file.endswith("_DF.h5")
+        assert model.trained and model.weight == 0.5
+
+
+def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcessGateway) -> None:
+    calls = api.triton.service.infer_calls
+    response = detect(api, TWO_PEOPLE)
+    assert response.status_code == 200, response.text
+    answer = DetectAnswer.model_validate(response.json())
+    faces = [face for frame in answer.frames for face in frame.faces]
+    assert len(faces) == 2 and answer.verdict in ("fake", "real")
+    assert api.triton.service.infer_calls > calls
+    weights = api.triton.models.vote_weights
+    for face in faces:
+        assert set(face.models) == {"meso4", "mesoinception4"}
+        # The fake's scores are colour means of the crop: two people, two different crops.
+        vote = sum(weights[m] * s for m, s in face.models.items()) / sum(weights.values())
+        assert face.p_fake == pytest.approx(vote, abs=1e-6)
+    assert faces[0].models != faces[1].models
+    assert answer.score == pytest.approx(max(t.score for t in answer.tracks))
+    assert list(api.uploads.iterdir()) == []
+
+
+def test_the_same_upload_gets_the_same_answer(api: InProcessGateway) -> None:
+    first, second = (detect(api, OBAMA).json() for _ in range(2))
+    assert first["score"] == second["score"] and first["tracks"] == second["tracks"]
+
+
+def test_a_refused_upload_is_counted_once(api: InProcessGateway) -> None:
+    before = requests_counted(api, "/api/detect", "POST", 415)
+    response = api.client.post("/api/detect", files={"file": ("notes.mp4", b"not a video\n" * 50)})
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media"
+    assert requests_counted(api, "/api/detect", "POST", 415) == before + 1
+    assert list(api.uploads.iterdir()) == []
+
+
+def test_a_wrong_method_says_which_are_allowed(api: InProcessGateway) -> None:
+    response = api.client.get("/api/detect")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_docs_page_needs_nothing_but_the_gateway(api: InProcessGateway) -> None:
+    page = api.client.get("/docs")
+    assert page.status_code == 200
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self'
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text and "<script>" not in page.text  # no CDN, no inline script
+    for asset in (
+        "docs/assets/swagger-ui-bundle.js",
+        "docs/assets/swagger-ui.css",
+        "static/docs.js",
+    ):
+        assert f'"{asset}"' in page.text
+        answer = api.client.get("/" + asset)
+        assert answer.status_code == 200 and len(answer.content) > 100, asset
+    assert "SwaggerUIBundle" in api.client.get("/docs/assets/swagger-ui-bundle.js").text
+
+
+def test_keys_on_the_api_answer_the_documented_401(tmp_path: Path) -> None:
+    with inprocess_gateway(tmp_path, api_keys=["k-123456789"]) as gateway:
+        refused = gateway.client.get("/api/models")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        documented = gateway.client.get("/openapi.json").json()["paths"]["/api/models"]["get"]
+        assert "401" in documented["responses"]
+        allowed = gateway.client.get("/api/models", headers={"X-API-Key": "k-123456789"})
+        assert allowed.status_code == 200
+        assert gateway.client.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_without_the_model_server_the_gateway_is_alive_not_ready(tmp_path: Path) -> None:
+    with inprocess_gateway(tmp_path) as gateway:
+        gateway.triton.models.ready = False
+        assert gateway.client.get("/healthz").status_code == 200
+        ready = gateway.client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "5"
+        models = gateway.client.get("/api/models")
+        assert models.status_code == 503, models.text
+        assert models.json()["error"]["code"] in {"triton_unavailable", "model_unavailable"}
