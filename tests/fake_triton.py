@@ -25,7 +25,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from model_repository.local_triton import REPOSITORY
-from tests.processes import free_port
+from tests.stack import free_port
 
 ENSEMBLE = "deepfake_ensemble"
 

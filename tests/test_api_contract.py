@@ -21,7 +21,7 @@ import uvicorn
 from gateway.app import create_app
 from tests.conftest import gateway_settings
 from tests.fake_triton import fake_triton
-from tests.processes import free_port
+from tests.stack import free_port
 
 MAX_EXAMPLES = 5  # per operation and phase: bounded for the fast tier
 SEED = 14  # reproducible: a failure here fails again the same way

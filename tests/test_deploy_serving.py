@@ -32,14 +32,14 @@ from model_repository.local_triton import (
     prepare_backends,
     wheel_dir,
 )
-from tests.conftest import MEDIA, free_port, start_gateway
+from tests.conftest import FAKE_CLIP, free_port, start_gateway
 from tests.test_deploy_invariants import TRITON_GPU_METRICS, TRITON_METRICS
 
 # The full tier only (make test): gateway and Triton processes.
 pytestmark = pytest.mark.stack
 
 
-VIDEO = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"
+VIDEO = FAKE_CLIP
 ADMIN_KEY = "test-admin-key-0123456789"
 COLLECTOR = "http://opentelemetry-collector.monitoring.svc:4318/v1/traces"
 

@@ -40,9 +40,10 @@ from preprocess.media import (
     sniff,
 )
 from tests.conftest import MEDIA, Gateway, start_gateway, write_results
+from tests.stack import REAL_CLIP
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
-SMALL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"  # 180 KB, moov at the end
+SMALL_CLIP = REAL_CLIP  # 180 KB, moov at the end
 MAX_FACES = 8
 TIMEOUT = httpx.Timeout(120.0)
 TRIED: dict[str, int] = {}  # case -> status, written to results/reliability.json

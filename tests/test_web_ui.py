@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.conftest import MEDIA, MEMBERS, ROOT, Gateway, free_port, start_gateway
+from tests.stack import BIG_CLIP, REAL_CLIP
 
 # The full tier only (make test): a browser and gateway processes.
 pytestmark = pytest.mark.stack
@@ -27,8 +28,6 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests/artifacts/web_ui"
 FRAMES = 8  # few frames keep the browser tests quick; the page passes ?frames= on
 FAKE_CLIP = MEDIA / "videos/fake/ffpp_deepfakes_003_000.mp4"
-REAL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
-BIG_CLIP = MEDIA / "videos/real/cvprw2019_demo.mp4"  # about 2 MB: over a 1 MB cap
 PHOTO = MEDIA / "images/real/face_recognition_obama.jpg"
 STAGES = ["upload", "uploaded", "accepted", "decoded", "faces", "inference", "result"]
 VERDICT_WORDS = {"fake": "Likely fake", "real": "Likely real", "no_face": "No face found"}

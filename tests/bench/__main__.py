@@ -16,8 +16,8 @@ from tests.bench.inputs import all_crops, check_exported, load_clips, machine_fa
 from tests.bench.live import run_live
 from tests.bench.seed_baseline import run_seed
 from tests.bench.service import run_p50, run_service
-from tests.bench.stack import gateway, local_triton
 from tests.bench.triton_stage import ENSEMBLE, run_triton
+from tests.stack import local_triton, measured_gateway
 
 
 def note_load(result: dict, stage: str) -> None:
@@ -45,7 +45,7 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                 note_load(result, f"triton {profile}")
             if {"service", "live"} & set(config.stages):
                 in_flight = max(4, *config.concurrency)
-                with gateway(
+                with measured_gateway(
                     url,
                     work,
                     frames=config.frames,
