@@ -7,8 +7,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.schemas import DetectAnswer, ModelsAnswer
-from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway
+from tests.conftest import MEDIA, MEMBERS, InProcessGateway, inprocess_gateway
 from tests.fake_triton import ENSEMBLE, read_config
+from tests.test_gateway_api import assert_provenance_is_true
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
@@ -63,6 +64,18 @@ def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcess
     assert faces[0].models != faces[1].models
     assert answer.score == pytest.approx(max(t.score for t in answer.tracks))
     assert list(api.uploads.iterdir()) == []
+
+
+def test_every_models_provenance_is_true(tmp_path: Path) -> None:
+    """The full profile: the MesoNets' files are the shared weights with their sha256, and
+    Xception and B7 (no public weights) say they are random and do not vote."""
+    with inprocess_gateway(tmp_path, profile="full") as gateway:
+        answer = ModelsAnswer.model_validate(gateway.client.get("/api/models").json())
+    assert [m.name for m in answer.models] == list(MEMBERS)
+    for model in answer.models:
+        assert_provenance_is_true(model)
+    untrained = {m.name for m in answer.models if not m.trained}
+    assert untrained == {"xception", "efficientnet_b7"}
 
 
 def test_the_same_upload_gets_the_same_answer(api: InProcessGateway) -> None:
