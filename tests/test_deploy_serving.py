@@ -11,7 +11,6 @@ an OTLP/HTTP receiver in this process).
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +27,6 @@ from deploy.manifests import Rendering, expand
 from model_repository.local_triton import (
     LocalTriton,
     TritonSettings,
-    environment,
-    prepare_backends,
     wheel_dir,
 )
 from tests.conftest import FAKE_CLIP, free_port, start_gateway
@@ -146,18 +143,9 @@ class RenderedTriton(LocalTriton):
         super().__init__(settings)
         self.args = args
 
-    def start(self) -> None:
-        backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
+    def command(self, backends: Path) -> list[str]:
         binary = wheel_dir(self.settings.python_env) / "bin" / "tritonserver"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(binary), *self.args, f"--backend-directory={backends}"],
-                env=environment(self.settings.python_env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        return [str(binary), *self.args, f"--backend-directory={backends}"]
 
 
 @pytest.fixture(scope="module")
