@@ -51,7 +51,7 @@ def load_clips(config: BenchConfig) -> list[Clip]:
     clips = []
     for path in config.clips:
         media = reader.read(path, config.frames)
-        crops = [c for frame in extractor.extract(media.frames) for c in frame.crops]
+        crops = [c for frame in media.frames for c in extractor.extract_frame(frame).crops]
         if not crops:
             raise SystemExit(f"{path}: no face found in {config.frames} frames; choose another")
         clips.append(Clip(path, media.info, np.stack(crops)))
