@@ -33,7 +33,7 @@ help:
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
-	@echo "make bench    floor (ORT) vs Triton vs gateway vs seed-style PyTorch on the same clips: table, RATIOS, results/bench/"
+	@echo "make bench    floor (ORT) vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make lint     ruff"
@@ -95,7 +95,7 @@ eval: $(VENV)/.installed
 	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
 
 # Side by side on the same clips and crops: in-process ONNX Runtime, Triton over gRPC,
-# the gateway end to end (lite and full), and the seed-style eager PyTorch loop. Starts
+# the gateway end to end (lite and full), and the prototype's eager PyTorch loop. Starts
 # and stops its own Triton and gateway; exports both profiles first (a no-op when current).
 # BENCH_ARGS="--max-clips 1 --repeats 1 --stages floor,triton" for a quicker run.
 BENCH_ARGS ?=

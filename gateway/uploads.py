@@ -20,7 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from gateway import metrics
 from gateway.errors import ApiError
 
-FILE_FIELDS = ("file", "video")  # "video" is the seed's field name: its clients keep working
+FILE_FIELDS = ("file", "video")  # "video" is the prototype's field name: its clients keep working
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
 
 

@@ -101,7 +101,7 @@ def test_a_real_cors_preflight_from_an_allowed_origin(guarded: Gateway) -> None:
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
     # The actual request's answer, even a refusal, carries the CORS headers the
-    # browser needs to show it (the seed's users saw only "CORS error").
+    # browser needs to show it (the prototype's users saw only "CORS error").
     refused = httpx.get(guarded.url + "/api", headers={"Origin": ORIGIN})
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == ORIGIN

@@ -271,7 +271,7 @@ def test_an_image_named_like_a_video_is_analysed_as_an_image(gateway: Gateway) -
     assert response.json()["media"]["format"] == "jpeg"
 
 
-def test_the_seeds_field_name_video_is_accepted(gateway: Gateway) -> None:
+def test_the_prototypes_field_name_video_is_accepted(gateway: Gateway) -> None:
     response = detect_bytes(gateway, "obama.jpg", OBAMA.read_bytes(), field="video")
     assert response.status_code == 200
     assert response.json()["verdict"] in ("real", "fake")

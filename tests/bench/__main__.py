@@ -14,7 +14,7 @@ from tests.bench.config import BenchConfig, parse_args
 from tests.bench.floor import run_floor
 from tests.bench.inputs import all_crops, check_exported, load_clips, machine_facts, members_of
 from tests.bench.live import run_live
-from tests.bench.seed_baseline import run_seed
+from tests.bench.prototype import run_prototype
 from tests.bench.service import run_p50, run_service
 from tests.bench.triton_stage import ENSEMBLE, run_triton
 from tests.stack import local_triton, measured_gateway
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print("[floor] in-process ONNX Runtime", flush=True)
         result["floor"] = run_floor(config, clips, needed_members(config.profiles))
         note_load(result, "floor")
-    if "seed" in config.stages:
-        print("[seed] eager PyTorch, frame by frame", flush=True)
-        result["seed"] = {p: run_seed(config, members_of(p), p) for p in config.profiles}
-        note_load(result, "seed")
+    if "prototype" in config.stages:
+        print("[prototype] eager PyTorch, frame by frame", flush=True)
+        result["prototype"] = {p: run_prototype(config, members_of(p), p) for p in config.profiles}
+        note_load(result, "prototype")
     if {"triton", "service", "live"} & set(config.stages):
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
             run_served(config, result, all_crops(clips), Path(work))

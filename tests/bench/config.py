@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.stack import FAKE_CLIP, MEDIA, ROOT
 
-STAGES = ("floor", "triton", "service", "seed", "live")
+STAGES = ("floor", "triton", "service", "prototype", "live")
 PROFILES = ("lite", "full")
 # Three short clips of different sizes and people: a 10 s 1080p DFDC clip (the lite
 # latency target's size), a 720p face swap and a 480p FF++ clip.

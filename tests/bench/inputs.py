@@ -45,7 +45,7 @@ def extractor_for(config: BenchConfig) -> FaceExtractor:
 
 def load_clips(config: BenchConfig) -> list[Clip]:
     """Each clip's faces cut by the project's own preprocess (MediaReader + FaceExtractor),
-    so the floor, Triton and the seed baseline score exactly the faces the gateway would."""
+    so the floor, Triton and the prototype score exactly the faces the gateway would."""
     settings = service_settings(config)
     reader, extractor = MediaReader(settings.media_limits()), extractor_for(config)
     clips = []
