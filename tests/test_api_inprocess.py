@@ -1,14 +1,17 @@
 """The API in process (FastAPI's TestClient) over the fake model server: the fast tier's
 view of the gateway. The real stack answers the same requests in test_gateway_api.py."""
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.model_server import Ensemble, ModelServer
 from gateway.schemas import DetectAnswer, ModelsAnswer
+from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, MEMBERS, InProcessGateway, inprocess_gateway
-from tests.fake_triton import ENSEMBLE, read_config
+from tests.fake_triton import ENSEMBLE, fake_triton, read_config
 from tests.test_gateway_api import assert_provenance_is_true
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
@@ -136,3 +139,18 @@ def test_without_the_model_server_the_gateway_is_alive_not_ready(tmp_path: Path)
         models = gateway.client.get("/api/models")
         assert models.status_code == 503, models.text
         assert models.json()["error"]["code"] in {"triton_unavailable", "model_unavailable"}
+
+
+def test_the_fake_describes_the_models_as_a_real_triton_does(lite_triton: TritonSettings) -> None:
+    """The fast tier's premise, checked in the full tier: what the gateway reads from the
+    fake (members, vote weights, provenance, sizes, batch sizes) is what Triton says."""
+
+    async def facts(url: str) -> Ensemble:
+        server = ModelServer(url, ENSEMBLE, timeout_s=30, retries=1, max_batch=32)
+        try:
+            return await server.ensemble()
+        finally:
+            await server.close()
+
+    with fake_triton("lite") as fake:
+        assert asyncio.run(facts(fake.url)) == asyncio.run(facts(lite_triton.grpc_url))
