@@ -65,7 +65,8 @@ def test_the_api_does_what_its_openapi_document_says(served: str, tmp_path: Path
         "--warnings=off",
         f"--report-dir={tmp_path}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # Run in tmp_path: Schemathesis keeps a cache (.schemathesis/) where it runs.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary
     document = httpx.get(f"{served}/openapi.json").json()
