@@ -12,7 +12,7 @@ from gateway.schemas import DetectAnswer, ModelsAnswer
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, MEMBERS, InProcessGateway, inprocess_gateway
 from tests.fake_triton import ENSEMBLE, fake_triton, read_config
-from tests.test_gateway_api import assert_provenance_is_true
+from tests.test_gateway_api import BAD_FILES, MALFORMED, assert_provenance_is_true
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
@@ -154,3 +154,38 @@ def test_the_fake_describes_the_models_as_a_real_triton_does(lite_triton: Triton
 
     with fake_triton("lite") as fake:
         assert asyncio.run(facts(fake.url)) == asyncio.run(facts(lite_triton.grpc_url))
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_files_get_their_json_4xx(api: InProcessGateway, name: str) -> None:
+    data, status, code = BAD_FILES[name]
+    response = api.client.post("/api/detect", files={"file": (name, data)})
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert list(api.uploads.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), MALFORMED)
+def test_malformed_bodies_get_their_json_4xx(
+    api: InProcessGateway, kwargs: dict, status: int, code: str
+) -> None:
+    response = api.client.post("/api/detect", **kwargs)
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert list(api.uploads.iterdir()) == []
+
+
+def test_each_key_has_its_own_rate(tmp_path: Path) -> None:
+    """A burst of 2, then one a minute, per key: a fresh gateway, so no other test has
+    spent any of it."""
+    keys = ["rate-key-one-0123456789", "rate-key-two-0123456789"]
+    settings = {"api_keys": keys, "rate_limit_per_minute": 1, "rate_limit_burst": 2}
+    with inprocess_gateway(tmp_path, **settings) as gateway:
+
+        def status(key: str) -> int:
+            return gateway.client.get("/api", headers={"X-API-Key": key}).status_code
+
+        assert [status(keys[0]) for _ in range(3)] == [200, 200, 429]
+        limited = gateway.client.get("/api", headers={"X-API-Key": keys[0]})
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert [status(keys[1]) for _ in range(3)] == [200, 200, 429]
+        assert gateway.client.get("/healthz").status_code == 200  # probes are not limited

@@ -303,26 +303,27 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading(gateway: Gatew
     assert '"file_too_large"' in reply
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "status", "code"),
-    [
-        ({"data": {"name": "x"}}, 415, "unsupported_content_type"),
-        ({"files": {"other": ("a.jpg", b"1234")}}, 422, "missing_file"),
-        (
-            {"content": b"raw bytes", "headers": {"content-type": "video/mp4"}},
-            415,
-            "unsupported_content_type",
-        ),
-        (
-            {
-                "content": b"--b\r\nbroken",
-                "headers": {"content-type": "multipart/form-data; boundary=b"},
-            },
-            422,
-            "missing_file",
-        ),
-    ],
-)
+# Requests that are not a well-formed upload: (httpx arguments, status, error code).
+MALFORMED = [
+    ({"data": {"name": "x"}}, 415, "unsupported_content_type"),
+    ({"files": {"other": ("a.jpg", b"1234")}}, 422, "missing_file"),
+    (
+        {"content": b"raw bytes", "headers": {"content-type": "video/mp4"}},
+        415,
+        "unsupported_content_type",
+    ),
+    (
+        {
+            "content": b"--b\r\nbroken",
+            "headers": {"content-type": "multipart/form-data; boundary=b"},
+        },
+        422,
+        "missing_file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), MALFORMED)
 def test_malformed_requests(gateway: Gateway, kwargs: dict, status: int, code: str) -> None:
     response = httpx.post(gateway.url + "/api/detect", timeout=30, **kwargs)
     assert response.status_code == status, response.text
