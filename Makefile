@@ -23,16 +23,17 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval bench loadtest k8s test lint clean
+.PHONY: help setup system-packages export triton run eval bench loadtest k8s test test-fast lint clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
 	@echo "make test     export both profiles, then run the tests against a real Triton and gateway"
+	@echo "make test-fast the fast tier: pure logic and the API in process over a fake model server"
 	@echo "make setup    create $(VENV) (export, gateway, tests), $(TRITON_VENV) (local Triton), $(KERAS_VENV) (Keras reference)"
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
-	@echo "make bench    floor (ORT) vs Triton vs gateway vs seed-style PyTorch on the same clips: table, RATIOS, results/bench/"
+	@echo "make bench    floor (ORT) vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make lint     ruff"
@@ -94,7 +95,7 @@ eval: $(VENV)/.installed
 	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
 
 # Side by side on the same clips and crops: in-process ONNX Runtime, Triton over gRPC,
-# the gateway end to end (lite and full), and the seed-style eager PyTorch loop. Starts
+# the gateway end to end (lite and full), and the prototype's eager PyTorch loop. Starts
 # and stops its own Triton and gateway; exports both profiles first (a no-op when current).
 # BENCH_ARGS="--max-clips 1 --repeats 1 --stages floor,triton" for a quicker run.
 BENCH_ARGS ?=
@@ -122,6 +123,11 @@ test: setup
 	$(PY) -m export --profile lite $(EXPORT_FLAGS)
 	$(PY) -m export --profile full $(EXPORT_FLAGS)
 	$(PY) -m pytest
+
+# The fast tier: the tests not marked `stack` (tests/conftest.py marks them): pure logic and
+# the API in process over tests/fake_triton.py; no Triton, browser or ffmpeg process.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not stack"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

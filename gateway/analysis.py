@@ -517,9 +517,9 @@ class Report:
         if face_vote is None:
             face_vote = sum(weights[m] * model_scores[m] for m in members)
 
-        def face(p: int, i: int, found: Face) -> schemas.Face:
+        def face(p: int, i: int, found: Face) -> schemas.FaceResult:
             n = position[(p, i)]
-            return schemas.Face(
+            return schemas.FaceResult(
                 track=track_of[n],
                 box=[round(float(v), 1) for v in found.box],
                 detector_score=round(float(found.score), 4),

@@ -30,13 +30,14 @@ from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
 from gateway.model_server import ModelServer
+from gateway.openapi import install_openapi
 from gateway.queries import DetectQuery
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.security import install_access, install_cors, peer
 from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
 from gateway.uploads import Upload, UploadSlots, receive_upload
-from gateway.web import install_web
+from gateway.web import install_docs, install_web
 from preprocess.media import MediaError, sniff
 
 VERSION = "0.3.0"
@@ -57,19 +58,41 @@ UPLOAD_DOC = {
         },
     }
 }
-ERRORS_DOC = {
-    code: {"model": schemas.ErrorAnswer, "description": text}
-    for code, text in {
+
+
+def errors_doc(texts: dict[int, str]) -> dict[int | str, dict]:
+    """OpenAPI responses for these errors (gateway/openapi.py adds their common body)."""
+    return {
+        code: {"model": schemas.ErrorAnswer, "description": text} for code, text in texts.items()
+    }
+
+
+MODEL_SERVER_ERRORS = {
+    502: "Triton failed",
+    503: "Triton or the ensemble unavailable (see Retry-After)",
+    504: "Triton did not answer in time",
+}
+ERRORS_DOC = errors_doc(
+    {
+        400: "a malformed multipart body or Content-Length",
         408: "upload too slow (below the minimum rate, or past the deadline)",
         413: "file over the upload cap",
         415: "not a supported video or image",
         422: "undecodable media, bad options or media over the limits (size, decoded "
         "pixels, faces)",
         429: "too many requests in flight, or uploads being received (see Retry-After)",
-        503: "Triton unavailable (see Retry-After)",
-        504: "Triton did not answer in time, or the analysis passed its deadline",
-    }.items()
-}
+    }
+    | MODEL_SERVER_ERRORS
+    | {504: "Triton did not answer in time, or the analysis passed its deadline"}
+)
+REPORT_ERRORS_DOC = errors_doc(
+    {
+        413: "the answer over GATEWAY_REPORT_MAX_MB",
+        422: "not a detect answer, or a bad format",
+        429: "too many PDFs or analyses at once (see Retry-After)",
+        503: "no Chromium to print the PDF",
+    }
+)
 
 
 class Admission:
@@ -135,6 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         lifespan=lifespan,
         description="Upload a video or image; four detectors served by Triton vote on it.",
+        # Served by install_docs from the gateway's own files: no CDN, the page's CSP.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.admission = Admission(
@@ -151,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live_router(settings))
     app.include_router(jobs_router(settings))
     install_web(app)
+    install_docs(app)
+    install_openapi(app)
     install_tracing(app, settings)
     return app
 
@@ -254,7 +282,11 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             },
         )
 
-    @app.get("/api/models", response_model=schemas.ModelsAnswer, responses=ERRORS_DOC)
+    @app.get(
+        "/api/models",
+        response_model=schemas.ModelsAnswer,
+        responses=errors_doc(MODEL_SERVER_ERRORS),
+    )
     async def models(request: Request) -> schemas.ModelsAnswer:
         ensemble = await request.app.state.server.ensemble(fresh=True)
         return schemas.ModelsAnswer(
@@ -323,7 +355,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.post(
         "/api/report",
-        responses=ERRORS_DOC,
+        responses=REPORT_ERRORS_DOC,
         response_class=Response,
         openapi_extra={
             "requestBody": {
@@ -369,7 +401,10 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     async def healthz() -> dict:
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        responses=errors_doc({503: "Triton or the ensemble is not ready (see Retry-After)"}),
+    )
     async def readyz(request: Request) -> JSONResponse:
         ready = await request.app.state.server.ready()
         if not ready:
@@ -377,7 +412,16 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             return JSONResponse(error.body(), status_code=503, headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -506,7 +550,8 @@ async def read_answer(request: Request, cap: int) -> schemas.DetectAnswer:
         if len(body) > cap:
             raise ApiError(413, "report_too_large", f"the answer is larger than {cap >> 20} MB")
     try:
-        return schemas.DetectAnswer.model_validate_json(bytes(body))
+        # Strict: numbers as numbers, as /api/detect wrote them (the schema says so).
+        return schemas.DetectAnswer.model_validate_json(bytes(body), strict=True)
     except ValidationError as exc:
         raise ApiError(
             422,

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from preprocess.media import MediaError
 
@@ -34,6 +35,16 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the routes matching this path answer (RFC 9110's Allow)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Framework errors (404, 405, bad query values) get the same JSON shape."""
 
@@ -48,7 +59,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(ApiError(error.status_code, code, str(error.detail)))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # Every method of every route on this path: Starlette's Allow has only the
+            # first route's (GET /api/jobs/{id} hides DELETE /api/jobs/{id}).
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(ApiError(error.status_code, code, str(error.detail), headers))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

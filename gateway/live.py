@@ -69,6 +69,12 @@ class StartOptions(BaseModel):
     duration_s: Annotated[float | None, Field(gt=0, description="stream URLs: how long")] = None
 
 
+class UrlOptions(StartOptions):
+    """The body of POST /api/live: the same options, the URL required (so documented)."""
+
+    url: Annotated[str, Field(max_length=2048, description="rtsp, rtmp, HLS, http")]
+
+
 class Control(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -441,6 +447,7 @@ def live_router(settings: Settings) -> APIRouter:
         "/api/live",
         response_class=StreamingResponse,
         responses={
+            400: {"description": "a body that is not JSON"},
             403: {"description": "stream URL refused (scheme, host or private address)"},
             422: {"description": "bad options or URL"},
             429: {"description": "too many live sessions"},
@@ -449,9 +456,7 @@ def live_router(settings: Settings) -> APIRouter:
         description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
         "started, then one frame message per judged frame (as on the WebSocket), then end.",
     )
-    async def live_url(request: Request, options: StartOptions) -> StreamingResponse:
-        if options.url is None:
-            raise ApiError(422, "invalid_request", "url is required")
+    async def live_url(request: Request, options: UrlOptions) -> StreamingResponse:
         client = request.scope.get("state", {}).get("client") or (
             "ip:" + (request.client.host if request.client else "unknown")
         )

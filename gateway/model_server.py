@@ -116,7 +116,8 @@ def parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
-def parse_weights(text: str) -> dict[str, float]:
+def parse_vote_weights(text: str) -> dict[str, float]:
+    """deepfake_vote's `vote_weights` parameter: "meso4=0.5,xception=0" -> {name: weight}."""
     pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
     return {name.strip(): float(value) for name, value in pairs}
 
@@ -164,7 +165,7 @@ class ModelServer:
         steps = [s["model_name"] for s in config["ensemble_scheduling"]["step"]]
         vote_name = steps[-1]
         vote = parameters((await self._control(self.client.get_model_config, vote_name))["config"])
-        weights = parse_weights(vote.get("vote_weights", ""))
+        weights = parse_vote_weights(vote.get("vote_weights", ""))
         members = await asyncio.gather(*(self._member(n, weights) for n in steps[:-1]))
         return Ensemble(
             name=self.ensemble_name,

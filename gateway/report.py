@@ -92,10 +92,11 @@ def timeline(answer: schemas.DetectAnswer) -> Timeline | None:
     if not scored:
         return None
     xs = [frame_x(answer, f) for f in answer.frames]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1e-6)
+    x0 = min(xs)
+    span = (max(xs) - x0) or 1.0  # one frame (or times too large to differ): no division by 0
 
     def sx(x: float) -> float:
-        return round(PLOT_LEFT + (x - x0) / (x1 - x0) * (PLOT_W - PLOT_LEFT - PLOT_RIGHT), 1)
+        return round(PLOT_LEFT + (x - x0) / span * (PLOT_W - PLOT_LEFT - PLOT_RIGHT), 1)
 
     def sy(y: float) -> float:
         return round(PLOT_TOP + (1 - y) * (PLOT_H - PLOT_TOP - PLOT_BOTTOM), 1)
@@ -106,7 +107,7 @@ def timeline(answer: schemas.DetectAnswer) -> Timeline | None:
     unit = " s" if answer.media.kind == "video" else ""
     x_ticks = [
         (sx(x), f"{x:.1f}{unit}" if unit else f"#{int(x)}", anchor)
-        for x, anchor in ((x0, "start"), (x1, "end"))
+        for x, anchor in ((x0, "start"), (x0 + span, "end"))
     ]
     return Timeline(
         path=path,

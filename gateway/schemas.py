@@ -34,7 +34,7 @@ class ModelScore(ModelSummary):
     voting: bool
 
 
-class Face(BaseModel):
+class FaceResult(BaseModel):
     track: int
     box: list[float] = Field(description="x0, y0, x1, y1 in frame pixels")
     detector_score: float
@@ -46,7 +46,7 @@ class Face(BaseModel):
 class FrameResult(BaseModel):
     index: int
     timestamp_s: float
-    faces: list[Face]
+    faces: list[FaceResult]
 
 
 class TrackResult(BaseModel):

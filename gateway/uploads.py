@@ -20,7 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from gateway import metrics
 from gateway.errors import ApiError
 
-FILE_FIELDS = ("file", "video")  # "video" is the seed's field name: its clients keep working
+FILE_FIELDS = ("file", "video")  # "video" is the prototype's field name: its clients keep working
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
 
 
@@ -28,7 +28,6 @@ FORM_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
 class Upload:
     path: Path
     filename: str
-    content_type: str
     size: int
     seconds: float  # receiving it: the answer's upload timing
     sha256: str = ""  # hashed as it is written: a report names the exact file
@@ -147,7 +146,6 @@ class _FilePart(PartHeaders):
         self.tmp_dir = tmp_dir
         self.file: tempfile._TemporaryFileWrapper | None = None
         self.filename = ""
-        self.content_type = ""
         self.size = 0
         self.digest = hashlib.sha256()
         self.done = False
@@ -158,7 +156,6 @@ class _FilePart(PartHeaders):
         self._writing = name in FILE_FIELDS and self.file is None and not self.done
         if self._writing:
             self.filename = filename
-            self.content_type = self._headers.get(b"content-type", b"").decode("latin-1")
             self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 — closed in receive()
                 dir=self.tmp_dir, prefix="upload-", delete=False
             )
@@ -229,7 +226,6 @@ async def receive_upload(
     return Upload(
         Path(part.file.name),
         name,
-        part.content_type,
         part.size,
         seconds,
         part.digest.hexdigest(),

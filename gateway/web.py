@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import swagger_ui
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
@@ -9,6 +10,8 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Swagger UI's own files, as the swagger-ui-py package ships them (gateway/requirements.txt).
+SWAGGER_UI_DIR = Path(swagger_ui.__file__).parent / "static"
 
 # The page needs nothing beyond its own origin: the browser enforces that, so a
 # stray CDN link or an injected script fails loudly instead of phoning out.
@@ -46,3 +49,14 @@ def install_web(app: FastAPI) -> None:
     async def live_page() -> FileResponse:
         """Live mode: a camera or a shared tab judged over the WebSocket /api/live."""
         return FileResponse(STATIC_DIR / "live.html", headers=PAGE_HEADERS)
+
+
+def install_docs(app: FastAPI) -> None:
+    """The API's documentation at /docs: Swagger UI from the gateway's own files (its
+    assets under /docs/assets, the start-up script in static/docs.js), so it works
+    offline and under the page's CSP, which allows no CDN and no inline script."""
+    app.mount("/docs/assets", WebFiles(directory=SWAGGER_UI_DIR), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", headers=PAGE_HEADERS)

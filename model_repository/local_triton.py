@@ -142,12 +142,16 @@ class LocalTriton:
         self.log_path = log_path or settings.work_dir / f"triton-{settings.grpc_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self, backends: Path) -> list[str]:
+        """The command line (a test runs a Deployment's arguments through the same start)."""
+        return command(self.settings, backends)
+
     def start(self) -> None:
         backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command(self.settings, backends),
+                self.command(backends),
                 env=environment(self.settings.python_env),
                 stdout=log,
                 stderr=subprocess.STDOUT,

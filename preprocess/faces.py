@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.assets import AssetError, load_manifest, resolve
+from preprocess.crop import Box
 
 MANIFEST = Path(__file__).with_name("assets.toml")
 # Manifest entries per detector, best first: the first one found is used.
@@ -23,8 +24,6 @@ MODEL_ASSETS = {"scrfd": ("scrfd_10g", "scrfd_2_5g"), "yunet": ("yunet",)}
 # faces up to ~0.5 on real photos, true ones ~0.9.
 DEFAULT_SCORE = {"scrfd": 0.5, "yunet": 0.6}
 SCRFD_STRIDE = 32  # SCRFD's coarsest feature stride: its input sides must be multiples of it
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

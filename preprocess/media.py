@@ -9,7 +9,7 @@ them, for tools and tests. Every problem with the file itself is a
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -221,9 +221,6 @@ class MediaInfo:
     # height are the upright picture's.
     rotation: int = 0
     flipped: bool = False
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

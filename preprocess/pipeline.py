@@ -1,6 +1,5 @@
 """Frames -> the faces on each and their crops: detection, then crop_face."""
 
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +26,3 @@ class FaceExtractor:
         faces = self.detector.detect(frame.image)
         crops = [crop_face(frame.image, face.box, self.crop) for face in faces]
         return FrameFaces(frame.index, frame.timestamp_s, faces, crops)
-
-    def extract(
-        self, frames: Sequence[Frame], map_fn: Callable[..., Iterable[FrameFaces]] = map
-    ) -> list[FrameFaces]:
-        """Every frame's faces, in frame order. Pass an executor's `map` as `map_fn` to
-        spread the frames over threads: the detectors are thread-safe."""
-        return list(map_fn(self.extract_frame, frames))

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from preprocess.faces import Box, Face
+from preprocess.crop import Box
+from preprocess.faces import Face
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Shared fixtures: real media from ../shared, real face crops, a real Triton."""
+"""Shared fixtures: real media from ../shared, real face crops, a real Triton, gateways
+(tests/stack.py starts the processes; the fast tier's gateway runs in process)."""
 
 import contextlib
 import os
@@ -10,13 +11,22 @@ import cv2
 import numpy as np
 import pytest
 
-from model_repository.local_triton import LocalTriton, TritonSettings
-from tests.processes import free_port, gateway_process, wait_for  # noqa: F401 — tests import them
+from model_repository.local_triton import TritonSettings
+from preprocess.crop import crop_face
+from preprocess.faces import DetectorConfig, load_detector
+from tests.stack import (  # noqa: F401 — tests import them from here
+    ASSETS,
+    FAKE_CLIP,
+    MEDIA,
+    ROOT,
+    SHARED,
+    Gateway,
+    free_port,
+    gateway_process,
+    local_triton,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-MEDIA = SHARED / "media"
-ASSETS = SHARED / "assets"
 REPOSITORY = ROOT / "model_repository"
 # Weights and face detectors come from ../shared/assets, as under `make test`.
 os.environ.setdefault("DEEPFAKE_ASSETS", str(ASSETS))
@@ -30,38 +40,18 @@ FACE_SOURCES = (
 )
 
 
-def detect_faces(image_bgr: np.ndarray) -> np.ndarray:
-    """Face boxes [x, y, w, h] by OpenCV YuNet, the project's MIT-licensed detector."""
-    model = ASSETS / "face/yunet/face_detection_yunet_2023mar.onnx"
-    height, width = image_bgr.shape[:2]
-    detector = cv2.FaceDetectorYN.create(str(model), "", (width, height), 0.8)
-    _, faces = detector.detect(image_bgr)
-    return np.zeros((0, 4)) if faces is None else faces[:, :4]
-
-
-def crop_face(image_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """RGB crop grown by a third of the box on each side, as the DFDC winner does."""
-    x, y, w, h = box
-    x0, y0 = int(max(0, x - w / 3)), int(max(0, y - h / 3))
-    x1, y1 = (
-        int(min(image_bgr.shape[1], x + w * 4 / 3)),
-        int(min(image_bgr.shape[0], y + h * 4 / 3)),
-    )
-    return cv2.cvtColor(image_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2RGB)
-
-
 @pytest.fixture(scope="session")
 def face_crops() -> list[np.ndarray]:
-    """Real faces cut from ../shared/media images and video frames, various sizes."""
-    crops = []
-    for path in FACE_SOURCES:
-        image = cv2.imread(str(path))
-        crops += [crop_face(image, box) for box in detect_faces(image)]
-    capture = cv2.VideoCapture(str(MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"))
+    """Real faces from ../shared/media images and a video frame, cut as the gateway cuts
+    them (preprocess: YuNet, the DFDC crop): 380x380 RGB."""
+    detector = load_detector(DetectorConfig(name="yunet"))
+    frames = [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in FACE_SOURCES]
+    capture = cv2.VideoCapture(str(FAKE_CLIP))
     ok, frame = capture.read()
     capture.release()
     assert ok
-    crops += [crop_face(frame, box) for box in detect_faces(frame)]
+    frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    crops = [crop_face(image, face.box) for image in frames for face in detector.detect(image)]
     assert len(crops) >= 5, "YuNet should find faces in the shared media"
     return crops
 
@@ -85,37 +75,20 @@ def exported() -> Path:
     return REPOSITORY
 
 
-def start_triton(profile: str, tmp: Path) -> LocalTriton:
-    settings = TritonSettings(
-        profile=profile,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        work_dir=tmp,
-    )
-    return LocalTriton(settings)
-
-
 @pytest.fixture(scope="session")
 def triton(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSettings]:
     """The real tritonserver serving the full profile on free ports."""
-    with start_triton("full", tmp_path_factory.mktemp("triton-full")) as server:
+    with local_triton("full", tmp_path_factory.mktemp("triton-full")) as server:
         yield server.settings
-
-
-@dataclass(frozen=True)
-class Gateway:
-    url: str
-    uploads: Path  # the gateway's temporary upload folder: empty between requests
-    log: Path
 
 
 @contextlib.contextmanager
 def start_gateway(triton_url: str, tmp: Path, **settings: object) -> Iterator[Gateway]:
-    """The real gateway (python -m gateway, uvicorn) on a free port."""
+    """The real gateway (python -m gateway, uvicorn) on a free port; its `process` is
+    there for signals and memory readings."""
     settings = {"triton_retries": 1} | settings
-    with gateway_process(triton_url, tmp, **settings) as run:
-        yield Gateway(run.url, run.uploads, run.log)
+    with gateway_process(triton_url, tmp, **settings) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="session")
@@ -125,33 +98,22 @@ def gateway(triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory) ->
         yield gw
 
 
-# --- reliability and security tests: a lite Triton, gateways whose process the test holds ------
-
-
 @pytest.fixture(scope="session")
 def lite_triton(
     exported: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TritonSettings]:
     """A real tritonserver serving the lite profile (the MesoNets): cheap enough to share."""
-    with start_triton("lite", tmp_path_factory.mktemp("triton-lite")) as server:
+    with local_triton("lite", tmp_path_factory.mktemp("triton-lite")) as server:
         yield server.settings
 
 
-@dataclass(frozen=True)
-class GatewayProcess(Gateway):
-    process: "psutil.Process"  # noqa: F821 — psutil is imported where it is used
-
-
-@contextlib.contextmanager
-def start_gateway_process(
-    triton_url: str, tmp: Path, **settings: object
-) -> Iterator[GatewayProcess]:
-    """start_gateway, also handing over the process: for signals and memory readings."""
-    import psutil  # only these tests need it
-
-    settings = {"triton_retries": 1} | settings
-    with gateway_process(triton_url, tmp, **settings) as run:
-        yield GatewayProcess(run.url, run.uploads, run.log, psutil.Process(run.pid))
+@pytest.fixture(scope="module")
+def lite_gateway(
+    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A real gateway with default settings over the lite Triton, one per test module."""
+    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("lite-gateway")) as gw:
+        yield gw
 
 
 def write_results(section: str, figures: dict) -> None:
@@ -163,3 +125,62 @@ def write_results(section: str, figures: dict) -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results[section] = figures
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+# --- the fast tier's gateway: in process (TestClient), over a fake model server -------------
+
+
+@dataclass(frozen=True)
+class InProcessGateway:
+    client: "TestClient"  # noqa: F821 — httpx's API, requests go to the app in this process
+    triton: "FakeTriton"  # noqa: F821 — its models and the count of inference calls
+    settings: "Settings"  # noqa: F821
+    uploads: Path
+
+
+def gateway_settings(triton_url: str, tmp: Path, **settings: object) -> "Settings":  # noqa: F821
+    """Settings from these values only: no GATEWAY_* variable, no .env (as gateway_process)."""
+    from gateway.settings import Settings
+
+    uploads = tmp / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    defaults = {"tmp_dir": uploads, "jobs_dir": tmp / "jobs", "triton_retries": 1}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("GATEWAY_")}
+    try:
+        return Settings(_env_file=None, triton_url=triton_url, **(defaults | settings))
+    finally:
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def inprocess_gateway(tmp: Path, profile: str = "lite", **settings: object):
+    """create_app in this process (lifespan and all), its Triton the fake of
+    tests/fake_triton.py serving `profile` from the committed configs."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from tests.fake_triton import fake_triton
+
+    with fake_triton(profile) as triton:
+        config = gateway_settings(triton.url, tmp, **settings)
+        with TestClient(create_app(config)) as client:
+            yield InProcessGateway(client, triton, config, config.tmp_dir)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    """The gateway in process over a fake lite Triton: the API without real processes."""
+    with inprocess_gateway(tmp_path_factory.mktemp("api")) as gateway:
+        yield gateway
+
+
+# --- tiers: `make test-fast` runs `-m "not stack"` ------------------------------------------
+
+# A test whose fixtures reach one of these runs real processes: it belongs to the full tier.
+STACK_FIXTURES = {"exported", "triton", "lite_triton"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)

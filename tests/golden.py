@@ -87,7 +87,7 @@ def differences(expected: dict, got: dict, where: str = "") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.bench.stack import gateway, local_triton
+    from tests.stack import local_triton, measured_gateway
 
     parser = argparse.ArgumentParser(prog="python -m tests.golden", description=__doc__)
     parser.add_argument("--out", type=Path, default=RECORD)
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         triton = stack.enter_context(local_triton(PROFILE, tmp))
-        record = dict(answers(stack.enter_context(gateway(triton.settings.grpc_url, tmp)).url))
+        record = dict(
+            answers(stack.enter_context(measured_gateway(triton.settings.grpc_url, tmp)).url)
+        )
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(record)} answers to {args.out}")

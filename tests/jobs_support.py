@@ -18,7 +18,7 @@ import httpx
 
 from gateway.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import MEDIA
-from tests.processes import ROOT, free_port
+from tests.stack import ROOT, free_port
 
 TIMEOUT = httpx.Timeout(120.0)
 IMAGES = [

@@ -12,10 +12,8 @@ import cv2
 import numpy as np
 import websocket
 
-from tests.conftest import MEDIA
+from tests.stack import FAKE_CLIP, MEDIA, REAL_CLIP  # noqa: F401 — the live tests take them from here
 
-FAKE_CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"  # lite: 0.95 as a file
-REAL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"  # lite: 0.06 as a file
 OPCODE_CLOSE = 0x8
 
 

@@ -40,6 +40,7 @@ def error_code(response: httpx.Response) -> str:
     return response.json()["error"]["code"]
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize(
     "headers",
     [
@@ -61,12 +62,14 @@ def test_the_api_needs_a_valid_key(guarded: Gateway, headers: dict) -> None:
     assert list(guarded.uploads.iterdir()) == []
 
 
+@pytest.mark.stack
 def test_probes_metrics_docs_and_the_web_page_stay_open(guarded: Gateway) -> None:
     for path in ("/healthz", "/metrics", "/docs", "/openapi.json", "/"):
         assert httpx.get(guarded.url + path).status_code == 200, path
     assert httpx.get(guarded.url + "/readyz").status_code == 503  # open, and honest: no Triton
 
 
+@pytest.mark.stack
 def test_a_key_in_either_header_opens_the_api_and_each_key_has_its_own_rate(
     guarded: Gateway,
 ) -> None:
@@ -83,6 +86,7 @@ def test_a_key_in_either_header_opens_the_api_and_each_key_has_its_own_rate(
     assert httpx.get(guarded.url + "/healthz", headers=first).status_code == 200
 
 
+@pytest.mark.stack
 def test_a_real_cors_preflight_from_an_allowed_origin(guarded: Gateway) -> None:
     preflight = httpx.options(
         guarded.url + "/api/detect",
@@ -97,13 +101,14 @@ def test_a_real_cors_preflight_from_an_allowed_origin(guarded: Gateway) -> None:
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
     # The actual request's answer, even a refusal, carries the CORS headers the
-    # browser needs to show it (the seed's users saw only "CORS error").
+    # browser needs to show it (the prototype's users saw only "CORS error").
     refused = httpx.get(guarded.url + "/api", headers={"Origin": ORIGIN})
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == ORIGIN
     assert "x-request-id" in refused.headers["access-control-expose-headers"].lower()
 
 
+@pytest.mark.stack
 def test_other_origins_get_no_cors_grant(guarded: Gateway) -> None:
     preflight = httpx.options(
         guarded.url + "/api/detect",
@@ -115,6 +120,7 @@ def test_other_origins_get_no_cors_grant(guarded: Gateway) -> None:
     assert "access-control-allow-origin" not in plain.headers
 
 
+@pytest.mark.stack
 def test_without_keys_the_api_is_open_and_cors_off(tmp_path: Path) -> None:
     with start_gateway(f"127.0.0.1:{free_port()}", tmp_path) as gateway:
         assert httpx.get(gateway.url + "/api").status_code == 200
@@ -125,6 +131,7 @@ def test_without_keys_the_api_is_open_and_cors_off(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in preflight.headers
 
 
+@pytest.mark.stack
 def test_logs_are_json_lines_with_request_ids_and_no_user_data(tmp_path: Path) -> None:
     secret = b"SECRET-CONTENT-MARKER-7f3a"
     name = "../../home/alice/private/SECRET-NAME-9c1d.jpg"
@@ -177,6 +184,7 @@ def test_keys_are_compared_whole() -> None:
     assert not key_matches("", list(KEYS))
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize("trusted", [False, True], ids=["no-proxy-trusted", "loopback-trusted"])
 def test_forwarded_addresses_count_only_from_a_trusted_proxy(tmp_path: Path, trusted: bool) -> None:
     """Rate limits and logs see X-Forwarded-For's client only when the peer (here loopback)
@@ -207,6 +215,7 @@ def test_forwarded_addresses_count_only_from_a_trusted_proxy(tmp_path: Path, tru
         assert set(clients) == {"ip:127.0.0.1"}
 
 
+@pytest.mark.stack
 def test_any_method_name_is_counted_under_a_bounded_label(tmp_path: Path) -> None:
     with start_gateway(f"127.0.0.1:{free_port()}", tmp_path) as gateway:
         for method in ("BREW", "XYZZY-1", "GET"):

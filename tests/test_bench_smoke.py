@@ -57,7 +57,7 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
     _, result, _ = bench
     assert {
         "machine",
-        *("config", "clips", "floor", "triton", "service", "seed", "p50", "live"),
+        *("config", "clips", "floor", "triton", "service", "prototype", "p50", "live"),
     } <= set(result)
     for rate in result["live"]["rates"].values():
         assert rate["judged"] >= 1 and rate["judged"] + rate["dropped"] == rate["sent"]
@@ -82,9 +82,9 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
         assert {"decode", "detect", "infer", "aggregate"} <= set(level["stages_ms"])
         # the service scored the faces the floor and Triton were given
         assert all(a["faces"] == faces for a in level["answers"])
-    seed = result["seed"]["lite"]
-    assert seed["clips"][0]["faces"] == faces and seed["videos_per_min"] > 0
-    assert set(seed["clips"][0]["mean_p_fake"]) == {"meso4", "mesoinception4"}
+    prototype = result["prototype"]["lite"]
+    assert prototype["clips"][0]["faces"] == faces and prototype["videos_per_min"] > 0
+    assert set(prototype["clips"][0]["mean_p_fake"]) == {"meso4", "mesoinception4"}
     assert result["p50"]["p50_s"] > 0 and result["p50"]["clip"] == "dfdc_widuwuoiur.mp4"
 
 
@@ -93,7 +93,7 @@ def test_bench_prints_the_ratios_and_draws_the_plots(bench: tuple[str, dict, Pat
     line = next(x for x in stdout.splitlines() if x.startswith("RATIOS "))
     printed = dict(item.split("=") for item in line.split()[1:])
     expected = {
-        "service_vs_seed_baseline_lite_c2",
+        "service_vs_prototype_lite_c2",
         "triton_vs_inprocess_lite_c2",
         "lite_vs_compute_c1",
         "lite_total_vs_infer_c1",

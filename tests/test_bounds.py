@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from model_repository.local_triton import TritonSettings
-from tests.conftest import MEDIA, GatewayProcess, start_gateway_process, write_results
+from tests.conftest import MEDIA, Gateway, start_gateway, write_results
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
@@ -84,7 +84,7 @@ def detect(url: str, path: Path, **params: object) -> httpx.Response:
         )
 
 
-def metric(gateway: GatewayProcess, name: str) -> float:
+def metric(gateway: Gateway, name: str) -> float:
     for line in httpx.get(gateway.url + "/metrics").text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
@@ -130,7 +130,7 @@ def open_upload(url: str, route: str, path: Path, body_rate: float | None = None
     return conn, body
 
 
-def logged(gateway: GatewayProcess, route: str) -> int:
+def logged(gateway: Gateway, route: str) -> int:
     """Requests to `route` the gateway has logged as ended."""
     lines = gateway.log.read_text().splitlines()
     return sum(f'"route": "{route}"' in line and '"message": "request"' in line for line in lines)
@@ -147,8 +147,8 @@ def busy_cpu_s(process: psutil.Process, seconds: float = 1.0) -> float:
 @pytest.fixture(scope="module")
 def gateway(
     lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    with start_gateway_process(
+) -> Iterator[Gateway]:
+    with start_gateway(
         lite_triton.grpc_url, tmp_path_factory.mktemp("bounds"), max_in_flight=4
     ) as gw:
         assert detect(gw.url, OBAMA).status_code == 200  # models loaded, warm
@@ -159,7 +159,7 @@ def gateway(
 
 
 def test_a_4k_clip_at_300_frames_stays_far_under_the_pod_limit(
-    gateway: GatewayProcess, tmp_path: Path
+    gateway: Gateway, tmp_path: Path
 ) -> None:
     clip = black_4k_clip(tmp_path / "black-4k.mp4", 10)
     with PeakRss(gateway.process) as rss:
@@ -175,7 +175,7 @@ def test_a_4k_clip_at_300_frames_stays_far_under_the_pod_limit(
 
 
 def test_four_4k_uploads_at_once_stay_far_under_the_pod_limit(
-    gateway: GatewayProcess, tmp_path: Path
+    gateway: Gateway, tmp_path: Path
 ) -> None:
     clip = black_4k_clip(tmp_path / "black-4k.mp4", 2)
     data = clip.read_bytes()
@@ -204,7 +204,7 @@ def test_the_request_budgets_refuse_what_is_beyond_them(
     lite_triton: TritonSettings, tmp_path: Path
 ) -> None:
     """Decoded pixels are counted frame by frame as decoded, faces as found: 422 past either."""
-    with start_gateway_process(
+    with start_gateway(
         lite_triton.grpc_url, tmp_path, max_decoded_megapixels=100, max_request_faces=1
     ) as gateway:
         clip = black_4k_clip(tmp_path / "black-4k.mp4", 1)  # 30 frames of 8.3 megapixels
@@ -222,7 +222,7 @@ def test_the_request_budgets_refuse_what_is_beyond_them(
 def test_the_deadline_ends_an_analysis_with_504_and_frees_its_slot(
     lite_triton: TritonSettings, tmp_path: Path
 ) -> None:
-    with start_gateway_process(
+    with start_gateway(
         lite_triton.grpc_url, tmp_path, analysis_timeout_s=1, max_in_flight=1
     ) as gateway:
         response = detect(gateway.url, LONG_CLIP, frames=300)
@@ -234,7 +234,7 @@ def test_the_deadline_ends_an_analysis_with_504_and_frees_its_slot(
 
 @pytest.mark.parametrize("route", ["/api/detect", "/api/detect/stream"])
 def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
-    gateway: GatewayProcess, lite_triton: TritonSettings, route: str
+    gateway: Gateway, lite_triton: TritonSettings, route: str
 ) -> None:
     conn, _ = open_upload(gateway.url, route, LONG_CLIP, frames=300)
     try:
@@ -259,9 +259,7 @@ def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
 
 
 @pytest.mark.parametrize("route", ["/api/detect", "/api/detect/stream"])
-def test_a_client_gone_right_after_its_upload_frees_its_slot(
-    gateway: GatewayProcess, route: str
-) -> None:
+def test_a_client_gone_right_after_its_upload_frees_its_slot(gateway: Gateway, route: str) -> None:
     answered = logged(gateway, route)
     conn, _ = open_upload(gateway.url, route, LONG_CLIP, frames=300)
     conn.shutdown(socket.SHUT_RDWR)
@@ -284,7 +282,7 @@ def test_slow_uploads_hold_no_slot_and_the_others_are_served(
     lite_triton: TritonSettings, tmp_path: Path
 ) -> None:
     slots, trickling = 2, 6
-    with start_gateway_process(
+    with start_gateway(
         lite_triton.grpc_url,
         tmp_path,
         max_in_flight=slots,

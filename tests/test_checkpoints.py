@@ -22,6 +22,9 @@ from export.checkpoints import (
     read_torch_checkpoint,
 )
 
+# The full tier only (make test): builds the full-size Xception and EfficientNet-B7 in torch.
+pytestmark = pytest.mark.stack
+
 XCEPTION_INPUT = 96  # smallest-ish size Xception's stride-2 stem and blocks handle; fast on CPU
 B7_INPUT = 64
 

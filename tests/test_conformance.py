@@ -12,6 +12,10 @@ from model_repository.local_triton import TritonSettings
 from tests.conftest import ASSETS, ROOT, SHARED
 from tests.triton_client import infer
 
+# The full tier only (make test): runs the Keras reference in .venv-keras.
+pytestmark = pytest.mark.stack
+
+
 INPUTS = SHARED / "conformance/mesonet_conformance_inputs.npy"
 KERAS_PYTHON = ROOT / ".venv-keras/bin/python"
 DEFAULT_WEIGHTS = {"meso4": "Meso4_DF", "mesoinception4": "MesoInception_DF"}

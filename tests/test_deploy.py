@@ -27,6 +27,10 @@ from deploy.dockerfile import (
 )
 from deploy.manifests import Rendering
 
+# The full tier only (make test): runs kustomize, kubeconform and hadolint.
+pytestmark = pytest.mark.stack
+
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"

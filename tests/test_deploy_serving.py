@@ -11,7 +11,6 @@ an OTLP/HTTP receiver in this process).
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -28,14 +27,16 @@ from deploy.manifests import Rendering, expand
 from model_repository.local_triton import (
     LocalTriton,
     TritonSettings,
-    environment,
-    prepare_backends,
     wheel_dir,
 )
-from tests.conftest import MEDIA, free_port, start_gateway
+from tests.conftest import FAKE_CLIP, free_port, start_gateway
 from tests.test_deploy_invariants import TRITON_GPU_METRICS, TRITON_METRICS
 
-VIDEO = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"
+# The full tier only (make test): gateway and Triton processes.
+pytestmark = pytest.mark.stack
+
+
+VIDEO = FAKE_CLIP
 ADMIN_KEY = "test-admin-key-0123456789"
 COLLECTOR = "http://opentelemetry-collector.monitoring.svc:4318/v1/traces"
 
@@ -142,18 +143,9 @@ class RenderedTriton(LocalTriton):
         super().__init__(settings)
         self.args = args
 
-    def start(self) -> None:
-        backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
+    def command(self, backends: Path) -> list[str]:
         binary = wheel_dir(self.settings.python_env) / "bin" / "tritonserver"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(binary), *self.args, f"--backend-directory={backends}"],
-                env=environment(self.settings.python_env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        return [str(binary), *self.args, f"--backend-directory={backends}"]
 
 
 @pytest.fixture(scope="module")

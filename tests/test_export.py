@@ -15,6 +15,10 @@ from export.repository import UNTRAINED, Provenance, vote_weights
 from export.vote import build_vote
 from tests.conftest import ASSETS, NATIVE_SIZE, REPOSITORY, resized
 
+# The full tier only (make test): exports every member with torch (minutes for B7 on 2 cores).
+pytestmark = pytest.mark.stack
+
+
 ARCHS = {
     "meso4": meso4,
     "mesoinception4": mesoinception4,

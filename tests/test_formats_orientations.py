@@ -26,9 +26,13 @@ from gateway.schemas import DetectAnswer
 from model_repository.local_triton import TritonSettings
 from preprocess.media import Media, MediaReader
 from preprocess.orientation import ALL, Orientation, from_display_matrix, from_exif
-from tests.conftest import MEDIA, Gateway, start_gateway, write_results
+from tests.conftest import FAKE_CLIP, Gateway, start_gateway, write_results
 
-CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"  # 640x480, lite: 0.95 fake
+# The full tier only (make test): ffmpeg makes its media; a real Triton scores it.
+pytestmark = pytest.mark.stack
+
+
+CLIP = FAKE_CLIP  # 640x480, lite: 0.95 fake
 CLIP_FRAMES = 12  # frames cut from the clip: encoding every variant stays at a few seconds
 FRAMES = 4  # frames sampled per request
 ROTATION_TOLERANCE = 0.02  # the bound on a rotated or mirrored upload's score

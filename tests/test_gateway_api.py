@@ -1,5 +1,6 @@
 """The gateway end to end: real HTTP to the real gateway, real Triton, real media."""
 
+import hashlib
 import json
 import socket
 from pathlib import Path
@@ -9,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.schemas import DetectAnswer, ModelsAnswer, ServiceInfo
-from tests.conftest import MEDIA, Gateway
+from gateway.schemas import DetectAnswer, ModelsAnswer, ModelSummary, ServiceInfo
+from tests.conftest import ASSETS, MEDIA, Gateway
+from tests.stack import metric
 from tests.triton_client import parameters
 
 VIDEOS = sorted((MEDIA / "videos").glob("*/*.mp4"))
@@ -269,7 +271,7 @@ def test_an_image_named_like_a_video_is_analysed_as_an_image(gateway: Gateway) -
     assert response.json()["media"]["format"] == "jpeg"
 
 
-def test_the_seeds_field_name_video_is_accepted(gateway: Gateway) -> None:
+def test_the_prototypes_field_name_video_is_accepted(gateway: Gateway) -> None:
     response = detect_bytes(gateway, "obama.jpg", OBAMA.read_bytes(), field="video")
     assert response.status_code == 200
     assert response.json()["verdict"] in ("real", "fake")
@@ -301,26 +303,27 @@ def test_a_declared_length_over_the_cap_is_refused_before_reading(gateway: Gatew
     assert '"file_too_large"' in reply
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "status", "code"),
-    [
-        ({"data": {"name": "x"}}, 415, "unsupported_content_type"),
-        ({"files": {"other": ("a.jpg", b"1234")}}, 422, "missing_file"),
-        (
-            {"content": b"raw bytes", "headers": {"content-type": "video/mp4"}},
-            415,
-            "unsupported_content_type",
-        ),
-        (
-            {
-                "content": b"--b\r\nbroken",
-                "headers": {"content-type": "multipart/form-data; boundary=b"},
-            },
-            422,
-            "missing_file",
-        ),
-    ],
-)
+# Requests that are not a well-formed upload: (httpx arguments, status, error code).
+MALFORMED = [
+    ({"data": {"name": "x"}}, 415, "unsupported_content_type"),
+    ({"files": {"other": ("a.jpg", b"1234")}}, 422, "missing_file"),
+    (
+        {"content": b"raw bytes", "headers": {"content-type": "video/mp4"}},
+        415,
+        "unsupported_content_type",
+    ),
+    (
+        {
+            "content": b"--b\r\nbroken",
+            "headers": {"content-type": "multipart/form-data; boundary=b"},
+        },
+        422,
+        "missing_file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), MALFORMED)
 def test_malformed_requests(gateway: Gateway, kwargs: dict, status: int, code: str) -> None:
     response = httpx.post(gateway.url + "/api/detect", timeout=30, **kwargs)
     assert response.status_code == status, response.text
@@ -341,14 +344,31 @@ def test_unknown_routes_are_json(gateway: Gateway) -> None:
     response = httpx.get(gateway.url + "/nope")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     response = httpx.get(gateway.url + "/api/detect")
-    assert response.status_code == 405
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
 
 
 def test_the_threshold_option_decides_the_verdict(gateway: Gateway) -> None:
     low = detect(gateway, OBAMA, threshold=0.0).json()
     high = detect(gateway, OBAMA, threshold=1.0).json()
     assert low["score"] == pytest.approx(high["score"])
-    assert (low["verdict"], high["verdict"]) == ("fake", "real") or high["score"] == 1.0
+    assert 0 < high["score"] < 1  # a score of exactly 1 would be "fake" at any threshold
+    assert (low["verdict"], high["verdict"]) == ("fake", "real")
+
+
+PROVENANCE = ("file", "sha256", "source", "licence")
+
+
+def assert_provenance_is_true(model: ModelSummary) -> None:
+    """What the provenance says, checked: a trained model's file is the shared weights file
+    with that sha256; an untrained one says it has random weights and names no file."""
+    if model.trained:
+        (path,) = ASSETS.rglob(model.weights.file)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == model.weights.sha256
+        assert model.weights.source and model.weights.licence not in ("", "n/a")
+    else:
+        assert (model.weights.file, model.weights.sha256, model.weights.licence) == ("", "", "n/a")
+        assert model.weights.source.startswith("random initialisation")
+        assert model.weight == 0
 
 
 def test_models_come_from_triton(gateway: Gateway, triton) -> None:
@@ -358,8 +378,9 @@ def test_models_come_from_triton(gateway: Gateway, triton) -> None:
     for model in answer.models:
         params = parameters(triton.grpc_url, model.name)
         assert model.trained == (params["trained"] == "true")
-        assert model.weights.sha256 == params["weights_sha256"]
+        assert model.weights.model_dump() == {k: params[f"weights_{k}"] for k in PROVENANCE}
         assert model.input_size == int(params["input_size"])
+        assert_provenance_is_true(model)
         assert model.ready and model.version == "1"
     vote = parameters(triton.grpc_url, "deepfake_vote")["vote_weights"]
     assert ",".join(f"{m.name}={m.weight:g}" for m in answer.models) == vote
@@ -382,16 +403,33 @@ def test_request_ids_are_returned(gateway: Gateway) -> None:
 
 
 def test_metrics_count_requests_stages_and_faces(gateway: Gateway) -> None:
-    detect_bytes(gateway, "empty.mp4", b"")
-    detect(gateway, OBAMA)
-    text = httpx.get(gateway.url + "/metrics").text
-    samples = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
+    stages = ("decode", "detect", "infer", "total")
+
+    def counts() -> dict[str, float]:
+        detects = {
+            str(status): metric(
+                gateway.url,
+                "gateway_requests_total",
+                method="POST",
+                route="/api/detect",
+                status=str(status),
+            )
+            for status in (200, 415)
+        }
+        timed = {s: metric(gateway.url, "gateway_stage_seconds_count", stage=s) for s in stages}
+        faces = {"faces": metric(gateway.url, "gateway_faces_per_request_sum")}
+        return detects | timed | faces
+
+    before = counts()
+    assert detect_bytes(gateway, "empty.mp4", b"").status_code == 415
+    answer = detect(gateway, OBAMA).json()
+    after = counts()
+    found = sum(len(frame["faces"]) for frame in answer["frames"])
+    assert found == 1
+    # Exactly these two requests: one refused before any stage, one through every stage.
+    assert {k: after[k] - before[k] for k in before} == {
+        "200": 1,
+        "415": 1,
+        **dict.fromkeys(stages, 1),
+        "faces": found,
     }
-    assert samples['gateway_requests_total{method="POST",route="/api/detect",status="415"}'] >= 1
-    assert samples['gateway_requests_total{method="POST",route="/api/detect",status="200"}'] >= 1
-    for stage in ("decode", "detect", "infer", "total"):
-        assert samples[f'gateway_stage_seconds_count{{stage="{stage}"}}'] >= 1
-    assert samples["gateway_faces_per_request_sum"] >= 1

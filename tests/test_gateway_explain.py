@@ -11,7 +11,6 @@ import base64
 import hashlib
 import io
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -117,14 +116,6 @@ def test_deleting_the_map_s_cells_first_lowers_p_fake_faster_than_random(
     for model in VOTING:
         ours, chance = np.array(by_map[model]), np.array(by_chance[model])
         assert ours.mean() < chance.mean(), (model, figures[model])
-
-
-@pytest.fixture(scope="module")
-def lite_gateway(
-    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("gw-explain")) as gw:
-        yield gw
 
 
 def detect(gateway: Gateway, path: Path, **query: object) -> dict:

@@ -14,6 +14,10 @@ import pytest
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
 
+# The full tier only (make test): gateway processes.
+pytestmark = pytest.mark.stack
+
+
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 CLIP = MEDIA / "videos/fake/cvprw2019_demo_fake.mp4"
 LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s

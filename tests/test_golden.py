@@ -4,21 +4,9 @@ See tests/golden.py for what is recorded and how to re-record after an intended 
 """
 
 import json
-from collections.abc import Iterator
 
-import pytest
-
-from model_repository.local_triton import TritonSettings
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway
 from tests.golden import RECORD, answers, differences, golden_media, key
-
-
-@pytest.fixture(scope="module")
-def lite_gateway(
-    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("golden")) as gateway:
-        yield gateway
 
 
 def test_the_record_covers_every_shared_clip_and_image() -> None:

@@ -40,9 +40,10 @@ from preprocess.media import (
     sniff,
 )
 from tests.conftest import MEDIA, Gateway, start_gateway, write_results
+from tests.stack import REAL_CLIP
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
-SMALL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"  # 180 KB, moov at the end
+SMALL_CLIP = REAL_CLIP  # 180 KB, moov at the end
 MAX_FACES = 8
 TIMEOUT = httpx.Timeout(120.0)
 TRIED: dict[str, int] = {}  # case -> status, written to results/reliability.json
@@ -501,9 +502,9 @@ FUZZ = settings(
 )
 
 
-def seeds() -> dict[str, bytes]:
-    """Small valid files of every family the reader handles, as mutation seeds."""
-    scratch = Path(tempfile.mkdtemp(prefix="fuzz-seeds-"))
+def samples() -> dict[str, bytes]:
+    """Small valid files of every family the reader handles: what the mutations start from."""
+    scratch = Path(tempfile.mkdtemp(prefix="fuzz-samples-"))
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
     found = {ext: encoded(image, f".{ext}") for ext in ("jpg", "png", "webp")}
@@ -513,7 +514,7 @@ def seeds() -> dict[str, bytes]:
         frames[0].save(buffer, ext, save_all=True, append_images=frames[1:], duration=100)
         found[f"animated {ext}"] = buffer.getvalue()
     for ext, fourcc in (("mp4", "mp4v"), ("avi", "MJPG"), ("mkv", "MJPG")):
-        path = scratch / f"seed.{ext}"
+        path = scratch / f"sample.{ext}"
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))
         for i in range(6):
             writer.write(np.roll(image, i, axis=1))
@@ -524,13 +525,13 @@ def seeds() -> dict[str, bytes]:
     return found
 
 
-SEEDS = seeds()
+SAMPLES = samples()
 
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    """A seed file truncated, with bytes overwritten and a run of bytes spliced in."""
-    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+    """A sample file truncated, with bytes overwritten and a run of bytes spliced in."""
+    data = bytearray(SAMPLES[draw(st.sampled_from(sorted(SAMPLES)))])
     for _ in range(draw(st.integers(0, 8))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     if draw(st.booleans()):

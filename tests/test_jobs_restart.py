@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from model_repository.local_triton import TritonSettings
-from tests.conftest import start_gateway_process
+from tests.conftest import start_gateway
 from tests.jobs_support import (
     CLIPS,
     ended_items,
@@ -38,12 +38,12 @@ def test_a_gateway_killed_mid_job_finishes_it_after_a_restart(
     lite_triton: TritonSettings, tmp_path: Path
 ) -> None:
     settings = RECOVERY | {"jobs_dir": tmp_path / "jobs", "jobs_workers": 1}
-    with start_gateway_process(lite_triton.grpc_url, tmp_path, **settings) as first:
+    with start_gateway(lite_triton.grpc_url, tmp_path, **settings) as first:
         job = submit(first.url, CLIP_FILES, frames=16).json()
         wait_running(first.url, job["id"])
         first.process.kill()
         first.process.wait(10)
-    with start_gateway_process(lite_triton.grpc_url, tmp_path, **settings) as second:
+    with start_gateway(lite_triton.grpc_url, tmp_path, **settings) as second:
         finished = wait_job(second.url, job["id"], timeout=300)
     assert_recovered(finished, [first.log, second.log])
     assert not (tmp_path / "jobs/uploads" / job["id"]).exists()
@@ -56,7 +56,7 @@ def test_a_worker_and_the_gateway_killed_mid_job_lose_nothing_on_redis(
         shared = RECOVERY | {"jobs_dir": tmp_path / "jobs", "jobs_redis_url": redis_url}
         gateway_settings = shared | {"jobs_workers": 0}  # as in Kubernetes: workers apart
         with (
-            start_gateway_process(lite_triton.grpc_url, tmp_path, **gateway_settings) as gw,
+            start_gateway(lite_triton.grpc_url, tmp_path, **gateway_settings) as gw,
             worker_process(lite_triton.grpc_url, tmp_path, **shared) as worker,
         ):
             job = submit(gw.url, CLIP_FILES, frames=16).json()
@@ -66,7 +66,7 @@ def test_a_worker_and_the_gateway_killed_mid_job_lose_nothing_on_redis(
             worker.process.wait(10)
             gw.process.wait(10)
         with (
-            start_gateway_process(lite_triton.grpc_url, tmp_path, **gateway_settings) as gw2,
+            start_gateway(lite_triton.grpc_url, tmp_path, **gateway_settings) as gw2,
             worker_process(lite_triton.grpc_url, tmp_path, **shared) as worker2,
         ):
             finished = wait_job(gw2.url, job["id"], timeout=300)
@@ -83,7 +83,7 @@ def test_a_worker_stopped_with_sigterm_gives_its_item_back_uncounted(
     back to the queue without using up an attempt (here on the embedded SQLite queue,
     shared by a gateway that only queues and two worker processes in turn)."""
     shared = RECOVERY | {"jobs_dir": tmp_path / "jobs", "shutdown_timeout_s": 1}
-    with start_gateway_process(lite_triton.grpc_url, tmp_path, **shared, jobs_workers=0) as gw:
+    with start_gateway(lite_triton.grpc_url, tmp_path, **shared, jobs_workers=0) as gw:
         with worker_process(lite_triton.grpc_url, tmp_path, **shared) as first:
             job = submit(gw.url, CLIP_FILES[:2], frames=64).json()  # seconds each
             wait_running(gw.url, job["id"], timeout=180)

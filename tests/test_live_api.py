@@ -2,7 +2,6 @@
 frames of the shared clips judged one by one, bad input, keys, limits, backpressure."""
 
 import json
-import re
 import socket
 import struct
 import time
@@ -23,6 +22,7 @@ from tests.live_client import (
     jpeg_frames,
     judge,
 )
+from tests.stack import metric
 
 API_KEY = "live-test-key"
 FRAMES = 12
@@ -47,14 +47,11 @@ def live(
         yield gateway
 
 
+FATES = ("received", "scored", "dropped")  # gateway_live_frames_total's labels
+
+
 def connect(gateway: Gateway) -> LiveSocket:
     return LiveSocket.open(gateway.url, header=[f"X-API-Key: {API_KEY}"])
-
-
-def metric(gateway: Gateway, name: str, labels: str = "") -> float:
-    text = httpx.get(gateway.url + "/metrics", timeout=10).text
-    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def claimed_size(jpeg: bytes, width: int, height: int) -> bytes:
@@ -143,7 +140,8 @@ def test_keys_by_header_bearer_or_query(live: Gateway) -> None:
 def test_the_newest_frame_wins(live: Gateway) -> None:
     """Frames sent far faster than they are scored: the older waiting one is dropped and
     counted, never queued; the last frame sent is always judged."""
-    dropped_before = metric(live, "gateway_live_frames_total", '{fate="dropped"}')
+    before = {f: metric(live.url, "gateway_live_frames_total", fate=f) for f in FATES}
+    lags_before = metric(live.url, "gateway_live_lag_seconds_count")
     frames = jpeg_frames(FAKE_CLIP, 30, step=1)
     session = connect(live)
     session.start()
@@ -157,8 +155,13 @@ def test_the_newest_frame_wins(live: Gateway) -> None:
     # every frame was either judged or dropped, and the count says which
     assert len(answers) + answers[-1]["dropped"] == len(frames)
     assert [a["dropped"] for a in answers] == sorted(a["dropped"] for a in answers)
-    dropped = metric(live, "gateway_live_frames_total", '{fate="dropped"}') - dropped_before
-    assert dropped == answers[-1]["dropped"]
+    counted = {f: metric(live.url, "gateway_live_frames_total", fate=f) - before[f] for f in FATES}
+    assert counted == {
+        "received": len(frames),
+        "scored": len(answers),
+        "dropped": answers[-1]["dropped"],
+    }
+    assert metric(live.url, "gateway_live_lag_seconds_count") - lags_before == len(answers)
 
 
 def test_session_limits_idle_timeout_and_metrics(live: Gateway) -> None:
@@ -167,19 +170,16 @@ def test_session_limits_idle_timeout_and_metrics(live: Gateway) -> None:
     # a third session for the same key is over live_max_sessions_per_client
     third = connect(live)
     assert third.close_code() == (4429, "too many live sessions")
-    assert metric(live, "gateway_live_sessions") == 2
+    assert metric(live.url, "gateway_live_sessions") == 2
     # no message for live_idle_timeout_s (2 s): closed
     started = time.monotonic()
     assert first.close_code() == (4408, "idle")
     assert second.close_code() == (4408, "idle")
     assert time.monotonic() - started < 10
     deadline = time.monotonic() + 5
-    while metric(live, "gateway_live_sessions") != 0 and time.monotonic() < deadline:
+    while metric(live.url, "gateway_live_sessions") != 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert metric(live, "gateway_live_sessions") == 0
-    for fate in ("received", "scored"):
-        assert metric(live, "gateway_live_frames_total", f'{{fate="{fate}"}}') > 0
-    assert metric(live, "gateway_live_lag_seconds_count") > 0
+    assert metric(live.url, "gateway_live_sessions") == 0
 
 
 def test_stream_urls_are_checked(live: Gateway) -> None:
@@ -229,10 +229,10 @@ def test_a_client_that_stops_reading_is_let_go(lite_triton: TritonSettings, tmp_
                     sent += 1
             except (OSError, websocket.WebSocketException):
                 break  # the gateway stopped reading this connection too
-            if metric(gateway, "gateway_live_sessions") == 0:
+            if metric(gateway.url, "gateway_live_sessions") == 0:
                 break
-        assert metric(gateway, "gateway_live_sessions") == 0, f"still open after {sent} frames"
-        assert metric(gateway, "gateway_live_frames_total", '{fate="dropped"}') > 0
+        assert metric(gateway.url, "gateway_live_sessions") == 0, f"still open after {sent} frames"
+        assert metric(gateway.url, "gateway_live_frames_total", fate="dropped") > 0
         log = gateway.log.read_text()
         assert "Traceback" not in log
         # the gateway goes on serving others

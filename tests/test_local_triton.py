@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 
 from model_repository.local_triton import LocalTriton, TritonSettings
-from tests.conftest import ROOT, free_port, resized, start_triton
+from tests.conftest import ROOT, free_port, local_triton, resized
 from tests.triton_client import infer, model_config
+
+# The full tier only (make test): tritonserver processes.
+pytestmark = pytest.mark.stack
 
 
 def test_lite_profile_serves_only_the_mesonet_pair(
     exported: Path, tmp_path: Path, face_crops: list
 ) -> None:
-    with start_triton("lite", tmp_path) as server:
+    with local_triton("lite", tmp_path) as server:
         url = server.settings.grpc_url
         config = model_config(url, "deepfake_ensemble")
         assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == [

@@ -249,7 +249,7 @@ def test_extractor(detectors: dict) -> None:
     frames = MediaReader().read(MEDIA / "videos/real/ffpp_c23_original_004.mp4", 4).frames
     frames += MediaReader().read(TWO_PEOPLE, 1).frames
     extractor = FaceExtractor(detectors["yunet"], CropConfig())
-    results = extractor.extract(frames)
+    results = [extractor.extract_frame(frame) for frame in frames]
     assert [r.index for r in results] == [f.index for f in frames]
     assert [r.timestamp_s for r in results] == [f.timestamp_s for f in frames]
     assert [len(r.faces) for r in results] == [1, 1, 1, 1, 2]
@@ -257,7 +257,7 @@ def test_extractor(detectors: dict) -> None:
         assert len(result.crops) == len(result.faces)
         assert all(crop.shape == (380, 380, 3) for crop in result.crops)
     with ThreadPoolExecutor(2) as pool:
-        threaded = extractor.extract(frames, map_fn=pool.map)
+        threaded = list(pool.map(extractor.extract_frame, frames))  # the detectors are thread-safe
     assert [r.faces for r in threaded] == [r.faces for r in results]
     assert all(
         np.array_equal(a, b)

@@ -1,9 +1,9 @@
 """preprocess.media against the real clips and images in ../shared and files made from them."""
 
 import fnmatch
-import json
 import re
 import struct
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -147,6 +147,7 @@ def test_sample_indices_edges() -> None:
 # --- the shared clips and images ----------------------------------------------------------
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda p: p.name)
 def test_read_every_shared_clip(clip: Path) -> None:
     width, height, count, fps, seconds = TABLE[clip]
@@ -156,7 +157,6 @@ def test_read_every_shared_clip(clip: Path) -> None:
     assert info.frame_count == count
     assert info.fps == pytest.approx(fps, abs=0.03)
     assert info.duration_s == pytest.approx(seconds, abs=0.06)
-    assert json.loads(json.dumps(info.to_dict()))["frame_count"] == count
 
     # Non-reference frames are skipped: each planned frame is the first decoded at or after it.
     planned, indices = sample_indices(count, N), [f.index for f in media.frames]
@@ -199,7 +199,7 @@ def test_skipping_non_reference_frames_keeps_their_pixels() -> None:
 def test_read_image() -> None:
     path = MEDIA / "images/real/face_recognition_obama.jpg"
     media = MediaReader().read(path, N)
-    assert media.info.to_dict() == {
+    assert asdict(media.info) == {
         "kind": "image",
         "format": "jpeg",
         "width": 910,

@@ -27,18 +27,11 @@ import pytest
 
 from gateway.model_server import channel_args, grpc_target
 from model_repository.local_triton import LocalTriton
-from tests.conftest import (
-    MEDIA,
-    Gateway,
-    free_port,
-    start_gateway,
-    start_gateway_process,
-    start_triton,
-    write_results,
-)
+from tests.conftest import Gateway, free_port, start_gateway, write_results
+from tests.stack import BIG_CLIP, MEDIA, triton_process
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
-CLIP = MEDIA / "videos/real/cvprw2019_demo.mp4"  # 2 MB, 1280x720
+CLIP = BIG_CLIP
 TIMEOUT = httpx.Timeout(180.0)
 FIGURES: dict[str, object] = {}
 
@@ -93,8 +86,8 @@ def replicas(
     exported: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Replica, Replica]]:
-    a = start_triton("lite", tmp_path_factory.mktemp("replica-a"))
-    b = start_triton("lite", tmp_path_factory.mktemp("replica-b"))
+    a = triton_process("lite", tmp_path_factory.mktemp("replica-a"))
+    b = triton_process("lite", tmp_path_factory.mktemp("replica-b"))
     try:
         for server in (a, b):
             server.start()
@@ -151,7 +144,7 @@ def in_background(call) -> tuple[threading.Thread, dict]:
 def test_a_triton_killed_mid_request_is_503_and_served_again_after_its_restart(
     replica: Replica, tmp_path: Path
 ) -> None:
-    with start_gateway_process(replica.url, tmp_path) as gateway:
+    with start_gateway(replica.url, tmp_path) as gateway:
         assert detect(gateway.url).status_code == 200
         # Paused first, so the request is surely at Triton (or on its way) when it dies.
         replica.pause()
@@ -283,7 +276,7 @@ def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(
     replica: Replica, tmp_path: Path
 ) -> None:
     bound = 60
-    with start_gateway_process(replica.url, tmp_path, shutdown_timeout_s=bound) as gateway:
+    with start_gateway(replica.url, tmp_path, shutdown_timeout_s=bound) as gateway:
         thread, result = in_background(lambda: detect(gateway.url, CLIP, frames=32))
         wait_until(lambda: gauge(gateway, "gateway_requests_in_flight") == 1, what="in flight")
         started = time.monotonic()
@@ -320,7 +313,7 @@ def test_a_burst_beyond_the_queue_is_refused_with_429_and_memory_stays_bounded(
 ) -> None:
     burst, limit, queue = 24, 2, 2
     # Every upload is received (max_uploads): admission alone decides.
-    with start_gateway_process(
+    with start_gateway(
         replica.url, tmp_path, max_in_flight=limit, max_queue=queue, max_uploads=burst
     ) as gateway:
         assert detect(gateway.url, CLIP, frames=4).status_code == 200  # models loaded, warm

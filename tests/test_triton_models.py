@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from gateway.model_server import parse_weights
+from gateway.model_server import parse_vote_weights
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
 from tests.triton_client import infer, infer_many, model_config, parameters
@@ -27,7 +27,7 @@ def in_process(model: str, faces: np.ndarray) -> np.ndarray:
 
 
 def vote_weights(triton: TritonSettings) -> dict[str, float]:
-    return parse_weights(parameters(triton.grpc_url, "deepfake_vote")["vote_weights"])
+    return parse_vote_weights(parameters(triton.grpc_url, "deepfake_vote")["vote_weights"])
 
 
 @pytest.mark.parametrize("model", MEMBERS)

@@ -15,12 +15,10 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from pypdf import PdfReader
 
-from model_repository.local_triton import TritonSettings
-from tests.conftest import MEDIA, Gateway, start_gateway
+from tests.conftest import FAKE_CLIP, Gateway
 from tests.test_web_ui import DESKTOP, Seen, open_page, screenshot, settle, shown_answer
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FAKE_CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"
 VOTE = "ensemble"
 
 
@@ -32,14 +30,6 @@ def browser() -> Iterator[Browser]:
         )
         yield chromium
         chromium.close()
-
-
-@pytest.fixture(scope="module")
-def lite_gateway(
-    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("gw-web-explain")) as gw:
-        yield gw
 
 
 @pytest.fixture

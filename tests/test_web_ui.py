@@ -18,13 +18,16 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, sync_playwright
 
 from tests.conftest import MEDIA, MEMBERS, ROOT, Gateway, free_port, start_gateway
+from tests.stack import BIG_CLIP, REAL_CLIP
+
+# The full tier only (make test): a browser and gateway processes.
+pytestmark = pytest.mark.stack
+
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests/artifacts/web_ui"
 FRAMES = 8  # few frames keep the browser tests quick; the page passes ?frames= on
 FAKE_CLIP = MEDIA / "videos/fake/ffpp_deepfakes_003_000.mp4"
-REAL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
-BIG_CLIP = MEDIA / "videos/real/cvprw2019_demo.mp4"  # about 2 MB: over a 1 MB cap
 PHOTO = MEDIA / "images/real/face_recognition_obama.jpg"
 STAGES = ["upload", "uploaded", "accepted", "decoded", "faces", "inference", "result"]
 VERDICT_WORDS = {"fake": "Likely fake", "real": "Likely real", "no_face": "No face found"}
@@ -430,3 +433,23 @@ def test_phone_width_has_no_horizontal_overflow(
     assert seen.errors == []
     screenshot(page, "phone-width")
     page.close()
+
+
+def test_the_api_docs_render_offline_under_the_pages_csp(
+    browser: Browser, seen: Seen, tmp_path: Path
+) -> None:
+    """/docs is Swagger UI from the gateway's own files: it lists every documented
+    operation, asks nothing of any other origin, and breaks no CSP rule."""
+    with start_gateway(f"127.0.0.1:{free_port()}", tmp_path) as gateway:
+        page = browser.new_page(viewport=DESKTOP)
+        page.on("request", lambda request: seen.requests.append(request_line(request)))
+        page.on("pageerror", lambda error: seen.errors.append(str(error)))
+        page.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{gateway.url}/docs")
+        page.wait_for_selector(".opblock", timeout=60_000)
+        document = httpx.get(gateway.url + "/openapi.json").json()
+        operations = sum(len(methods) for methods in document["paths"].values())
+        assert page.locator(".opblock").count() == operations
+        screenshot(page, "docs")
+    assert seen.requests and all(r.split(" ", 1)[1].startswith(gateway.url) for r in seen.requests)
+    assert seen.errors == []

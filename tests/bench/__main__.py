@@ -14,10 +14,10 @@ from tests.bench.config import BenchConfig, parse_args
 from tests.bench.floor import run_floor
 from tests.bench.inputs import all_crops, check_exported, load_clips, machine_facts, members_of
 from tests.bench.live import run_live
-from tests.bench.seed_baseline import run_seed
+from tests.bench.prototype import run_prototype
 from tests.bench.service import run_p50, run_service
-from tests.bench.stack import gateway, local_triton
 from tests.bench.triton_stage import ENSEMBLE, run_triton
+from tests.stack import local_triton, measured_gateway
 
 
 def note_load(result: dict, stage: str) -> None:
@@ -45,7 +45,7 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                 note_load(result, f"triton {profile}")
             if {"service", "live"} & set(config.stages):
                 in_flight = max(4, *config.concurrency)
-                with gateway(
+                with measured_gateway(
                     url,
                     work,
                     frames=config.frames,
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print("[floor] in-process ONNX Runtime", flush=True)
         result["floor"] = run_floor(config, clips, needed_members(config.profiles))
         note_load(result, "floor")
-    if "seed" in config.stages:
-        print("[seed] eager PyTorch, frame by frame", flush=True)
-        result["seed"] = {p: run_seed(config, members_of(p), p) for p in config.profiles}
-        note_load(result, "seed")
+    if "prototype" in config.stages:
+        print("[prototype] eager PyTorch, frame by frame", flush=True)
+        result["prototype"] = {p: run_prototype(config, members_of(p), p) for p in config.profiles}
+        note_load(result, "prototype")
     if {"triton", "service", "live"} & set(config.stages):
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
             run_served(config, result, all_crops(clips), Path(work))

@@ -4,9 +4,9 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-MEDIA = ROOT.parent / "shared" / "media"
-STAGES = ("floor", "triton", "service", "seed", "live")
+from tests.stack import FAKE_CLIP, MEDIA, ROOT
+
+STAGES = ("floor", "triton", "service", "prototype", "live")
 PROFILES = ("lite", "full")
 # Three short clips of different sizes and people: a 10 s 1080p DFDC clip (the lite
 # latency target's size), a 720p face swap and a 480p FF++ clip.
@@ -37,7 +37,7 @@ class BenchConfig:
     p50_runs: int = 5
     detector: str = "scrfd"
     # Live: frames sent on /api/live at each rate (the page's default range), lite only.
-    live_clip: Path = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"
+    live_clip: Path = FAKE_CLIP
     live_rates: tuple[float, ...] = (2.0, 5.0)
     live_seconds: float = 20.0
     out: Path = ROOT / "results" / "bench"

@@ -45,13 +45,13 @@ def extractor_for(config: BenchConfig) -> FaceExtractor:
 
 def load_clips(config: BenchConfig) -> list[Clip]:
     """Each clip's faces cut by the project's own preprocess (MediaReader + FaceExtractor),
-    so the floor, Triton and the seed baseline score exactly the faces the gateway would."""
+    so the floor, Triton and the prototype score exactly the faces the gateway would."""
     settings = service_settings(config)
     reader, extractor = MediaReader(settings.media_limits()), extractor_for(config)
     clips = []
     for path in config.clips:
         media = reader.read(path, config.frames)
-        crops = [c for frame in extractor.extract(media.frames) for c in frame.crops]
+        crops = [c for frame in media.frames for c in extractor.extract_frame(frame).crops]
         if not crops:
             raise SystemExit(f"{path}: no face found in {config.frames} frames; choose another")
         clips.append(Clip(path, media.info, np.stack(crops)))

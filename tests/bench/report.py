@@ -17,7 +17,7 @@ from tests.bench.triton_stage import ENSEMBLE
 
 # The issue's targets, as (comparison, bound); a ratio not measured this run is skipped.
 TARGETS = {
-    "service_vs_seed_baseline_full_c4": (">=", 3.0),
+    "service_vs_prototype_full_c4": (">=", 3.0),
     "triton_vs_inprocess_full_c4": (">=", 0.9),
     "lite_p50_s_10s_1080p": ("<=", 1.5),
     "full_vs_compute_c1": ("<=", 1.15),
@@ -26,16 +26,16 @@ SERVICE_STAGES = ("decode", "detect", "infer", "aggregate")
 
 
 def ratios(result: dict, config: BenchConfig) -> dict[str, float]:
-    """Same-run ratios: service vs seed, Triton vs in-process, service vs pure compute."""
+    """Same-run ratios: service vs prototype, Triton vs in-process, service vs pure compute."""
     out: dict[str, float] = {}
     c, b = max(config.concurrency), max(config.batches)
-    floor, seed = result.get("floor"), result.get("seed", {})
+    floor, prototype = result.get("floor"), result.get("prototype", {})
     service, triton = result.get("service", {}), result.get("triton", {})
     for p in config.profiles:
         members = members_of(p)
-        if p in service and p in seed:
-            out[f"service_vs_seed_baseline_{p}_c{c}"] = (
-                service[p][f"c{c}"]["videos_per_min"] / seed[p]["videos_per_min"]
+        if p in service and p in prototype:
+            out[f"service_vs_prototype_{p}_c{c}"] = (
+                service[p][f"c{c}"]["videos_per_min"] / prototype[p]["videos_per_min"]
             )
         if floor and p in triton:
             out[f"triton_vs_inprocess_{p}_c{c}"] = triton[p][ENSEMBLE][f"b{b}_c{c}"][
@@ -106,9 +106,9 @@ def table(result: dict, config: BenchConfig) -> str:
         for cfg, x in levels.items():
             stages = " ".join(f"{s} {x['stages_ms'].get(s, 0):.0f}" for s in SERVICE_STAGES)
             row("service", p, cfg, None, x["videos_per_min"], x["p50_ms"], x["p95_ms"], stages)
-    for p, x in result.get("seed", {}).items():
+    for p, x in result.get("prototype", {}).items():
         row(
-            "seed",
+            "prototype",
             p,
             "serial",
             None,
@@ -165,15 +165,19 @@ def plot_throughput(result: dict, config: BenchConfig, path: Path) -> None:
 
 
 def plot_service(result: dict, path: Path) -> None:
-    """Left: videos/min, service vs seed baseline. Right: the service's stage times."""
-    service, seed = result.get("service", {}), result.get("seed", {})
+    """Left: videos/min, service vs prototype. Right: the service's stage times."""
+    service, prototype = result.get("service", {}), result.get("prototype", {})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    labels = [f"seed {p}" for p in seed] + [f"service {p} {c}" for p in service for c in service[p]]
-    values = [x["videos_per_min"] for x in seed.values()] + [
+    labels = [f"prototype {p}" for p in prototype] + [
+        f"service {p} {c}" for p in service for c in service[p]
+    ]
+    values = [x["videos_per_min"] for x in prototype.values()] + [
         service[p][c]["videos_per_min"] for p in service for c in service[p]
     ]
     left.bar(
-        labels, values, color=["tab:red"] * len(seed) + ["tab:blue"] * (len(values) - len(seed))
+        labels,
+        values,
+        color=["tab:red"] * len(prototype) + ["tab:blue"] * (len(values) - len(prototype)),
     )
     left.set_title("videos per minute")
     left.tick_params(axis="x", rotation=30)
@@ -202,7 +206,7 @@ def finish(result: dict, config: BenchConfig) -> dict[str, float]:
     plots = {"throughput": config.out / "throughput.png", "service": config.out / "service.png"}
     if result.get("triton"):
         plot_throughput(result, config, plots["throughput"])
-    if result.get("service") or result.get("seed"):
+    if result.get("service") or result.get("prototype"):
         plot_service(result, plots["service"])
     result["plots"] = {k: str(v) for k, v in plots.items() if v.exists()}
     (config.out / "bench.json").write_text(json.dumps(result, indent=2, default=str))

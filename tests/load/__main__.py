@@ -25,9 +25,9 @@ import numpy as np
 
 from tests.bench.config import MEDIA, ROOT, BenchConfig
 from tests.bench.inputs import all_crops, load_clips, machine_facts
-from tests.bench.stack import gateway, local_triton
 from tests.load.memory import MemorySampler, pid_listening_on
 from tests.load.plot import plot_run
+from tests.stack import local_triton, measured_gateway
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_MEDIA = (
@@ -127,7 +127,7 @@ def target(config: LoadConfig, work: Path) -> Iterator[Target]:
     with local_triton(config.profile, work) as server:
         url = server.settings.grpc_url
         settings = {"frames": config.frames, "max_in_flight": config.max_in_flight}
-        with gateway(url, work, **settings) as gw:
+        with measured_gateway(url, work, **settings) as gw:
             assert server.process is not None
             yield Target(gw.url, url, gw.pid, server.process.pid)
 

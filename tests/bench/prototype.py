@@ -1,4 +1,5 @@
-"""Stage 4: what the seed's server did, written honestly: one process, eager PyTorch.
+"""Stage 4: what the prototype server (the project's first version) did, written honestly:
+one process, eager PyTorch.
 
 OpenCV reads the video frame by frame; on each sampled frame the same detector finds
 the faces, the same crop cuts them, and every model of the profile scores each face,
@@ -86,7 +87,7 @@ def analyse_clip(
     }
 
 
-def run_seed(config: BenchConfig, members: list[str], profile: str) -> dict:
+def run_prototype(config: BenchConfig, members: list[str], profile: str) -> dict:
     torch.set_num_threads(
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
@@ -103,7 +104,7 @@ def run_seed(config: BenchConfig, members: list[str], profile: str) -> dict:
         "median_clip_s": median([c["seconds"] for c in clips]),
     }
     print(
-        f"  seed {profile}: {result['videos_per_min']:.2f} videos/min, "
+        f"  prototype {profile}: {result['videos_per_min']:.2f} videos/min, "
         f"median {result['median_clip_s']:.2f} s per clip",
         flush=True,
     )

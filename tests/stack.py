@@ -1,0 +1,139 @@
+"""The one home of the tests', benchmarks' and load tests' helpers for real processes and
+shared media: where ../shared is, the clips they share, free ports, a local Triton and
+`python -m gateway` as processes."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import httpx
+
+from model_repository.local_triton import LocalTriton, TritonSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MEDIA = SHARED / "media"
+ASSETS = SHARED / "assets"
+# The shared clips the tests name (the rest go by globbing MEDIA/videos).
+FAKE_CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"  # 640x480; lite: 0.95
+REAL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"  # 180 KB, moov last; lite: 0.06
+BIG_CLIP = MEDIA / "videos/real/cvprw2019_demo.mp4"  # about 2 MB, 1280x720
+HD_CLIP = MEDIA / "videos/fake/dfdc_widuwuoiur.mp4"  # 10 s of 1920x1080
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def triton_process(profile: str, work_dir: Path) -> LocalTriton:
+    """A local Triton for `profile` on free ports, not started yet (`with` starts it)."""
+    settings = TritonSettings(
+        profile=profile,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        # Our own backend folder: other Tritons on the machine may be assembling theirs.
+        work_dir=work_dir / f"triton-{profile}",
+    )
+    return LocalTriton(settings)
+
+
+@contextlib.contextmanager
+def local_triton(profile: str, work_dir: Path) -> Iterator[LocalTriton]:
+    """A real tritonserver serving `profile` on free ports, stopped at the end."""
+    with triton_process(profile, work_dir) as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A running `python -m gateway`."""
+
+    url: str
+    uploads: Path  # its temporary upload folder: empty between requests
+    log: Path
+    pid: int
+
+    @cached_property
+    def process(self) -> "psutil.Process":  # noqa: F821 — imported where it is used
+        """For signals, memory and CPU readings."""
+        import psutil
+
+        return psutil.Process(self.pid)
+
+
+@contextlib.contextmanager
+def gateway_process(
+    triton_url: str, work_dir: Path, ready: str = "/healthz", **settings: object
+) -> Iterator[Gateway]:
+    """`python -m gateway` on a free port, configured only by `settings` (GATEWAY_*
+    variables of the caller's environment are dropped: an API key set in a shell must not
+    change what a test or a benchmark sees); stopped with SIGTERM, as Kubernetes does."""
+    port = free_port()
+    uploads = work_dir / f"uploads-{port}"
+    uploads.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {"GATEWAY_PORT": str(port), "GATEWAY_TRITON_URL": triton_url}
+    env |= {"GATEWAY_TMP_DIR": str(uploads), "GATEWAY_JOBS_DIR": str(work_dir / f"jobs-{port}")}
+    env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
+    log_path = work_dir / f"gateway-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + ready, process, log_path)
+        yield Gateway(url, uploads, log_path, process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until `url` answers 200; the log's tail if the process dies or it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log.read_text(errors='replace')[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not up after {timeout}s: {log.read_text(errors='replace')[-3000:]}")
+
+
+@contextlib.contextmanager
+def measured_gateway(triton_url: str, work_dir: Path, **settings: object) -> Iterator[Gateway]:
+    """gateway_process for `make bench`, `make loadtest` and the golden record: ready only
+    once Triton is, and no access line per request (it would cost the clients)."""
+    settings = {"log_level": "warning"} | settings
+    with gateway_process(triton_url, work_dir, ready="/readyz", **settings) as gateway:
+        yield gateway
+
+
+def metric(gateway_url: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics, by its full name (`..._total`, `..._count`)
+    and labels; 0 when it has none yet. Tests compare it before and after what they do."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(gateway_url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
