@@ -94,6 +94,11 @@ class Timings(BaseModel):
     total: float = 0.0
 
 
+class SkippedModel(BaseModel):
+    name: str
+    reason: str = Field(description="why it was not run: it cannot vote (models=all runs it)")
+
+
 class DetectAnswer(BaseModel):
     request_id: str
     filename: str
@@ -109,6 +114,10 @@ class DetectAnswer(BaseModel):
     media: MediaFacts
     timings_ms: Timings
     notes: list[str] = Field(description="what a reader must know, e.g. untrained models")
+    skipped: list[SkippedModel] = Field(
+        default_factory=list,
+        description="members not run because they cannot vote (models=all runs them)",
+    )
     explanations: list[Explanation] = Field(
         default_factory=list,
         description="with explain=true: saliency maps of the decisive faces, per voting model",

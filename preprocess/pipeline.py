@@ -34,3 +34,8 @@ class FaceExtractor:
         """Every frame's faces, in frame order. Pass an executor's `map` as `map_fn` to
         spread the frames over threads: the detectors are thread-safe."""
         return list(map_fn(self.extract_frame, frames))
+
+    def crop_faces(self, frame: Frame, faces: list[Face]) -> FrameFaces:
+        """A frame's crops for faces known without detecting it (sparse detection)."""
+        crops = [crop_face(frame.image, face.box, self.crop) for face in faces]
+        return FrameFaces(frame.index, frame.timestamp_s, faces, crops)

@@ -171,9 +171,13 @@ def assert_result_matches_answer(page: Page, gateway: Gateway) -> dict:
     rows = page.locator("#models [data-model]")
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.model)") == [m["name"] for m in served]
     scores = {m["name"]: m["score"] for m in answer["models"]}
+    skipped = {m["name"]: m["reason"] for m in answer.get("skipped", [])}
     for model in served:
         row = page.locator(f'#models [data-model="{model["name"]}"]')
         text = row.inner_text()
+        if model["name"] in skipped:  # cannot vote: not run by default, and the row says why
+            assert "not run" in text.lower() and skipped[model["name"]] in text, text
+            continue
         assert ("untrained — not voting" in text) is (not model["trained"]), text
         assert model["weights"]["source"] in text  # provenance, trained or not
         if model["trained"]:
@@ -183,7 +187,7 @@ def assert_result_matches_answer(page: Page, gateway: Gateway) -> dict:
     assert any(not m["trained"] for m in served), "the full profile has untrained members"
 
     series = page.eval_on_selector_all("#plot svg g.series", "gs => gs.map(g => g.dataset.series)")
-    assert series == [m["name"] for m in served] + ["ensemble"]
+    assert series == [m["name"] for m in answer["models"]] + ["ensemble"]
     with_faces = sum(1 for f in answer["frames"] if f["faces"])
     for name in series:
         path = page.get_attribute(f'#plot g.series[data-series="{name}"] path', "d") or ""
