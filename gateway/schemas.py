@@ -19,6 +19,9 @@ class ModelSummary(BaseModel):
     input_size: int | None = Field(description="native face size of the network, in pixels")
     trained: bool = Field(description="false: random weights, the score means nothing")
     weight: float = Field(description="vote weight in the ensemble (0: reported, not voting)")
+    precision: str = Field(
+        "fp32", description="what the member computes in: fp32, or int8 (a CPU configuration)"
+    )
     weights: Provenance
 
 

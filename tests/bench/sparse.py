@@ -39,7 +39,7 @@ def kept_faces(full: dict, sparse: dict, min_iou: float = 0.5) -> tuple[int, int
     return total, kept
 
 
-async def measure(url: str, schedules: list[int], frames: int) -> dict:
+async def measure(url: str, schedules: list[int], frames: int, min_iou: float) -> dict:
     settings = Settings(triton_url=url, workers=2)
     clips = sorted((MEDIA / "videos").glob("*/*.mp4"))
     with ThreadPoolExecutor(settings.workers + 1) as executor:
@@ -50,7 +50,7 @@ async def measure(url: str, schedules: list[int], frames: int) -> dict:
         for clip in clips:
             runs = {}
             for every in schedules:
-                analyzer.sparse = SparseConfig(every=every)
+                analyzer.sparse = SparseConfig(every=every, min_iou=min_iou)
                 cpu = time.process_time()
                 answer = (await analyzer.analyze(clip, options)).model_dump()
                 runs[every] = (answer, time.process_time() - cpu)
@@ -83,7 +83,7 @@ async def measure(url: str, schedules: list[int], frames: int) -> dict:
             "cpu_s": sum(r[f"cpu_s_{every}"] for r in rows),
             "cpu_s_every_frame": sum(r["cpu_s_1"] for r in rows),
         }
-    return {"frames": frames, "summary": summary, "clips": per_clip}
+    return {"frames": frames, "min_iou": min_iou, "summary": summary, "clips": per_clip}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,14 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.sparse", description=__doc__)
     parser.add_argument("--every", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--min-iou", type=float, default=SparseConfig().min_iou)
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     os.environ.setdefault("DEEPFAKE_ASSETS", str(ROOT.parent / "shared" / "assets"))
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         triton = stack.enter_context(local_triton("lite", tmp))
-        result = asyncio.run(measure(triton.settings.grpc_url, [1, *args.every], args.frames))
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        result = asyncio.run(
+            measure(triton.settings.grpc_url, [1, *args.every], args.frames, args.min_iou)
+        )
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(json.dumps(result["summary"], indent=1))
     return 0
 
