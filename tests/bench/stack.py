@@ -13,9 +13,10 @@ from tests.processes import free_port, gateway_process
 
 
 @contextlib.contextmanager
-def local_triton(profile: str, work_dir: Path) -> Iterator[LocalTriton]:
+def local_triton(profile: str, work_dir: Path, config_name: str = "cpu") -> Iterator[LocalTriton]:
     settings = TritonSettings(
         profile=profile,
+        config_name=config_name,  # cpu, or cpu_int8 (export/quantize.py)
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
