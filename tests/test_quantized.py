@@ -7,12 +7,14 @@ a Triton whose ensemble is Xception and a one-member vote.
 """
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpc
 
@@ -154,3 +156,20 @@ def test_the_gateway_reports_each_members_precision(
             await server.close()
 
     assert asyncio.run(read()) == {MEMBER: "int8"}
+
+
+def test_export_drops_an_int8_file_made_from_other_weights(tmp_path: Path) -> None:
+    """`python -m export` calls refresh: an int8 file quantized from the fp32 graph now in
+    place stays; one from other weights goes (without clips here to quantize it again)."""
+    weights = tmp_path / "members" / MEMBER / "1"
+    weights.mkdir(parents=True)
+    fp32, int8 = weights / "model.onnx", weights / quantize.INT8_FILE
+    write_vote({MEMBER: 1.0}, fp32)  # any small graph stands for the weights
+    for source, kept in ((fp32, True), (tmp_path / "other.onnx", False)):
+        write_vote({MEMBER: 1.0, "other": 1.0}, tmp_path / "other.onnx")
+        model = onnx.load(str(fp32))
+        props = {"quantized_from": json.dumps(quantize.file_sha256(source))}
+        onnx.helper.set_model_props(model, props)
+        onnx.save(model, str(int8))
+        quantize.refresh(tmp_path, MEMBER, clips=tmp_path / "no clips")
+        assert int8.exists() is kept
