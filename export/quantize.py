@@ -1,6 +1,6 @@
 """int8 CPU copies of the members, validated against their fp32 graphs.
 
-    python -m export.quantize                        # the members that gain: Xception, B7
+    python -m export.quantize                        # the member that gains: Xception
     python -m export.quantize --members xception --clips ../shared/media/videos
 
 ONNX Runtime static quantization in QDQ form: per-channel int8 weights, uint8
@@ -18,9 +18,10 @@ Triton serves these files with `--model-config-name=cpu_int8`: `configs/cpu_int8
 generated here from `configs/cpu.pbtxt`.
 
 Measured on this project's 2-core AVX-512 VNNI VM (CPU ms per face, fp32 -> int8):
-Xception 212 -> 118 at batch 1, 169 -> 102 at batch 8; MesoInception4 runs 2x slower in
-int8 (its convolutions are too small to pay for the quantize/dequantize pairs), Meso4
-no faster: both stay fp32.
+Xception 145 -> 62 at batch 1, 145 -> 72 at batch 8 (2.0-2.3x); EfficientNet-B7 393 -> 497
+at batch 1, 505 -> 530 at batch 8 (slower: its depthwise convolutions and SiLU/sigmoid
+gates stay fp32 between quantize/dequantize pairs), MesoInception4 2x slower (convolutions
+too small to pay for the pairs), Meso4 no faster: those stay fp32.
 """
 
 import argparse
@@ -52,7 +53,7 @@ CLIPS = ROOT.parent / "shared" / "media" / "videos"
 INT8_FILE = "model.int8.onnx"
 CONFIG_NAME = "cpu_int8"
 # The members whose int8 graph is faster here (see the module's docstring).
-QUANTIZED = ("xception", "efficientnet_b7")
+QUANTIZED = ("xception",)
 MAX_DELTA = 0.02  # largest |ΔP_FAKE| an int8 graph may add on one face
 THRESHOLD = 0.5  # the verdict a trained member's clip score must keep
 FRAMES_PER_CLIP = 4  # sampled frames per clip: 2 calibrate, 2 validate

@@ -252,10 +252,15 @@ def test_file_input_then_more_files_without_reload(
     assert first["filename"] == REAL_CLIP.name and first["media"]["kind"] == "video"
     screenshot(page, "file-input-clip")
 
+    assert [m["name"] for m in first["skipped"]] == ["xception", "efficientnet_b7"]
+    # Asked for every model, the page runs those that cannot vote too (models=all).
+    page.check("#all-models")
     page.set_input_files("#file", PHOTO)
     assert settle(page, run=2) == "done", page.text_content("#error")
     second = assert_result_matches_answer(page, gateway)
     assert second["filename"] == PHOTO.name and second["media"]["kind"] == "image"
+    assert second["skipped"] == [] and len(second["models"]) == 4
+    assert "models=all" in seen.posts()[-1]
     assert collapsed(logged_events(page)) == STAGES  # the log starts afresh
     assert page.evaluate("window.sameDocument") is True
 
