@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from export import assets, efficientnet_b7, meso4, mesoinception4, xception
+from export import assets, efficientnet_b7, meso4, mesoinception4, quantize, xception
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import (
     UNTRAINED,
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
             name, explicit.get(name), args.allow_random, not args.no_download
         )
         export_member(args.repository, name, weights, provenance[name], args.force)
+        # An int8 copy made from other weights is checked again (export/quantize.py).
+        quantize.refresh(args.repository, name)
     export_vote(args.repository, args.profile, provenance)
 
 

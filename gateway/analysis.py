@@ -13,13 +13,14 @@ every thread it started has (so a freed admission slot means freed CPU).
 import asyncio
 import base64
 import contextvars
+import functools
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from concurrent.futures import wait as wait_threads
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from gateway.settings import Settings
 from preprocess.faces import Face, load_detector
 from preprocess.media import Frame, MediaInfo, MediaLimitExceeded, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
+from preprocess.sparse import EVERY_FRAME, SparseConfig, follow, interpolate, is_key
 from preprocess.tracks import Track, link_tracks
 
 Emit = Callable[[dict], Awaitable[None]]
@@ -86,7 +88,7 @@ class Stop:
 class Options:
     frames: int
     threshold: float
-    models: tuple[str, ...] | None = None  # None: the whole ensemble
+    models: tuple[str, ...] | None = None  # None: the voting members; ("all",): every one
     thumbnails: bool = False
     explain: ExplainConfig | None = None  # None: no saliency maps
     filename: str = ""
@@ -96,8 +98,12 @@ class Options:
     upload_ms: float = 0.0  # receiving the upload, before the analysis
 
 
+ALL_MODELS = "all"  # models=all: every member, also those that cannot vote
+
+
 def parse_models(models: str | None) -> tuple[str, ...] | None:
-    """ "meso4, xception" -> ("meso4", "xception"); empty or None -> the ensemble."""
+    """ "meso4, xception" -> ("meso4", "xception"); empty or None -> the voting members
+    (the whole ensemble when every member votes); "all" -> ("all",): the whole ensemble."""
     if models is None or not models.strip():
         return None
     return tuple(m.strip() for m in models.split(",") if m.strip())
@@ -156,11 +162,14 @@ async def _silent(event: dict) -> None:
 
 @dataclass(frozen=True)
 class Selection:
-    """The models one request is judged by, and their normalised vote weights."""
+    """The models one request is judged by, and their normalised vote weights; by default
+    the members that cannot vote are `skipped` (name -> why), not run."""
 
     ensemble: Ensemble
     members: list[str]
     weights: dict[str, float]
+    skipped: dict[str, str] = field(default_factory=dict)
+    via_ensemble: bool = False  # one call to the Triton ensemble, else each member directly
 
 
 class Analyzer:
@@ -175,6 +184,7 @@ class Analyzer:
         timeout_s: float = 300.0,
         max_faces: int = 512,
         frames_ahead: int = 2,
+        sparse: SparseConfig = EVERY_FRAME,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -185,6 +195,7 @@ class Analyzer:
         self.timeout_s = timeout_s  # one analysis's deadline: 504 beyond
         self.max_faces = max_faces  # faces one request may hold: 422 beyond
         self.frames_ahead = frames_ahead  # decoded frames waiting for detection, per request
+        self.sparse = sparse  # which sampled frames the detector runs on
 
     @classmethod
     def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
@@ -208,6 +219,7 @@ class Analyzer:
             timeout_s=settings.analysis_timeout_s,
             max_faces=settings.max_request_faces,
             frames_ahead=settings.workers,
+            sparse=SparseConfig(every=settings.detect_every),
         )
 
     async def analyze(
@@ -233,7 +245,7 @@ class Analyzer:
         t = time.perf_counter()
         score = (
             self.server.score_with_ensemble
-            if options.models is None
+            if selection.via_ensemble
             else self.server.score_with_members
         )
         # Explanations need the decisive faces' crops after the verdict: only then are the
@@ -252,6 +264,7 @@ class Analyzer:
             thumbnails=options.thumbnails,
             max_faces=self.max_faces,
             ahead=self.frames_ahead,
+            sparse=self.sparse,
         )
         try:
             reading = self.executor.submit(
@@ -386,6 +399,7 @@ class EarlyFaces:
         thumbnails: bool = False,
         max_faces: int = 512,
         ahead: int = 2,
+        sparse: SparseConfig = EVERY_FRAME,
     ) -> None:
         self.extractor = extractor
         self.executor = executor
@@ -403,33 +417,93 @@ class EarlyFaces:
         self.thumbnails: dict[FaceKey, str] = {}
         self.face_count = 0
         self._lock = threading.Lock()
+        self.sparse = sparse
+        self.position = 0  # sampled frames handed over so far
+        self.waiting: list[tuple[Frame, Future[FrameFaces]]] = []  # since the last key frame
+        self.last_key: Future[FrameFaces] | None = None
 
     def submit(self, frame: Frame) -> None:
-        """MediaReader's on_frame: called from the decoding thread."""
+        """MediaReader's on_frame: called from the decoding thread. With sparse detection a
+        frame between two key frames waits (at most `every - 1` of them) for the next key
+        frame, whose thread gives it its faces."""
         self.stop.check()  # a stopped request starts nothing more
         if frame.index in self.started:  # a re-sampled truncated file hands it over again
             return
+        position, self.position = self.position, self.position + 1
+        if not is_key(position, self.sparse):
+            waiting: Future[FrameFaces] = Future()
+            self.waiting.append((frame, waiting))
+            self.started[frame.index] = waiting
+            return
+        self._start_key(frame, inline_if_busy=True)
+
+    def _start_key(self, frame: Frame, inline_if_busy: bool) -> None:
+        between, self.waiting = self.waiting, []
+        job = functools.partial(self._extract, frame, between=between, previous=self.last_key)
         if self.ahead.acquire(blocking=False):
-            future = self.executor.submit(self._extract, frame, True)
+            future = self.executor.submit(job, True)
+        elif not inline_if_busy:
+            future = self.executor.submit(job, False)
         else:
             future = Future()
             future.set_running_or_notify_cancel()
             try:
-                future.set_result(self._extract(frame, False))
+                future.set_result(job(False))
             except Exception as exc:
                 future.set_exception(exc)
         self.threads.append(future)
         self.started[frame.index] = future
+        self.last_key = future
 
-    def _extract(self, frame: Frame, queued: bool) -> FrameFaces:
-        """One frame's faces: the crops go to `found` (the event loop, which owns the
-        scoring); only the faces are returned, and kept."""
+    def _extract(
+        self,
+        frame: Frame,
+        queued: bool,
+        between: Sequence[tuple[Frame, "Future[FrameFaces]"]] = (),
+        previous: "Future[FrameFaces] | None" = None,
+    ) -> FrameFaces:
+        """One key frame's faces, then those of the frames waiting before it; each frame's
+        crops go to `found` (the event loop, which owns the scoring); only the faces are
+        returned, and kept."""
         try:
+            try:
+                self.stop.check()
+                faces = self.extractor.extract_frame(frame)
+            finally:
+                if queued:
+                    self.ahead.release()
+            if between:
+                self._fill(between, previous, faces)
+            return self._found(faces)
+        except BaseException as exc:
+            for _, waiting in between:
+                settle(waiting, exc)
+            raise
+
+    def _fill(
+        self,
+        between: Sequence[tuple[Frame, "Future[FrameFaces]"]],
+        previous: "Future[FrameFaces] | None",
+        key: FrameFaces,
+    ) -> None:
+        """The faces of the frames between two key frames: carried along the key frames'
+        matched boxes, or detected where the two key frames disagree."""
+        # The previous key frame was submitted first, so it is running or done: no deadlock.
+        before = previous.result() if previous is not None else None
+        pairs = None if before is None else follow(before.faces, key.faces, self.sparse.min_iou)
+        for n, (frame, waiting) in enumerate(between, 1):
             self.stop.check()
-            faces = self.extractor.extract_frame(frame)
-        finally:
-            if queued:
-                self.ahead.release()
+            if pairs is None or before is None:
+                faces = self.extractor.extract_frame(frame)
+            else:
+                span = key.timestamp_s - before.timestamp_s
+                t = (frame.timestamp_s - before.timestamp_s) / span if span > 0 else 0.0
+                t = t if 0 < t < 1 else n / (len(between) + 1)
+                moved = interpolate(before.faces, key.faces, pairs, t)
+                faces = self.extractor.crop_faces(frame, moved)
+            settle(waiting, self._found(faces))
+
+    def _found(self, faces: FrameFaces) -> FrameFaces:
         with self._lock:
             self.face_count += len(faces.faces)
             over = self.face_count > self.max_faces
@@ -449,6 +523,9 @@ class EarlyFaces:
 
     async def faces(self, indices: list[int]) -> list[FrameFaces]:
         """The faces of the reader's final frames, without their crops (sent to scoring)."""
+        if self.waiting:  # the clip ended between key frames: its last frame is one
+            last, _ = self.waiting.pop()
+            self._start_key(last, inline_if_busy=False)
         found = [await asyncio.wrap_future(self.started[index]) for index in indices]
         self.stop.check()  # a budget spent by a frame the reader had dropped
         return found
@@ -577,13 +654,17 @@ class Report:
             verdict=verdict,  # type: ignore[arg-type]
             score=score,
             threshold=self.options.threshold,
-            ensemble=ensemble.name if self.options.models is None else None,
+            ensemble=ensemble.name if self.selection.via_ensemble else None,
             models=models,
             tracks=tracks,
             frames=frames,
             media=media_facts(self.info),
             timings_ms=schemas.Timings(**clock.timings),
             notes=notes(self.selection),
+            skipped=[
+                schemas.SkippedModel(name=name, reason=reason)
+                for name, reason in self.selection.skipped.items()
+            ],
         )
 
 
@@ -591,16 +672,42 @@ def model_summary(info: ModelInfo) -> schemas.ModelSummary:
     return schemas.ModelSummary.model_validate(info, from_attributes=True)
 
 
+def cannot_vote(info: ModelInfo) -> str | None:
+    """Why a member's score cannot move a verdict, or None if it votes."""
+    if not info.trained and info.weight <= 0:
+        return "random weights (no trained checkpoint was exported): it cannot vote"
+    if info.weight <= 0:
+        return "vote weight 0: it cannot vote"
+    return None
+
+
 def select_models(ensemble: Ensemble, requested: Sequence[str] | None) -> Selection:
-    """The models to call and their normalised vote weights."""
+    """The models to call and their normalised vote weights.
+
+    None (the default) runs only the members that vote: the ensemble when all of them do,
+    else those members called directly, the others `skipped` (a random-weight member costs
+    the most CPU and cannot change the answer). ("all",) runs the whole ensemble; a list
+    runs those members."""
     available = [m.name for m in ensemble.members]
-    members = available if requested is None else list(dict.fromkeys(requested))
+    skipped: dict[str, str] = {}
+    via_ensemble = requested is None or tuple(requested) == (ALL_MODELS,)
+    if requested is None:
+        reasons = {m.name: cannot_vote(m) for m in ensemble.members}
+        skipped = {name: why for name, why in reasons.items() if why is not None}
+        members = [name for name in available if name not in skipped] or available
+        if len(members) == len(available):
+            skipped = {}
+    elif tuple(requested) == (ALL_MODELS,):
+        members = available
+    else:
+        members = list(dict.fromkeys(requested))
     unknown = [m for m in members if m not in available]
     if unknown or not members:
         raise ApiError(
             422,
             "unknown_model",
-            f"unknown model(s) {unknown or '(none given)'}; this server has {available}",
+            f"unknown model(s) {unknown or '(none given)'}; this server has {available} "
+            f"(or '{ALL_MODELS}')",
         )
     weights = voting_weights({m.name: m.weight for m in ensemble.members}, members)
     if weights is None:
@@ -612,7 +719,7 @@ def select_models(ensemble: Ensemble, requested: Sequence[str] | None) -> Select
             "make a verdict; add a trained model such as "
             f"{[m.name for m in ensemble.members if m.weight > 0]}",
         )
-    return Selection(ensemble, members, weights)
+    return Selection(ensemble, members, weights, skipped, via_ensemble and not skipped)
 
 
 def notes(selection: Selection) -> list[str]:
@@ -627,7 +734,25 @@ def notes(selection: Selection) -> list[str]:
     silent = [m for m in members if weights[m] == 0 and m not in untrained]
     if silent:
         result.append(f"{', '.join(silent)}: vote weight 0, reported only")
+    if selection.skipped:
+        result.append(
+            f"{', '.join(selection.skipped)}: not run, they cannot vote "
+            f"(see skipped); models={ALL_MODELS} runs them too, for display"
+        )
     return result
+
+
+def settle(future: "Future[FrameFaces]", outcome: FrameFaces | BaseException) -> None:
+    """Give a waiting frame its faces (or its key frame's failure), once."""
+    if future.done():
+        return
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass  # cancelled meanwhile: nobody waits for it
 
 
 def media_facts(info: MediaInfo) -> schemas.MediaFacts:

@@ -34,6 +34,8 @@ def summary(answer: dict) -> str:
         value = "-" if m["score"] is None else f"{m['score']:.3f}"
         flag = "yes" if m["trained"] else "NO (random weights, not voting)"
         lines.append(f"{m['name']:<16}{value:>8}{m['weight']:>8.2f}  {flag}")
+    for m in answer.get("skipped", []):
+        lines.append(f"{m['name']:<16}{'-':>8}{'-':>8}  skipped: {m['reason']}")
     faces = sum(len(f["faces"]) for f in answer["frames"])
     lines += [
         "",
@@ -61,7 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where = detect.add_mutually_exclusive_group()
     where.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
     where.add_argument("--triton", metavar="HOST:PORT", help="Triton gRPC, no gateway")
-    detect.add_argument("--models", help="comma-separated models instead of the ensemble")
+    detect.add_argument(
+        "--models",
+        help="comma-separated models instead of the voting ones; 'all': every model, also those "
+        "that cannot vote",
+    )
     detect.add_argument("--frames", type=int)
     detect.add_argument("--threshold", type=float)
     detect.add_argument("--json", action="store_true", help="print the raw JSON answer")

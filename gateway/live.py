@@ -251,7 +251,7 @@ class LiveSession:
         requested = parse_models(",".join(models) if isinstance(models, list) else models)
         selection = select_models(await self.analyzer.server.ensemble(), requested)
         server = self.analyzer.server
-        score = server.score_with_ensemble if requested is None else server.score_with_members
+        score = server.score_with_ensemble if selection.via_ensemble else server.score_with_members
         url = None
         if options.url is not None:
             url = await asyncio.to_thread(self.policy.final_url, options.url)
@@ -266,6 +266,7 @@ class LiveSession:
         started = {
             "event": "started",
             "models": selection.members,
+            "skipped": selection.skipped,  # members that cannot vote, not run
             "threshold": self.judge.threshold,
             "window": self.judge.window,
         }

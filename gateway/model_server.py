@@ -38,6 +38,7 @@ class ModelInfo:
     weight: float
     weights: dict[str, str]
     max_batch_size: int
+    precision: str = "fp32"  # the config's `precision`: int8 under --model-config-name=cpu_int8
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class ModelServer:
             weight=weights.get(name, 0.0),
             weights={k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS},
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
+            precision=params.get("precision", "fp32"),
         )
 
     # -- inference -------------------------------------------------------------

@@ -13,7 +13,13 @@ from fastapi import Query
 class DetectQuery:
     """The detect routes' query options (FastAPI reads them from the fields)."""
 
-    models: Annotated[str | None, Query(description="comma-separated, e.g. meso4,xception")] = None
+    models: Annotated[
+        str | None,
+        Query(
+            description="comma-separated, e.g. meso4,xception; 'all': every member, also "
+            "those that cannot vote (by default they are skipped)"
+        ),
+    ] = None
     frames: Annotated[int | None, Query(ge=1, le=300, description="frames to sample")] = None
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None
     thumbnails: Annotated[bool, Query(description="a small JPEG of each face")] = False

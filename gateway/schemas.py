@@ -19,6 +19,9 @@ class ModelSummary(BaseModel):
     input_size: int | None = Field(description="native face size of the network, in pixels")
     trained: bool = Field(description="false: random weights, the score means nothing")
     weight: float = Field(description="vote weight in the ensemble (0: reported, not voting)")
+    precision: str = Field(
+        "fp32", description="what the member computes in: fp32, or int8 (a CPU configuration)"
+    )
     weights: Provenance
 
 
@@ -94,6 +97,11 @@ class Timings(BaseModel):
     total: float = 0.0
 
 
+class SkippedModel(BaseModel):
+    name: str
+    reason: str = Field(description="why it was not run: it cannot vote (models=all runs it)")
+
+
 class DetectAnswer(BaseModel):
     request_id: str
     filename: str
@@ -109,6 +117,10 @@ class DetectAnswer(BaseModel):
     media: MediaFacts
     timings_ms: Timings
     notes: list[str] = Field(description="what a reader must know, e.g. untrained models")
+    skipped: list[SkippedModel] = Field(
+        default_factory=list,
+        description="members not run because they cannot vote (models=all runs them)",
+    )
     explanations: list[Explanation] = Field(
         default_factory=list,
         description="with explain=true: saliency maps of the decisive faces, per voting model",

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="P(fake) at or above: fake")
     detector: Literal["scrfd", "yunet"] = "scrfd"
     detector_score: float | None = Field(None, ge=0.0, le=1.0, description="None: detector's")
+    detect_every: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="run the face detector on every n-th sampled frame and carry the boxes "
+        "between (preprocess/sparse.py); 1: on every frame",
+    )
     min_face_px: int = Field(32, ge=1)
     max_faces: int = Field(8, ge=1, description="faces per frame, largest first")
     max_width: int = Field(3840, ge=1, description="either orientation")

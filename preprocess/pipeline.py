@@ -26,3 +26,8 @@ class FaceExtractor:
         faces = self.detector.detect(frame.image)
         crops = [crop_face(frame.image, face.box, self.crop) for face in faces]
         return FrameFaces(frame.index, frame.timestamp_s, faces, crops)
+
+    def crop_faces(self, frame: Frame, faces: list[Face]) -> FrameFaces:
+        """A frame's crops for faces known without detecting it (sparse detection)."""
+        crops = [crop_face(frame.image, face.box, self.crop) for face in faces]
+        return FrameFaces(frame.index, frame.timestamp_s, faces, crops)

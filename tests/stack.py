@@ -35,10 +35,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def triton_process(profile: str, work_dir: Path) -> LocalTriton:
-    """A local Triton for `profile` on free ports, not started yet (`with` starts it)."""
+def triton_process(profile: str, work_dir: Path, config_name: str = "cpu") -> LocalTriton:
+    """A local Triton for `profile` on free ports, not started yet (`with` starts it);
+    `config_name` cpu, or cpu_int8 (export/quantize.py)."""
     settings = TritonSettings(
         profile=profile,
+        config_name=config_name,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
@@ -49,9 +51,9 @@ def triton_process(profile: str, work_dir: Path) -> LocalTriton:
 
 
 @contextlib.contextmanager
-def local_triton(profile: str, work_dir: Path) -> Iterator[LocalTriton]:
+def local_triton(profile: str, work_dir: Path, config_name: str = "cpu") -> Iterator[LocalTriton]:
     """A real tritonserver serving `profile` on free ports, stopped at the end."""
-    with triton_process(profile, work_dir) as server:
+    with triton_process(profile, work_dir, config_name) as server:
         yield server
 
 

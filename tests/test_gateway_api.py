@@ -57,7 +57,10 @@ def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> 
     answer = DetectAnswer.model_validate(response.json())
     assert answer.verdict in ("fake", "real")
     assert answer.score is not None and 0 <= answer.score <= 1
-    assert answer.ensemble == "deepfake_ensemble"
+    # Xception and B7 have random weights here: by default they are not run, and said so.
+    assert answer.ensemble is None
+    assert [m.name for m in answer.skipped] == ["xception", "efficientnet_b7"]
+    assert all("random weights" in m.reason for m in answer.skipped)
     assert answer.media.kind == "video" and answer.media.format == "mp4"
     capture = cv2.VideoCapture(str(clip))
     assert answer.media.width == int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -66,12 +69,7 @@ def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> 
     assert len(answer.frames) == 8
     with_faces = [f for f in answer.frames if f.faces]
     assert len(with_faces) >= 6, "a face in (nearly) every sampled frame of these clips"
-    assert {m.name for m in answer.models} == {
-        "meso4",
-        "mesoinception4",
-        "xception",
-        "efficientnet_b7",
-    }
+    assert {m.name for m in answer.models} == {"meso4", "mesoinception4"}
     assert answer.tracks and max(t.score for t in answer.tracks) == pytest.approx(answer.score)
     for face in (face for frame in answer.frames for face in frame.faces):
         x0, y0, x1, y1 = face.box
@@ -86,9 +84,10 @@ def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> No
     """Default 32 frames on a real deepfake: per-face p_fake is the ensemble's
     weighted mean, and untrained models are reported, flagged and not voting."""
     answer = DetectAnswer.model_validate(
-        detect(gateway, MEDIA / "videos/fake/dfdc_widuwuoiur.mp4").json()
+        detect(gateway, MEDIA / "videos/fake/dfdc_widuwuoiur.mp4", models="all").json()
     )
     assert len(answer.frames) == 32
+    assert answer.ensemble == "deepfake_ensemble" and answer.skipped == []
     models = {m.name: m for m in answer.models}
     assert models["meso4"].trained and models["meso4"].voting
     assert not models["xception"].trained and models["xception"].weight == 0
@@ -159,6 +158,29 @@ def test_chosen_models_are_called_directly_with_the_same_scores(gateway: Gateway
             assert set(fb.models) == {"meso4", "mesoinception4"}
     # Both MesoNets carry all the vote in the local repository: same verdict.
     assert mesos.score == pytest.approx(full.score, abs=1e-5)
+
+
+def test_models_that_cannot_vote_are_skipped_without_changing_the_answer(
+    gateway: Gateway,
+) -> None:
+    """The default runs only the voting members; models=all adds the random-weight ones for
+    display: the same faces, verdict and scores, since they carry no vote."""
+    clip = MEDIA / "videos/fake/dfdc_widuwuoiur.mp4"
+    default = DetectAnswer.model_validate(detect(gateway, clip, frames=8).json())
+    everything = DetectAnswer.model_validate(detect(gateway, clip, frames=8, models="all").json())
+    assert [m.name for m in default.skipped] == ["xception", "efficientnet_b7"]
+    assert any("models=all" in n for n in default.notes)
+    assert [m.name for m in everything.models] == [
+        "meso4",
+        "mesoinception4",
+        "xception",
+        "efficientnet_b7",
+    ]
+    assert default.verdict == everything.verdict
+    assert default.score == pytest.approx(everything.score, abs=1e-5)
+    for a, b in zip(default.frames, everything.frames, strict=True):
+        assert [f.p_fake for f in a.faces] == pytest.approx([f.p_fake for f in b.faces], abs=1e-5)
+    assert_clean(gateway)
 
 
 def test_untrained_or_unknown_models_alone_are_refused(gateway: Gateway) -> None:

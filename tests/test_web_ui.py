@@ -174,9 +174,13 @@ def assert_result_matches_answer(page: Page, gateway: Gateway) -> dict:
     rows = page.locator("#models [data-model]")
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.model)") == [m["name"] for m in served]
     scores = {m["name"]: m["score"] for m in answer["models"]}
+    skipped = {m["name"]: m["reason"] for m in answer.get("skipped", [])}
     for model in served:
         row = page.locator(f'#models [data-model="{model["name"]}"]')
         text = row.inner_text()
+        if model["name"] in skipped:  # cannot vote: not run by default, and the row says why
+            assert "not run" in text.lower() and skipped[model["name"]] in text, text
+            continue
         assert ("untrained — not voting" in text) is (not model["trained"]), text
         assert model["weights"]["source"] in text  # provenance, trained or not
         if model["trained"]:
@@ -186,7 +190,7 @@ def assert_result_matches_answer(page: Page, gateway: Gateway) -> dict:
     assert any(not m["trained"] for m in served), "the full profile has untrained members"
 
     series = page.eval_on_selector_all("#plot svg g.series", "gs => gs.map(g => g.dataset.series)")
-    assert series == [m["name"] for m in served] + ["ensemble"]
+    assert series == [m["name"] for m in answer["models"]] + ["ensemble"]
     with_faces = sum(1 for f in answer["frames"] if f["faces"])
     for name in series:
         path = page.get_attribute(f'#plot g.series[data-series="{name}"] path', "d") or ""
@@ -251,10 +255,15 @@ def test_file_input_then_more_files_without_reload(
     assert first["filename"] == REAL_CLIP.name and first["media"]["kind"] == "video"
     screenshot(page, "file-input-clip")
 
+    assert [m["name"] for m in first["skipped"]] == ["xception", "efficientnet_b7"]
+    # Asked for every model, the page runs those that cannot vote too (models=all).
+    page.check("#all-models")
     page.set_input_files("#file", PHOTO)
     assert settle(page, run=2) == "done", page.text_content("#error")
     second = assert_result_matches_answer(page, gateway)
     assert second["filename"] == PHOTO.name and second["media"]["kind"] == "image"
+    assert second["skipped"] == [] and len(second["models"]) == 4
+    assert "models=all" in seen.posts()[-1]
     assert collapsed(logged_events(page)) == STAGES  # the log starts afresh
     assert page.evaluate("window.sameDocument") is True
 

@@ -231,6 +231,7 @@ function setState(state) {
   $("pick").disabled = busy;
   $("frames").disabled = busy;
   $("explain").disabled = busy;
+  $("all-models").disabled = busy;
   $("cancel").hidden = !busy;
   $("dropzone").setAttribute("aria-disabled", String(busy));
 }
@@ -273,6 +274,7 @@ function upload(file) {
   const xhr = new XMLHttpRequest();
   const query = new URLSearchParams({ thumbnails: "true", frames: String(framesWanted()) });
   if ($("explain").checked) query.set("explain", "true");
+  if ($("all-models").checked) query.set("models", "all");
   let seen = 0; // characters of responseText already parsed
   let finished = false;
   let uploaded = false;
@@ -490,7 +492,22 @@ function renderModels(answer) {
       el("p", { class: "provenance", text: `Weights: ${provenance(model.weights)}` }),
     );
   });
-  $("models").replaceChildren(...rows);
+  // Members that cannot vote were not run (unless "all models" was asked for): say so.
+  const skipped = (answer.skipped || []).map((model) =>
+    el(
+      "div",
+      { class: "model model-untrained model-skipped", "data-model": model.name, "data-skipped": "true" },
+      el(
+        "div",
+        { class: "model-head" },
+        el("span", { class: "model-name", text: model.name }),
+        el("span", { class: "model-labels" }, el("span", { class: "tag untrained", text: "skipped" })),
+        el("span", { class: "model-score", text: "not run" }),
+      ),
+      el("p", { class: "provenance", text: `Not run: ${model.reason}` }),
+    ),
+  );
+  $("models").replaceChildren(...rows, ...skipped);
 }
 
 const colour = (n) => PALETTE[n % PALETTE.length];

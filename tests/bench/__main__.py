@@ -35,7 +35,7 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
     measured: set[str] = set()
     for profile in sorted(config.profiles, key=lambda p: p != "full"):
         print(f"[{profile}] starting Triton", flush=True)
-        with local_triton(profile, work) as server:
+        with local_triton(profile, work, config.triton_config) as server:
             url = server.settings.grpc_url
             if "triton" in config.stages:
                 # Members are the same models in both profiles: measure each once.
@@ -59,6 +59,10 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                         if profile == "lite" and config.p50_runs > 0:
                             result["p50"] = run_p50(config, gw.url)
                             note_load(result, "p50")
+                        if profile == "full" and config.p50_runs > 0:
+                            # The default full request: only the members that vote run.
+                            result["p50_default_full"] = run_p50(config, gw.url, "full")
+                            note_load(result, "p50 default full")
                     if "live" in config.stages and profile == "lite":
                         result["live"] = run_live(config, gw.url)
                         note_load(result, "live")

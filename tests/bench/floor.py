@@ -23,9 +23,9 @@ def providers() -> list[str]:
     return chosen or available
 
 
-def session(member: str) -> ort.InferenceSession:
+def session(member: str, config: str = "cpu") -> ort.InferenceSession:
     # Default options: ONNX Runtime sizes its intra-op pool to the machine's cores.
-    return ort.InferenceSession(str(model_path(member)), providers=providers())
+    return ort.InferenceSession(str(model_path(member, config)), providers=providers())
 
 
 def run_batches(sess: ort.InferenceSession, parts: list[np.ndarray]) -> list[float]:
@@ -60,7 +60,7 @@ def run_floor(config: BenchConfig, clips: list[Clip], members: list[str]) -> dic
     crops = all_crops(clips)
     result: dict = {"providers": providers(), "models": {}}
     for member in members:
-        sess = session(member)
+        sess = session(member, config.triton_config)
         figures = {b: throughput(sess, crops, b, config.repeats) for b in config.batches}
         compute = {c.name: clip_compute_s(sess, c, config.repeats) for c in clips}
         result["models"][member] = {"batch": figures, "clip_compute_s": compute}

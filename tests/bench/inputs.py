@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import psutil
 
-from export.repository import profile_members
+from export.repository import profile_members, read_config
 from gateway.settings import Settings
 from preprocess.faces import load_detector
 from preprocess.media import MediaInfo, MediaReader
@@ -66,8 +66,13 @@ def members_of(profile: str) -> list[str]:
     return profile_members(REPOSITORY, profile)
 
 
-def model_path(member: str) -> Path:
-    return REPOSITORY / "members" / member / "1" / "model.onnx"
+def model_path(member: str, config: str = "cpu") -> Path:
+    """The graph Triton serves for `member` under --model-config-name=`config` (the int8
+    file where configs/cpu_int8.pbtxt names one), so in-process and served run the same."""
+    member_dir = REPOSITORY / "members" / member
+    configured = member_dir / "configs" / f"{config}.pbtxt"
+    name = read_config(configured).default_model_filename if configured.exists() else ""
+    return member_dir / "1" / (name or "model.onnx")
 
 
 def check_exported(profiles: tuple[str, ...]) -> None:

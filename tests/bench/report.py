@@ -21,6 +21,8 @@ TARGETS = {
     "triton_vs_inprocess_full_c4": (">=", 0.9),
     "lite_p50_s_10s_1080p": ("<=", 1.5),
     "full_vs_compute_c1": ("<=", 1.15),
+    "triton_vs_inprocess_lite_c4": (">=", 0.9),
+    "default_full_p50_vs_lite": ("<=", 1.2),
 }
 SERVICE_STAGES = ("decode", "detect", "infer", "aggregate")
 
@@ -53,6 +55,10 @@ def ratios(result: dict, config: BenchConfig) -> dict[str, float]:
             out[f"{p}_total_vs_infer_c1"] = stages["total"] / stages["infer"]
     if "p50" in result:
         out["lite_p50_s_10s_1080p"] = result["p50"]["p50_s"]
+        if "p50_default_full" in result:
+            out["default_full_p50_vs_lite"] = (
+                result["p50_default_full"]["p50_s"] / result["p50"]["p50_s"]
+            )
     return out
 
 

@@ -13,13 +13,13 @@ from tests.bench.measure import latency_summary, median, run_concurrently
 
 STAGES = ("upload", "decode", "detect", "infer", "aggregate", "total")
 TIMEOUT = httpx.Timeout(900.0, connect=10.0)
+ALL = "all"  # every member, also those that cannot vote
 
 
-def detect(url: str, path: Path, frames: int) -> dict:
+def detect(url: str, path: Path, frames: int, models: str | None = None) -> dict:
+    params: dict[str, object] = {"frames": frames} | ({"models": models} if models else {})
     with httpx.Client(timeout=TIMEOUT) as client, path.open("rb") as f:
-        response = client.post(
-            url + "/api/detect", files={"file": (path.name, f)}, params={"frames": frames}
-        )
+        response = client.post(url + "/api/detect", files={"file": (path.name, f)}, params=params)
     response.raise_for_status()  # a benchmark figure from a failed request means nothing
     answer = response.json()
     return {
@@ -38,9 +38,12 @@ def stage_medians(answers: list[dict]) -> dict[str, float]:
     }
 
 
-def run_level(url: str, clips: list[Path], frames: int, concurrency: int, waves: int) -> dict:
+def run_level(
+    url: str, clips: list[Path], frames: int, concurrency: int, waves: int, models: str | None
+) -> dict:
     sends = [clips[i % len(clips)] for i in range(max(len(clips), concurrency) * waves)]
-    run = run_concurrently([lambda p=p: detect(url, p, frames) for p in sends], concurrency)
+    jobs = [lambda p=p: detect(url, p, frames, models) for p in sends]
+    run = run_concurrently(jobs, concurrency)
     return {
         "requests": len(sends),
         "wall_s": run.wall_s,
@@ -56,10 +59,12 @@ def run_level(url: str, clips: list[Path], frames: int, concurrency: int, waves:
 
 
 def run_service(config: BenchConfig, url: str, profile: str) -> dict:
-    detect(url, config.clips[0], config.frames)  # warm-up: detector sessions, channel
+    """Every member of the profile (models=all), as the prototype baseline runs them: by default
+    the gateway skips the members that cannot vote (see run_p50 for that request)."""
+    detect(url, config.clips[0], config.frames, ALL)  # warm-up: detector sessions, channel
     result: dict = {}
     for c in config.concurrency:
-        level = run_level(url, config.clips, config.frames, c, config.waves)
+        level = run_level(url, config.clips, config.frames, c, config.waves, ALL)
         result[f"c{c}"] = level
         print(
             f"  service {profile} c{c}: {level['videos_per_min']:.2f} videos/min, "
@@ -69,8 +74,9 @@ def run_service(config: BenchConfig, url: str, profile: str) -> dict:
     return result
 
 
-def run_p50(config: BenchConfig, url: str) -> dict:
-    """The latency of one clip at the service's own frame count, one request at a time."""
+def run_p50(config: BenchConfig, url: str, profile: str = "lite") -> dict:
+    """The latency of one clip at the service's own frame count, one request at a time: the
+    default request (only the members that vote)."""
     detect(url, config.p50_clip, config.p50_frames)  # warm-up at this frame count
     jobs = [lambda: detect(url, config.p50_clip, config.p50_frames)] * config.p50_runs
     run = run_concurrently(jobs, 1)
@@ -85,7 +91,7 @@ def run_p50(config: BenchConfig, url: str) -> dict:
         "stages_ms": stage_medians(runs),
     }
     print(
-        f"  service lite p50 {figures['clip']} @ {figures['frames']} frames: "
+        f"  service {profile} p50 {figures['clip']} @ {figures['frames']} frames: "
         f"{figures['p50_s']:.2f} s",
         flush=True,
     )
