@@ -100,18 +100,28 @@ class VideoFile:
         # Files without a display matrix may still carry the legacy tag (Matroska's ROTATE).
         tags = {key.lower(): value for key, value in self.stream.metadata.items()}
         self._tagged = from_rotate_tag(tags["rotate"]) if "rotate" in tags else UPRIGHT
-        # The last frame's, as made upright: what MediaInfo reports.
-        self.orientation: Orientation = self._tagged
+        # Read from the first decoded frame: what every frame is turned by, and what
+        # MediaInfo reports.
+        self._orientation: Orientation | None = None
+
+    @property
+    def orientation(self) -> Orientation:
+        return self._tagged if self._orientation is None else self._orientation
 
     def upright(self, frame: av.VideoFrame) -> np.ndarray:
-        """The frame as RGB, turned as its display matrix (or the stream's tag) says."""
-        matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
-        self.orientation = (
-            from_display_matrix(np.frombuffer(bytes(matrix), dtype=np.int32))
-            if matrix is not None
-            else self._tagged
-        )
-        return self.orientation.apply(rgb(frame))
+        """The frame as RGB, turned as the stream's display matrix (or tag) says."""
+        if self._orientation is None:
+            # Once per stream: the matrix is the container's (FFmpeg copies it onto every
+            # frame), and reading a frame's side data with PyAV keeps that frame alive in a
+            # reference cycle until the garbage collector runs: done per frame, 300 sampled
+            # 4K frames held 2.6 GB (tests/test_bounds.py).
+            matrix = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+            self._orientation = (
+                from_display_matrix(np.frombuffer(bytes(matrix), dtype=np.int32))
+                if matrix is not None
+                else self._tagged
+            )
+        return self._orientation.apply(rgb(frame))
 
     def frames(self, skip_non_reference: bool = False) -> Iterator[tuple[int, av.VideoFrame]]:
         """(display index, frame) in display order; a corrupt packet ends the stream."""
