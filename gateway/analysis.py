@@ -28,7 +28,14 @@ import cv2
 import numpy as np
 
 from gateway import metrics, schemas
-from gateway.aggregate import Strategy, decisive_track, score_tracks, voting_weights
+from gateway.aggregate import (
+    Strategy,
+    decisive_track,
+    is_short,
+    score_tracks,
+    vote,
+    voting_weights,
+)
 from gateway.errors import ApiError
 from gateway.explain import ExplainConfig, explain
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
@@ -161,6 +168,13 @@ class Selection:
     ensemble: Ensemble
     members: list[str]
     weights: dict[str, float]
+
+    @property
+    def groups(self) -> dict[str, str] | None:
+        """Member -> specialist group when the vote is max_of_groups, else None."""
+        if self.ensemble.rule != "max_of_groups":
+            return None
+        return {m: self.ensemble.member(m).group for m in self.members}
 
 
 class Analyzer:
@@ -511,11 +525,13 @@ class Report:
         track_faces = [[position[link] for link in t.links] for t in tracks]
         track_of = {n: tid for tid, ns in enumerate(track_faces) for n in ns}
         model_scores = {m: scores[m] for m in members}
-        per_track = score_tracks(track_faces, model_scores, weights, strategy)
-        decisive = decisive_track(per_track)
+        groups = self.selection.groups
+        per_track = score_tracks(track_faces, model_scores, weights, strategy, groups)
+        sampled = len(self.found)
+        decisive = decisive_track(per_track, sampled, strategy.min_track_share)
         face_vote = scores.get("ensemble")
         if face_vote is None:
-            face_vote = sum(weights[m] * model_scores[m] for m in members)
+            face_vote = vote(model_scores, weights, groups)
 
         def face(p: int, i: int, found: Face) -> schemas.Face:
             n = position[(p, i)]
@@ -543,6 +559,8 @@ class Report:
                 score=t.score,
                 models=t.models,
                 frames=sorted({index[n] for n in t.faces}),
+                share=round(len(t.faces) / sampled, 4),
+                short=is_short(t, sampled, strategy.min_track_share),
             )
             for t in per_track
         ]

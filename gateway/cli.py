@@ -28,12 +28,14 @@ def summary(answer: dict) -> str:
         f"media: {media['kind']} {media['format']} {media['width']}x{media['height']}"
         + (f", {media['duration_s']:.1f} s @ {media['fps']:.2f} fps" if media["fps"] else ""),
         "",
-        f"{'model':<16}{'score':>8}{'weight':>8}  trained",
+        f"{'model':<20}{'score':>8}{'weight':>8}  trained",
     ]
     for m in answer["models"]:
         value = "-" if m["score"] is None else f"{m['score']:.3f}"
         flag = "yes" if m["trained"] else "NO (random weights, not voting)"
-        lines.append(f"{m['name']:<16}{value:>8}{m['weight']:>8.2f}  {flag}")
+        lines.append(f"{m['name']:<20}{value:>8}{m['weight']:>8.2f}  {flag}")
+        if m.get("trained_on"):
+            lines.append(f"{'':<20}trained on {m['trained_on']}")
     faces = sum(len(f["faces"]) for f in answer["frames"])
     lines += [
         "",

@@ -38,6 +38,8 @@ class ModelInfo:
     weight: float
     weights: dict[str, str]
     max_batch_size: int
+    trained_on: str = ""  # what the weights were trained on (a member manifest says)
+    group: str = ""  # its specialist group, for the vote rule max_of_groups
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Ensemble:
     members: list[ModelInfo]
     ready: bool
     max_batch_size: int
+    rule: str = "mean"  # the vote's rule: "mean" or "max_of_groups" (model_repository/vote.toml)
 
     def member(self, name: str) -> ModelInfo:
         return next(m for m in self.members if m.name == name)
@@ -165,20 +168,26 @@ class ModelServer:
         vote_name = steps[-1]
         vote = parameters((await self._control(self.client.get_model_config, vote_name))["config"])
         weights = parse_weights(vote.get("vote_weights", ""))
-        members = await asyncio.gather(*(self._member(n, weights) for n in steps[:-1]))
+        groups = dict(
+            item.split("=", 1) for item in vote.get("vote_groups", "").split(",") if "=" in item
+        )
+        members = await asyncio.gather(
+            *(self._member(n, weights, groups.get(n, "")) for n in steps[:-1])
+        )
         return Ensemble(
             name=self.ensemble_name,
             profile=parameters(config).get("profile", ""),
             members=list(members),
             ready=await self.ready(),
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
+            rule=vote.get("vote_rule", "mean") or "mean",
         )
 
     async def _control(self, method: Callable[..., Awaitable[dict]], name: str) -> dict:
         """A small control-plane call (config, metadata) as JSON, on its short deadline."""
         return await self._call(method, name, as_json=True, client_timeout=self.control_timeout_s)
 
-    async def _member(self, name: str, weights: dict[str, float]) -> ModelInfo:
+    async def _member(self, name: str, weights: dict[str, float], group: str = "") -> ModelInfo:
         config = (await self._control(self.client.get_model_config, name))["config"]
         metadata = await self._control(self.client.get_model_metadata, name)
         params = parameters(config)
@@ -196,6 +205,8 @@ class ModelServer:
             weight=weights.get(name, 0.0),
             weights={k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS},
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
+            trained_on=params.get("trained_on", ""),
+            group=group,
         )
 
     # -- inference -------------------------------------------------------------

@@ -20,11 +20,18 @@ class ModelSummary(BaseModel):
     trained: bool = Field(description="false: random weights, the score means nothing")
     weight: float = Field(description="vote weight in the ensemble (0: reported, not voting)")
     weights: Provenance
+    trained_on: str = Field("", description="what the weights were trained on, if stated")
+    group: str = Field(
+        "", description="specialist group when the vote is the maximum over groups' means"
+    )
 
 
 class ModelsAnswer(BaseModel):
     ensemble: str
     profile: str
+    vote_rule: str = Field(
+        "mean", description="mean (weighted mean of all) or max_of_groups (most fake group mean)"
+    )
     ready: bool
     models: list[ModelSummary]
 
@@ -54,6 +61,11 @@ class TrackResult(BaseModel):
     score: float
     models: dict[str, float]
     frames: list[int] = Field(description="frame indices where this person was found")
+    share: float = Field(1.0, description="share of the sampled frames this person is seen in")
+    short: bool = Field(
+        False,
+        description="seen in too few frames (under min_track_share) to decide the verdict alone",
+    )
 
 
 class MediaFacts(BaseModel):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from export.members import BUILTIN, discover
 from model_repository.local_triton import LocalTriton, TritonSettings
 from tests.processes import free_port, gateway_process, wait_for  # noqa: F401 — tests import them
 
@@ -20,8 +21,12 @@ ASSETS = SHARED / "assets"
 REPOSITORY = ROOT / "model_repository"
 # Weights and face detectors come from ../shared/assets, as under `make test`.
 os.environ.setdefault("DEEPFAKE_ASSETS", str(ASSETS))
-MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
-NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380}
+# The built-in members, then those a manifest (members/<name>/member.toml) adds.
+MANIFEST_MEMBERS = {m.name: m for m in discover(REPOSITORY)}
+MEMBERS = (*BUILTIN, *MANIFEST_MEMBERS)
+NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380} | {
+    name: m.input_size for name, m in MANIFEST_MEMBERS.items()
+}
 FACE_SOURCES = (
     MEDIA / "images/real/face_recognition_obama.jpg",
     MEDIA / "images/real/dfdc_lynaeydofd_fr0.jpg",

@@ -26,6 +26,7 @@ from deploy.dockerfile import (
     instructions,
 )
 from deploy.manifests import Rendering
+from tests.conftest import MEMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
@@ -48,7 +49,6 @@ YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_LICENSE_SHA256 = "c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1aba958"
 SHARED_YUNET = ROOT.parent / "shared" / "assets" / "face" / "yunet" / YUNET_FILE
-MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)

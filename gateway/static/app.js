@@ -488,6 +488,9 @@ function renderModels(answer) {
       ),
       bar,
       el("p", { class: "provenance", text: `Weights: ${provenance(model.weights)}` }),
+      ...(model.trained_on
+        ? [el("p", { class: "provenance", text: `Trained on: ${model.trained_on}` })]
+        : []),
     );
   });
   $("models").replaceChildren(...rows);
