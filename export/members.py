@@ -311,7 +311,9 @@ def write_configs(repo: Path, member: Member) -> list[Path]:
         f"# edit those, not this file.\n"
     )
     for path in [source / "config.pbtxt", *sorted((source / "configs").glob("*.pbtxt"))]:
-        text = path.read_text()
+        from export.versions import carried_blocks
+
+        text, _ = carried_blocks(path.read_text())  # the template's versions are its own
         text = re.sub(r'^name: ".*"$', f'name: "{member.name}"', text, count=1, flags=re.M)
         text = text.replace(f"/trt-cache/{member.template}", f"/trt-cache/{member.name}")
         text = re.sub(
@@ -321,7 +323,8 @@ def write_configs(repo: Path, member: Member) -> list[Path]:
         )
         out = target / path.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(note + text)
+        _, own = carried_blocks(out.read_text()) if out.exists() else ("", "")
+        out.write_text(note + text.rstrip("\n") + "\n" + own)
         written.append(out)
     return written
 

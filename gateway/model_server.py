@@ -7,6 +7,7 @@ repository exported with other weights needs no gateway change.
 
 import asyncio
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ class ModelInfo:
     weights: dict[str, str]
     max_batch_size: int
     trained_on: str = ""  # what the weights were trained on (a member manifest says)
+    versions: dict[str, dict] = field(default_factory=dict)  # fine-tuned versions' provenance
     group: str = ""  # its specialist group, for the vote rule max_of_groups
 
 
@@ -196,16 +198,30 @@ class ModelServer:
         except InferenceServerException:
             ready = False
         size = params.get("input_size", "")
+        version = (metadata.get("versions") or [""])[-1]
+        versions = {
+            key.removeprefix("version_"): json.loads(value)
+            for key, value in params.items()
+            if key.startswith("version_") and key.removeprefix("version_").isdigit()
+        }
+        provenance = {k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS}
+        if version in versions:  # a fine-tuned version serves: its own provenance
+            provenance |= {
+                "file": f"{name}/{version}/model.onnx",
+                "sha256": versions[version].get("sha256", ""),
+                "source": f"fine-tuned from {versions[version].get('fine_tuned_from', '?')}",
+            }
         return ModelInfo(
             name=name,
-            version=(metadata.get("versions") or [""])[-1],
+            version=version,
             ready=ready,
             input_size=int(size) if size.isdigit() else None,
             trained=params.get("trained", "false") == "true",
             weight=weights.get(name, 0.0),
-            weights={k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS},
+            weights=provenance,
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
             trained_on=params.get("trained_on", ""),
+            versions=versions,
             group=group,
         )
 

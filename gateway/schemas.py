@@ -21,6 +21,11 @@ class ModelSummary(BaseModel):
     weight: float = Field(description="vote weight in the ensemble (0: reported, not voting)")
     weights: Provenance
     trained_on: str = Field("", description="what the weights were trained on, if stated")
+    versions: dict[str, dict] = Field(
+        default_factory=dict,
+        description="fine-tuned versions in the repository and their provenance "
+        "(python -m export.train); `version` is the one serving",
+    )
     group: str = Field(
         "", description="specialist group when the vote is the maximum over groups' means"
     )
