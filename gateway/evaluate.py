@@ -68,14 +68,14 @@ def judged(answers: dict[str, dict], score_of: Callable[[dict], float], min_shar
     for clip, y, s in rows:
         if y:
             tally = caught.setdefault(manipulation(clip), [0, 0])
-            tally[0] += s is not None and s >= 0.5
+            tally[0] += int(s is not None and s >= 0.5)
             tally[1] += 1
     return {
-        "auc": auc,
-        "correct": sum((s is not None and s >= 0.5) == bool(y) for _, y, s in rows),
+        "auc": None if auc is None else float(auc),
+        "correct": sum(int(bool(s is not None and s >= 0.5) == bool(y)) for _, y, s in rows),
         "clips": len(rows),
         "caught": {k: f"{n}/{of}" for k, (n, of) in sorted(caught.items())},
-        "scores": {clip: s for clip, _, s in rows},
+        "scores": {clip: None if s is None else float(s) for clip, _, s in rows},
     }
 
 

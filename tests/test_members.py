@@ -242,8 +242,8 @@ def test_max_of_groups_vote_graph_and_gateway_agree() -> None:
         REPOSITORY / "vote.toml", list(weights), {"meso4_f2f": "f2f", "mesoinception4_f2f": "f2f"}
     )
     assert groups == {
-        "meso4": "df",
-        "mesoinception4": "df",
+        "meso4": "swap",
+        "mesoinception4": "swap",
         "meso4_f2f": "f2f",
         "mesoinception4_f2f": "f2f",
     }

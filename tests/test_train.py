@@ -138,3 +138,31 @@ def test_new_version_serves_and_rolls_back_while_the_gateway_answers(served: tup
     assert rolled_back["weights"]["file"] == "Meso4_DF.h5"
     assert forward["version"] == "2"
     assert answered and not failures, failures
+
+
+def test_models_show_manifest_members_and_the_vote_rule(served: tuple) -> None:
+    _, _, gateway = served
+    answer = httpx.get(f"{gateway.url}/api/models", timeout=30).json()
+    assert answer["vote_rule"] == "max_of_groups"
+    models = {m["name"]: m for m in answer["models"]}
+    for name in ("meso4_f2f", "mesoinception4_f2f"):
+        assert models[name]["group"] == "f2f" and models[name]["weight"] > 0
+        assert "Face2Face" in models[name]["trained_on"]
+    assert models["meso4"]["group"] == "swap"
+
+
+def test_short_tracks_are_marked_and_do_not_decide(served: tuple) -> None:
+    """ffpp_c23_original_004: the presenter throughout, and a face seen briefly."""
+    _, _, gateway = served
+    clip = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
+    with clip.open("rb") as f:
+        answer = httpx.post(
+            f"{gateway.url}/api/detect",
+            params={"frames": 16},
+            files={"file": (clip.name, f)},
+            timeout=120,
+        ).json()
+    tracks = answer["tracks"]
+    short = [t for t in tracks if t["short"]]
+    assert short and all(t["share"] < 1 / 3 for t in short)
+    assert answer["score"] == max(t["score"] for t in tracks if not t["short"])
