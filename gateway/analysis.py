@@ -305,7 +305,11 @@ class Analyzer:
         t = clock.stage("aggregate", t)
         if options.explain is not None:
             answer.explanations = await explain(
-                answer, scoring.crops, self.server.score_with_members, options.explain
+                answer,
+                scoring.crops,
+                self.server.score_with_members,
+                options.explain,
+                selection.groups,
             )
             clock.stage("explain", t)
         clock.stage("total", clock.start)
