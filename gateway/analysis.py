@@ -565,6 +565,7 @@ class Report:
                 frames=sorted({index[n] for n in t.faces}),
                 share=round(len(t.faces) / sampled, 4),
                 short=is_short(t, sampled, strategy.min_track_share),
+                decisive=t.track == decisive.track,
             )
             for t in per_track
         ]

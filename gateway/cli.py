@@ -42,7 +42,11 @@ def summary(answer: dict) -> str:
         f"faces: {faces} in {len(answer['frames'])} frames, {len(answer['tracks'])} track(s)",
     ]
     for t in answer["tracks"]:
-        lines.append(f"  track {t['id']}: P(fake) {t['score']:.3f} over {len(t['frames'])} frames")
+        lines.append(
+            f"  track {t['id']}: P(fake) {t['score']:.3f} over {len(t['frames'])} frames"
+            + (" (decides)" if t.get("decisive") else "")
+            + (" (short: cannot decide alone)" if t.get("short") else "")
+        )
     explained = {(e["frame"], e["face"]) for e in answer.get("explanations", [])}
     if explained:
         frames = ", ".join(str(f) for f in sorted({f for f, _ in explained}))

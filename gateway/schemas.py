@@ -71,6 +71,7 @@ class TrackResult(BaseModel):
         False,
         description="seen in too few frames (under min_track_share) to decide the verdict alone",
     )
+    decisive: bool = Field(False, description="this track's score is the video's")
 
 
 class MediaFacts(BaseModel):
