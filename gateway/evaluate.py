@@ -110,6 +110,20 @@ def print_comparison(figures: dict[str, dict[str, dict]]) -> None:
             print(f"{name:<24}{auc:>7}{f['correct']:>5}/{f['clips']:<2}  {caught}")
 
 
+def print_short_track_effect(strict: dict[str, dict], loose: dict[str, dict]) -> None:
+    """Every clip whose score moves when short tracks may not decide alone."""
+    print("\nshort-track rule, clips whose score moves (every track may decide -> not):")
+    moved = False
+    for way, table in strict.items():
+        for clip, score in table["scores"].items():
+            before = loose[way]["scores"][clip]
+            if score is not None and before is not None and abs(score - before) > 1e-9:
+                print(f"  {way:<22}{clip:<58}{before:.3f} -> {score:.3f}")
+                moved = True
+    if not moved:
+        print("  none")
+
+
 def clips(media: Path) -> list[tuple[str, Path]]:
     return [(label, p) for label in LABELS for p in sorted((media / label).glob("*.mp4"))]
 
@@ -160,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             "every track may decide": compare(answers, 0.0),
         }
         print_comparison(figures)
+        print_short_track_effect(*figures.values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"auc": auc, "answers": answers, "comparison": figures}, indent=1)
