@@ -6,7 +6,9 @@
 Weights come from --weights, else the asset search path ($DEEPFAKE_ASSETS),
 else a download of a pinned asset. A model with none of these is an error,
 unless --allow-random: then it is exported with random weights and its
-provenance says trained = false.
+provenance says trained = false. Members described by a manifest
+(model_repository/members/<name>/member.toml, see export/members.py) are
+exported too and added to the profiles they name.
 """
 
 import argparse

@@ -229,7 +229,7 @@ def test_triton_image_creates_the_engine_cache_parent_for_its_user() -> None:
     uid, gid = final_user(TRITON_DOCKERFILE)
     runs = instruction(TRITON_DOCKERFILE, "RUN")
     assert any("mkdir /trt-cache" in r and f"chown {uid}:{gid} /trt-cache" in r for r in runs)
-    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+    for member in MEMBERS:
         config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
             [path] = re.findall(rf'"{key}"\s+value:\s*"([^"]+)"', config)
@@ -241,7 +241,7 @@ def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
     from preprocess.crop import CropConfig
 
     size = CropConfig().size
-    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+    for member in MEMBERS:
         config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
         shapes = {
             k: [int(x) for x in v.split(":")[1].split("x")]
