@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from gateway.aggregate import vote
 from gateway.schemas import DetectAnswer, ModelsAnswer, ServiceInfo
 from tests.conftest import MEDIA, MEMBERS, Gateway
 from tests.triton_client import parameters
@@ -79,7 +80,7 @@ def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> 
 
 def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> None:
     """Default 32 frames on a real deepfake: per-face p_fake is the ensemble's
-    weighted mean, and untrained models are reported, flagged and not voting."""
+    vote by its stated rule, and untrained models are reported, flagged and not voting."""
     answer = DetectAnswer.model_validate(
         detect(gateway, MEDIA / "videos/fake/dfdc_widuwuoiur.mp4").json()
     )
@@ -89,10 +90,12 @@ def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> No
     assert not models["xception"].trained and models["xception"].weight == 0
     assert not models["efficientnet_b7"].voting
     assert any("xception" in n and "random weights" in n for n in answer.notes)
+    rule = httpx.get(f"{gateway.url}/api/models", timeout=30).json()["vote_rule"]
+    weights = {m: models[m].weight for m in models}
+    groups = {m: models[m].group for m in models} if rule == "max_of_groups" else None
     for face in (face for frame in answer.frames for face in frame.faces):
-        vote = sum(models[m].weight * s for m, s in face.models.items())
-        assert face.p_fake == pytest.approx(vote, abs=1e-5)
-    decisive = max(answer.tracks, key=lambda t: t.score)
+        assert face.p_fake == pytest.approx(vote(face.models, weights, groups), abs=1e-5)
+    (decisive,) = [t for t in answer.tracks if t.decisive]
     assert {m: models[m].score for m in models} == pytest.approx(decisive.models)
 
 
@@ -143,16 +146,17 @@ def test_a_faceless_clip_is_no_face(gateway: Gateway, tmp_path: Path) -> None:
 def test_chosen_models_are_called_directly_with_the_same_scores(gateway: Gateway) -> None:
     clip = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
     full = DetectAnswer.model_validate(detect(gateway, clip, frames=4).json())
+    voting = [m.name for m in full.models if m.voting]  # the trained MesoNets
     mesos = DetectAnswer.model_validate(
-        detect(gateway, clip, frames=4, models="meso4,mesoinception4").json()
+        detect(gateway, clip, frames=4, models=",".join(voting)).json()
     )
     assert mesos.ensemble is None
-    assert [m.name for m in mesos.models] == ["meso4", "mesoinception4"]
+    assert [m.name for m in mesos.models] == voting
     for a, b in zip(full.frames, mesos.frames, strict=True):
         for fa, fb in zip(a.faces, b.faces, strict=True):
             assert fb.models["meso4"] == pytest.approx(fa.models["meso4"], abs=1e-6)
-            assert set(fb.models) == {"meso4", "mesoinception4"}
-    # Both MesoNets carry all the vote in the local repository: same verdict.
+            assert set(fb.models) == set(voting)
+    # The voting members carry all the vote in the local repository: same verdict.
     assert mesos.score == pytest.approx(full.score, abs=1e-5)
 
 
