@@ -23,7 +23,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval bench loadtest k8s test test-fast lint clean
+.PHONY: help setup system-packages export triton run eval train bench loadtest k8s test test-fast lint clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -33,6 +33,7 @@ help:
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
+	@echo "make train    fine-tune MEMBER (meso4) on DATA (a folder with real/ and fake/): a new model version"
 	@echo "make bench    floor (ORT) vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
@@ -93,6 +94,12 @@ run: $(TRITON_VENV)/.installed export
 
 eval: $(VENV)/.installed
 	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
+
+# Fine-tune a member on your own media; the result is model_repository/members/<MEMBER>/<n>/.
+MEMBER ?= meso4
+train: $(VENV)/.installed
+	@test -n "$(DATA)" || (echo "make train DATA=folder-with-real-and-fake [MEMBER=meso4]"; exit 2)
+	$(PY) -m export.train --data $(DATA) --member $(MEMBER) $(TRAIN_ARGS)
 
 # Side by side on the same clips and crops: in-process ONNX Runtime, Triton over gRPC,
 # the gateway end to end (lite and full), and the prototype's eager PyTorch loop. Starts

@@ -6,16 +6,22 @@
 Weights come from --weights, else the asset search path ($DEEPFAKE_ASSETS),
 else a download of a pinned asset. A model with none of these is an error,
 unless --allow-random: then it is exported with random weights and its
-provenance says trained = false.
+provenance says trained = false. Members described by a manifest
+(model_repository/members/<name>/member.toml, see export/members.py) are
+exported too and added to the profiles they name.
 """
 
 import argparse
+import hashlib
 import logging
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import onnx
+
 from export import assets, efficientnet_b7, meso4, mesoinception4, quantize, xception
+from export import members as manifests
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import (
     UNTRAINED,
@@ -24,6 +30,7 @@ from export.repository import (
     is_current,
     profile_members,
     source_digest,
+    vote_rule,
     vote_weights,
     write_parameters,
 )
@@ -87,12 +94,91 @@ def export_member(
         write_parameters(config, provenance.parameters())
 
 
-def export_vote(repo: Path, profile: str, provenance: dict[str, Provenance]) -> None:
+def export_manifest_member(
+    repo: Path, member: manifests.Member, allow_random: bool, allow_download: bool, force: bool
+) -> Provenance:
+    """A member described by members/<name>/member.toml: its ONNX, configs, provenance."""
+    target = repo / "members" / member.name / "1" / "model.onnx"
+    if member.architecture:
+        arch = ARCHITECTURES[member.architecture]
+        cfg = arch.PRETRAINED_CFG
+        head = {"p_real": "p_real", "softmax_index1": "softmax_index1", "logit_fake": "sigmoid"}
+        if (head.get(member.output), member.input_size, member.mean, member.std) != (
+            cfg["head"],
+            cfg["input_size"],
+            tuple(cfg["mean"]),
+            tuple(cfg["std"]),
+        ):
+            raise SystemExit(
+                f"{member.name}: output, input_size, mean, std must be {member.architecture}'s "
+                f"({cfg['head']}, {cfg['input_size']}, {cfg['mean']}, {cfg['std']})"
+            )
+        asset = assets.load_manifest()[member.weights_asset]
+        try:
+            weights: Path | None = assets.resolve(asset, allow_download)
+        except assets.AssetError as exc:
+            if not allow_random:
+                raise SystemExit(f"{member.name}: {exc}; or pass --allow-random") from exc
+            weights = None
+        provenance = (
+            UNTRAINED
+            if weights is None
+            else Provenance(
+                True, weights.name, assets.sha256_of(weights), asset.source, asset.licence
+            )
+        )
+    else:
+        weights = manifests.find_onnx(member)
+        provenance = Provenance(
+            True, weights.name, assets.sha256_of(weights), member.source, member.licence
+        )
+    manifest_text = (member.folder / manifests.MANIFEST).read_bytes()
+    metadata = {
+        **provenance.parameters(),
+        "export_digest": source_digest(),
+        "manifest_sha256": hashlib.sha256(manifest_text).hexdigest(),
+    }
+    if force or not is_current(target, metadata):
+        partial = target.with_suffix(".onnx.part")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if member.architecture:
+            model = arch.create_model()
+            if weights is not None:
+                arch.load_weights(model, weights)
+            export_onnx(FacesToPFake(model, cfg), partial, metadata)
+        else:
+            wrapped = manifests.wrap_classifier(member, onnx.load(str(weights)))
+            onnx.helper.set_model_props(wrapped, metadata)
+            onnx.save(wrapped, str(partial))
+        partial.replace(target)
+        log.info("%s: wrote %s", member.name, target)
+    else:
+        log.info("%s: %s is current", member.name, target)
+    for config in manifests.write_configs(repo, member):
+        write_parameters(config, {**provenance.parameters(), "trained_on": member.trained_on})
+    return provenance
+
+
+def export_vote(
+    repo: Path,
+    profile: str,
+    provenance: dict[str, Provenance],
+    extras: list[manifests.Member] = (),
+) -> None:
     members = profile_members(repo, profile)
-    weights = vote_weights(repo / "vote.toml", members, provenance)
-    write_vote(weights, repo / profile / "deepfake_vote" / "1" / "model.onnx")
+    weights = vote_weights(
+        repo / "vote.toml", members, provenance, {m.name: m.weight for m in extras}
+    )
+    rule, groups = vote_rule(repo / "vote.toml", members, {m.name: m.group for m in extras})
+    write_vote(
+        weights,
+        repo / profile / "deepfake_vote" / "1" / "model.onnx",
+        groups if rule == "max_of_groups" else None,
+    )
     params = {
         "vote_weights": ",".join(f"{m}={w:.6g}" for m, w in normalise(weights).items()),
+        "vote_rule": rule,
+        "vote_groups": ",".join(f"{m}={g}" for m, g in groups.items()),
         "trained": str(all(provenance[m].trained for m, w in weights.items() if w)).lower(),
     }
     write_parameters(repo / profile / "deepfake_vote" / "config.pbtxt", params)
@@ -133,15 +219,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     explicit = parse_weights(args.weights)
+    try:
+        extras = manifests.discover(args.repository)
+    except manifests.ManifestError as exc:
+        raise SystemExit(f"member manifest: {exc}") from exc
+    names = manifests.profile_order(
+        profile_members(args.repository, args.profile), extras, args.profile
+    )
+    manifests.write_profile(args.repository, args.profile, names)
     provenance = {}
-    for name in profile_members(args.repository, args.profile):
-        weights, provenance[name] = find_weights(
-            name, explicit.get(name), args.allow_random, not args.no_download
-        )
-        export_member(args.repository, name, weights, provenance[name], args.force)
-        # An int8 copy made from other weights is checked again (export/quantize.py).
-        quantize.refresh(args.repository, name)
-    export_vote(args.repository, args.profile, provenance)
+    for name in names:
+        if name in ARCHITECTURES:
+            weights, provenance[name] = find_weights(
+                name, explicit.get(name), args.allow_random, not args.no_download
+            )
+            export_member(args.repository, name, weights, provenance[name], args.force)
+            # An int8 copy made from other weights is checked again (export/quantize.py).
+            quantize.refresh(args.repository, name)
+    for member in extras:
+        if args.profile in member.profiles:
+            try:
+                provenance[member.name] = export_manifest_member(
+                    args.repository, member, args.allow_random, not args.no_download, args.force
+                )
+            except manifests.ManifestError as exc:
+                raise SystemExit(f"member manifest: {exc}") from exc
+    export_vote(args.repository, args.profile, provenance, extras)
 
 
 if __name__ == "__main__":

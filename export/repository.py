@@ -87,15 +87,19 @@ def is_current(onnx_path: Path, metadata: dict[str, str]) -> bool:
 
 
 def vote_weights(
-    vote_file: Path, members: list[str], provenance: dict[str, Provenance]
+    vote_file: Path,
+    members: list[str],
+    provenance: dict[str, Provenance],
+    defaults: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """The weights the vote uses: the file's, with untrained members at 0."""
+    """The weights the vote uses: the file's (else a member manifest's, in
+    `defaults`), with untrained members at 0."""
     with vote_file.open("rb") as f:
         settings = tomllib.load(f)
     count_untrained = bool(settings.get("count_untrained", False))
     weights = {}
     for member in members:
-        weight = float(settings["weights"].get(member, 0.0))
+        weight = float(settings["weights"].get(member, (defaults or {}).get(member, 0.0)))
         weights[member] = weight if provenance[member].trained or count_untrained else 0.0
     if not any(weights.values()):
         raise ValueError(
@@ -103,3 +107,18 @@ def vote_weights(
             f"{vote_file}; supply weights, or set count_untrained = true to vote with them"
         )
     return weights
+
+
+def vote_rule(
+    vote_file: Path, members: list[str], defaults: dict[str, str] | None = None
+) -> tuple[str, dict[str, str]]:
+    """vote.toml's rule ("mean" or "max_of_groups") and every member's
+    specialist group: [groups], else a member manifest's (in `defaults`), else
+    the member's own name (a group of one)."""
+    with vote_file.open("rb") as f:
+        settings = tomllib.load(f)
+    rule = settings.get("rule", "mean")
+    if rule not in ("mean", "max_of_groups"):
+        raise ValueError(f"{vote_file}: rule {rule!r} must be 'mean' or 'max_of_groups'")
+    named = settings.get("groups", {})
+    return rule, {m: named.get(m) or (defaults or {}).get(m) or m for m in members}

@@ -29,7 +29,14 @@ import cv2
 import numpy as np
 
 from gateway import metrics, schemas
-from gateway.aggregate import Strategy, decisive_track, score_tracks, voting_weights
+from gateway.aggregate import (
+    Strategy,
+    decisive_track,
+    is_short,
+    score_tracks,
+    vote,
+    voting_weights,
+)
 from gateway.errors import ApiError
 from gateway.explain import ExplainConfig, explain
 from gateway.model_server import Ensemble, ModelInfo, ModelServer
@@ -171,6 +178,13 @@ class Selection:
     skipped: dict[str, str] = field(default_factory=dict)
     via_ensemble: bool = False  # one call to the Triton ensemble, else each member directly
 
+    @property
+    def groups(self) -> dict[str, str] | None:
+        """Member -> specialist group when the vote is max_of_groups, else None."""
+        if self.ensemble.rule != "max_of_groups":
+            return None
+        return {m: self.ensemble.member(m).group for m in self.members}
+
 
 class Analyzer:
     def __init__(
@@ -304,7 +318,11 @@ class Analyzer:
         t = clock.stage("aggregate", t)
         if options.explain is not None:
             answer.explanations = await explain(
-                answer, scoring.crops, self.server.score_with_members, options.explain
+                answer,
+                scoring.crops,
+                self.server.score_with_members,
+                options.explain,
+                selection.groups,
             )
             clock.stage("explain", t)
         clock.stage("total", clock.start)
@@ -588,11 +606,13 @@ class Report:
         track_faces = [[position[link] for link in t.links] for t in tracks]
         track_of = {n: tid for tid, ns in enumerate(track_faces) for n in ns}
         model_scores = {m: scores[m] for m in members}
-        per_track = score_tracks(track_faces, model_scores, weights, strategy)
-        decisive = decisive_track(per_track)
+        groups = self.selection.groups
+        per_track = score_tracks(track_faces, model_scores, weights, strategy, groups)
+        sampled = len(self.found)
+        decisive = decisive_track(per_track, sampled, strategy.min_track_share)
         face_vote = scores.get("ensemble")
         if face_vote is None:
-            face_vote = sum(weights[m] * model_scores[m] for m in members)
+            face_vote = vote(model_scores, weights, groups)
 
         def face(p: int, i: int, found: Face) -> schemas.FaceResult:
             n = position[(p, i)]
@@ -620,6 +640,9 @@ class Report:
                 score=t.score,
                 models=t.models,
                 frames=sorted({index[n] for n in t.faces}),
+                share=round(len(t.faces) / sampled, 4),
+                short=is_short(t, sampled, strategy.min_track_share),
+                decisive=t.track == decisive.track,
             )
             for t in per_track
         ]

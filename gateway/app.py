@@ -292,6 +292,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         return schemas.ModelsAnswer(
             ensemble=ensemble.name,
             profile=ensemble.profile,
+            vote_rule=ensemble.rule,
             ready=ensemble.ready,
             models=[model_summary(m) for m in ensemble.members],
         )

@@ -28,21 +28,27 @@ def summary(answer: dict) -> str:
         f"media: {media['kind']} {media['format']} {media['width']}x{media['height']}"
         + (f", {media['duration_s']:.1f} s @ {media['fps']:.2f} fps" if media["fps"] else ""),
         "",
-        f"{'model':<16}{'score':>8}{'weight':>8}  trained",
+        f"{'model':<20}{'score':>8}{'weight':>8}  trained",
     ]
     for m in answer["models"]:
         value = "-" if m["score"] is None else f"{m['score']:.3f}"
         flag = "yes" if m["trained"] else "NO (random weights, not voting)"
-        lines.append(f"{m['name']:<16}{value:>8}{m['weight']:>8.2f}  {flag}")
+        lines.append(f"{m['name']:<20}{value:>8}{m['weight']:>8.2f}  {flag}")
+        if m.get("trained_on"):
+            lines.append(f"{'':<20}trained on {m['trained_on']}")
     for m in answer.get("skipped", []):
-        lines.append(f"{m['name']:<16}{'-':>8}{'-':>8}  skipped: {m['reason']}")
+        lines.append(f"{m['name']:<20}{'-':>8}{'-':>8}  skipped: {m['reason']}")
     faces = sum(len(f["faces"]) for f in answer["frames"])
     lines += [
         "",
         f"faces: {faces} in {len(answer['frames'])} frames, {len(answer['tracks'])} track(s)",
     ]
     for t in answer["tracks"]:
-        lines.append(f"  track {t['id']}: P(fake) {t['score']:.3f} over {len(t['frames'])} frames")
+        lines.append(
+            f"  track {t['id']}: P(fake) {t['score']:.3f} over {len(t['frames'])} frames"
+            + (" (decides)" if t.get("decisive") else "")
+            + (" (short: cannot decide alone)" if t.get("short") else "")
+        )
     explained = {(e["frame"], e["face"]) for e in answer.get("explanations", [])}
     if explained:
         frames = ", ".join(str(f) for f in sorted({f for f, _ in explained}))

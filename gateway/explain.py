@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from gateway import schemas
+from gateway.aggregate import vote
 
 FaceKey = tuple[int, int]  # (frame index in the clip, face number in the frame)
 Score = Callable[[np.ndarray, list[str]], Awaitable[dict[str, np.ndarray]]]
@@ -106,8 +107,10 @@ async def explain(
     crops: Mapping[FaceKey, np.ndarray],
     score: Score,
     config: ExplainConfig,
+    groups: Mapping[str, str] | None = None,
 ) -> list[schemas.Explanation]:
-    """Maps for the decisive faces, per voting member and for the vote.
+    """Maps for the decisive faces, per voting member and for the vote (by the
+    ensemble's rule: `groups` when it is max_of_groups, see aggregate.vote).
 
     One Triton batch per face and member (grid² + 1 crops), faces one after the
     other so at most one face's copies are held at once."""
@@ -121,8 +124,11 @@ async def explain(
         scores = await score(occluded_copies(crop, config.grid), members)
         maps = {m: saliency(scores[m], config.grid) for m in members}
         intact = {m: float(scores[m][0]) for m in members}
-        maps[VOTE] = sum(weights[m] * maps[m] for m in members)
-        intact[VOTE] = sum(weights[m] * intact[m] for m in members)
+        # The vote of each occluded copy, then its map: the maximum over groups
+        # is not linear, so the members' maps cannot simply be weighted.
+        voted = vote({m: scores[m] for m in members}, weights, groups)
+        maps[VOTE] = saliency(voted, config.grid)
+        intact[VOTE] = float(voted[0])
         explanations += [
             schemas.Explanation(
                 track=face.track,

@@ -32,7 +32,7 @@ from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect
 
 from gateway import metrics
-from gateway.aggregate import Strategy, weighted_mean
+from gateway.aggregate import Strategy, vote
 from gateway.analysis import Analyzer, Selection, parse_models, select_models
 from gateway.errors import ApiError, from_media_error
 from gateway.security import key_id, key_matches, presented_key
@@ -117,8 +117,12 @@ class LiveJudge:
         answered = []
         for n, (face, track) in enumerate(zip(faces, ids, strict=True)):
             models = {m: float(scores[m][n]) for m in members}
-            vote = scores.get("ensemble")
-            p_fake = float(vote[n]) if vote is not None else weighted_mean(models, weights)
+            ensemble = scores.get("ensemble")
+            p_fake = (
+                float(ensemble[n])
+                if ensemble is not None
+                else vote(models, weights, self.selection.groups)
+            )
             self.windows.setdefault(track, deque(maxlen=self.window)).append((frame, models))
             answered.append(
                 {
@@ -143,7 +147,7 @@ class LiveJudge:
         }
         return {
             "id": track,
-            "score": weighted_mean(models, self.selection.weights),
+            "score": vote(models, self.selection.weights, self.selection.groups),
             "models": models,
             "frames": [f for f, _ in window],
         }

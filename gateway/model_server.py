@@ -7,6 +7,7 @@ repository exported with other weights needs no gateway change.
 
 import asyncio
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,9 @@ class ModelInfo:
     weights: dict[str, str]
     max_batch_size: int
     precision: str = "fp32"  # the config's `precision`: int8 under --model-config-name=cpu_int8
+    trained_on: str = ""  # what the weights were trained on (a member manifest says)
+    versions: dict[str, dict] = field(default_factory=dict)  # fine-tuned versions' provenance
+    group: str = ""  # its specialist group, for the vote rule max_of_groups
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Ensemble:
     members: list[ModelInfo]
     ready: bool
     max_batch_size: int
+    rule: str = "mean"  # the vote's rule: "mean" or "max_of_groups" (model_repository/vote.toml)
 
     def member(self, name: str) -> ModelInfo:
         return next(m for m in self.members if m.name == name)
@@ -167,20 +172,26 @@ class ModelServer:
         vote_name = steps[-1]
         vote = parameters((await self._control(self.client.get_model_config, vote_name))["config"])
         weights = parse_vote_weights(vote.get("vote_weights", ""))
-        members = await asyncio.gather(*(self._member(n, weights) for n in steps[:-1]))
+        groups = dict(
+            item.split("=", 1) for item in vote.get("vote_groups", "").split(",") if "=" in item
+        )
+        members = await asyncio.gather(
+            *(self._member(n, weights, groups.get(n, "")) for n in steps[:-1])
+        )
         return Ensemble(
             name=self.ensemble_name,
             profile=parameters(config).get("profile", ""),
             members=list(members),
             ready=await self.ready(),
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
+            rule=vote.get("vote_rule", "mean") or "mean",
         )
 
     async def _control(self, method: Callable[..., Awaitable[dict]], name: str) -> dict:
         """A small control-plane call (config, metadata) as JSON, on its short deadline."""
         return await self._call(method, name, as_json=True, client_timeout=self.control_timeout_s)
 
-    async def _member(self, name: str, weights: dict[str, float]) -> ModelInfo:
+    async def _member(self, name: str, weights: dict[str, float], group: str = "") -> ModelInfo:
         config = (await self._control(self.client.get_model_config, name))["config"]
         metadata = await self._control(self.client.get_model_metadata, name)
         params = parameters(config)
@@ -189,16 +200,32 @@ class ModelServer:
         except InferenceServerException:
             ready = False
         size = params.get("input_size", "")
+        version = (metadata.get("versions") or [""])[-1]
+        versions = {
+            key.removeprefix("version_"): json.loads(value)
+            for key, value in params.items()
+            if key.startswith("version_") and key.removeprefix("version_").isdigit()
+        }
+        provenance = {k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS}
+        if version in versions:  # a fine-tuned version serves: its own provenance
+            provenance |= {
+                "file": f"{name}/{version}/model.onnx",
+                "sha256": versions[version].get("sha256", ""),
+                "source": f"fine-tuned from {versions[version].get('fine_tuned_from', '?')}",
+            }
         return ModelInfo(
             name=name,
-            version=(metadata.get("versions") or [""])[-1],
+            version=version,
             ready=ready,
             input_size=int(size) if size.isdigit() else None,
             trained=params.get("trained", "false") == "true",
             weight=weights.get(name, 0.0),
-            weights={k: params.get(f"weights_{k}", "") for k in PROVENANCE_KEYS},
+            weights=provenance,
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
             precision=params.get("precision", "fp32"),
+            trained_on=params.get("trained_on", ""),
+            versions=versions,
+            group=group,
         )
 
     # -- inference -------------------------------------------------------------

@@ -23,11 +23,23 @@ class ModelSummary(BaseModel):
         "fp32", description="what the member computes in: fp32, or int8 (a CPU configuration)"
     )
     weights: Provenance
+    trained_on: str = Field("", description="what the weights were trained on, if stated")
+    versions: dict[str, dict] = Field(
+        default_factory=dict,
+        description="fine-tuned versions in the repository and their provenance "
+        "(python -m export.train); `version` is the one serving",
+    )
+    group: str = Field(
+        "", description="specialist group when the vote is the maximum over groups' means"
+    )
 
 
 class ModelsAnswer(BaseModel):
     ensemble: str
     profile: str
+    vote_rule: str = Field(
+        "mean", description="mean (weighted mean of all) or max_of_groups (most fake group mean)"
+    )
     ready: bool
     models: list[ModelSummary]
 
@@ -57,6 +69,12 @@ class TrackResult(BaseModel):
     score: float
     models: dict[str, float]
     frames: list[int] = Field(description="frame indices where this person was found")
+    share: float = Field(1.0, description="share of the sampled frames this person is seen in")
+    short: bool = Field(
+        False,
+        description="seen in too few frames (under min_track_share) to decide the verdict alone",
+    )
+    decisive: bool = Field(False, description="this track's score is the video's")
 
 
 class MediaFacts(BaseModel):

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from export.members import BUILTIN, discover
 from model_repository.local_triton import TritonSettings
 from preprocess.crop import crop_face
 from preprocess.faces import DetectorConfig, load_detector
@@ -30,8 +31,12 @@ from tests.stack import (  # noqa: F401 — tests import them from here
 REPOSITORY = ROOT / "model_repository"
 # Weights and face detectors come from ../shared/assets, as under `make test`.
 os.environ.setdefault("DEEPFAKE_ASSETS", str(ASSETS))
-MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
-NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380}
+# The built-in members, then those a manifest (members/<name>/member.toml) adds.
+MANIFEST_MEMBERS = {m.name: m for m in discover(REPOSITORY)}
+MEMBERS = (*BUILTIN, *MANIFEST_MEMBERS)
+NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380} | {
+    name: m.input_size for name, m in MANIFEST_MEMBERS.items()
+}
 FACE_SOURCES = (
     MEDIA / "images/real/face_recognition_obama.jpg",
     MEDIA / "images/real/dfdc_lynaeydofd_fr0.jpg",

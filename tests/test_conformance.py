@@ -18,7 +18,13 @@ pytestmark = pytest.mark.stack
 
 INPUTS = SHARED / "conformance/mesonet_conformance_inputs.npy"
 KERAS_PYTHON = ROOT / ".venv-keras/bin/python"
-DEFAULT_WEIGHTS = {"meso4": "Meso4_DF", "mesoinception4": "MesoInception_DF"}
+# Served members and the Keras weights behind them (the F2F pair: member manifests).
+DEFAULT_WEIGHTS = {
+    "meso4": "Meso4_DF",
+    "mesoinception4": "MesoInception_DF",
+    "meso4_f2f": "Meso4_F2F",
+    "mesoinception4_f2f": "MesoInception_F2F",
+}
 PORTS = {
     "Meso4_DF": meso4,
     "Meso4_F2F": meso4,

@@ -26,6 +26,7 @@ from deploy.dockerfile import (
     instructions,
 )
 from deploy.manifests import Rendering
+from tests.conftest import MEMBERS
 
 # The full tier only (make test): runs kustomize, kubeconform and hadolint.
 pytestmark = pytest.mark.stack
@@ -52,7 +53,6 @@ YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_LICENSE_SHA256 = "c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1aba958"
 SHARED_YUNET = ROOT.parent / "shared" / "assets" / "face" / "yunet" / YUNET_FILE
-MEMBERS = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -233,7 +233,7 @@ def test_triton_image_creates_the_engine_cache_parent_for_its_user() -> None:
     uid, gid = final_user(TRITON_DOCKERFILE)
     runs = instruction(TRITON_DOCKERFILE, "RUN")
     assert any("mkdir /trt-cache" in r and f"chown {uid}:{gid} /trt-cache" in r for r in runs)
-    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+    for member in MEMBERS:
         config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
             [path] = re.findall(rf'"{key}"\s+value:\s*"([^"]+)"', config)
@@ -245,7 +245,7 @@ def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
     from preprocess.crop import CropConfig
 
     size = CropConfig().size
-    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+    for member in MEMBERS:
         config = (ROOT / "model_repository" / "members" / member / "config.pbtxt").read_text()
         shapes = {
             k: [int(x) for x in v.split(":")[1].split("x")]

@@ -29,6 +29,7 @@ from deploy.manifests import (
     quantity,
     selector_matches,
 )
+from tests.conftest import MEMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
@@ -257,7 +258,7 @@ def test_tensorrt_engine_cache_is_a_writable_volume(overlay: str) -> None:
     if overlay not in GPU_OVERLAYS:  # the CPU configs use no TensorRT
         assert workload.mount(container, "/trt-cache") is None
         return
-    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+    for member in MEMBERS:
         config = (REPOSITORY / "members" / member / "config.pbtxt").read_text()
         [path] = re.findall(r'"trt_engine_cache_path"\s+value:\s*"([^"]+)"', config)
         cache = workload.mount(container, str(Path(path).parent))
@@ -824,7 +825,7 @@ def test_cpu_rate_limiter_follows_the_pods_cpu_request(overlay: str) -> None:
     [resource] = f["--rate-limit-resource"]
     name, count = resource.split(":")
     threads = []
-    for member in ("meso4", "mesoinception4", "xception", "efficientnet_b7"):
+    for member in MEMBERS:
         config = (REPOSITORY / "members" / member / "configs" / "cpu.pbtxt").read_text()
         assert re.search(rf'resources \[\{{ name: "{name}" global: true count: 1 \}}\]', config)
         [n] = re.findall(r'"intra_op_thread_count" value: \{ string_value: "(\d+)" \}', config)

@@ -6,7 +6,9 @@ import pytest
 from gateway.aggregate import (
     Strategy,
     decisive_track,
+    is_short,
     score_tracks,
+    vote,
     voting_weights,
     weighted_mean,
 )
@@ -87,3 +89,29 @@ def test_the_most_fake_person_decides() -> None:
     assert [t.track for t in tracks] == [0, 1]
     assert decisive_track(tracks).track == 1
     assert decisive_track(tracks).score == pytest.approx(0.925)
+
+
+def test_a_short_track_cannot_decide_alone() -> None:
+    """A face glimpsed in 2 of 32 frames, however fake, does not outweigh the
+    people seen throughout; it decides only when no track is long enough."""
+    long_real = list(range(0, 24))
+    glimpse = [24, 25]
+    scores = {"meso4": np.array([0.1] * 24 + [0.95, 0.95])}
+    tracks = score_tracks([long_real, glimpse], scores, {"meso4": 1.0}, STRATEGY)
+    assert is_short(tracks[1], 32, STRATEGY.min_track_share)
+    assert not is_short(tracks[0], 32, STRATEGY.min_track_share)
+    assert decisive_track(tracks, 32, STRATEGY.min_track_share).track == 0
+    assert decisive_track(tracks).track == 1  # without the rule, the glimpse decides
+    # Every track short: the longest decides, not the most fake.
+    few = score_tracks([[0, 1, 2], [24, 25]], scores, {"meso4": 1.0}, STRATEGY)
+    assert decisive_track(few, 32, STRATEGY.min_track_share).track == 0
+
+
+def test_max_of_groups_lets_one_group_of_specialists_flag_a_fake() -> None:
+    scores = {"df1": 0.1, "df2": 0.2, "f2f1": 0.9, "f2f2": 0.7}
+    weights = dict.fromkeys(scores, 0.25)
+    groups = {"df1": "swap", "df2": "swap", "f2f1": "f2f", "f2f2": "f2f"}
+    assert vote(scores, weights) == pytest.approx(0.475)
+    assert vote(scores, weights, groups) == pytest.approx(0.8)
+    # A group whose members all weigh 0 does not vote.
+    assert vote(scores, weights | {"f2f1": 0.0, "f2f2": 0.0}, groups) == pytest.approx(0.15)

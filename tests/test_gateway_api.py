@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from gateway.aggregate import vote
 from gateway.schemas import DetectAnswer, ModelsAnswer, ModelSummary, ServiceInfo
-from tests.conftest import ASSETS, MEDIA, Gateway
+from tests.conftest import ASSETS, MEDIA, MEMBERS, Gateway
 from tests.stack import metric
 from tests.triton_client import parameters
 
@@ -69,8 +70,12 @@ def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> 
     assert len(answer.frames) == 8
     with_faces = [f for f in answer.frames if f.faces]
     assert len(with_faces) >= 6, "a face in (nearly) every sampled frame of these clips"
-    assert {m.name for m in answer.models} == {"meso4", "mesoinception4"}
-    assert answer.tracks and max(t.score for t in answer.tracks) == pytest.approx(answer.score)
+    # By default only the voting members run: the untrained ones are listed as skipped.
+    skipped = {m.name for m in answer.skipped}
+    assert {m.name for m in answer.models} == set(MEMBERS) - skipped
+    (decisive,) = [t for t in answer.tracks if t.decisive]
+    assert decisive.score == pytest.approx(answer.score)
+    assert decisive.score == max(t.score for t in answer.tracks if not t.short or t is decisive)
     for face in (face for frame in answer.frames for face in frame.faces):
         x0, y0, x1, y1 = face.box
         assert 0 <= x0 < x1 <= answer.media.width and 0 <= y0 < y1 <= answer.media.height
@@ -82,7 +87,7 @@ def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> 
 
 def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> None:
     """Default 32 frames on a real deepfake: per-face p_fake is the ensemble's
-    weighted mean, and untrained models are reported, flagged and not voting."""
+    vote by its stated rule, and untrained models are reported, flagged and not voting."""
     answer = DetectAnswer.model_validate(
         detect(gateway, MEDIA / "videos/fake/dfdc_widuwuoiur.mp4", models="all").json()
     )
@@ -93,10 +98,12 @@ def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> No
     assert not models["xception"].trained and models["xception"].weight == 0
     assert not models["efficientnet_b7"].voting
     assert any("xception" in n and "random weights" in n for n in answer.notes)
+    rule = httpx.get(f"{gateway.url}/api/models", timeout=30).json()["vote_rule"]
+    weights = {m: models[m].weight for m in models}
+    groups = {m: models[m].group for m in models} if rule == "max_of_groups" else None
     for face in (face for frame in answer.frames for face in frame.faces):
-        vote = sum(models[m].weight * s for m, s in face.models.items())
-        assert face.p_fake == pytest.approx(vote, abs=1e-5)
-    decisive = max(answer.tracks, key=lambda t: t.score)
+        assert face.p_fake == pytest.approx(vote(face.models, weights, groups), abs=1e-5)
+    (decisive,) = [t for t in answer.tracks if t.decisive]
     assert {m: models[m].score for m in models} == pytest.approx(decisive.models)
 
 
@@ -147,16 +154,17 @@ def test_a_faceless_clip_is_no_face(gateway: Gateway, tmp_path: Path) -> None:
 def test_chosen_models_are_called_directly_with_the_same_scores(gateway: Gateway) -> None:
     clip = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
     full = DetectAnswer.model_validate(detect(gateway, clip, frames=4).json())
+    voting = [m.name for m in full.models if m.voting]  # the trained MesoNets
     mesos = DetectAnswer.model_validate(
-        detect(gateway, clip, frames=4, models="meso4,mesoinception4").json()
+        detect(gateway, clip, frames=4, models=",".join(voting)).json()
     )
     assert mesos.ensemble is None
-    assert [m.name for m in mesos.models] == ["meso4", "mesoinception4"]
+    assert [m.name for m in mesos.models] == voting
     for a, b in zip(full.frames, mesos.frames, strict=True):
         for fa, fb in zip(a.faces, b.faces, strict=True):
             assert fb.models["meso4"] == pytest.approx(fa.models["meso4"], abs=1e-6)
-            assert set(fb.models) == {"meso4", "mesoinception4"}
-    # Both MesoNets carry all the vote in the local repository: same verdict.
+            assert set(fb.models) == set(voting)
+    # The voting members carry all the vote in the local repository: same verdict.
     assert mesos.score == pytest.approx(full.score, abs=1e-5)
 
 

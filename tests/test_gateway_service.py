@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from export.repository import profile_members
 from model_repository.local_triton import TritonSettings
-from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
+from tests.conftest import MEDIA, REPOSITORY, ROOT, Gateway, free_port, start_gateway, wait_for
 
 # The full tier only (make test): gateway processes.
 pytestmark = pytest.mark.stack
@@ -175,7 +176,7 @@ def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
             timeout=120,
         )
         assert response.status_code == 200
-        assert [m["name"] for m in response.json()["models"]] == ["meso4", "mesoinception4"]
+        assert [m["name"] for m in response.json()["models"]] == profile_members(REPOSITORY, "lite")
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:

@@ -12,8 +12,9 @@ import httpx
 import pytest
 import websocket
 
+from export.repository import profile_members
 from model_repository.local_triton import TritonSettings
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import REPOSITORY, Gateway, start_gateway
 from tests.live_client import (
     FAKE_CLIP,
     REAL_CLIP,
@@ -65,7 +66,8 @@ def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> 
     session = connect(live)
     started = session.start(models=None, threshold=0.5, window=8)
     assert started["event"] == "started", started
-    assert started["window"] == 8 and started["models"] == ["meso4", "mesoinception4"]
+    assert started["window"] == 8
+    assert started["models"] == profile_members(REPOSITORY, "lite")
     answers = judge(session, jpeg_frames(clip, FRAMES))
     session.ws.send(json.dumps({"stop": True}))
     assert session.next("end")["reason"] == "stopped"

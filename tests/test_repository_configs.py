@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export.members import BUILTIN
 from export.repository import config_files, profile_members, read_config, write_parameters
-from tests.conftest import MEMBERS, REPOSITORY
+from tests.conftest import MANIFEST_MEMBERS, MEMBERS, REPOSITORY
 
 PROFILES = ("full", "lite")
 GPU = mc.ModelInstanceGroup.Kind.KIND_GPU
@@ -66,9 +67,12 @@ def test_ensemble_steps_members_and_vote_fit_together(profile: str) -> None:
     assert set(members) <= set(MEMBERS)
 
 
-def test_lite_is_the_mesonet_pair_and_full_all_four() -> None:
-    assert profile_members(REPOSITORY, "lite") == ["meso4", "mesoinception4"]
-    assert profile_members(REPOSITORY, "full") == list(MEMBERS)
+def test_lite_is_the_mesonet_pair_and_full_all_four_then_manifest_members() -> None:
+    def extra(profile: str) -> list[str]:
+        return [n for n, m in MANIFEST_MEMBERS.items() if profile in m.profiles]
+
+    assert profile_members(REPOSITORY, "lite") == ["meso4", "mesoinception4", *extra("lite")]
+    assert profile_members(REPOSITORY, "full") == [*BUILTIN, *extra("full")]
 
 
 def test_provenance_block_is_replaced_not_appended(tmp_path: Path) -> None:

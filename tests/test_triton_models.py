@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from gateway.aggregate import vote
 from gateway.model_server import parse_vote_weights
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
@@ -71,19 +72,23 @@ def test_trained_mesonet_separates_real_from_fake_crops(triton: TritonSettings) 
         assert np.all(p_fake[:2] > 0.9) and np.all(p_fake[2:] < 0.1), (model, p_fake)
 
 
-def test_ensemble_is_the_weighted_vote_of_its_members(
+def test_ensemble_is_the_vote_of_its_members_by_the_configured_rule(
     triton: TritonSettings, face_crops: list
 ) -> None:
+    """deepfake_vote computes what the gateway's aggregate.vote does: the rule
+    (mean or max_of_groups) and groups its config states."""
     faces = resized(face_crops[:BATCH], 380)
     result = infer(triton.grpc_url, "deepfake_ensemble", faces)
     weights = vote_weights(triton)
-    assert set(weights) == set(MEMBERS)
+    params = parameters(triton.grpc_url, "deepfake_vote")
+    groups = dict(item.split("=") for item in params["vote_groups"].split(","))
+    assert set(weights) == set(groups) == set(MEMBERS)
     assert set(result) == {"P_FAKE", *(f"P_FAKE_{m.upper()}" for m in MEMBERS)}
-    expected = np.zeros((len(faces), 1), np.float32)
-    for member, weight in weights.items():
-        direct = infer(triton.grpc_url, member, faces)["P_FAKE"]
-        np.testing.assert_allclose(result[f"P_FAKE_{member.upper()}"], direct, atol=1e-6)
-        expected += weight * direct
+    direct = {m: infer(triton.grpc_url, m, faces)["P_FAKE"] for m in weights}
+    for member, scores in direct.items():
+        np.testing.assert_allclose(result[f"P_FAKE_{member.upper()}"], scores, atol=1e-6)
+    rule_groups = groups if params["vote_rule"] == "max_of_groups" else None
+    expected = vote(direct, weights, rule_groups)
     np.testing.assert_allclose(result["P_FAKE"], expected, atol=1e-5)
 
 

@@ -185,6 +185,7 @@ def assert_result_matches_answer(page: Page, gateway: Gateway) -> dict:
         assert model["weights"]["source"] in text  # provenance, trained or not
         if model["trained"]:
             assert model["weights"]["file"] in text and model["weights"]["licence"] in text
+        assert model["trained_on"] in text  # empty unless a manifest says
         shown = percent(row.locator(".model-score").inner_text())
         assert shown == pytest.approx(scores[model["name"]] * 100, abs=0.051)
     assert any(not m["trained"] for m in served), "the full profile has untrained members"

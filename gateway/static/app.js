@@ -490,6 +490,9 @@ function renderModels(answer) {
       ),
       bar,
       el("p", { class: "provenance", text: `Weights: ${provenance(model.weights)}` }),
+      ...(model.trained_on
+        ? [el("p", { class: "provenance", text: `Trained on: ${model.trained_on}` })]
+        : []),
     );
   });
   // Members that cannot vote were not run (unless "all models" was asked for): say so.
@@ -664,7 +667,10 @@ function ticks(x0, x1) {
 /** Frames of the most fake person's explained faces: those that decided the verdict. */
 function decisiveFrames(answer) {
   if (!answer.tracks.length || !(answer.explanations || []).length) return [];
-  const decisive = answer.tracks.reduce((a, b) => (b.score > a.score ? b : a)).id;
+  const decisive = (
+    answer.tracks.find((t) => t.decisive) ||
+    answer.tracks.reduce((a, b) => (b.score > a.score ? b : a))
+  ).id;
   const frames = answer.explanations.filter((e) => e.track === decisive).map((e) => e.frame);
   return [...new Set(frames)].sort((a, b) => a - b);
 }
@@ -837,7 +843,12 @@ function renderTracks(answer) {
       "article",
       { class: "track", "data-track": String(track.id) },
       el("h4", { text: `Person ${track.id + 1}: P(fake) ${pct(track.score)}` }),
-      el("p", { class: "hint", text: `${track.frames.length} frame(s) · ${scores}` }),
+      el("p", {
+        class: "hint",
+        text:
+          `${track.frames.length} frame(s) · ${scores}` +
+          (track.short ? " · seen too briefly to decide alone" : ""),
+      }),
       strip,
     );
   });

@@ -1,0 +1,353 @@
+"""`make train` (python -m export.train): fine-tune a member on your own labelled
+media and add the result to the model repository as a new Triton model version.
+
+    python -m export.train --data DIR --member meso4 [--epochs 10] [--frames 8]
+
+DIR holds `real/` and `fake/` (videos or images, any depth). Faces are cut by
+the project's own pipeline (preprocess: the detector and crop the gateway
+uses), the largest face of each sampled frame. The split is by source file,
+deterministic (sha256 of each file's path under DIR), so no video has frames on
+both sides. Training starts from the member's exported weights, early-stops on
+the validation loss, keeps the best epoch, and writes a report (loss curves
+PNG, validation AUC/accuracy before and after, confusion matrix) next to
+`<member>/<n>/model.onnx`, the new version. Its provenance (what it was
+fine-tuned from, the data's sha256, when, the validation figures) goes into
+the ONNX metadata and the member's configs (`version_<n>` parameter), so
+`GET /api/models` shows it. Which version serves: export/versions.py.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, roc_auc_score
+from torch import nn
+
+from export import assets
+from export import members as manifests
+from export.onnx_writer import FacesToPFake, export_onnx
+from export.repository import Provenance
+from export.versions import next_version, record_version
+
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".jpg", ".jpeg", ".png", ".webp"}
+LABELS = {"real": 0, "fake": 1}
+log = logging.getLogger("export.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    member: str
+    data: Path
+    frames: int = 8  # sampled per video, the largest face of each
+    epochs: int = 10
+    patience: int = 3  # epochs without a better validation loss before stopping
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    val_share: float = 0.25  # of each class's files, at least one
+    seed: int = 0
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+# -- data ------------------------------------------------------------------------
+
+
+def labelled_files(data: Path) -> list[tuple[Path, int]]:
+    files = [
+        (path, label)
+        for name, label in LABELS.items()
+        for path in sorted((data / name).rglob("*"))
+        if path.suffix.lower() in MEDIA_SUFFIXES
+    ]
+    if {label for _, label in files} != set(LABELS.values()):
+        raise SystemExit(f"{data}: needs media in both real/ and fake/")
+    return files
+
+
+def split(
+    files: list[tuple[Path, int]], data: Path, share: float
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Train and validation files: per class, the files ordered by the sha256 of
+    their path under `data`, the first ceil(share * n) to validation. A file (a
+    source video) is wholly on one side; the same data always splits the same."""
+    train, val = [], []
+    for label in LABELS.values():
+        ranked = sorted(
+            (f for f in files if f[1] == label),
+            key=lambda f: hashlib.sha256(str(f[0].relative_to(data)).encode()).hexdigest(),
+        )
+        if len(ranked) < 2:
+            raise SystemExit(f"class {label}: needs at least 2 files, one to validate on")
+        cut = max(1, math.ceil(share * len(ranked)))
+        val += ranked[:cut]
+        train += ranked[cut:]
+    return train, val
+
+
+def data_digest(files: list[tuple[Path, int]], data: Path) -> str:
+    """sha256 of the labelled file list (path under DIR, label, each file's sha256)."""
+    lines = [
+        f"{path.relative_to(data)}\t{label}\t{assets.sha256_of(path)}"
+        for path, label in sorted(files)
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def cut_faces(files: list[tuple[Path, int]], frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The largest face of each sampled frame, cut as the gateway cuts them."""
+    from preprocess.crop import CropConfig
+    from preprocess.faces import load_detector
+    from preprocess.media import MediaReader
+    from preprocess.pipeline import FaceExtractor
+
+    extractor = FaceExtractor(load_detector(), CropConfig())
+    reader = MediaReader()
+    faces, labels = [], []
+    for path, label in files:
+        found = extractor.extract(reader.read(path, frames).frames)
+        crops = [f.crops[0] for f in found if f.crops]
+        log.info("%s: %d faces", path.name, len(crops))
+        faces += crops
+        labels += [label] * len(crops)
+    if not faces:
+        raise SystemExit("no faces found in the training data")
+    return np.stack(faces), np.array(labels, dtype=np.float32)
+
+
+# -- training --------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Keep the pretrained BatchNorm statistics: a few dozen faces are too few
+    to re-estimate them, and small batches would make them noise."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def predict(wrapper: FacesToPFake, faces: np.ndarray, batch: int) -> np.ndarray:
+    wrapper.eval()
+    with torch.no_grad():
+        out = [
+            wrapper(torch.from_numpy(faces[i : i + batch])).reshape(-1)
+            for i in range(0, len(faces), batch)
+        ]
+    return torch.cat(out).numpy()
+
+
+def loss_of(p_fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy(p_fake.clamp(1e-6, 1 - 1e-6), labels)
+
+
+def figures(wrapper: FacesToPFake, faces: np.ndarray, labels: np.ndarray, batch: int) -> dict:
+    p = predict(wrapper, faces, batch)
+    both = len(set(labels.tolist())) == 2
+    return {
+        "loss": float(loss_of(torch.from_numpy(p), torch.from_numpy(labels))),
+        "auc": float(roc_auc_score(labels, p)) if both else None,
+        "accuracy": float(((p >= 0.5) == (labels == 1)).mean()),
+        "confusion": confusion_matrix(labels, p >= 0.5, labels=[0, 1]).tolist(),
+        "faces": len(labels),
+    }
+
+
+def fine_tune(
+    wrapper: FacesToPFake,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+) -> History:
+    """Adam on the BCE of P(fake), horizontal flips; the best validation epoch is kept."""
+    seed_everything(config.seed)
+    faces, labels = train
+    optimiser = torch.optim.Adam(wrapper.parameters(), lr=config.learning_rate)
+    history = History()
+    best = figures(wrapper, *val, config.batch_size)["loss"]
+    best_state = {k: v.clone() for k, v in wrapper.state_dict().items()}
+    generator = np.random.default_rng(config.seed)
+    for epoch in range(1, config.epochs + 1):
+        wrapper.train()
+        freeze_batchnorm(wrapper)
+        order = generator.permutation(len(faces))
+        total = 0.0
+        for i in range(0, len(order), config.batch_size):
+            index = order[i : i + config.batch_size]
+            x = torch.from_numpy(faces[index])
+            flip = torch.from_numpy(generator.random(len(index)) < 0.5)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+            loss = loss_of(wrapper(x).reshape(-1), torch.from_numpy(labels[index]))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(index)
+        history.train_loss.append(total / len(faces))
+        history.val_loss.append(figures(wrapper, *val, config.batch_size)["loss"])
+        log.info(
+            "epoch %d: train %.4f val %.4f", epoch, *history.train_loss[-1:], history.val_loss[-1]
+        )
+        if history.val_loss[-1] < best:
+            best, history.best_epoch = history.val_loss[-1], epoch
+            best_state = {k: v.clone() for k, v in wrapper.state_dict().items()}
+        elif epoch - history.best_epoch >= config.patience:
+            log.info("early stop: no better validation loss since epoch %d", history.best_epoch)
+            break
+    wrapper.load_state_dict(best_state)
+    return history
+
+
+def plot_losses(history: History, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    epochs = range(1, len(history.train_loss) + 1)
+    ax.plot(epochs, history.train_loss, marker="o", label="train")
+    ax.plot(epochs, history.val_loss, marker="o", label="validation")
+    if history.best_epoch:
+        ax.axvline(history.best_epoch, color="grey", linestyle="--", label="kept")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("BCE loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- the member and its new version ------------------------------------------------
+
+
+def starting_point(repo: Path, name: str) -> tuple[object, dict, Path, str]:
+    """The member's architecture, its config, its pretrained weights and its
+    asset name: a built-in member, or a manifest member with an architecture."""
+    from export.__main__ import ARCHITECTURES
+
+    if name in ARCHITECTURES:
+        arch, asset = ARCHITECTURES[name], ARCHITECTURES[name].PRETRAINED_CFG["asset"]
+    else:
+        member = next((m for m in manifests.discover(repo) if m.name == name), None)
+        if member is None or not member.architecture:
+            raise SystemExit(f"{name}: not a member with an architecture this can train")
+        arch, asset = ARCHITECTURES[member.architecture], member.weights_asset
+    weights = assets.resolve(assets.load_manifest()[asset], allow_download=False)
+    return arch, arch.PRETRAINED_CFG, weights, asset
+
+
+def run(config: TrainConfig, repo: Path) -> dict:
+    seed_everything(config.seed)
+    arch, cfg, weights, asset = starting_point(repo, config.member)
+    model = arch.create_model()
+    arch.load_weights(model, weights)
+    wrapper = FacesToPFake(model, cfg)
+    files = labelled_files(config.data)
+    train_files, val_files = split(files, config.data, config.val_share)
+    train, val = cut_faces(train_files, config.frames), cut_faces(val_files, config.frames)
+    before = figures(wrapper, *val, config.batch_size)
+    train_before = figures(wrapper, *train, config.batch_size)["loss"]
+    history = fine_tune(wrapper, train, val, config)
+    after = figures(wrapper, *val, config.batch_size)
+    version = next_version(repo, config.member)
+    folder = repo / "members" / config.member / str(version)
+    report = {
+        "member": config.member,
+        "version": version,
+        "fine_tuned_from": f"{weights.name} sha256:{assets.sha256_of(weights)}",
+        "data_sha256": data_digest(files, config.data),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "train_files": [str(p.relative_to(config.data)) for p, _ in train_files],
+        "val_files": [str(p.relative_to(config.data)) for p, _ in val_files],
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "train_loss_before": train_before,
+        "history": asdict(history),
+        "val_before": before,
+        "val_after": after,
+    }
+    provenance = Provenance(
+        trained=True,
+        weights_file=f"{config.member}/{version}/model.onnx",
+        weights_sha256="",  # of the ONNX, set once written (record_version)
+        weights_source=f"fine-tuned from {asset} ({weights.name}) by python -m export.train",
+        weights_licence=assets.load_manifest()[asset].licence,
+    )
+    summary = {
+        "fine_tuned_from": report["fine_tuned_from"],
+        "data_sha256": report["data_sha256"],
+        "created": report["created"],
+        "val_auc_before": before["auc"],
+        "val_auc_after": after["auc"],
+        "val_accuracy_before": before["accuracy"],
+        "val_accuracy_after": after["accuracy"],
+        "val_faces": after["faces"],
+        "epochs": len(history.train_loss),
+        "best_epoch": history.best_epoch,
+    }
+    metadata = {k: str(v) for k, v in {**provenance.parameters(), **summary}.items()}
+    partial = folder / "model.onnx.part"  # Triton never sees half a file
+    export_onnx(wrapper.eval(), partial, metadata)
+    partial.replace(folder / "model.onnx")
+    plot_losses(history, folder / "loss.png")
+    (folder / "report.json").write_text(json.dumps(report, indent=1))
+    record_version(repo, config.member, version, summary, folder / "model.onnx")
+    log.info(
+        "%s version %d: validation AUC %s -> %s, accuracy %.3f -> %.3f; report in %s",
+        config.member, version, before["auc"], after["auc"], before["accuracy"],
+        after["accuracy"], folder,
+    )  # fmt: skip
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, required=True, help="a folder with real/ and fake/")
+    parser.add_argument("--member", default="meso4")
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    for name in ("frames", "epochs", "patience", "batch_size", "seed"):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(TrainConfig, name)
+        )
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--val-share", type=float, default=TrainConfig.val_share)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    config = TrainConfig(
+        member=args.member,
+        data=args.data.resolve(),
+        frames=args.frames,
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        val_share=args.val_share,
+        seed=args.seed,
+    )
+    run(config, args.repository)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Which version of a member Triton serves, and each version's provenance.
+
+    python -m export.versions list meso4
+    python -m export.versions serve meso4 1        # roll back to version 1
+    python -m export.versions serve meso4 latest   # the newest again (Triton's default)
+        [--triton-url http://127.0.0.1:8000]       # and reload it on a running Triton
+
+A fine-tuned version is `members/<model>/<n>/model.onnx` (export.train writes
+it). Triton's version policy decides what loads: by default the newest
+version only; `serve` writes `version_policy { specific { versions: [n] } }`
+into every config of the member (or removes it for latest), and with
+--triton-url asks the running Triton (explicit model control) to reload the
+model: Triton serves the old version until the new one is ready, so the
+gateway keeps answering. The gateway reads the serving version from Triton.
+"""
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+from export.repository import config_files
+
+REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+VERSIONS = "# versions: written by `python -m export.train`, one parameter per version"
+POLICY = "# version policy: written by `python -m export.versions serve`"
+END_VERSIONS = "# end versions"
+END_POLICY = "# end version policy"
+
+
+def _block(begin: str, end: str) -> re.Pattern:
+    return re.compile(rf"\n?{re.escape(begin)}\n.*?{re.escape(end)}\n", re.S)
+
+
+BLOCKS = (_block(VERSIONS, END_VERSIONS), _block(POLICY, END_POLICY))
+
+
+def carried_blocks(text: str) -> tuple[str, str]:
+    """`text` without its versions and policy blocks, and those blocks (for a
+    config rewritten from a template: they belong to the member, not the template)."""
+    kept = []
+    for block in BLOCKS:
+        kept += [m.group(0).lstrip("\n") for m in block.finditer(text)]
+        text = block.sub("", text)
+    return text, "".join(kept)
+
+
+def versions(repo: Path, model: str) -> list[int]:
+    folder = repo / "members" / model
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def next_version(repo: Path, model: str) -> int:
+    return max(versions(repo, model), default=0) + 1
+
+
+def _replace_block(config: Path, pattern: re.Pattern, block: str) -> None:
+    text = pattern.sub("", config.read_text())
+    config.write_text(text.rstrip("\n") + "\n" + block)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def version_parameters(config: Path) -> dict[int, dict]:
+    """version -> its recorded provenance, from a config's versions block."""
+    match = BLOCKS[0].search(config.read_text())
+    found = re.findall(
+        r'key: "version_(\d+)" value: \{ string_value: "((?:[^"\\]|\\.)*)" \}',
+        match.group(0) if match else "",
+    )
+    return {int(n): json.loads(v.encode().decode("unicode_escape")) for n, v in found}
+
+
+def record_version(repo: Path, model: str, version: int, summary: dict, onnx: Path) -> None:
+    """Add version `version`'s provenance (and its ONNX's sha256) to every config of `model`."""
+    entry = {**summary, "sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    for config in config_files(repo / "members" / model):
+        recorded = version_parameters(config) | {version: entry}
+        lines = [VERSIONS]
+        lines += [
+            f'parameters {{ key: "version_{n}" value: {{ string_value: '
+            f'"{_escape(json.dumps(recorded[n], sort_keys=True))}" }} }}'
+            for n in sorted(recorded)
+        ]
+        _replace_block(config, BLOCKS[0], "\n".join([*lines, END_VERSIONS]) + "\n")
+
+
+def serve(repo: Path, model: str, version: str) -> None:
+    """Pin `model` to one version, or (\"latest\") back to Triton's default policy."""
+    available = versions(repo, model)
+    if version != "latest" and int(version) not in available:
+        raise SystemExit(f"{model}: no version {version}; the repository has {available}")
+    for config in config_files(repo / "members" / model):
+        if version == "latest":
+            _replace_block(config, BLOCKS[1], "")
+        else:
+            policy = f"version_policy: {{ specific: {{ versions: [{int(version)}] }} }}"
+            _replace_block(config, BLOCKS[1], f"{POLICY}\n{policy}\n{END_POLICY}\n")
+
+
+def reload(url: str, model: str) -> None:
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(url.removeprefix("http://"))
+    client.load_model(model)
+    print(f"{model}: reloaded; ready versions {client.get_model_metadata(model)['versions']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.versions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list")
+    listing.add_argument("model")
+    serving = sub.add_parser("serve")
+    serving.add_argument("model")
+    serving.add_argument("version", help="a version number, or latest")
+    serving.add_argument("--triton-url", help="reload the model on this Triton (HTTP)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        recorded = version_parameters(args.repository / "members" / args.model / "config.pbtxt")
+        for n in versions(args.repository, args.model):
+            print(n, json.dumps(recorded.get(n, {"provenance": "as exported"})))
+        return
+    serve(args.repository, args.model, args.version)
+    if args.triton_url:
+        reload(args.triton_url, args.model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
