@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
             except manifests.ManifestError as exc:
                 raise SystemExit(f"member manifest: {exc}") from exc
     export_vote(args.repository, args.profile, provenance, extras)
+    # The int8 CPU configs are derived from the cpu ones just written (export/quantize.py).
+    quantize.write_int8_configs(args.repository)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from gateway import aggregate
 from model_repository.local_triton import REPOSITORY
 from tests.stack import free_port
 
@@ -36,6 +37,11 @@ def read_config(folder: Path, config_name: str = "cpu") -> model_config_pb2.Mode
     named = folder / "configs" / f"{config_name}.pbtxt"
     path = named if named.exists() else folder / "config.pbtxt"
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def pairs(text: str) -> list[tuple[str, str]]:
+    """ "a=1,b=2" (a config parameter's list) -> [("a", "1"), ("b", "2")]."""
+    return [tuple(item.split("=", 1)) for item in text.split(",") if "=" in item]
 
 
 def member_score(faces: np.ndarray, channel: int) -> np.ndarray:
@@ -60,17 +66,21 @@ class FakeModels:
         self.configs[vote] = read_config(profile_dir / vote)
         for member in self.members:
             self.configs[member] = read_config(self.repository / "members" / member)
-        text = self.configs[vote].parameters["vote_weights"].string_value
-        pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
-        self.vote_weights = {name: float(value) for name, value in pairs}
+        params = {k: v.string_value for k, v in self.configs[vote].parameters.items()}
+        self.vote_weights = {m: float(w) for m, w in pairs(params.get("vote_weights", ""))}
+        # The rule the vote graph was exported with (model_repository/vote.toml).
+        self.vote_groups = (
+            dict(pairs(params.get("vote_groups", "")))
+            if params.get("vote_rule") == "max_of_groups"
+            else None
+        )
 
     def infer(self, model: str, faces: np.ndarray) -> dict[str, np.ndarray]:
         """The outputs `model` has in its config, each [batch, 1] FP32."""
         scores = {m: member_score(faces, i % 3) for i, m in enumerate(self.members)}
         if model in self.members:
             return {"P_FAKE": scores[model].reshape(-1, 1)}
-        total = sum(self.vote_weights.values())
-        vote = sum(w * scores[m] for m, w in self.vote_weights.items()) / total
+        vote = aggregate.vote(scores, self.vote_weights, self.vote_groups)
         outputs = {f"P_FAKE_{m.upper()}": s.reshape(-1, 1) for m, s in scores.items()}
         return {"P_FAKE": vote.reshape(-1, 1).astype(np.float32)} | outputs
 

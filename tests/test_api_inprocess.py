@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from export.repository import profile_members
+from gateway.aggregate import vote
 from gateway.model_server import Ensemble, ModelServer
 from gateway.schemas import DetectAnswer, ModelsAnswer
 from model_repository.local_triton import TritonSettings
-from tests.conftest import MEDIA, MEMBERS, InProcessGateway, inprocess_gateway
+from tests.conftest import MEDIA, MEMBERS, REPOSITORY, InProcessGateway, inprocess_gateway
 from tests.fake_triton import ENSEMBLE, fake_triton, read_config
 from tests.test_gateway_api import BAD_FILES, MALFORMED, assert_provenance_is_true
 
@@ -40,14 +42,14 @@ def detect(gateway: InProcessGateway, path: Path, **params: object):
 def test_models_are_what_the_committed_configs_say(api: InProcessGateway) -> None:
     answer = ModelsAnswer.model_validate(api.client.get("/api/models").json())
     assert (answer.ensemble, answer.profile, answer.ready) == (ENSEMBLE, "lite", True)
-    assert [m.name for m in answer.models] == ["meso4", "mesoinception4"]
+    assert [m.name for m in answer.models] == list(profile_members(REPOSITORY, "lite"))
     for model in answer.models:
         config = read_config(api.triton.models.repository / "members" / model.name)
         params = {k: v.string_value for k, v in config.parameters.items()}
         assert model.input_size == int(params["input_size"]) == 256
         assert model.weights.sha256 == params["weights_sha256"] and len(model.weights.sha256) == 64
-        assert model.weights.file.endswith("_DF.h5")
-        assert model.trained and model.weight == 0.5
+        assert model.weights.file.endswith(("_DF.h5", "_F2F.h5"))
+        assert model.trained and model.weight == pytest.approx(1 / len(answer.models))
 
 
 def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcessGateway) -> None:
@@ -58,12 +60,11 @@ def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcess
     faces = [face for frame in answer.frames for face in frame.faces]
     assert len(faces) == 2 and answer.verdict in ("fake", "real")
     assert api.triton.service.infer_calls > calls
-    weights = api.triton.models.vote_weights
+    weights, groups = api.triton.models.vote_weights, api.triton.models.vote_groups
     for face in faces:
-        assert set(face.models) == {"meso4", "mesoinception4"}
+        assert set(face.models) == set(profile_members(REPOSITORY, "lite"))
         # The fake's scores are colour means of the crop: two people, two different crops.
-        vote = sum(weights[m] * s for m, s in face.models.items()) / sum(weights.values())
-        assert face.p_fake == pytest.approx(vote, abs=1e-6)
+        assert face.p_fake == pytest.approx(vote(face.models, weights, groups), abs=1e-6)
     assert faces[0].models != faces[1].models
     assert answer.score == pytest.approx(max(t.score for t in answer.tracks))
     assert list(api.uploads.iterdir()) == []

@@ -57,15 +57,13 @@ def crops() -> quantize.Crops:
 
 
 @pytest.fixture(scope="module")
-def solo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def solo_repository(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """members/xception (its configs, the exported fp32 graph linked) and a `solo` profile."""
     repo = tmp_path_factory.mktemp("int8") / "repository"
     member = repo / "members" / MEMBER
     shutil.copytree(REPOSITORY / "members" / MEMBER, member, ignore=shutil.ignore_patterns("1"))
     (member / "1").mkdir()
-    fp32 = REPOSITORY / "members" / MEMBER / "1" / "model.onnx"
-    if not fp32.exists():
-        pytest.fail(f"not exported: {fp32}; run `make export`")
+    fp32 = exported / "members" / MEMBER / "1" / "model.onnx"
     os.symlink(fp32, member / "1" / "model.onnx")
     for name, config in (("deepfake_ensemble", SOLO_ENSEMBLE), ("deepfake_vote", SOLO_VOTE)):
         (repo / "solo" / name / "1").mkdir(parents=True)

@@ -27,7 +27,7 @@ IMAGE = MEDIA / "images/fake/dfdc_mqzvfufzoq_fr0.jpg"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def trained(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A copy of the lite repository, and the report of meso4 fine-tuned into it."""
     root = tmp_path_factory.mktemp("train")
     data = root / "data"
