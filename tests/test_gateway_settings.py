@@ -1,4 +1,4 @@
-"""Settings: every one documented in the README, bad values refused at start."""
+"""Settings: every one documented in gateway/README.md, bad values refused at start."""
 
 import pytest
 from pydantic import ValidationError
@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 
 def test_every_setting_is_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "gateway" / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"GATEWAY_{n.upper()}" not in readme]
     assert missing == []
 
