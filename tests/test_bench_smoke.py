@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from export.repository import profile_members
+from model_repository.local_triton import REPOSITORY
+
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,7 +67,8 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
     assert result["machine"]["logical_cores"] >= 1 and result["machine"]["cpu"]
     faces = result["clips"][0]["faces"]
     assert faces >= 1
-    for member in ("meso4", "mesoinception4"):
+    lite = profile_members(REPOSITORY, "lite")
+    for member in lite:
         floor = result["floor"]["models"][member]
         assert set(floor["batch"]) == {"1", "2"}  # JSON keys
         assert all(x["faces"] == faces and x["faces_per_s"] > 0 for x in floor["batch"].values())
@@ -84,7 +88,7 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
         assert all(a["faces"] == faces for a in level["answers"])
     prototype = result["prototype"]["lite"]
     assert prototype["clips"][0]["faces"] == faces and prototype["videos_per_min"] > 0
-    assert set(prototype["clips"][0]["mean_p_fake"]) == {"meso4", "mesoinception4"}
+    assert set(prototype["clips"][0]["mean_p_fake"]) == set(lite)
     assert result["p50"]["p50_s"] > 0 and result["p50"]["clip"] == "dfdc_widuwuoiur.mp4"
 
 

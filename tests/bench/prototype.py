@@ -17,8 +17,11 @@ import cv2
 import numpy as np
 import torch
 
+from export import assets
 from export.__main__ import ARCHITECTURES, find_weights
+from export.members import discover
 from export.onnx_writer import FacesToPFake
+from model_repository.local_triton import REPOSITORY
 from preprocess.media import Frame, sample_indices
 from preprocess.pipeline import FaceExtractor
 from tests.bench.config import BenchConfig
@@ -30,10 +33,25 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def member_weights(member: str) -> tuple[str, Path | None]:
+    """(architecture, weights file or None) of a built-in member or of a manifest member
+    built on one (members/<name>/member.toml); an ONNX-only member has no PyTorch module."""
+    manifest = {m.name: m for m in discover(REPOSITORY)}.get(member)
+    if manifest is None:
+        return member, find_weights(member, None, allow_random=True, allow_download=False)[0]
+    if not manifest.architecture:
+        raise SystemExit(f"{member}: an ONNX-only member; the prototype runs PyTorch modules")
+    try:
+        asset = assets.load_manifest()[manifest.weights_asset]
+        return manifest.architecture, assets.resolve(asset, allow_download=False)
+    except assets.AssetError:
+        return manifest.architecture, None  # exported with random weights too
+
+
 def load_model(member: str) -> torch.nn.Module:
     """The module export/ turns into ONNX: architecture, weights, uint8-in / P(fake)-out."""
-    arch = ARCHITECTURES[member]
-    weights, _ = find_weights(member, None, allow_random=True, allow_download=False)
+    architecture, weights = member_weights(member)
+    arch = ARCHITECTURES[architecture]
     model = arch.create_model()
     if weights is not None:
         arch.load_weights(model, weights)
