@@ -20,7 +20,7 @@ from types import ModuleType
 
 import onnx
 
-from export import assets, efficientnet_b7, meso4, mesoinception4, quantize, xception
+from export import efficientnet_b7, meso4, mesoinception4, quantize, xception
 from export import members as manifests
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import (
@@ -35,6 +35,8 @@ from export.repository import (
     write_parameters,
 )
 from export.vote import normalise, write_vote
+from export.weights import weights_manifest
+from preprocess import assets
 
 ARCHITECTURES: dict[str, ModuleType] = {
     "meso4": meso4,
@@ -49,7 +51,7 @@ log = logging.getLogger("export")
 def find_weights(
     name: str, explicit: Path | None, allow_random: bool, allow_download: bool
 ) -> tuple[Path | None, Provenance]:
-    asset = assets.load_manifest()[ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
+    asset = weights_manifest()[ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
     if explicit is not None:
         path = explicit
     else:
@@ -113,7 +115,7 @@ def export_manifest_member(
                 f"{member.name}: output, input_size, mean, std must be {member.architecture}'s "
                 f"({cfg['head']}, {cfg['input_size']}, {cfg['mean']}, {cfg['std']})"
             )
-        asset = assets.load_manifest()[member.weights_asset]
+        asset = weights_manifest()[member.weights_asset]
         try:
             weights: Path | None = assets.resolve(asset, allow_download)
         except assets.AssetError as exc:

@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
-from export import assets
 from export.onnx_writer import INPUT_NAME, OPSET, OUTPUT_NAME
+from export.weights import weights_manifest
+from preprocess import assets
 
 MANIFEST = "member.toml"
 BUILTIN = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
@@ -112,7 +113,7 @@ def parse_manifest(path: Path) -> Member:
     if architecture and architecture not in BUILTIN:
         raise ManifestError(f"{path}: architecture {architecture!r} not one of {BUILTIN}")
     weights = str(data.get("weights", ""))
-    if architecture and weights not in assets.load_manifest():
+    if architecture and weights not in weights_manifest():
         raise ManifestError(f"{path}: weights {weights!r} is not an asset of export/assets.toml")
     profiles = tuple(data.get("profiles", PROFILES))
     if not set(profiles) <= set(PROFILES):
