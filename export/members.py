@@ -346,7 +346,7 @@ def _tensor(name: str) -> str:
 def write_profile(repo: Path, profile: str, names: list[str]) -> None:
     """Set the profile's ensemble steps and outputs, and its vote's inputs and
     outputs, to `names`; everything else in those configs stays as committed."""
-    from export.vote import member_output
+    from preprocess.tensors import member_output
 
     outputs = [_tensor(OUTPUT_NAME), *(_tensor(member_output(n)) for n in names)]
     vote = repo / profile / "deepfake_vote" / "config.pbtxt"

@@ -38,10 +38,9 @@ from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
 from gateway.uploads import Upload, UploadSlots, receive_upload
 from gateway.web import install_docs, install_web
-from preprocess.media import MediaError, sniff
+from preprocess.media import FORMATS, MediaError, sniff
 
 VERSION = "0.3.0"
-FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp", "gif"]
 log = logging.getLogger("gateway")
 
 UPLOAD_DOC = {
@@ -267,7 +266,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             frames=settings.frames,
             threshold=settings.threshold,
             max_upload_mb=settings.max_upload_mb,
-            formats=FORMATS,
+            formats=list(FORMATS),
             endpoints={
                 "detect": "POST /api/detect",
                 "stream": "POST /api/detect/stream",

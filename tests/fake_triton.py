@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from model_repository.local_triton import REPOSITORY
+from preprocess.tensors import member_output
 from tests.stack import free_port
 
 ENSEMBLE = "deepfake_ensemble"
@@ -71,7 +72,7 @@ class FakeModels:
             return {"P_FAKE": scores[model].reshape(-1, 1)}
         total = sum(self.vote_weights.values())
         vote = sum(w * scores[m] for m, w in self.vote_weights.items()) / total
-        outputs = {f"P_FAKE_{m.upper()}": s.reshape(-1, 1) for m, s in scores.items()}
+        outputs = {member_output(m): s.reshape(-1, 1) for m, s in scores.items()}
         return {"P_FAKE": vote.reshape(-1, 1).astype(np.float32)} | outputs
 
 

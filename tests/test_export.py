@@ -13,6 +13,7 @@ from export import assets, efficientnet_b7, meso4, mesoinception4, xception
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import UNTRAINED, Provenance, vote_weights
 from export.vote import build_vote
+from preprocess.tensors import member_output
 from tests.conftest import ASSETS, NATIVE_SIZE, REPOSITORY, resized
 
 # The full tier only (make test): exports every member with torch (minutes for B7 on 2 cores).
@@ -173,4 +174,4 @@ def test_vote_graph_is_a_weighted_mean_passing_scores_through() -> None:
         out["P_FAKE"], 0.25 * feeds["meso4"] + 0.75 * feeds["efficientnet_b7"], atol=1e-6
     )
     for name, value in feeds.items():
-        np.testing.assert_array_equal(out[f"P_FAKE_{name.upper()}"], value)
+        np.testing.assert_array_equal(out[member_output(name)], value)
