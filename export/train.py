@@ -243,7 +243,7 @@ def plot_losses(history: History, path: Path) -> None:
 def starting_point(repo: Path, name: str) -> tuple[object, dict, Path, str]:
     """The member's architecture, its config, its pretrained weights and its
     asset name: a built-in member, or a manifest member with an architecture."""
-    from export.__main__ import ARCHITECTURES
+    from export.architectures import ARCHITECTURES
 
     if name in ARCHITECTURES:
         arch, asset = ARCHITECTURES[name], ARCHITECTURES[name].PRETRAINED_CFG["asset"]
