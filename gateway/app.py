@@ -24,16 +24,18 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics, schemas
-from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
+from gateway.analysis import Analyzer
 from gateway.errors import ApiError, error_response, from_media_error, install_handlers
 from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
 from gateway.model_server import ModelServer
 from gateway.openapi import install_openapi
+from gateway.options import Options, new_request_id, options_for
 from gateway.queries import DetectQuery
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.security import install_access, install_cors, peer
+from gateway.selection import model_summary
 from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
 from gateway.uploads import Upload, UploadSlots, receive_upload

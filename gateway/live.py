@@ -33,9 +33,11 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway import metrics
 from gateway.aggregate import Strategy, vote
-from gateway.analysis import Analyzer, Selection, parse_models, select_models
+from gateway.analysis import Analyzer
 from gateway.errors import ApiError, from_media_error
+from gateway.options import parse_models
 from gateway.security import key_id, key_matches, presented_key
+from gateway.selection import Selection, select_models
 from gateway.settings import Settings
 from preprocess.faces import Face
 from preprocess.media import MediaError, MediaLimits
