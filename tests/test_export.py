@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from export import __main__ as cli
-from export import assets, efficientnet_b7, meso4, mesoinception4, xception
+from export import efficientnet_b7, meso4, mesoinception4, xception
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import UNTRAINED, Provenance, vote_weights
 from export.vote import build_vote
+from export.weights import weights_manifest
+from preprocess import assets
 from preprocess.tensors import member_output
 from tests.conftest import ASSETS, NATIVE_SIZE, REPOSITORY, resized
 
@@ -119,7 +121,7 @@ def test_found_weights_carry_their_provenance(monkeypatch: pytest.MonkeyPatch) -
     path, provenance = cli.find_weights("meso4", None, allow_random=False, allow_download=False)
     assert path is not None and path.name == "Meso4_DF.h5"
     assert provenance.trained and provenance.weights_licence == "Apache-2.0"
-    assert provenance.weights_sha256 == assets.load_manifest()["meso4_df"].sha256
+    assert provenance.weights_sha256 == weights_manifest()["meso4_df"].sha256
 
 
 def test_explicit_weights_are_recorded_as_user_supplied(tmp_path: Path) -> None:
