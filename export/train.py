@@ -120,7 +120,7 @@ def cut_faces(files: list[tuple[Path, int]], frames: int) -> tuple[np.ndarray, n
     reader = MediaReader()
     faces, labels = [], []
     for path, label in files:
-        found = extractor.extract(reader.read(path, frames).frames)
+        found = [extractor.extract_frame(f) for f in reader.read(path, frames).frames]
         crops = [f.crops[0] for f in found if f.crops]
         log.info("%s: %d faces", path.name, len(crops))
         faces += crops
