@@ -16,12 +16,12 @@ import hashlib
 import logging
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import onnx
 
-from export import assets, efficientnet_b7, meso4, mesoinception4, quantize, xception
 from export import members as manifests
+from export import quantize
+from export.architectures import ARCHITECTURES, native_size
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import (
     UNTRAINED,
@@ -32,16 +32,13 @@ from export.repository import (
     source_digest,
     vote_rule,
     vote_weights,
+    with_input_size,
     write_parameters,
 )
 from export.vote import normalise, write_vote
+from export.weights import weights_manifest
+from preprocess import assets
 
-ARCHITECTURES: dict[str, ModuleType] = {
-    "meso4": meso4,
-    "mesoinception4": mesoinception4,
-    "xception": xception,
-    "efficientnet_b7": efficientnet_b7,
-}
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 log = logging.getLogger("export")
 
@@ -49,7 +46,7 @@ log = logging.getLogger("export")
 def find_weights(
     name: str, explicit: Path | None, allow_random: bool, allow_download: bool
 ) -> tuple[Path | None, Provenance]:
-    asset = assets.load_manifest()[ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
+    asset = weights_manifest()[ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
     if explicit is not None:
         path = explicit
     else:
@@ -91,6 +88,7 @@ def export_member(
     else:
         log.info("%s: %s is current", name, target)
     for config in config_files(model_dir):
+        config.write_text(with_input_size(config.read_text(), native_size(name)))
         write_parameters(config, provenance.parameters())
 
 
@@ -113,7 +111,7 @@ def export_manifest_member(
                 f"{member.name}: output, input_size, mean, std must be {member.architecture}'s "
                 f"({cfg['head']}, {cfg['input_size']}, {cfg['mean']}, {cfg['std']})"
             )
-        asset = assets.load_manifest()[member.weights_asset]
+        asset = weights_manifest()[member.weights_asset]
         try:
             weights: Path | None = assets.resolve(asset, allow_download)
         except assets.AssetError as exc:

@@ -27,11 +27,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
-from export import assets
+from export.architectures import ARCHITECTURES
 from export.onnx_writer import INPUT_NAME, OPSET, OUTPUT_NAME
+from export.repository import with_input_size
+from export.weights import weights_manifest
+from preprocess import assets
 
 MANIFEST = "member.toml"
-BUILTIN = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
+BUILTIN = tuple(ARCHITECTURES)
 PROFILES = ("full", "lite")
 # What the classifier's output means, and how it becomes P(fake).
 OUTPUTS = {
@@ -112,7 +115,7 @@ def parse_manifest(path: Path) -> Member:
     if architecture and architecture not in BUILTIN:
         raise ManifestError(f"{path}: architecture {architecture!r} not one of {BUILTIN}")
     weights = str(data.get("weights", ""))
-    if architecture and weights not in assets.load_manifest():
+    if architecture and weights not in weights_manifest():
         raise ManifestError(f"{path}: weights {weights!r} is not an asset of export/assets.toml")
     profiles = tuple(data.get("profiles", PROFILES))
     if not set(profiles) <= set(PROFILES):
@@ -316,11 +319,7 @@ def write_configs(repo: Path, member: Member) -> list[Path]:
         text, _ = carried_blocks(path.read_text())  # the template's versions are its own
         text = re.sub(r'^name: ".*"$', f'name: "{member.name}"', text, count=1, flags=re.M)
         text = text.replace(f"/trt-cache/{member.template}", f"/trt-cache/{member.name}")
-        text = re.sub(
-            r'(key: "input_size" value: \{ string_value: ")\d+(" \})',
-            rf"\g<1>{member.input_size}\2",
-            text,
-        )
+        text = with_input_size(text, member.input_size)
         out = target / path.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
         _, own = carried_blocks(out.read_text()) if out.exists() else ("", "")
@@ -345,7 +344,7 @@ def _tensor(name: str) -> str:
 def write_profile(repo: Path, profile: str, names: list[str]) -> None:
     """Set the profile's ensemble steps and outputs, and its vote's inputs and
     outputs, to `names`; everything else in those configs stays as committed."""
-    from export.vote import member_output
+    from preprocess.tensors import member_output
 
     outputs = [_tensor(OUTPUT_NAME), *(_tensor(member_output(n)) for n in names)]
     vote = repo / profile / "deepfake_vote" / "config.pbtxt"

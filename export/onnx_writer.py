@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INPUT_NAME = "FACES"
-OUTPUT_NAME = "P_FAKE"
+from preprocess.tensors import INPUT_NAME, OUTPUT_NAME
+
 OPSET = 17
+__all__ = ["INPUT_NAME", "OPSET", "OUTPUT_NAME", "FacesToPFake", "export_onnx"]
 
 
 class FacesToPFake(nn.Module):

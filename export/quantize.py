@@ -46,6 +46,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from preprocess.tensors import INPUT_NAME
+
 log = logging.getLogger("export.quantize")
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
@@ -139,7 +141,7 @@ class _Batches(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.batches, None)
-        return None if batch is None else {"FACES": batch}
+        return None if batch is None else {INPUT_NAME: batch}
 
 
 def session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -150,18 +152,18 @@ def session(path: Path, threads: int = 2) -> ort.InferenceSession:
 
 
 def p_fake(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
-    parts = [sess.run(None, {"FACES": images[i : i + 8]})[0] for i in range(0, len(images), 8)]
+    parts = [sess.run(None, {INPUT_NAME: images[i : i + 8]})[0] for i in range(0, len(images), 8)]
     return np.concatenate(parts).reshape(-1)
 
 
 def cpu_ms_per_face(sess: ort.InferenceSession, images: np.ndarray, batch: int) -> float:
     """CPU time (this process, all threads), not wall time: the machine may be shared."""
     x = images[:batch]
-    sess.run(None, {"FACES": x})
+    sess.run(None, {INPUT_NAME: x})
     runs = max(2, 8 // batch)
     start = time.process_time()
     for _ in range(runs):
-        sess.run(None, {"FACES": x})
+        sess.run(None, {INPUT_NAME: x})
     return round((time.process_time() - start) / (runs * len(x)) * 1000, 1)
 
 

@@ -69,6 +69,21 @@ def write_parameters(config: Path, params: dict[str, str]) -> None:
     read_config(config)  # still a valid ModelConfig
 
 
+_INPUT_SIZE = re.compile(r'(parameters \{ key: "input_size" value: \{ string_value: ")\d+(" \} \})')
+
+
+def with_input_size(text: str, size: int) -> str:
+    """A config's text with its input_size parameter (what the gateway reads as the
+    native size) set to `size`, the architecture's PRETRAINED_CFG or a member
+    manifest's: export writes it, nobody types it."""
+    if _INPUT_SIZE.search(text):
+        return _INPUT_SIZE.sub(rf"\g<1>{size}\2", text)
+    return (
+        text.rstrip("\n")
+        + f'\nparameters {{ key: "input_size" value: {{ string_value: "{size}" }} }}\n'
+    )
+
+
 def source_digest() -> str:
     """Changes whenever the export code does, so stale models are rebuilt."""
     digest = hashlib.sha256()

@@ -32,11 +32,12 @@ import torch
 from sklearn.metrics import confusion_matrix, roc_auc_score
 from torch import nn
 
-from export import assets
 from export import members as manifests
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import Provenance
 from export.versions import next_version, record_version
+from export.weights import weights_manifest
+from preprocess import assets
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".jpg", ".jpeg", ".png", ".webp"}
@@ -242,7 +243,7 @@ def plot_losses(history: History, path: Path) -> None:
 def starting_point(repo: Path, name: str) -> tuple[object, dict, Path, str]:
     """The member's architecture, its config, its pretrained weights and its
     asset name: a built-in member, or a manifest member with an architecture."""
-    from export.__main__ import ARCHITECTURES
+    from export.architectures import ARCHITECTURES
 
     if name in ARCHITECTURES:
         arch, asset = ARCHITECTURES[name], ARCHITECTURES[name].PRETRAINED_CFG["asset"]
@@ -251,7 +252,7 @@ def starting_point(repo: Path, name: str) -> tuple[object, dict, Path, str]:
         if member is None or not member.architecture:
             raise SystemExit(f"{name}: not a member with an architecture this can train")
         arch, asset = ARCHITECTURES[member.architecture], member.weights_asset
-    weights = assets.resolve(assets.load_manifest()[asset], allow_download=False)
+    weights = assets.resolve(weights_manifest()[asset], allow_download=False)
     return arch, arch.PRETRAINED_CFG, weights, asset
 
 
@@ -289,7 +290,7 @@ def run(config: TrainConfig, repo: Path) -> dict:
         weights_file=f"{config.member}/{version}/model.onnx",
         weights_sha256="",  # of the ONNX, set once written (record_version)
         weights_source=f"fine-tuned from {asset} ({weights.name}) by python -m export.train",
-        weights_licence=assets.load_manifest()[asset].licence,
+        weights_licence=weights_manifest()[asset].licence,
     )
     summary = {
         "fine_tuned_from": report["fine_tuned_from"],

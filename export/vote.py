@@ -12,12 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.onnx_writer import OPSET, OUTPUT_NAME
-
-
-def member_output(member: str) -> str:
-    """The ensemble's (and the vote's) output name for one member's score."""
-    return f"{OUTPUT_NAME}_{member.upper()}"
+from export.onnx_writer import OPSET
+from preprocess.tensors import OUTPUT_NAME, member_output
 
 
 def normalise(weights: dict[str, float]) -> dict[str, float]:

@@ -24,24 +24,26 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics, schemas
-from gateway.analysis import Analyzer, Options, model_summary, new_request_id, options_for
+from gateway.admission import Admission
+from gateway.analysis import Analyzer
+from gateway.deps import AdmissionDep, AnalyzerDep, ExecutorDep, ServerDep, UploadsDep
 from gateway.errors import ApiError, error_response, from_media_error, install_handlers
 from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
-from gateway.model_server import ModelServer
 from gateway.openapi import install_openapi
+from gateway.options import Options, new_request_id, options_for
 from gateway.queries import DetectQuery
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.security import install_access, install_cors, peer
+from gateway.selection import model_summary
 from gateway.settings import Settings
 from gateway.tracing import bind_request, install_tracing
 from gateway.uploads import Upload, UploadSlots, receive_upload
 from gateway.web import install_docs, install_web
-from preprocess.media import MediaError, sniff
+from preprocess.media import FORMATS, MediaError, sniff
 
 VERSION = "0.3.0"
-FORMATS = ["mp4", "avi", "mov", "mkv", "webm", "jpeg", "png", "webp", "gif"]
 log = logging.getLogger("gateway")
 
 UPLOAD_DOC = {
@@ -95,47 +97,6 @@ REPORT_ERRORS_DOC = errors_doc(
 )
 
 
-class Admission:
-    """At most `limit` uploads analysed at once and `queue` more waiting for a
-    slot (up to `timeout_s`); beyond that, 429 at once, so a burst is refused
-    early rather than piling up until every request times out."""
-
-    def __init__(self, limit: int, queue: int = 0, timeout_s: float = 30.0) -> None:
-        self.limit = limit
-        self.queue = queue
-        self.timeout_s = timeout_s
-        self.active = 0
-        self.waiting = 0
-        self._slots = asyncio.Semaphore(limit)  # FIFO: the longest waiting goes first
-
-    async def enter(self) -> None:
-        if self._slots.locked() and self.waiting >= self.queue:
-            raise self._busy()
-        self.waiting += 1
-        metrics.WAITING.set(self.waiting)
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise self._busy() from None
-        finally:
-            self.waiting -= 1
-            metrics.WAITING.set(self.waiting)
-        self.active += 1
-        metrics.IN_FLIGHT.set(self.active)
-
-    def leave(self) -> None:
-        self.active -= 1
-        self._slots.release()
-        metrics.IN_FLIGHT.set(self.active)
-
-    def _busy(self) -> ApiError:
-        metrics.REJECTED.inc()
-        return ApiError(
-            429, "too_many_requests", "the service is busy; retry shortly", {"Retry-After": "2"}
-        )
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -143,14 +104,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="preprocess")
         analyzer = Analyzer.from_settings(settings, executor)
+        # Read by the routes through gateway/deps.py's typed dependencies.
         app.state.analyzer = analyzer
-        app.state.server = server = analyzer.server
         app.state.executor = executor
         try:
             async with running_jobs(app):
                 yield
         finally:
-            await server.close()
+            await analyzer.server.close()
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -214,10 +175,10 @@ def add_request_middleware(app: FastAPI) -> None:
         return response
 
 
-async def accept_upload(request: Request, settings: Settings) -> Upload:
+async def accept_upload(request: Request, settings: Settings, uploads: UploadSlots) -> Upload:
     """The upload on disk, its content sniffed: only real media goes further. Receiving holds
     an upload slot, never an analysis slot: a slow client cannot hold up the analyses."""
-    async with request.app.state.uploads.held():
+    async with uploads.held():
         upload = await receive_upload(
             request.stream(),
             request.headers.get("content-type"),
@@ -249,8 +210,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         )
 
     @app.get("/api", response_model=schemas.ServiceInfo)
-    async def info(request: Request) -> schemas.ServiceInfo:
-        server: ModelServer = request.app.state.server
+    async def info(server: ServerDep) -> schemas.ServiceInfo:
         ready = await server.ready()
         profile = None
         if ready:
@@ -267,7 +227,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             frames=settings.frames,
             threshold=settings.threshold,
             max_upload_mb=settings.max_upload_mb,
-            formats=FORMATS,
+            formats=list(FORMATS),
             endpoints={
                 "detect": "POST /api/detect",
                 "stream": "POST /api/detect/stream",
@@ -287,8 +247,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         response_model=schemas.ModelsAnswer,
         responses=errors_doc(MODEL_SERVER_ERRORS),
     )
-    async def models(request: Request) -> schemas.ModelsAnswer:
-        ensemble = await request.app.state.server.ensemble(fresh=True)
+    async def models(server: ServerDep) -> schemas.ModelsAnswer:
+        ensemble = await server.ensemble(fresh=True)
         return schemas.ModelsAnswer(
             ensemble=ensemble.name,
             profile=ensemble.profile,
@@ -306,16 +266,16 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     async def detect(
         request: Request,
         query: Annotated[DetectQuery, Depends()],
+        analyzer: AnalyzerDep,
+        admission: AdmissionDep,
+        uploads: UploadsDep,
     ) -> schemas.DetectAnswer | Response:
-        upload = await accept_upload(request, settings)
+        upload = await accept_upload(request, settings, uploads)
         try:
-            admission: Admission = request.app.state.admission
             await admission.enter()
             try:
                 opts = options(request, upload, query)
-                analysis = asyncio.create_task(
-                    request.app.state.analyzer.analyze(upload.path, opts)
-                )
+                analysis = asyncio.create_task(analyzer.analyze(upload.path, opts))
                 async with cancelled_on_disconnect(request, analysis) as watch:
                     try:
                         answer = await analysis
@@ -341,9 +301,11 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     async def detect_stream(
         request: Request,
         query: Annotated[DetectQuery, Depends()],
+        analyzer: AnalyzerDep,
+        admission: AdmissionDep,
+        uploads: UploadsDep,
     ) -> StreamingResponse:
-        upload = await accept_upload(request, settings)
-        admission: Admission = request.app.state.admission
+        upload = await accept_upload(request, settings, uploads)
         try:
             await admission.enter()
         except BaseException:
@@ -351,7 +313,7 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
             raise
         release = Release(upload, admission)
         opts = options(request, upload, query)
-        events = stream_analysis(request.app.state.analyzer, upload, opts)
+        events = stream_analysis(analyzer, upload, opts)
         return AnalysisStream(events, release, media_type="application/x-ndjson")
 
     @app.post(
@@ -371,6 +333,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
     )
     async def report(
         request: Request,
+        admission: AdmissionDep,
+        executor: ExecutorDep,
         format: Annotated[Literal["html", "pdf"], Query(description="html or pdf")] = "html",
     ) -> Response:
         answer = await read_answer(request, settings.report_max_mb << 20)
@@ -382,11 +346,10 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
                 media_type="text/html; charset=utf-8",
                 headers={"Content-Disposition": f'attachment; filename="{name}.html"'},
             )
-        admission: Admission = request.app.state.admission
         await admission.enter()  # a Chromium per PDF: bounded like an analysis
         try:
             pdf = await asyncio.get_running_loop().run_in_executor(
-                request.app.state.executor, print_pdf, html, find_chromium(settings.chromium)
+                executor, print_pdf, html, find_chromium(settings.chromium)
             )
         except ReportError as exc:
             raise ApiError(503, "pdf_unavailable", str(exc)) from None
@@ -406,8 +369,8 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         "/readyz",
         responses=errors_doc({503: "Triton or the ensemble is not ready (see Retry-After)"}),
     )
-    async def readyz(request: Request) -> JSONResponse:
-        ready = await request.app.state.server.ready()
+    async def readyz(server: ServerDep) -> JSONResponse:
+        ready = await server.ready()
         if not ready:
             error = ApiError(503, "not_ready", f"Triton or {settings.ensemble} is not ready")
             return JSONResponse(error.body(), status_code=503, headers={"Retry-After": "5"})

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from export.assets import AssetError
 from gateway.client import ClientError, DirectClient, GatewayClient
 from gateway.jobs.batch import run_batch
+from preprocess.assets import AssetError
 
 
 def summary(answer: dict) -> str:

@@ -16,8 +16,9 @@ from typing import BinaryIO, Literal
 import httpx
 
 from gateway import schemas
-from gateway.analysis import Analyzer, new_request_id, options_for
+from gateway.analysis import Analyzer
 from gateway.errors import ApiError
+from gateway.options import new_request_id, options_for
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.settings import Settings
 from preprocess.media import MediaError

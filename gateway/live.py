@@ -33,9 +33,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway import metrics
 from gateway.aggregate import Strategy, vote
-from gateway.analysis import Analyzer, Selection, parse_models, select_models
+from gateway.analysis import Analyzer
+from gateway.deps import AnalyzerDep
 from gateway.errors import ApiError, from_media_error
+from gateway.options import parse_models
 from gateway.security import key_id, key_matches, presented_key
+from gateway.selection import Selection, select_models
 from gateway.settings import Settings
 from preprocess.faces import Face
 from preprocess.media import MediaError, MediaLimits
@@ -432,7 +435,7 @@ def live_router(settings: Settings) -> APIRouter:
     sessions = LiveSessions(settings.live_max_sessions, settings.live_max_sessions_per_client)
 
     @router.websocket("/api/live")
-    async def live_socket(websocket: WebSocket) -> None:
+    async def live_socket(websocket: WebSocket, analyzer: AnalyzerDep) -> None:
         await websocket.accept()
         client = socket_client(websocket, settings.api_keys)
         if client is None:
@@ -442,7 +445,7 @@ def live_router(settings: Settings) -> APIRouter:
             await websocket.close(CLOSE_BUSY, "too many live sessions")
             return
         try:
-            code, reason = await serve_socket(websocket, websocket.app.state.analyzer, settings)
+            code, reason = await serve_socket(websocket, analyzer, settings)
         finally:
             sessions.leave(client)
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
@@ -461,7 +464,9 @@ def live_router(settings: Settings) -> APIRouter:
         description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
         "started, then one frame message per judged frame (as on the WebSocket), then end.",
     )
-    async def live_url(request: Request, options: UrlOptions) -> StreamingResponse:
+    async def live_url(
+        request: Request, options: UrlOptions, analyzer: AnalyzerDep
+    ) -> StreamingResponse:
         client = request.scope.get("state", {}).get("client") or (
             "ip:" + (request.client.host if request.client else "unknown")
         )
@@ -476,7 +481,7 @@ def live_router(settings: Settings) -> APIRouter:
                 sessions.leave(client)
 
         try:
-            events = await start_ndjson(request.app.state.analyzer, settings, options, release)
+            events = await start_ndjson(analyzer, settings, options, release)
         except BaseException:
             release()
             raise

@@ -20,6 +20,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from gateway import metrics
 from gateway.errors import ApiError
 from gateway.tracing import current_request_id
+from preprocess.tensors import INPUT_NAME, OUTPUT_NAME, member_output
 
 log = logging.getLogger("gateway")
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -128,10 +129,6 @@ def parse_vote_weights(text: str) -> dict[str, float]:
     return {name.strip(): float(value) for name, value in pairs}
 
 
-def output_name(member: str) -> str:
-    return f"P_FAKE_{member.upper()}"
-
-
 class ModelServer:
     def __init__(
         self, url: str, ensemble: str, timeout_s: float, retries: int, max_batch: int
@@ -228,13 +225,21 @@ class ModelServer:
             group=group,
         )
 
+    async def batch_limit(self, model: str) -> int:
+        """Faces per request to `model`: GATEWAY_MAX_BATCH, but never more than the
+        max_batch_size Triton states for it (a larger batch is refused)."""
+        ensemble = await self.ensemble()
+        sizes = {m.name: m.max_batch_size for m in ensemble.members}
+        size = sizes.get(model, ensemble.max_batch_size if model == ensemble.name else 0)
+        return min(self.max_batch, size) if size > 0 else self.max_batch
+
     # -- inference -------------------------------------------------------------
 
     async def score_with_ensemble(
         self, faces: np.ndarray, members: list[str]
     ) -> dict[str, np.ndarray]:
         """P(fake) per face from the ensemble: each member's and the vote's ("ensemble")."""
-        outputs = {m: output_name(m) for m in members} | {"ensemble": "P_FAKE"}
+        outputs = {m: member_output(m) for m in members} | {"ensemble": OUTPUT_NAME}
         return await self._batched(self.ensemble_name, faces, outputs)
 
     async def score_with_members(
@@ -242,17 +247,17 @@ class ModelServer:
     ) -> dict[str, np.ndarray]:
         """P(fake) per face from each named member, called directly, concurrently."""
         results = await asyncio.gather(
-            *(self._batched(name, faces, {name: "P_FAKE"}) for name in members)
+            *(self._batched(name, faces, {name: OUTPUT_NAME}) for name in members)
         )
         return {k: v for r in results for k, v in r.items()}
 
     async def _batched(
         self, model: str, faces: np.ndarray, outputs: dict[str, str]
     ) -> dict[str, np.ndarray]:
-        """Faces in batches of at most max_batch, all in flight at once, so
+        """Faces in batches of at most batch_limit(model), all in flight at once, so
         Triton's dynamic batcher and instances can overlap them. (Progress is the
         caller's: the gateway sends a few faces at a time and counts them.)"""
-        step = self.max_batch
+        step = await self.batch_limit(model)
         batches = [faces[i : i + step] for i in range(0, len(faces), step)]
         results = await asyncio.gather(
             *(self._infer(model, b, list(outputs.values())) for b in batches)
@@ -263,7 +268,7 @@ class ModelServer:
         }
 
     async def _infer(self, model: str, faces: np.ndarray, outputs: list[str]) -> dict:
-        tensor = InferInput("FACES", list(faces.shape), "UINT8")
+        tensor = InferInput(INPUT_NAME, list(faces.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(faces))
         requested = [InferRequestedOutput(name) for name in outputs]
         result = await self._call(

@@ -29,5 +29,5 @@ class DetectQuery:
     ] = False
 
     def options(self) -> dict[str, object]:
-        """As `analysis.options_for` takes them."""
+        """As `options.options_for` takes them."""
         return asdict(self)

@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(120.0, gt=0, description="deadline of one inference call")
     triton_retries: int = Field(3, ge=0, description="retries on UNAVAILABLE, with backoff")
     ensemble: str = "deepfake_ensemble"
-    max_batch: int = Field(32, ge=1, description="faces per Triton request, at most")
+    max_batch: int = Field(
+        32,
+        ge=1,
+        description="faces per Triton request, at most (capped by the max_batch_size from Triton)",
+    )
     infer_chunk: int = Field(
         4, ge=1, description="faces sent to Triton as soon as found, while a clip is still read"
     )

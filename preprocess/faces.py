@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from export.assets import AssetError, load_manifest, resolve
+from preprocess.assets import AssetError, load_manifest, resolve
 from preprocess.crop import Box
 
 MANIFEST = Path(__file__).with_name("assets.toml")

@@ -33,9 +33,9 @@ from preprocess.video import (
 # fails with IndexError or struct.error while Pillow counts its frames (found by fuzzing).
 PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
-VIDEO_FORMATS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
 # The FFmpeg demuxer for each sniffed container: FFmpeg never probes the file itself.
-DEMUXERS = {"mp4": "mov", "mov": "mov", "avi": "avi", "mkv": "matroska", "webm": "matroska"}
+DEMUXERS = {"mp4": "mov", "avi": "avi", "mov": "mov", "mkv": "matroska", "webm": "matroska"}
+VIDEO_FORMATS = frozenset(DEMUXERS)
 # Only these decoders ever see an upload: camera, phone, browser and editing codecs, not the
 # hundreds of rarely used (and rarely fuzzed) ones FFmpeg also carries.
 VIDEO_CODECS = frozenset(
@@ -44,7 +44,10 @@ VIDEO_CODECS = frozenset(
         *("vp8", "vp9", "av1", "libdav1d", "libaom-av1", "theora", "msmpeg4v3", "h263"),
     }
 )
-IMAGE_FORMATS = frozenset({"jpeg", "png", "webp", "gif"})
+IMAGE_ORDER = ("jpeg", "png", "webp", "gif")
+IMAGE_FORMATS = frozenset(IMAGE_ORDER)
+# Every accepted format, videos first, in the order clients are told them (GET /api).
+FORMATS = (*DEMUXERS, *IMAGE_ORDER)
 
 
 class MediaError(Exception):

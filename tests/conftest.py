@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from export.architectures import native_size
 from export.members import BUILTIN, discover
 from model_repository.local_triton import TritonSettings
 from preprocess.crop import crop_face
@@ -34,7 +35,7 @@ os.environ.setdefault("DEEPFAKE_ASSETS", str(ASSETS))
 # The built-in members, then those a manifest (members/<name>/member.toml) adds.
 MANIFEST_MEMBERS = {m.name: m for m in discover(REPOSITORY)}
 MEMBERS = (*BUILTIN, *MANIFEST_MEMBERS)
-NATIVE_SIZE = {"meso4": 256, "mesoinception4": 256, "xception": 299, "efficientnet_b7": 380} | {
+NATIVE_SIZE = {name: native_size(name) for name in BUILTIN} | {
     name: m.input_size for name, m in MANIFEST_MEMBERS.items()
 }
 FACE_SOURCES = (

@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from gateway import aggregate
 from model_repository.local_triton import REPOSITORY
+from preprocess.tensors import member_output
 from tests.stack import free_port
 
 ENSEMBLE = "deepfake_ensemble"
@@ -81,7 +82,7 @@ class FakeModels:
         if model in self.members:
             return {"P_FAKE": scores[model].reshape(-1, 1)}
         vote = aggregate.vote(scores, self.vote_weights, self.vote_groups)
-        outputs = {f"P_FAKE_{m.upper()}": s.reshape(-1, 1) for m, s in scores.items()}
+        outputs = {member_output(m): s.reshape(-1, 1) for m, s in scores.items()}
         return {"P_FAKE": vote.reshape(-1, 1).astype(np.float32)} | outputs
 
 

@@ -49,7 +49,7 @@ def test_models_are_what_the_committed_configs_say(api: InProcessGateway) -> Non
         assert model.input_size == int(params["input_size"]) == 256
         assert model.weights.sha256 == params["weights_sha256"] and len(model.weights.sha256) == 64
         assert model.weights.file.endswith(("_DF.h5", "_F2F.h5"))
-        assert model.trained and model.weight == pytest.approx(1 / len(answer.models))
+        assert model.trained and model.weight == api.triton.models.vote_weights[model.name]
 
 
 def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcessGateway) -> None:
@@ -191,3 +191,23 @@ def test_each_key_has_its_own_rate(tmp_path: Path) -> None:
         assert 1 <= int(limited.headers["retry-after"]) <= 60
         assert [status(keys[1]) for _ in range(3)] == [200, 200, 429]
         assert gateway.client.get("/healthz").status_code == 200  # probes are not limited
+
+
+def test_batches_never_exceed_the_max_batch_size_triton_states(tmp_path: Path) -> None:
+    """GATEWAY_MAX_BATCH (32 here) is a cap, not a promise: a model whose config
+    says max_batch_size 1 gets one face per request (the fake, like Triton,
+    refuses a larger batch), and the two faces are still both scored."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from tests.conftest import gateway_settings
+
+    with fake_triton() as triton:
+        for config in triton.models.configs.values():
+            config.max_batch_size = 1
+        settings = gateway_settings(triton.url, tmp_path, max_batch=32)
+        with TestClient(create_app(settings)) as client, TWO_PEOPLE.open("rb") as handle:
+            response = client.post("/api/detect", files={"file": (TWO_PEOPLE.name, handle)})
+    assert response.status_code == 200, response.text
+    answer = DetectAnswer.model_validate(response.json())
+    assert sum(len(frame.faces) for frame in answer.frames) == 2

@@ -1,4 +1,5 @@
-"""export/assets.py: search path first, sha256 always, real downloads over HTTP."""
+"""preprocess/assets.py, the resolver export/ and preprocess/ share: search path
+first, sha256 always, real downloads over HTTP."""
 
 import functools
 import http.server
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from export import assets
+from export.weights import weights_manifest
+from preprocess import assets
+from preprocess.faces import MANIFEST as DETECTORS
 from tests.conftest import ASSETS
 
 MESO4 = ASSETS / "weights/mesonet/Meso4_DF.h5"
@@ -26,7 +29,7 @@ def asset_for(path: Path, url: str = "", sha256: str | None = None) -> assets.As
 
 
 def test_manifest_pins_the_shared_mesonet_files() -> None:
-    manifest = assets.load_manifest()
+    manifest = weights_manifest()
     for name in ("meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f"):
         entry = manifest[name]
         assert entry.url.startswith("https://") and entry.licence == "Apache-2.0"
@@ -37,7 +40,7 @@ def test_search_path_is_searched_recursively_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(assets.ENV_SEARCH_PATH, f"{tmp_path / 'absent'}:{ASSETS}")
-    found = assets.resolve(assets.load_manifest()["meso4_df"], allow_download=False)
+    found = assets.resolve(weights_manifest()["meso4_df"], allow_download=False)
     assert found == MESO4
 
 
@@ -91,7 +94,19 @@ def test_a_tampered_download_is_refused_and_removed(tmp_path: Path, http_server:
 
 
 def test_an_unpinned_asset_is_never_downloaded(tmp_path: Path) -> None:
-    b7 = assets.load_manifest()["dfdc_b7_selimsef"]
+    b7 = weights_manifest()["dfdc_b7_selimsef"]
     assert b7.url and not b7.sha256
     with pytest.raises(assets.AssetError, match="pinned sha256"):
         assets.download(b7, tmp_path)
+
+
+def test_each_manifest_lives_beside_its_user_and_resolves_from_the_shared_assets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """export/ keeps the weights' manifest, preprocess/ the face detectors'; the
+    one resolver finds both on the search path, sha256-checked."""
+    monkeypatch.setenv(assets.ENV_SEARCH_PATH, str(ASSETS))
+    monkeypatch.setattr(assets, "CACHE_DIR", tmp_path / "cache")
+    yunet = assets.resolve(assets.load_manifest(DETECTORS)["yunet"], allow_download=False)
+    assert assets.sha256_of(yunet) == assets.load_manifest(DETECTORS)["yunet"].sha256
+    assert set(weights_manifest()).isdisjoint(assets.load_manifest(DETECTORS))

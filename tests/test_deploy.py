@@ -340,17 +340,14 @@ def test_gateway_image_copies_only_its_code() -> None:
         "preprocess/requirements.txt",
         "preprocess/requirements-nodeps.txt",
         "gateway/requirements.txt",
-        "export/__init__.py",
-        "export/assets.py",
-        "export/assets.toml",
         "preprocess/",
         "gateway/",
     }
     for source in sources:
         assert (ROOT / source).exists(), source
-    # Whatever file the asset resolver reads beside itself is in the image.
-    beside = re.findall(r'with_name\("([^"]+)"\)', (ROOT / "export" / "assets.py").read_text())
-    assert {f"export/{name}" for name in beside} <= set(sources)
+    # The face detectors' manifest, read by the asset resolver, is in the image.
+    beside = re.findall(r'with_name\("([^"]+)"\)', (ROOT / "preprocess" / "faces.py").read_text())
+    assert beside and all((ROOT / "preprocess" / name).exists() for name in beside)
 
 
 def test_gateway_image_bakes_yunet_and_its_licence_with_their_checksums() -> None:
@@ -444,8 +441,8 @@ def test_dockerignore_lets_in_the_images_sources_and_exported_models() -> None:
         "model_repository/full/deepfake_ensemble/config.pbtxt",
         "gateway/__main__.py",
         "preprocess/requirements-nodeps.txt",
-        "export/assets.py",
-        "export/assets.toml",
+        "preprocess/assets.py",
+        "preprocess/assets.toml",
     ]
     assert [p for p in wanted if not docker_context_includes(p)] == []
 
@@ -465,6 +462,7 @@ def test_dockerignore_keeps_out_environments_caches_and_the_rest() -> None:
         "model_repository/backends/onnxruntime/model.py",
         "model_repository/local_triton.py",
         "export/checkpoints.py",
+        "export/assets.toml",
         "deploy/k8s/base/kustomization.yaml",
         "README.md",
     ]

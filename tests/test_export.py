@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from export import __main__ as cli
-from export import assets, efficientnet_b7, meso4, mesoinception4, xception
+from export import efficientnet_b7, meso4, mesoinception4, xception
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import UNTRAINED, Provenance, vote_weights
 from export.vote import build_vote
+from export.weights import weights_manifest
+from preprocess import assets
+from preprocess.tensors import member_output
 from tests.conftest import ASSETS, NATIVE_SIZE, REPOSITORY, resized
 
 # The full tier only (make test): exports every member with torch (minutes for B7 on 2 cores).
@@ -118,7 +121,7 @@ def test_found_weights_carry_their_provenance(monkeypatch: pytest.MonkeyPatch) -
     path, provenance = cli.find_weights("meso4", None, allow_random=False, allow_download=False)
     assert path is not None and path.name == "Meso4_DF.h5"
     assert provenance.trained and provenance.weights_licence == "Apache-2.0"
-    assert provenance.weights_sha256 == assets.load_manifest()["meso4_df"].sha256
+    assert provenance.weights_sha256 == weights_manifest()["meso4_df"].sha256
 
 
 def test_explicit_weights_are_recorded_as_user_supplied(tmp_path: Path) -> None:
@@ -173,4 +176,4 @@ def test_vote_graph_is_a_weighted_mean_passing_scores_through() -> None:
         out["P_FAKE"], 0.25 * feeds["meso4"] + 0.75 * feeds["efficientnet_b7"], atol=1e-6
     )
     for name, value in feeds.items():
-        np.testing.assert_array_equal(out[f"P_FAKE_{name.upper()}"], value)
+        np.testing.assert_array_equal(out[member_output(name)], value)

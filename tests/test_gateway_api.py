@@ -10,9 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
+from export.repository import profile_members
 from gateway.aggregate import vote
 from gateway.schemas import DetectAnswer, ModelsAnswer, ModelSummary, ServiceInfo
-from tests.conftest import ASSETS, MEDIA, MEMBERS, Gateway
+from tests.conftest import ASSETS, MEDIA, MEMBERS, REPOSITORY, Gateway
 from tests.stack import metric
 from tests.triton_client import parameters
 
@@ -178,12 +179,7 @@ def test_models_that_cannot_vote_are_skipped_without_changing_the_answer(
     everything = DetectAnswer.model_validate(detect(gateway, clip, frames=8, models="all").json())
     assert [m.name for m in default.skipped] == ["xception", "efficientnet_b7"]
     assert any("models=all" in n for n in default.notes)
-    assert [m.name for m in everything.models] == [
-        "meso4",
-        "mesoinception4",
-        "xception",
-        "efficientnet_b7",
-    ]
+    assert [m.name for m in everything.models] == profile_members(REPOSITORY, "full")
     assert default.verdict == everything.verdict
     assert default.score == pytest.approx(everything.score, abs=1e-5)
     for a, b in zip(default.frames, everything.frames, strict=True):

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from export.repository import profile_members
 from model_repository.local_triton import TritonSettings
-from tests.conftest import ROOT, Gateway, start_gateway
+from tests.conftest import REPOSITORY, ROOT, Gateway, start_gateway
 from tests.jobs_support import (
     BAD,
     CLIPS,
@@ -32,6 +33,8 @@ from tests.jobs_support import (
 
 ALICE = {"X-API-Key": "alice-key"}
 BOB = {"X-API-Key": "bob-key"}
+# The lite profile's members, all voting: what a job's default analysis runs.
+LITE = profile_members(REPOSITORY, "lite")
 FAST = {"frames": 4}  # short analyses: the tests are about the jobs, not the verdicts
 
 
@@ -342,7 +345,7 @@ def test_the_cli_sends_a_folder_as_a_job_and_writes_reports(
     for r in rows[:2]:
         assert r["verdict"] in ("real", "fake") and r["error"] is None
         assert r["sha256"] == hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest()
-        assert set(r["models"]) == {"meso4", "mesoinception4"} and r["faces"] >= 1
+        assert set(r["models"]) == set(LITE) and r["faces"] >= 1
     assert rows[2]["error"].startswith("unsupported_media") and rows[2]["verdict"] is None
     with out.with_suffix(".csv").open() as f:
         table = list(csv.DictReader(f))

@@ -2,11 +2,12 @@
 
 import pytest
 
-from gateway.analysis import notes, select_models
+from export.members import BUILTIN
 from gateway.errors import ApiError
 from gateway.model_server import Ensemble, ModelInfo
+from gateway.selection import notes, select_models
 
-NAMES = ("meso4", "mesoinception4", "xception", "efficientnet_b7")
+NAMES = BUILTIN
 
 
 def ensemble(trained: dict[str, bool], weights: dict[str, float]) -> Ensemble:

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-import export.assets
-from export.assets import AssetError
+import preprocess.assets
+from preprocess.assets import AssetError
 from preprocess.crop import CropConfig, crop_face
 from preprocess.faces import DetectorConfig, Face, FaceDetector, find_model, load_detector
 from preprocess.media import MediaReader
@@ -30,7 +30,7 @@ def rgb(path: Path) -> np.ndarray:
 def search_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Assets looked up in ../shared/assets only: no download cache of this machine's."""
     monkeypatch.setenv("DEEPFAKE_ASSETS", str(ASSETS))
-    monkeypatch.setattr(export.assets, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(preprocess.assets, "CACHE_DIR", tmp_path / "cache")
     return tmp_path
 
 

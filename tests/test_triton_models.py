@@ -11,6 +11,7 @@ from tritonclient.utils import InferenceServerException
 from gateway.aggregate import vote
 from gateway.model_server import parse_vote_weights
 from model_repository.local_triton import TritonSettings
+from preprocess.tensors import member_output
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
 from tests.triton_client import infer, infer_many, model_config, parameters
 
@@ -83,10 +84,10 @@ def test_ensemble_is_the_vote_of_its_members_by_the_configured_rule(
     params = parameters(triton.grpc_url, "deepfake_vote")
     groups = dict(item.split("=") for item in params["vote_groups"].split(","))
     assert set(weights) == set(groups) == set(MEMBERS)
-    assert set(result) == {"P_FAKE", *(f"P_FAKE_{m.upper()}" for m in MEMBERS)}
+    assert set(result) == {"P_FAKE", *(member_output(m) for m in MEMBERS)}
     direct = {m: infer(triton.grpc_url, m, faces)["P_FAKE"] for m in weights}
     for member, scores in direct.items():
-        np.testing.assert_allclose(result[f"P_FAKE_{member.upper()}"], scores, atol=1e-6)
+        np.testing.assert_allclose(result[member_output(member)], scores, atol=1e-6)
     rule_groups = groups if params["vote_rule"] == "max_of_groups" else None
     expected = vote(direct, weights, rule_groups)
     np.testing.assert_allclose(result["P_FAKE"], expected, atol=1e-5)

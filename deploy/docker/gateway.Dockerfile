@@ -40,8 +40,7 @@ ADD --checksum=sha256:c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1
     https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/LICENSE \
     /opt/assets/face/yunet/LICENSE
 
-# The code: the gateway, preprocess/, and export/'s asset resolver.
-COPY export/__init__.py export/assets.py export/assets.toml export/
+# The code: the gateway and preprocess/ (the asset resolver and its manifest included).
 COPY preprocess/ preprocess/
 COPY gateway/ gateway/
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Gauge
 
 from gateway import schemas
+from gateway.deps import JobsDep
 from gateway.errors import ApiError
 from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
 from gateway.jobs.spool import Caps, discard, spool_files
@@ -93,8 +94,8 @@ def router(settings: Settings) -> APIRouter:
         total_bytes=settings.jobs_max_mb * MB,
     )
 
-    async def owned_job(request: Request, job_id: str) -> dict:
-        job = await asyncio.to_thread(jobs_of(request).store.job, job_id)
+    async def owned_job(jobs: Jobs, request: Request, job_id: str) -> dict:
+        job = await asyncio.to_thread(jobs.store.job, job_id)
         if job is None or job["owner"] != owner_of(request, settings):
             raise not_found(job_id)
         return job
@@ -110,9 +111,9 @@ def router(settings: Settings) -> APIRouter:
     async def submit(
         request: Request,
         query: Annotated[JobQuery, Depends()],
+        jobs: JobsDep,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> JSONResponse:
-        jobs = jobs_of(request)
         owner = owner_of(request, settings)
         if query.callback_url is not None:
             if settings.jobs_webhook_secret is None:
@@ -126,7 +127,7 @@ def router(settings: Settings) -> APIRouter:
         if idempotency_key:
             known = await asyncio.to_thread(jobs.store.remember_key, owner, idempotency_key, job_id)
             if known != job_id:
-                return await replay(request, known)
+                return await replay(jobs, known)
         try:
             active = await asyncio.to_thread(jobs.store.unfinished_count, owner)
             if active >= settings.jobs_max_active_per_key:
@@ -179,9 +180,9 @@ def router(settings: Settings) -> APIRouter:
         view = job_view(job | {"finished": None, "cancelled": False, "items": items})
         return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
 
-    async def replay(request: Request, job_id: str) -> JSONResponse:
+    async def replay(jobs: Jobs, job_id: str) -> JSONResponse:
         """The job an earlier request with the same Idempotency-Key created."""
-        job = await asyncio.to_thread(jobs_of(request).store.job, job_id)
+        job = await asyncio.to_thread(jobs.store.job, job_id)
         if job is None:
             raise ApiError(
                 409, "idempotency_conflict", "a job with this Idempotency-Key is being submitted"
@@ -198,10 +199,11 @@ def router(settings: Settings) -> APIRouter:
     )
     async def list_jobs(
         request: Request,
+        jobs: JobsDep,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict:
-        store = jobs_of(request).store
+        store = jobs.store
         owner = owner_of(request, settings)
         ids, total = await asyncio.to_thread(store.owned, owner, offset, limit)
         found = [await asyncio.to_thread(store.job, i) for i in ids]
@@ -211,8 +213,8 @@ def router(settings: Settings) -> APIRouter:
     JobId = Annotated[str, Path(max_length=64)]
 
     @api.get("/{job_id}", response_model=JobAnswer, responses=JOB_ERRORS)
-    async def get_job(request: Request, job_id: JobId) -> dict:
-        return job_view(await owned_job(request, job_id))
+    async def get_job(request: Request, job_id: JobId, jobs: JobsDep) -> dict:
+        return job_view(await owned_job(jobs, request, job_id))
 
     @api.delete(
         "/{job_id}",
@@ -220,11 +222,10 @@ def router(settings: Settings) -> APIRouter:
         responses=JOB_ERRORS,
         description="Cancel: queued files are dropped, running ones stop within seconds.",
     )
-    async def cancel_job(request: Request, job_id: JobId) -> dict:
-        await owned_job(request, job_id)
-        jobs = jobs_of(request)
+    async def cancel_job(request: Request, job_id: JobId, jobs: JobsDep) -> dict:
+        await owned_job(jobs, request, job_id)
         await asyncio.to_thread(jobs.cancel, job_id)
-        return job_view(await owned_job(request, job_id))
+        return job_view(await owned_job(jobs, request, job_id))
 
     @api.get(
         "/{job_id}/events",
@@ -234,15 +235,15 @@ def router(settings: Settings) -> APIRouter:
         "request accepts text/event-stream. Events: progress (the job without results), "
         "then end (the whole job).",
     )
-    async def job_events(request: Request, job_id: JobId) -> StreamingResponse:
-        await owned_job(request, job_id)
+    async def job_events(request: Request, job_id: JobId, jobs: JobsDep) -> StreamingResponse:
+        await owned_job(jobs, request, job_id)
         sse = "text/event-stream" in request.headers.get("accept", "")
-        events = progress_events(request, job_id, sse)
+        events = progress_events(jobs, job_id, sse)
         media_type = "text/event-stream" if sse else "application/x-ndjson"
         return StreamingResponse(events, media_type=media_type)
 
-    async def progress_events(request: Request, job_id: str, sse: bool) -> AsyncIterator[bytes]:
-        store = jobs_of(request).store
+    async def progress_events(jobs: Jobs, job_id: str, sse: bool) -> AsyncIterator[bytes]:
+        store = jobs.store
         last = None
         while True:
             job = await asyncio.to_thread(store.job, job_id)
@@ -266,10 +267,6 @@ def encode(event: dict, sse: bool) -> bytes:
     if sse:
         return f"event: {event['event']}\ndata: {data}\n\n".encode()
     return (data + "\n").encode()
-
-
-def jobs_of(request: Request) -> Jobs:
-    return request.app.state.jobs
 
 
 @contextlib.asynccontextmanager

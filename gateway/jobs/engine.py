@@ -25,11 +25,12 @@ from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 from huey.consumer import Consumer
 
-from gateway.analysis import Analyzer, options_for
+from gateway.analysis import Analyzer
 from gateway.errors import ApiError, from_media_error
 from gateway.jobs import webhook
 from gateway.jobs.store import TERMINAL, Doc, JobStore, RedisJobStore, SqliteJobStore
 from gateway.jobs.views import job_status, job_view
+from gateway.options import options_for
 from gateway.settings import Settings
 from preprocess.media import MediaError
 

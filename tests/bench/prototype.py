@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 import torch
 
-from export import assets
 from export.__main__ import ARCHITECTURES, find_weights
 from export.members import discover
 from export.onnx_writer import FacesToPFake
+from export.weights import weights_manifest
 from model_repository.local_triton import REPOSITORY
+from preprocess.assets import AssetError, resolve
 from preprocess.media import Frame, sample_indices
 from preprocess.pipeline import FaceExtractor
 from tests.bench.config import BenchConfig
@@ -42,9 +43,9 @@ def member_weights(member: str) -> tuple[str, Path | None]:
     if not manifest.architecture:
         raise SystemExit(f"{member}: an ONNX-only member; the prototype runs PyTorch modules")
     try:
-        asset = assets.load_manifest()[manifest.weights_asset]
-        return manifest.architecture, assets.resolve(asset, allow_download=False)
-    except assets.AssetError:
+        asset = weights_manifest()[manifest.weights_asset]
+        return manifest.architecture, resolve(asset, allow_download=False)
+    except AssetError:
         return manifest.architecture, None  # exported with random weights too
 
 

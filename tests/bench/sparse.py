@@ -18,7 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gateway.analysis import Analyzer, options_for
+from gateway.analysis import Analyzer
+from gateway.options import options_for
 from gateway.settings import Settings
 from preprocess.sparse import SparseConfig
 from preprocess.tracks import box_iou

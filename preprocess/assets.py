@@ -1,5 +1,9 @@
 """Find an asset file: the search path first, then (if allowed) download it.
 
+The resolver that export/ (weights, export/assets.toml), preprocess/ (face
+detectors, preprocess/assets.toml) and the gateway share; each manifest lives
+beside its user, which passes its path to load_manifest().
+
 The search path is $DEEPFAKE_ASSETS (colon-separated folders, searched
 recursively) followed by the download cache. A file is accepted only when its
 sha256 matches the manifest, wherever it came from, so a stale or tampered
@@ -14,7 +18,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST = Path(__file__).with_name("assets.toml")
 ENV_SEARCH_PATH = "DEEPFAKE_ASSETS"
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation: a stalled server fails, a slow one does not
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepfake-detect"
@@ -34,7 +37,7 @@ class Asset:
     source: str
 
 
-def load_manifest(path: Path = MANIFEST) -> dict[str, Asset]:
+def load_manifest(path: Path) -> dict[str, Asset]:
     with path.open("rb") as f:
         return {name: Asset(name=name, **fields) for name, fields in tomllib.load(f).items()}
 
