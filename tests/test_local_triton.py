@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from export.repository import profile_members
+from gateway import aggregate
+from gateway.model_server import parse_vote_weights
 from model_repository.local_triton import LocalTriton, TritonSettings
+from preprocess.tensors import member_output
 from tests.conftest import ROOT, free_port, local_triton, resized
 from tests.triton_client import infer, model_config
 
@@ -17,22 +21,28 @@ from tests.triton_client import infer, model_config
 pytestmark = pytest.mark.stack
 
 
-def test_lite_profile_serves_only_the_mesonet_pair(
+def test_lite_profile_serves_only_the_mesonets(
     exported: Path, tmp_path: Path, face_crops: list
 ) -> None:
+    """The MesoNets (the Deepfakes and the Face2Face pairs), never Xception or B7."""
+    lite = profile_members(exported, "lite")
+    assert set(lite) == {"meso4", "mesoinception4", "meso4_f2f", "mesoinception4_f2f"}
     with local_triton("lite", tmp_path) as server:
         url = server.settings.grpc_url
         config = model_config(url, "deepfake_ensemble")
-        assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == [
-            "meso4",
-            "mesoinception4",
-            "deepfake_vote",
-        ]
+        steps = [s["model_name"] for s in config["ensemble_scheduling"]["step"]]
+        assert steps == [*lite, "deepfake_vote"]
         faces = resized(face_crops[:3], 380)
         result = infer(url, "deepfake_ensemble", faces)
-        assert sorted(result) == ["P_FAKE", "P_FAKE_MESO4", "P_FAKE_MESOINCEPTION4"]
-        mean = (result["P_FAKE_MESO4"] + result["P_FAKE_MESOINCEPTION4"]) / 2
-        np.testing.assert_allclose(result["P_FAKE"], mean, atol=1e-6)
+        assert sorted(result) == sorted(["P_FAKE", *(member_output(m) for m in lite)])
+        vote = {
+            k: v["string_value"]
+            for k, v in model_config(url, "deepfake_vote")["parameters"].items()
+        }
+        groups = dict(item.split("=", 1) for item in vote["vote_groups"].split(","))
+        scores = {m: result[member_output(m)] for m in lite}
+        expected = aggregate.vote(scores, parse_vote_weights(vote["vote_weights"]), groups)
+        np.testing.assert_allclose(result["P_FAKE"], expected, atol=1e-6)
         with pytest.raises(Exception, match=r"(?i)xception.*(not|unavailable)|unknown model"):
             infer(url, "xception", faces)
 
