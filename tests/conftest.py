@@ -123,7 +123,7 @@ def lite_gateway(
 
 
 def write_results(section: str, figures: dict) -> None:
-    """Merge measured figures into results/reliability.json (git-ignored; the README quotes it)."""
+    """Merge measured figures into results/reliability.json (git-ignored; tests/RELIABILITY.md quotes it)."""
     import json
 
     path = ROOT / "results" / "reliability.json"

@@ -9,7 +9,7 @@ gateway process over the lite Triton, with real uploads over real sockets.
 - slow clients: uploads trickling a byte a second neither hold analysis slots nor slow the
   others down, and are dropped with 408 below the minimum rate.
 
-The figures go to results/reliability.json under "bounds" (the README quotes them).
+The figures go to results/reliability.json under "bounds" (tests/RELIABILITY.md quotes them).
 """
 
 import asyncio

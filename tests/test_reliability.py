@@ -8,7 +8,7 @@
 - SIGTERM: the in-flight request finishes, new ones are refused, the process exits in bound;
 - a burst beyond the admission queue: 429 with Retry-After, the gateway's RSS bounded.
 
-The figures go to results/reliability.json (the README quotes them).
+The figures go to results/reliability.json (tests/RELIABILITY.md quotes them).
 """
 
 import asyncio

@@ -69,7 +69,7 @@ class JobQuery(DetectQuery):
     """The /api/detect options, for every file of the job, and where to call back."""
 
     callback_url: Annotated[
-        str | None, Query(description="POSTed the finished job, signed (see README)")
+        str | None, Query(description="POSTed the finished job, signed (gateway/README.md, Jobs)")
     ] = None
 
     def options(self) -> dict[str, object]:
