@@ -123,7 +123,8 @@ def lite_gateway(
 
 
 def write_results(section: str, figures: dict) -> None:
-    """Merge measured figures into results/reliability.json (git-ignored; tests/RELIABILITY.md quotes it)."""
+    """Merge measured figures into results/reliability.json (git-ignored; quoted by
+    tests/RELIABILITY.md)."""
     import json
 
     path = ROOT / "results" / "reliability.json"
