@@ -25,7 +25,6 @@ too small to pay for the pairs), Meso4 no faster: those stay fp32.
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -46,6 +45,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from preprocess.assets import sha256_of
 from preprocess.tensors import INPUT_NAME
 
 log = logging.getLogger("export.quantize")
@@ -95,14 +95,6 @@ class Check:
 
     def metadata(self) -> dict[str, str]:
         return {k: json.dumps(v) for k, v in asdict(self).items()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pipeline_crops(clips_dir: Path, frames_per_clip: int = FRAMES_PER_CLIP) -> Crops:
@@ -206,7 +198,7 @@ def validate(fp32: Path, int8: Path, crops: Crops, trained: bool) -> Check:
         for batch in (1, 8)
         for name, sess in (("fp32", reference), ("int8", candidate))
     }
-    check = Check(file_sha256(fp32), trained, len(a), delta, len(verdicts[0]), kept, speed)
+    check = Check(sha256_of(fp32), trained, len(a), delta, len(verdicts[0]), kept, speed)
     if trained and (delta > MAX_DELTA or kept < len(verdicts[0])):
         raise QuantizationRefused(
             f"{fp32.parent.parent.name}: int8 moves P_FAKE by up to {delta:.4f} "
@@ -278,7 +270,7 @@ def refresh(repo: Path, member: str, clips: Path = CLIPS) -> None:
         p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props
     }
     fp32 = target.with_name("model.onnx")
-    if json.loads(props.get("quantized_from", '""')) == file_sha256(fp32):
+    if json.loads(props.get("quantized_from", '""')) == sha256_of(fp32):
         return
     target.unlink()
     if not clips.is_dir():

@@ -31,7 +31,7 @@ from gateway.errors import ApiError, error_response, from_media_error, install_h
 from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
-from gateway.openapi import install_openapi
+from gateway.openapi import install_openapi, upload_doc
 from gateway.options import Options, new_request_id, options_for
 from gateway.queries import DetectQuery
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
@@ -46,20 +46,7 @@ from preprocess.media import FORMATS, MediaError, sniff
 VERSION = "0.3.0"
 log = logging.getLogger("gateway")
 
-UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            }
-        },
-    }
-}
+UPLOAD_DOC = upload_doc()
 
 
 def errors_doc(texts: dict[int, str]) -> dict[int | str, dict]:

@@ -70,3 +70,24 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def upload_doc(many: bool = False) -> dict:
+    """The multipart request body of an upload route (its parser is hand-written, so
+    FastAPI cannot see it): one `file` part, or several for a job."""
+    binary = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary} if many else binary
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": schema},
+                        "required": ["file"],
+                    }
+                }
+            },
+        }
+    }

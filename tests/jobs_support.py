@@ -4,7 +4,6 @@ signature-checking webhook receiver, and small helpers over the /api/jobs routes
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ import httpx
 
 from gateway.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import MEDIA
-from tests.stack import ROOT, free_port
+from tests.stack import ROOT, free_port, stop
 
 TIMEOUT = httpx.Timeout(120.0)
 IMAGES = [
@@ -80,13 +79,7 @@ def worker_process(triton_url: str, work_dir: Path, **settings: object) -> Itera
     try:
         yield WorkerRun(process, log_path)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def submit(

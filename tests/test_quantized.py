@@ -22,6 +22,7 @@ from export import quantize
 from export.vote import write_vote
 from gateway.model_server import ModelServer
 from model_repository.local_triton import LocalTriton, TritonSettings
+from preprocess.assets import sha256_of
 from tests.conftest import ASSETS, MEDIA, REPOSITORY, free_port
 
 MEMBER = "xception"
@@ -123,7 +124,7 @@ def test_triton_serves_the_int8_graph_within_tolerance(
     settings, check = int8_triton
     fp32 = solo_repository / "members" / MEMBER / "1" / "model.onnx"
     int8 = fp32.with_name(quantize.INT8_FILE)
-    assert check.quantized_from == quantize.file_sha256(fp32)
+    assert check.quantized_from == sha256_of(fp32)
     assert check.max_delta <= quantize.MAX_DELTA and check.verdicts_kept == check.clips
     # Measured, never asserted: the speed is what the int8 file is for.
     print("cpu ms per face", check.cpu_ms_per_face)
@@ -166,7 +167,7 @@ def test_export_drops_an_int8_file_made_from_other_weights(tmp_path: Path) -> No
     for source, kept in ((fp32, True), (tmp_path / "other.onnx", False)):
         write_vote({MEMBER: 1.0, "other": 1.0}, tmp_path / "other.onnx")
         model = onnx.load(str(fp32))
-        props = {"quantized_from": json.dumps(quantize.file_sha256(source))}
+        props = {"quantized_from": json.dumps(sha256_of(source))}
         onnx.helper.set_model_props(model, props)
         onnx.save(model, str(int8))
         quantize.refresh(tmp_path, MEMBER, clips=tmp_path / "no clips")

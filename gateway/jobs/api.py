@@ -25,6 +25,7 @@ from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
 from gateway.jobs.spool import Caps, discard, spool_files
 from gateway.jobs.views import JobAnswer, JobList, job_view
 from gateway.jobs.webhook import check_callback_url
+from gateway.openapi import upload_doc
 from gateway.queries import DetectQuery
 from gateway.security import key_id, presented_key
 from gateway.settings import MB, Settings
@@ -35,22 +36,7 @@ EVENTS_POLL_S = 0.5
 # The queue is shared: every gateway reports the same length, what the workers' HPA scales on.
 QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
 
-JOB_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "required": ["file"],
-                }
-            }
-        },
-    }
-}
+JOB_UPLOAD_DOC = upload_doc(many=True)
 JOB_ERRORS = {
     code: {"model": schemas.ErrorAnswer, "description": text}
     for code, text in {
