@@ -151,10 +151,18 @@ class Settings(BaseSettings):
     )
 
     # Explanations (explain=true): their cost is bounded by these, per request.
-    explain_top_k: int = Field(3, ge=1, le=16, description="faces explained per track")
-    explain_grid: int = Field(4, ge=2, le=16, description="occlusion grid: cells per side")
-    explain_max_tracks: int = Field(2, ge=1, le=8, description="tracks explained, most fake first")
-    explain_overlay_px: int = Field(128, ge=32, le=512, description="heatmap PNG side")
+    explain_top_k: int = Field(
+        ExplainConfig.top_k, ge=1, le=16, description="faces explained per track"
+    )
+    explain_grid: int = Field(
+        ExplainConfig.grid, ge=2, le=16, description="occlusion grid: cells per side"
+    )
+    explain_max_tracks: int = Field(
+        ExplainConfig.max_tracks, ge=1, le=8, description="tracks explained, most fake first"
+    )
+    explain_overlay_px: int = Field(
+        ExplainConfig.overlay_px, ge=32, le=512, description="heatmap PNG side"
+    )
 
     # Reports: PDFs are printed by headless Chromium, where there is one.
     chromium: str | None = Field(None, description="Chromium for PDF reports; None: on PATH")
