@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -146,3 +146,13 @@ def metric(gateway_url: str, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return sample.value
     return 0.0
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 60.0, what: str = "") -> float:
+    """Seconds it took for `condition` to hold; TimeoutError(`what`) past `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+    return time.monotonic() - start

@@ -27,6 +27,7 @@ import pytest
 
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, Gateway, start_gateway, write_results
+from tests.stack import metric, wait_until
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
@@ -84,13 +85,6 @@ def detect(url: str, path: Path, **params: object) -> httpx.Response:
         )
 
 
-def metric(gateway: Gateway, name: str) -> float:
-    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
-
-
 def triton_inferences(triton: TritonSettings) -> float:
     text = httpx.get(f"http://127.0.0.1:{triton.metrics_port}/metrics").text
     return sum(
@@ -98,16 +92,6 @@ def triton_inferences(triton: TritonSettings) -> float:
         for line in text.splitlines()
         if line.startswith("nv_inference_count{") and 'model="deepfake_ensemble"' in line
     )
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "") -> float:
-    """Seconds it took for `condition` to hold."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(what)
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def open_upload(url: str, route: str, path: Path, body_rate: float | None = None, **params):
@@ -134,6 +118,13 @@ def logged(gateway: Gateway, route: str) -> int:
     """Requests to `route` the gateway has logged as ended."""
     lines = gateway.log.read_text().splitlines()
     return sum(f'"route": "{route}"' in line and '"message": "request"' in line for line in lines)
+
+
+def counts_within(triton: TritonSettings, seconds: float) -> float:
+    """How many inferences Triton completed over `seconds`."""
+    before = triton_inferences(triton)
+    time.sleep(seconds)
+    return triton_inferences(triton) - before
 
 
 def busy_cpu_s(process: psutil.Process, seconds: float = 1.0) -> float:
@@ -228,7 +219,7 @@ def test_the_deadline_ends_an_analysis_with_504_and_frees_its_slot(
         response = detect(gateway.url, LONG_CLIP, frames=300)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == "analysis_timeout"
-        assert metric(gateway, "gateway_requests_in_flight") == 0
+        assert metric(gateway.url, "gateway_requests_in_flight") == 0
         assert list(gateway.uploads.iterdir()) == []
 
 
@@ -243,9 +234,14 @@ def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
     finally:
         conn.close()
     closed = time.monotonic()
-    wait_until(lambda: metric(gateway, "gateway_requests_in_flight") == 0, what="slot held")
+    wait_until(lambda: metric(gateway.url, "gateway_requests_in_flight") == 0, what="slot held")
     released_s = time.monotonic() - closed
     wait_until(lambda: not list(gateway.uploads.iterdir()), timeout=1, what="temp file left")
+    # Batches already sent are in Triton's queue and still finish (a gRPC call cannot be
+    # taken back); nothing new may follow: the count must stop growing, and stay still.
+    drained_s = wait_until(
+        lambda: not counts_within(lite_triton, 0.5), timeout=5, what="Triton kept scoring"
+    )
     stopped = triton_inferences(lite_triton)
     idle_cpu_s = busy_cpu_s(gateway.process)
     assert triton_inferences(lite_triton) == stopped, "Triton still scores the gone client's faces"
@@ -253,6 +249,7 @@ def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
     assert idle_cpu_s < 0.3, idle_cpu_s
     FIGURES[f"gone_mid_analysis{route.replace('/', '_')}"] = {
         "slot_released_s": round(released_s, 2),
+        "triton_queue_drained_s": round(drained_s, 2),
         "cpu_s_in_the_next_second": round(idle_cpu_s, 2),
     }
     assert detect(gateway.url, OBAMA).status_code == 200
@@ -267,7 +264,7 @@ def test_a_client_gone_right_after_its_upload_frees_its_slot(gateway: Gateway, r
     closed = time.monotonic()
     # The upload is read from the socket's buffer: the request runs, then ends.
     wait_until(lambda: logged(gateway, route) > answered, what="the request never ended")
-    wait_until(lambda: metric(gateway, "gateway_requests_in_flight") == 0, what="slot held")
+    wait_until(lambda: metric(gateway.url, "gateway_requests_in_flight") == 0, what="slot held")
     wait_until(lambda: not list(gateway.uploads.iterdir()), timeout=1, what="temp file left")
     FIGURES[f"gone_after_upload{route.replace('/', '_')}"] = {
         "slot_released_s": round(time.monotonic() - closed, 2)
@@ -302,7 +299,7 @@ def test_slow_uploads_hold_no_slot_and_the_others_are_served(
             response = detect(gateway.url, OBAMA)
             beside_s.append(round(time.monotonic() - start, 2))
             assert response.status_code == 200, response.text
-        assert metric(gateway, "gateway_uploads_receiving") == trickling
+        assert metric(gateway.url, "gateway_uploads_receiving") == trickling
         statuses = []
         for conn, _ in slow:
             conn.settimeout(30)

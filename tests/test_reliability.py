@@ -28,7 +28,7 @@ import pytest
 from gateway.model_server import channel_args, grpc_target
 from model_repository.local_triton import LocalTriton
 from tests.conftest import Gateway, free_port, start_gateway, write_results
-from tests.stack import BIG_CLIP, MEDIA, triton_process
+from tests.stack import BIG_CLIP, MEDIA, triton_process, wait_until
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 CLIP = BIG_CLIP
@@ -124,14 +124,6 @@ def gauge(gateway: Gateway, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise KeyError(name)
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def in_background(call) -> tuple[threading.Thread, dict]:
