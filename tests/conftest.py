@@ -23,6 +23,7 @@ from tests.stack import (  # noqa: F401 — tests import them from here
     ROOT,
     SHARED,
     Gateway,
+    chromium,
     free_port,
     gateway_process,
     local_triton,
@@ -179,6 +180,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     """The gateway in process over a fake lite Triton: the API without real processes."""
     with inprocess_gateway(tmp_path_factory.mktemp("api")) as gateway:
         yield gateway
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator["Browser"]:  # noqa: F821 — playwright is imported where it is used
+    """Headless Chromium for the page's tests (tests/stack.py `chromium`)."""
+    with chromium() as launched:
+        yield launched
 
 
 # --- tiers: `make test-fast` runs `-m "not stack"` ------------------------------------------

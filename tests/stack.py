@@ -156,3 +156,21 @@ def wait_until(condition: Callable[[], object], timeout: float = 60.0, what: str
             raise TimeoutError(what)
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+# Debian's chromium: Playwright's own browser download does not work on these machines.
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+HEADLESS = ("--headless", "--no-sandbox", "--disable-gpu")
+
+
+@contextlib.contextmanager
+def chromium(*args: str) -> Iterator["Browser"]:  # noqa: F821 — imported where it is used
+    """A headless Chromium driven by Playwright, with extra command-line `args`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[*HEADLESS, *args])
+        try:
+            yield browser
+        finally:
+            browser.close()

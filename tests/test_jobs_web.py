@@ -2,7 +2,7 @@
 real gateway over a lite Triton: several files dropped at once become one job, a queue
 table follows it, a row opens the full result, a reload brings the batch back."""
 
-# ruff: noqa: F811 — the browser and seen fixtures are imported from test_web_ui, then used
+# ruff: noqa: F811 — the seen fixture is imported from test_web_ui, then used
 
 import base64
 import json
@@ -14,11 +14,10 @@ from playwright.sync_api import Browser, Page
 from model_repository.local_triton import TritonSettings
 from tests.conftest import Gateway, start_gateway
 from tests.jobs_support import BAD, IMAGES
-from tests.test_web_ui import (  # noqa: F401 — browser and seen are fixtures
+from tests.test_web_ui import (  # noqa: F401 — seen is a fixture
     DESKTOP,
     Seen,
     assert_only_own_origin,
-    browser,
     open_page,
     screenshot,
     seen,

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from model_repository.local_triton import TritonSettings
 from tests.conftest import ROOT, Gateway, start_gateway
 from tests.live_client import FAKE_CLIP, REAL_CLIP
-from tests.test_web_ui import CHROMIUM
+from tests.stack import chromium
 
 ARTIFACTS = ROOT / "tests/artifacts/web_ui"
 JUDGED = 10  # frames judged before the running score is read
@@ -46,45 +46,38 @@ def camera_file(clip: Path, out: Path) -> Path:
 
 def watch(url: str, y4m: Path, name: str) -> dict:
     """Open Live mode with the fake camera, start it, wait for JUDGED answers; what it shows."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                *("--headless", "--no-sandbox", "--disable-gpu"),
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-video-capture={y4m}",
-            ],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(url + "/live")
-            page.fill("#fps", "4")
-            page.click("#camera")
-            page.wait_for_selector('#live[data-state="live"]', state="attached", timeout=30_000)
-            started = time.monotonic()
-            first_verdict = None
-            while int(page.get_attribute("#live", "data-answered") or 0) < JUDGED:
-                if first_verdict is None and page.get_attribute("#verdict", "data-verdict") in (
-                    "fake",
-                    "real",
-                ):
-                    first_verdict = time.monotonic() - started
-                assert time.monotonic() - started < TIMEOUT_S, "too few frames judged"
-                page.wait_for_timeout(200)
-            shown = read(page)
-            shown["first_verdict_s"] = first_verdict
-            shown["errors"] = errors
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=ARTIFACTS / f"live_{name}.png", full_page=True)
-            page.click("#stop")
-            page.wait_for_selector('#live[data-state="stopped"]', state="attached")
-            return shown
-        finally:
-            browser.close()
+    fake_camera = (
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={y4m}",
+    )
+    with chromium(*fake_camera) as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url + "/live")
+        page.fill("#fps", "4")
+        page.click("#camera")
+        page.wait_for_selector('#live[data-state="live"]', state="attached", timeout=30_000)
+        started = time.monotonic()
+        first_verdict = None
+        while int(page.get_attribute("#live", "data-answered") or 0) < JUDGED:
+            if first_verdict is None and page.get_attribute("#verdict", "data-verdict") in (
+                "fake",
+                "real",
+            ):
+                first_verdict = time.monotonic() - started
+            assert time.monotonic() - started < TIMEOUT_S, "too few frames judged"
+            page.wait_for_timeout(200)
+        shown = read(page)
+        shown["first_verdict_s"] = first_verdict
+        shown["errors"] = errors
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / f"live_{name}.png", full_page=True)
+        page.click("#stop")
+        page.wait_for_selector('#live[data-state="stopped"]', state="attached")
+        return shown
 
 
 def read(page: Page) -> dict:

@@ -6,30 +6,17 @@ downloaded and opened, the PDF downloaded and read back.
 Screenshots go to tests/artifacts/web_ui/ (git-ignored) for a person to look at.
 """
 
-import os
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from pypdf import PdfReader
 
 from tests.conftest import FAKE_CLIP, Gateway
 from tests.test_web_ui import DESKTOP, Seen, open_page, screenshot, settle, shown_answer
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 VOTE = "ensemble"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Screenshots are written to tests/artifacts/web_ui/ (git-ignored) for a person to
 import base64
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Page, Request, sync_playwright
+from playwright.sync_api import Browser, Page, Request
 
 from tests.conftest import MEDIA, MEMBERS, ROOT, Gateway, free_port, start_gateway
 from tests.stack import BIG_CLIP, REAL_CLIP
@@ -24,7 +23,6 @@ from tests.stack import BIG_CLIP, REAL_CLIP
 pytestmark = pytest.mark.stack
 
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests/artifacts/web_ui"
 FRAMES = 8  # few frames keep the browser tests quick; the page passes ?frames= on
 FAKE_CLIP = MEDIA / "videos/fake/ffpp_deepfakes_003_000.mp4"
@@ -48,16 +46,6 @@ DROP_FILE_JS = """([name, type, b64]) => {
     zone.dispatchEvent(new DragEvent(kind, init));
   }
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        yield chromium
-        chromium.close()
 
 
 @dataclass
