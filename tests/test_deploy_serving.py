@@ -345,16 +345,23 @@ def test_one_trace_per_request_from_the_gateway_through_triton(
         )
     )
     trace_id = server["trace_id"]
-    calls = receiver.wait_for(
-        lambda s: s["trace_id"] == trace_id and s["name"].endswith("/ModelInfer")
-    )
-    triton_spans = receiver.wait_for(
-        lambda s: s["trace_id"] == trace_id and s["service"] == "deepfake-triton"
-    )
-    # Triton's request spans hang under the gateway's gRPC call spans, and
-    # carry the gateway's request id.
-    call_ids = {c["span_id"] for c in calls}
-    assert any(s["parent_id"] in call_ids for s in triton_spans), triton_spans[:3]
+
+    def in_trace(span: dict, service: str) -> bool:
+        return span["trace_id"] == trace_id and span["service"] == service
+
+    def under_a_call(span: dict) -> bool:
+        calls = {
+            c["span_id"]
+            for c in list(receiver.spans)
+            if in_trace(c, "deepfake-gateway") and c["name"].endswith("/ModelInfer")
+        }
+        return in_trace(span, "deepfake-triton") and span["parent_id"] in calls
+
+    # Triton's request spans hang under the gateway's gRPC call spans (each side exports
+    # its spans in its own batches, so wait until both halves have arrived) and carry the
+    # gateway's request id.
+    receiver.wait_for(under_a_call)
+    triton_spans = [s for s in list(receiver.spans) if in_trace(s, "deepfake-triton")]
     assert any(s["attributes"].get("triton.request_id") == request_id for s in triton_spans)
     # Nothing of another request in this trace.
     others = [s for s in receiver.spans if s["trace_id"] == trace_id]
