@@ -174,3 +174,20 @@ def chromium(*args: str) -> Iterator["Browser"]:  # noqa: F821 — imported wher
             yield browser
         finally:
             browser.close()
+
+
+def detect_at_once(
+    url: str, data: bytes, count: int, timeout: float = 600, **params: object
+) -> list[httpx.Response]:
+    """`count` uploads of `data` to /api/detect, all sent at the same moment."""
+    import asyncio
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            upload = {"file": ("clip.mp4", data)}
+            sends = (
+                client.post(url + "/api/detect", files=upload, params=params) for _ in range(count)
+            )
+            return await asyncio.gather(*sends)
+
+    return asyncio.run(burst())

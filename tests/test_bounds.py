@@ -12,7 +12,6 @@ gateway process over the lite Triton, with real uploads over real sockets.
 The figures go to results/reliability.json under "bounds" (tests/RELIABILITY.md quotes them).
 """
 
-import asyncio
 import socket
 import subprocess
 import threading
@@ -27,7 +26,7 @@ import pytest
 
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, Gateway, start_gateway, write_results
-from tests.stack import metric, wait_until
+from tests.stack import detect_at_once, metric, wait_until
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
@@ -171,21 +170,8 @@ def test_four_4k_uploads_at_once_stay_far_under_the_pod_limit(
     clip = black_4k_clip(tmp_path / "black-4k.mp4", 2)
     data = clip.read_bytes()
 
-    async def four() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            return await asyncio.gather(
-                *(
-                    client.post(
-                        gateway.url + "/api/detect",
-                        files={"file": ("clip.mp4", data)},
-                        params={"frames": 32},
-                    )
-                    for _ in range(4)
-                )
-            )
-
     with PeakRss(gateway.process) as rss:
-        responses = asyncio.run(four())
+        responses = detect_at_once(gateway.url, data, 4, TIMEOUT, frames=32)
     assert [r.status_code for r in responses] == [200] * 4
     FIGURES["4k_black_x4_32_frames"] = rss.figures()
     assert rss.peak >> 20 < POD_LIMIT_MB // 2, FIGURES

@@ -16,6 +16,7 @@ from tests.conftest import Gateway, start_gateway
 from tests.jobs_support import BAD, IMAGES
 from tests.test_web_ui import (  # noqa: F401 — seen is a fixture
     DESKTOP,
+    DROP_FILES_JS,
     Seen,
     assert_only_own_origin,
     open_page,
@@ -23,19 +24,6 @@ from tests.test_web_ui import (  # noqa: F401 — seen is a fixture
     seen,
 )
 
-# Several Files in one DataTransfer, dropped on the zone, as a file manager does.
-DROP_FILES_JS = """(files) => {
-  const data = new DataTransfer();
-  for (const [name, type, b64] of files) {
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    data.items.add(new File([bytes], name, { type }));
-  }
-  const zone = document.getElementById("dropzone");
-  for (const kind of ["dragenter", "dragover", "drop"]) {
-    const init = { bubbles: true, cancelable: true, dataTransfer: data };
-    zone.dispatchEvent(new DragEvent(kind, init));
-  }
-}"""
 JOB_TIMEOUT_MS = 180_000
 
 

@@ -28,7 +28,7 @@ import pytest
 from gateway.model_server import channel_args, grpc_target
 from model_repository.local_triton import LocalTriton
 from tests.conftest import Gateway, free_port, start_gateway, write_results
-from tests.stack import BIG_CLIP, MEDIA, triton_process, wait_until
+from tests.stack import BIG_CLIP, MEDIA, detect_at_once, triton_process, wait_until
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 CLIP = BIG_CLIP
@@ -323,21 +323,8 @@ def test_a_burst_beyond_the_queue_is_refused_with_429_and_memory_stays_bounded(
         sampler.start()
         data = CLIP.read_bytes()
 
-        async def send_burst() -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-                return await asyncio.gather(
-                    *(
-                        client.post(
-                            gateway.url + "/api/detect",
-                            files={"file": ("clip.mp4", data)},
-                            params={"frames": 4},
-                        )
-                        for _ in range(burst)
-                    )
-                )
-
         try:
-            responses = asyncio.run(send_burst())
+            responses = detect_at_once(gateway.url, data, burst, TIMEOUT, frames=4)
         finally:
             sampling = False
             sampler.join()

@@ -34,12 +34,14 @@ DESKTOP = {"width": 1200, "height": 900}
 PHONE = {"width": 375, "height": 740}
 API_KEY = "web-ui-test-key"
 
-# Builds a File from the bytes, puts it in a DataTransfer and drops it on the zone,
-# as a desktop browser does when a file is dragged from the file manager.
-DROP_FILE_JS = """([name, type, b64]) => {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+# Builds a File from each (name, type, base64 bytes), puts them in one DataTransfer and
+# drops it on the zone, as a desktop browser does when files come from the file manager.
+DROP_FILES_JS = """(files) => {
   const data = new DataTransfer();
-  data.items.add(new File([bytes], name, { type }));
+  for (const [name, type, b64] of files) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], name, { type }));
+  }
   const zone = document.getElementById("dropzone");
   for (const kind of ["dragenter", "dragover", "drop"]) {
     const init = { bubbles: true, cancelable: true, dataTransfer: data };
@@ -99,7 +101,7 @@ def settle(page: Page, run: int) -> str:
 
 def drop_file(page: Page, path: Path, media_type: str) -> None:
     payload = base64.b64encode(path.read_bytes()).decode()
-    page.evaluate(DROP_FILE_JS, [path.name, media_type, payload])
+    page.evaluate(DROP_FILES_JS, [[path.name, media_type, payload]])
 
 
 def logged_events(page: Page) -> list[str]:
