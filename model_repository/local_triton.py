@@ -3,13 +3,13 @@
     python -m model_repository.local_triton --profile full
 
 The wheel ships tritonserver (2.51, as the NGC 24.10 image) with the python
-backend but no ONNX Runtime backend, so this assembles a backend directory in
-which `onnxruntime/model.py` is the project's Python-based ONNX Runtime
-backend, and serves the same repository the NGC image does with the CPU
-profile (`--model-config-name=cpu`).
+backend but neither the ONNX Runtime nor the OpenVINO backend, so this assembles a
+backend directory in which `onnxruntime/model.py` and `openvino/model.py` are the
+project's Python-based ones, and serves the same repository the NGC image does with
+the CPU profiles (`--model-config-name=cpu`, or `cpu_fast`).
 
 The server runs from its own environment (`.venv-triton`: the wheel, ONNX
-Runtime, numpy < 2 for the python backend stub), apart from the gateway's,
+Runtime, OpenVINO, numpy < 2 for the python backend stub), apart from the gateway's,
 which needs numpy 2; this launcher itself needs only the standard library.
 """
 
@@ -27,6 +27,8 @@ from types import FrameType
 
 REPOSITORY = Path(__file__).resolve().parent
 WORK_DIR = REPOSITORY.parent / ".build" / "triton"
+# The backends the wheel lacks, as Python-based ones (model_repository/backends/<name>/).
+PYTHON_BASED = ("onnxruntime", "openvino")
 PYTHON_ENV = Path(os.environ.get("TRITON_PYTHON_ENV", REPOSITORY.parent / ".venv-triton"))
 
 
@@ -64,8 +66,8 @@ def wheel_dir(python_env: Path) -> Path:
 
 def prepare_backends(work_dir: Path, python_env: Path) -> Path:
     """<work_dir>/backends with the wheel's python backend, the stub for the
-    environment's Python, and our onnxruntime/model.py (linked, so edits take
-    effect)."""
+    environment's Python, and the project's Python-based backends, each a model.py
+    with joined.py beside it (linked, so edits take effect)."""
     wheel = wheel_dir(python_env)
     backends = work_dir / "backends"
     python = backends / "python"
@@ -74,11 +76,14 @@ def prepare_backends(work_dir: Path, python_env: Path) -> Path:
     files = [item for item in (wheel / "backends" / "python").iterdir() if item.is_file()]
     for item in [*files, wheel / "python_backend_stubs" / version / "triton_python_backend_stub"]:
         _copy_if_changed(item, python / item.name)
-    ort = backends / "onnxruntime"
-    ort.mkdir(exist_ok=True)
-    link = ort / "model.py"
-    link.unlink(missing_ok=True)
-    link.symlink_to(REPOSITORY / "backends" / "onnxruntime" / "model.py")
+    for name in PYTHON_BASED:
+        folder = backends / name
+        folder.mkdir(exist_ok=True)
+        sources = [REPOSITORY / "backends" / name / "model.py", REPOSITORY / "backends" / "joined.py"]
+        for source in sources:
+            link = folder / source.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(source)
     return backends
 
 
