@@ -19,6 +19,8 @@ TRITON_HOST ?= 127.0.0.1
 TRITON_HTTP_PORT ?= 8000
 TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
+# The members' CPU configs: cpu (fp32), or cpu_fast (model_repository/cpu_fast.toml).
+TRITON_CONFIG ?= cpu
 export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
@@ -84,13 +86,14 @@ export: $(VENV)/.installed
 triton: export $(TRITON_VENV)/.installed
 	$(PY) -m model_repository.local_triton --profile $(PROFILE) --host $(TRITON_HOST) \
 		--http-port $(TRITON_HTTP_PORT) --grpc-port $(TRITON_GRPC_PORT) \
-		--metrics-port $(TRITON_METRICS_PORT)
+		--metrics-port $(TRITON_METRICS_PORT) --model-config-name $(TRITON_CONFIG)
 
 # One command, Ctrl-C stops both: the local Triton, then the gateway over it.
 run: $(TRITON_VENV)/.installed export
 	$(PY) -m gateway.local --profile $(PROFILE) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT) \
 		--triton-host $(TRITON_HOST) --triton-http-port $(TRITON_HTTP_PORT) \
-		--triton-grpc-port $(TRITON_GRPC_PORT) --triton-metrics-port $(TRITON_METRICS_PORT)
+		--triton-grpc-port $(TRITON_GRPC_PORT) --triton-metrics-port $(TRITON_METRICS_PORT) \
+		--triton-config $(TRITON_CONFIG)
 
 eval: $(VENV)/.installed
 	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
@@ -101,7 +104,7 @@ train: $(VENV)/.installed
 	@test -n "$(DATA)" || (echo "make train DATA=folder-with-real-and-fake [MEMBER=meso4]"; exit 2)
 	$(PY) -m export.train --data $(DATA) --member $(MEMBER) $(TRAIN_ARGS)
 
-# Side by side on the same clips and crops: in-process ONNX Runtime, Triton over gRPC,
+# Side by side on the same clips and crops: in-process (cpu_fast's runtimes), Triton over gRPC,
 # the gateway end to end (lite and full), and the prototype's eager PyTorch loop. Starts
 # and stops its own Triton and gateway; exports both profiles first (a no-op when current).
 # BENCH_ARGS="--max-clips 1 --repeats 1 --stages floor,triton" for a quicker run.

@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from export import members as manifests
-from export import quantize
+from export import quantize, runtimes
 from export.architectures import ARCHITECTURES, native_size
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import (
@@ -243,8 +243,10 @@ def main(argv: list[str] | None = None) -> None:
             except manifests.ManifestError as exc:
                 raise SystemExit(f"member manifest: {exc}") from exc
     export_vote(args.repository, args.profile, provenance, extras)
-    # The int8 CPU configs are derived from the cpu ones just written (export/quantize.py).
-    quantize.write_int8_configs(args.repository)
+    for name in names:  # a trained bf16 member's graph is checked (export/runtimes.py)
+        runtimes.refresh(args.repository, name)
+    # The cpu_fast configs are derived from the cpu ones just written.
+    runtimes.write_fast_configs(args.repository)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-http-port", type=int, default=8000)
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--triton-config",
+        default="cpu",
+        help="cpu (fp32), or cpu_fast (model_repository/cpu_fast.toml)",
+    )
     return parser.parse_args(argv)
 
 
@@ -33,11 +38,16 @@ def main(argv: list[str] | None = None) -> None:
         http_port=args.triton_http_port,
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
+        config_name=args.triton_config,
     )
     # Command-line values win over GATEWAY_* variables; the rest come from them.
     settings = Settings(host=args.host, port=args.port, triton_url=triton.grpc_url)
     configure_logging(settings.log_level)  # the same JSON lines as `python -m gateway`
-    print(f"Starting Triton ({args.profile} profile) on {triton.grpc_url} …", flush=True)
+    print(
+        f"Starting Triton ({args.profile} profile, {args.triton_config} configs) on "
+        f"{triton.grpc_url} …",
+        flush=True,
+    )
     with LocalTriton(triton) as server:
         print(
             f"Triton ready (log {server.log_path}). Gateway on "

@@ -40,7 +40,7 @@ class ModelInfo:
     weight: float
     weights: dict[str, str]
     max_batch_size: int
-    precision: str = "fp32"  # the config's `precision`: int8 under --model-config-name=cpu_int8
+    precision: str = "fp32"  # the config's `precision`: bf16 or int8 under cpu_fast
     trained_on: str = ""  # what the weights were trained on (a member manifest says)
     versions: dict[str, dict] = field(default_factory=dict)  # fine-tuned versions' provenance
     group: str = ""  # its specialist group, for the vote rule max_of_groups

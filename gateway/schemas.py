@@ -20,7 +20,9 @@ class ModelSummary(BaseModel):
     trained: bool = Field(description="false: random weights, the score means nothing")
     weight: float = Field(description="vote weight in the ensemble (0: reported, not voting)")
     precision: str = Field(
-        "fp32", description="what the member computes in: fp32, or int8 (a CPU configuration)"
+        "fp32",
+        description="what the member computes in: fp32, or under the cpu_fast configuration "
+        "bf16 (OpenVINO) or int8 (ONNX Runtime), as model_repository/cpu_fast.toml chose",
     )
     weights: Provenance
     trained_on: str = Field("", description="what the weights were trained on, if stated")

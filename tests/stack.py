@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def triton_process(profile: str, work_dir: Path, config_name: str = "cpu") -> LocalTriton:
     """A local Triton for `profile` on free ports, not started yet (`with` starts it);
-    `config_name` cpu, or cpu_int8 (export/quantize.py)."""
+    `config_name` cpu, or cpu_fast (export/runtimes.py)."""
     settings = TritonSettings(
         profile=profile,
         config_name=config_name,

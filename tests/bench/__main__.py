@@ -12,7 +12,14 @@ import numpy as np
 from tests.bench import report
 from tests.bench.config import BenchConfig, parse_args
 from tests.bench.floor import run_floor
-from tests.bench.inputs import all_crops, check_exported, load_clips, machine_facts, members_of
+from tests.bench.inputs import (
+    all_crops,
+    check_exported,
+    load_clips,
+    machine_facts,
+    members_of,
+    precision,
+)
 from tests.bench.live import run_live
 from tests.bench.prototype import run_prototype
 from tests.bench.service import run_p50, run_service
@@ -76,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "config": config.to_json(),
+        "precision": {
+            m: precision(m, config.triton_config) for p in config.profiles for m in members_of(p)
+        },
     }
     print(
         f"bench: profiles {config.profiles}, stages {config.stages}, {config.frames} frames, "
@@ -83,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.repeats}; results in {config.out}",
         flush=True,
     )
+    served = ", ".join(f"{m} {p}" for m, p in result["precision"].items())
+    print(f"  {config.triton_config}: {served}", flush=True)
     clips = load_clips(config)
     result["clips"] = [
         {

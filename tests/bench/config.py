@@ -36,7 +36,9 @@ class BenchConfig:
     p50_frames: int = 32
     p50_runs: int = 5
     detector: str = "scrfd"
-    triton_config: str = "cpu"  # --model-config-name: cpu, or cpu_int8 (quantized members)
+    # --model-config-name: cpu_fast (each member at the precision model_repository/cpu_fast.toml
+    # chose: the service's CPU configuration), or cpu (all fp32)
+    triton_config: str = "cpu_fast"
     # Live: frames sent on /api/live at each rate (the page's default range), lite only.
     live_clip: Path = FAKE_CLIP
     live_rates: tuple[float, ...] = (2.0, 5.0)
@@ -71,9 +73,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--p50-frames", type=int, default=d.p50_frames, help="its frame count")
     p.add_argument("--p50-runs", type=int, default=d.p50_runs, help="0 skips the lite p50")
     p.add_argument("--detector", choices=["scrfd", "yunet"], default=d.detector)
-    p.add_argument(
-        "--triton-config", default=d.triton_config, help="cpu, or cpu_int8 (export.quantize)"
-    )
+    p.add_argument("--triton-config", default=d.triton_config, help="cpu_fast, or cpu (all fp32)")
     p.add_argument("--live-clip", type=Path, default=d.live_clip, help="live: frames of")
     p.add_argument(
         "--live-rates", type=_csv, default=[f"{r:g}" for r in d.live_rates], help="frames/s"

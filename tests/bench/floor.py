@@ -1,4 +1,5 @@
-"""Stage 1, the floor: each model in-process with ONNX Runtime, no server in between.
+"""Stage 1, the floor: each model in-process as Triton runs it under the bench's config
+(ONNX Runtime, or OpenVINO for a cpu_fast bf16 member), no server in between.
 
 Also the "pure model compute" of each clip: the seconds its faces take through each
 model in-process, batched as the gateway batches them (GATEWAY_MAX_BATCH).
@@ -9,7 +10,10 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+from export import runtimes
+from export.quantize import Runner
 from gateway.settings import Settings
+from preprocess.tensors import INPUT_NAME
 from tests.bench.config import BenchConfig
 from tests.bench.inputs import Clip, all_crops, model_path
 from tests.bench.measure import batches, latency_summary, median, run_concurrently
@@ -23,36 +27,40 @@ def providers() -> list[str]:
     return chosen or available
 
 
-def session(member: str, config: str = "cpu") -> ort.InferenceSession:
-    # Default options: ONNX Runtime sizes its intra-op pool to the machine's cores.
-    return ort.InferenceSession(str(model_path(member, config)), providers=providers())
+def runner(member: str, config: str = "cpu") -> Runner:
+    """The member's graph under `config`, with the machine's default threads (as Triton's
+    native backends): OpenVINO where the config says so, else ONNX Runtime."""
+    path = model_path(member, config)
+    if runtimes.served_backend(path.parent.parent, config) == "openvino":
+        return runtimes.served_runner(path.parent.parent, config, threads=0)
+    sess = ort.InferenceSession(str(path), providers=providers())
+    return lambda faces: sess.run(None, {INPUT_NAME: faces})[0]
 
 
-def run_batches(sess: ort.InferenceSession, parts: list[np.ndarray]) -> list[float]:
-    name = sess.get_inputs()[0].name
+def run_batches(run: Runner, parts: list[np.ndarray]) -> list[float]:
     latencies = []
     for part in parts:
         start = time.perf_counter()
-        sess.run(None, {name: part})
+        run(part)
         latencies.append(time.perf_counter() - start)
     return latencies
 
 
-def throughput(sess: ort.InferenceSession, crops: np.ndarray, batch: int, repeats: int) -> dict:
+def throughput(run: Runner, crops: np.ndarray, batch: int, repeats: int) -> dict:
     parts = batches(crops, batch)
-    run_batches(sess, parts[:1])  # warm-up: arena allocation, first-run kernel choice
+    run_batches(run, parts[:1])  # warm-up: arena allocation, first-run kernel choice
     walls, latencies = [], []
     for _ in range(repeats):
-        run = run_concurrently([lambda p=p: run_batches(sess, [p]) for p in parts], 1)
-        walls.append(run.wall_s)
-        latencies += run.latencies_s
+        timed = run_concurrently([lambda p=p: run_batches(run, [p]) for p in parts], 1)
+        walls.append(timed.wall_s)
+        latencies += timed.latencies_s
     wall = median(walls)
     return {"faces": len(crops), "faces_per_s": len(crops) / wall, **latency_summary(latencies)}
 
 
-def clip_compute_s(sess: ort.InferenceSession, clip: Clip, repeats: int) -> float:
+def clip_compute_s(run: Runner, clip: Clip, repeats: int) -> float:
     parts = batches(clip.crops, Settings().max_batch)
-    return median([sum(run_batches(sess, parts)) for _ in range(repeats)])
+    return median([sum(run_batches(run, parts)) for _ in range(repeats)])
 
 
 def run_floor(config: BenchConfig, clips: list[Clip], members: list[str]) -> dict:
@@ -60,16 +68,16 @@ def run_floor(config: BenchConfig, clips: list[Clip], members: list[str]) -> dic
     crops = all_crops(clips)
     result: dict = {"providers": providers(), "models": {}}
     for member in members:
-        sess = session(member, config.triton_config)
-        figures = {b: throughput(sess, crops, b, config.repeats) for b in config.batches}
-        compute = {c.name: clip_compute_s(sess, c, config.repeats) for c in clips}
+        run = runner(member, config.triton_config)
+        figures = {b: throughput(run, crops, b, config.repeats) for b in config.batches}
+        compute = {c.name: clip_compute_s(run, c, config.repeats) for c in clips}
         result["models"][member] = {"batch": figures, "clip_compute_s": compute}
         print(
             f"  floor {member}: "
             + ", ".join(f"b{b} {f['faces_per_s']:.2f} faces/s" for b, f in figures.items()),
             flush=True,
         )
-        del sess
+        del run
     return result
 
 

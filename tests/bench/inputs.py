@@ -19,7 +19,15 @@ from preprocess.pipeline import FaceExtractor
 from tests.bench.config import ROOT, BenchConfig
 
 REPOSITORY = ROOT / "model_repository"
-PACKAGES = ("onnxruntime", "torch", "numpy", "opencv-python-headless", "tritonclient", "fastapi")
+PACKAGES = (
+    "onnxruntime",
+    "openvino",
+    "torch",
+    "numpy",
+    "opencv-python-headless",
+    "tritonclient",
+    "fastapi",
+)
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,18 @@ def members_of(profile: str) -> list[str]:
 
 def model_path(member: str, config: str = "cpu") -> Path:
     """The graph Triton serves for `member` under --model-config-name=`config` (the int8
-    file where configs/cpu_int8.pbtxt names one), so in-process and served run the same."""
+    file where configs/cpu_fast.pbtxt names one), so in-process and served run the same."""
     member_dir = REPOSITORY / "members" / member
     configured = member_dir / "configs" / f"{config}.pbtxt"
     name = read_config(configured).default_model_filename if configured.exists() else ""
     return member_dir / "1" / (name or "model.onnx")
+
+
+def precision(member: str, config: str) -> str:
+    """What `member` computes in under --model-config-name=`config` (its `precision`)."""
+    configured = REPOSITORY / "members" / member / "configs" / f"{config}.pbtxt"
+    params = read_config(configured).parameters if configured.exists() else {}
+    return params["precision"].string_value if "precision" in params else "fp32"
 
 
 def check_exported(profiles: tuple[str, ...]) -> None:

@@ -1,9 +1,11 @@
-"""The int8 CPU configuration (export/quantize.py): quantized from the exported fp32 graph,
-validated against it, refused when it moves the scores, and served by a real Triton under
---model-config-name=cpu_int8 with its precision reported.
+"""The CPU configuration beside fp32 (--model-config-name=cpu_fast, export/runtimes.py):
+each member at the precision cpu_fast.toml chose, served by a real Triton within tolerance
+of its fp32 graph, with its precision reported; int8 files (export/quantize.py) quantized
+from the exported graph, validated against it, refused when they move the scores.
 
 Xception alone (the member that gains most), in a repository of its own in a tmp folder:
-a Triton whose ensemble is Xception and a one-member vote.
+a Triton whose ensemble is Xception and a one-member vote, served once in OpenVINO bf16
+(the shipped choice, through the local Python-based openvino backend) and once in int8.
 """
 
 import asyncio
@@ -18,7 +20,7 @@ import onnx
 import pytest
 import tritonclient.grpc as grpc
 
-from export import quantize
+from export import quantize, runtimes
 from export.vote import write_vote
 from gateway.model_server import ModelServer
 from model_repository.local_triton import LocalTriton, TritonSettings
@@ -60,7 +62,7 @@ def crops() -> quantize.Crops:
 @pytest.fixture(scope="module")
 def solo_repository(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """members/xception (its configs, the exported fp32 graph linked) and a `solo` profile."""
-    repo = tmp_path_factory.mktemp("int8") / "repository"
+    repo = tmp_path_factory.mktemp("cpu_fast") / "repository"
     member = repo / "members" / MEMBER
     shutil.copytree(REPOSITORY / "members" / MEMBER, member, ignore=shutil.ignore_patterns("1"))
     (member / "1").mkdir()
@@ -73,16 +75,26 @@ def solo_repository(exported: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return repo
 
 
-def test_the_committed_int8_configs_are_what_export_generates(tmp_path: Path) -> None:
+def test_the_committed_cpu_fast_configs_are_what_export_generates(tmp_path: Path) -> None:
     copy = tmp_path / "repository"
     shutil.copytree(REPOSITORY / "members", copy / "members", ignore=shutil.ignore_patterns("1"))
-    quantize.write_int8_configs(copy)
-    for config in sorted((copy / "members").glob("*/configs/cpu_int8.pbtxt")):
+    shutil.copy(REPOSITORY / runtimes.CHOICE_FILE, copy)
+    runtimes.write_fast_configs(copy)
+    chosen = runtimes.choice(REPOSITORY)
+    for config in sorted((copy / "members").glob("*/configs/cpu_fast.pbtxt")):
         member = config.parent.parent.name
-        committed = REPOSITORY / "members" / member / "configs" / "cpu_int8.pbtxt"
-        assert committed.read_text() == config.read_text(), "run python -m export.quantize"
-        quantized = member in quantize.QUANTIZED
-        assert ('default_model_filename: "model.int8.onnx"' in config.read_text()) is quantized
+        committed = REPOSITORY / "members" / member / "configs" / "cpu_fast.pbtxt"
+        assert committed.read_text() == config.read_text(), "run make export"
+        text = config.read_text()
+        precision = chosen.get(member, "fp32")
+        assert f'key: "precision" value: {{ string_value: "{precision}" }}' in text
+        assert ('backend: "openvino"' in text) is (precision == "bf16")
+
+
+def test_a_choice_outside_the_known_precisions_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / runtimes.CHOICE_FILE).write_text('[precision]\nxception = "fp8"\n')
+    with pytest.raises(ValueError, match="fp8"):
+        runtimes.choice(tmp_path)
 
 
 def test_an_int8_graph_that_moves_the_scores_is_refused(
@@ -98,35 +110,46 @@ def test_an_int8_graph_that_moves_the_scores_is_refused(
     assert not target.exists() and not list(target.parent.glob("*.part"))
 
 
-@pytest.fixture(scope="module")
-def int8_triton(
-    solo_repository: Path, crops: quantize.Crops, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[TritonSettings, quantize.Check]]:
-    check = quantize.quantize_member(solo_repository, MEMBER, crops)
+@pytest.fixture(scope="module", params=["bf16", "int8"])
+def fast_triton(
+    request: pytest.FixtureRequest,
+    solo_repository: Path,
+    crops: quantize.Crops,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[TritonSettings, quantize.Check, str]]:
+    """Triton serving Xception under cpu_fast at a precision, its check against fp32, and
+    the precision."""
+    precision = request.param
+    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "{precision}"\n')
+    if precision == "int8":
+        check = quantize.quantize_member(solo_repository, MEMBER, crops)
+    else:
+        check = runtimes.check_bf16(solo_repository, MEMBER, crops)
+    runtimes.write_fast_configs(solo_repository)
     settings = TritonSettings(
         profile="solo",
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
-        config_name=quantize.CONFIG_NAME,
+        config_name=runtimes.CONFIG_NAME,
         repository=solo_repository,
-        work_dir=tmp_path_factory.mktemp("triton-int8"),
+        work_dir=tmp_path_factory.mktemp(f"triton-{precision}"),
     )
     with LocalTriton(settings) as server:
-        yield server.settings, check
+        yield server.settings, check, precision
 
 
-def test_triton_serves_the_int8_graph_within_tolerance(
-    int8_triton: tuple[TritonSettings, quantize.Check],
+def test_triton_serves_the_chosen_precision_within_tolerance(
+    fast_triton: tuple[TritonSettings, quantize.Check, str],
     solo_repository: Path,
     crops: quantize.Crops,
 ) -> None:
-    settings, check = int8_triton
-    fp32 = solo_repository / "members" / MEMBER / "1" / "model.onnx"
-    int8 = fp32.with_name(quantize.INT8_FILE)
+    settings, check, precision = fast_triton
+    member_dir = solo_repository / "members" / MEMBER
+    fp32 = member_dir / "1" / "model.onnx"
     assert check.quantized_from == sha256_of(fp32)
     assert check.max_delta <= quantize.MAX_DELTA and check.verdicts_kept == check.clips
-    # Measured, never asserted: the speed is what the int8 file is for.
+    # Measured, never asserted: the speed is what the precision is for.
     print("cpu ms per face", check.cpu_ms_per_face)
 
     faces = crops.images[:8]
@@ -134,18 +157,20 @@ def test_triton_serves_the_int8_graph_within_tolerance(
     tensor = grpc.InferInput("FACES", list(faces.shape), "UINT8")
     tensor.set_data_from_numpy(faces)
     served = client.infer(MEMBER, [tensor]).as_numpy("P_FAKE").reshape(-1)
-    local_int8 = quantize.p_fake(quantize.session(int8), faces)
-    local_fp32 = quantize.p_fake(quantize.session(fp32), faces)
-    assert served == pytest.approx(local_int8, abs=1e-5)  # Triton runs the int8 file
+    in_process = quantize.p_fake(runtimes.served_runner(member_dir, runtimes.CONFIG_NAME), faces)
+    local_fp32 = quantize.p_fake(quantize.onnxruntime_runner(fp32), faces)
+    assert served == pytest.approx(in_process, abs=1e-5)  # Triton runs what was checked
     assert np.abs(served - local_fp32).max() <= quantize.MAX_DELTA
     config = client.get_model_config(MEMBER, as_json=True)["config"]
-    assert config["default_model_filename"] == quantize.INT8_FILE
+    assert config["parameters"]["precision"]["string_value"] == precision
+    expected = {"bf16": ("openvino", "model.onnx"), "int8": ("onnxruntime", quantize.INT8_FILE)}
+    assert (config["backend"], config["default_model_filename"]) == expected[precision]
 
 
 def test_the_gateway_reports_each_members_precision(
-    int8_triton: tuple[TritonSettings, quantize.Check],
+    fast_triton: tuple[TritonSettings, quantize.Check, str],
 ) -> None:
-    settings, _ = int8_triton
+    settings, _, precision = fast_triton
 
     async def read() -> dict[str, str]:
         server = ModelServer(settings.grpc_url, "deepfake_ensemble", 30, 0, 32)
@@ -154,7 +179,29 @@ def test_the_gateway_reports_each_members_precision(
         finally:
             await server.close()
 
-    assert asyncio.run(read()) == {MEMBER: "int8"}
+    assert asyncio.run(read()) == {MEMBER: precision}
+
+
+def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
+    solo_repository: Path, crops: quantize.Crops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As if Xception were trained and the tolerance were 0: cpu_fast keeps it in fp32 and
+    says why; with the tolerance back, the recorded check lets bf16 through."""
+    monkeypatch.setattr(quantize, "is_trained", lambda repo, member: True)
+    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "bf16"\n')
+    runtimes.check_bf16(solo_repository, MEMBER, quantize.Crops(crops.images[:4], crops.clips[:4]))
+    monkeypatch.setattr(quantize, "MAX_DELTA", 0.0)
+    precision, why = runtimes.served_precision(solo_repository, MEMBER)
+    assert (precision, why.split(" by ")[0]) == ("fp32", "bf16 moved P_FAKE")
+    config = runtimes.fast_config('backend: "onnxruntime"\n', precision, why)
+    assert 'backend: "onnxruntime"' in config and "bf16 moved P_FAKE" in config
+    monkeypatch.setattr(quantize, "MAX_DELTA", 0.02)
+    assert runtimes.served_precision(solo_repository, MEMBER) == ("bf16", "")
+    (solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK).unlink()
+    assert (
+        runtimes.served_precision(solo_repository, MEMBER)[1]
+        == "bf16 not checked against this graph"
+    )
 
 
 def test_export_drops_an_int8_file_made_from_other_weights(tmp_path: Path) -> None:
