@@ -61,6 +61,7 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
     assert {
         "machine",
         *("config", "clips", "floor", "triton", "service", "prototype", "p50", "live"),
+        *("service_cpu", "cpu_per_clip", "precision"),
     } <= set(result)
     for rate in result["live"]["rates"].values():
         assert rate["judged"] >= 1 and rate["judged"] + rate["dropped"] == rate["sent"]
@@ -90,6 +91,13 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
     assert prototype["clips"][0]["faces"] == faces and prototype["videos_per_min"] > 0
     assert set(prototype["clips"][0]["mean_p_fake"]) == set(lite)
     assert result["p50"]["p50_s"] > 0 and result["p50"]["clip"] == "dfdc_widuwuoiur.mp4"
+    # every stage's CPU seconds next to its floor: the gateway's against decode + detection
+    # alone, Triton's against the members alone, on the same clip and frames
+    cpu = result["cpu_per_clip"]["lite"][result["clips"][0]["clip"]]
+    assert set(cpu["floor"]) == {"decode_cpu_s", "detect_cpu_s", "models_cpu_s"}
+    assert all(v > 0 for v in cpu["floor"].values())
+    assert cpu["gateway_cpu_s"] > 0 and cpu["triton_cpu_s"] > 0
+    assert result["precision"] == {m: "fp32" for m in lite}
 
 
 def test_bench_prints_the_ratios_and_draws_the_plots(bench: tuple[str, dict, Path]) -> None:

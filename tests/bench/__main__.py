@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from tests.bench import report
 from tests.bench.config import BenchConfig, parse_args
@@ -22,7 +23,7 @@ from tests.bench.inputs import (
 )
 from tests.bench.live import run_live
 from tests.bench.prototype import run_prototype
-from tests.bench.service import run_p50, run_service
+from tests.bench.service import run_cpu, run_p50, run_service
 from tests.bench.triton_stage import ENSEMBLE, run_triton
 from tests.stack import local_triton, measured_gateway
 
@@ -63,6 +64,10 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                         service = run_service(config, gw.url, profile)
                         result.setdefault("service", {})[profile] = service
                         note_load(result, f"service {profile}")
+                        triton = psutil.Process(server.process.pid)
+                        cpu = run_cpu(config, gw.url, gw.process, triton)
+                        result.setdefault("service_cpu", {})[profile] = cpu
+                        note_load(result, f"service cpu {profile}")
                         if profile == "lite" and config.p50_runs > 0:
                             result["p50"] = run_p50(config, gw.url)
                             note_load(result, "p50")
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             "height": c.info.height,
             "duration_s": c.info.duration_s,
             "faces": len(c.crops),
+            "decode_cpu_s": c.decode_cpu_s,
+            "detect_cpu_s": c.detect_cpu_s,
         }
         for c in clips
     ]

@@ -58,20 +58,31 @@ def throughput(run: Runner, crops: np.ndarray, batch: int, repeats: int) -> dict
     return {"faces": len(crops), "faces_per_s": len(crops) / wall, **latency_summary(latencies)}
 
 
-def clip_compute_s(run: Runner, clip: Clip, repeats: int) -> float:
+def clip_compute_s(run: Runner, clip: Clip, repeats: int) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads) of the clip's faces through one member."""
     parts = batches(clip.crops, Settings().max_batch)
-    return median([sum(run_batches(run, parts)) for _ in range(repeats)])
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start = time.process_time()
+        walls.append(sum(run_batches(run, parts)))
+        cpus.append(time.process_time() - start)
+    return median(walls), median(cpus)
 
 
 def run_floor(config: BenchConfig, clips: list[Clip], members: list[str]) -> dict:
-    """{member: {"batch": {b: figures}, "clip_compute_s": {clip: s}}, "providers": [...]}"""
+    """{"models": {member: {"batch": {b: figures}, "clip_compute_s": {clip: s},
+    "clip_cpu_s": {clip: s}}}, "providers": [...]}"""
     crops = all_crops(clips)
     result: dict = {"providers": providers(), "models": {}}
     for member in members:
         run = runner(member, config.triton_config)
         figures = {b: throughput(run, crops, b, config.repeats) for b in config.batches}
         compute = {c.name: clip_compute_s(run, c, config.repeats) for c in clips}
-        result["models"][member] = {"batch": figures, "clip_compute_s": compute}
+        result["models"][member] = {
+            "batch": figures,
+            "clip_compute_s": {clip: wall for clip, (wall, _) in compute.items()},
+            "clip_cpu_s": {clip: cpu for clip, (_, cpu) in compute.items()},
+        }
         print(
             f"  floor {member}: "
             + ", ".join(f"b{b} {f['faces_per_s']:.2f} faces/s" for b, f in figures.items()),
@@ -87,5 +98,5 @@ def ensemble_faces_per_s(floor: dict, members: list[str], batch: int) -> float:
     return 1 / per_face
 
 
-def clip_compute(floor: dict, members: list[str], clip: str) -> float:
-    return sum(floor["models"][m]["clip_compute_s"][clip] for m in members)
+def clip_compute(floor: dict, members: list[str], clip: str, key: str = "clip_compute_s") -> float:
+    return sum(floor["models"][m][key][clip] for m in members)

@@ -62,6 +62,47 @@ def ratios(result: dict, config: BenchConfig) -> dict[str, float]:
     return out
 
 
+def cpu_per_clip(result: dict, config: BenchConfig) -> dict:
+    """Each clip's CPU seconds in the service, next to its floor: the gateway's (decode,
+    detection, crops and the rest) against decode alone + detection alone in process,
+    Triton's (every member, the vote) against the members alone in process."""
+    floor, clips = result.get("floor"), {c["clip"]: c for c in result.get("clips", [])}
+    out: dict = {}
+    for p, per_clip in result.get("service_cpu", {}).items():
+        for clip, served in per_clip.items():
+            floors = {
+                "decode_cpu_s": clips[clip]["decode_cpu_s"],
+                "detect_cpu_s": clips[clip]["detect_cpu_s"],
+            }
+            if floor:
+                floors["models_cpu_s"] = clip_compute(floor, members_of(p), clip, "clip_cpu_s")
+            preprocess = floors["decode_cpu_s"] + floors["detect_cpu_s"]
+            row = served | {"floor": floors}
+            row["gateway_vs_floor"] = served["gateway_cpu_s"] / preprocess
+            if "models_cpu_s" in floors:
+                row["triton_vs_floor"] = served["triton_cpu_s"] / floors["models_cpu_s"]
+            out.setdefault(p, {})[clip] = row
+    return out
+
+
+def cpu_table(cpu: dict) -> str:
+    lines = [
+        "CPU seconds per clip (models=all, one request at a time): service vs in-process floor",
+        f"{'profile':<8} {'clip':<30} {'gateway':>8} {'decode+detect':>14} "
+        f"{'triton':>8} {'models':>8}",
+    ]
+    for p, per_clip in cpu.items():
+        for clip, row in per_clip.items():
+            floors = row["floor"]
+            models = floors.get("models_cpu_s", math.nan)
+            lines.append(
+                f"{p:<8} {clip[:30]:<30} {row['gateway_cpu_s']:>8.2f} "
+                f"{floors['decode_cpu_s']:>6.2f}+{floors['detect_cpu_s']:<7.2f} "
+                f"{row['triton_cpu_s']:>8.2f} {models:>8.2f}"
+            )
+    return "\n".join(lines)
+
+
 def target_status(name: str, value: float) -> str:
     if name not in TARGETS:
         return ""
@@ -207,7 +248,10 @@ def finish(result: dict, config: BenchConfig) -> dict[str, float]:
     values = {k: v for k, v in ratios(result, config).items() if math.isfinite(v)}
     result["ratios"] = values
     result["targets"] = {k: target_status(k, v) for k, v in values.items() if k in TARGETS}
+    result["cpu_per_clip"] = cpu_per_clip(result, config)
     text = table(result, config)
+    if result["cpu_per_clip"]:
+        text += "\n\n" + cpu_table(result["cpu_per_clip"])
     config.out.mkdir(parents=True, exist_ok=True)
     plots = {"throughput": config.out / "throughput.png", "service": config.out / "service.png"}
     if result.get("triton"):

@@ -7,6 +7,7 @@ answers' own `timings_ms` give the per-stage times.
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.bench.config import BenchConfig
 from tests.bench.measure import latency_summary, median, run_concurrently
@@ -96,3 +97,34 @@ def run_p50(config: BenchConfig, url: str, profile: str = "lite") -> dict:
         flush=True,
     )
     return figures
+
+
+def cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of `process` and its children (Triton's python backend stubs)."""
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_cpu(
+    config: BenchConfig, url: str, gateway: psutil.Process, triton: psutil.Process
+) -> dict[str, dict[str, float]]:
+    """Each clip alone (models=all, as the floor runs them): the CPU seconds the gateway
+    (decode, detection, crops, the rest) and Triton (the members, the vote) spent on it."""
+    per_clip = {}
+    for path in config.clips:
+        samples = []
+        for _ in range(config.repeats):
+            before = cpu_s(gateway), cpu_s(triton)
+            detect(url, path, config.frames, ALL)
+            samples.append((cpu_s(gateway) - before[0], cpu_s(triton) - before[1]))
+        per_clip[path.name] = {
+            "gateway_cpu_s": median([g for g, _ in samples]),
+            "triton_cpu_s": median([t for _, t in samples]),
+        }
+    return per_clip
