@@ -29,6 +29,7 @@ REPOSITORY = Path(__file__).resolve().parent
 WORK_DIR = REPOSITORY.parent / ".build" / "triton"
 # The backends the wheel lacks, as Python-based ones (model_repository/backends/<name>/).
 PYTHON_BASED = ("onnxruntime", "openvino")
+SHARED_BACKEND_CODE = REPOSITORY / "backends" / "joined.py"  # linked beside each model.py
 PYTHON_ENV = Path(os.environ.get("TRITON_PYTHON_ENV", REPOSITORY.parent / ".venv-triton"))
 
 
@@ -79,8 +80,7 @@ def prepare_backends(work_dir: Path, python_env: Path) -> Path:
     for name in PYTHON_BASED:
         folder = backends / name
         folder.mkdir(exist_ok=True)
-        sources = [REPOSITORY / "backends" / name / "model.py", REPOSITORY / "backends" / "joined.py"]
-        for source in sources:
+        for source in (REPOSITORY / "backends" / name / "model.py", SHARED_BACKEND_CODE):
             link = folder / source.name
             link.unlink(missing_ok=True)
             link.symlink_to(source)
@@ -98,6 +98,10 @@ def _copy_if_changed(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def command(settings: TritonSettings, backends: Path) -> list[str]:
     repo = settings.repository
     return [
@@ -111,9 +115,10 @@ def command(settings: TritonSettings, backends: Path) -> list[str]:
         f"--model-config-name={settings.config_name}",
         f"--backend-directory={backends}",
         "--strict-readiness=true",
-        # Lets the CPU configs' rate_limiter make the members take turns on the
-        # cores (each with all its threads) instead of thrashing them together.
+        # The CPU configs' rate_limiter: a member holds one `cpu` unit per thread, and
+        # there are as many units as cores, so members share the cores, never thrash them.
         "--rate-limit=execution_count",
+        f"--rate-limit-resource=cpu:{usable_cores()}",
         "--exit-on-error=true",
         f"--http-address={settings.host}",
         f"--http-port={settings.http_port}",

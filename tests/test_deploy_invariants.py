@@ -814,9 +814,9 @@ def test_gpu_rollouts_and_drains_need_no_spare_gpu_and_keep_one_pod(overlay: str
 
 
 def test_cpu_rate_limiter_follows_the_pods_cpu_request(overlay: str) -> None:
-    """--rate-limit-resource=cpu:N lets N member executions run at once; N is
-    the pod's own CPU request (read by the kubelet) over the most threads a
-    member uses, so N members' threads fit the CPUs requested."""
+    """--rate-limit-resource=cpu:N: N is the pod's own CPU request (read by the
+    kubelet) and a member execution holds one unit per thread it runs, so the
+    members running at once never have more threads than the CPUs requested."""
     r, _, container, f = triton(overlay)
     if overlay != "cpu":
         assert "--rate-limit-resource" not in f
@@ -827,15 +827,16 @@ def test_cpu_rate_limiter_follows_the_pods_cpu_request(overlay: str) -> None:
     threads = []
     for member in MEMBERS:
         config = (REPOSITORY / "members" / member / "configs" / "cpu.pbtxt").read_text()
-        assert re.search(rf'resources \[\{{ name: "{name}" global: true count: 1 \}}\]', config)
         [n] = re.findall(r'"intra_op_thread_count" value: \{ string_value: "(\d+)" \}', config)
+        # a member holds one unit (a core) per thread it runs
+        assert re.search(rf'resources \[\{{ name: "{name}" global: true count: {n} \}}\]', config)
         threads.append(int(n))
     request = quantity(container["resources"]["requests"]["cpu"])
-    assert int(count) == math.ceil(request / max(threads)) >= 2
+    assert int(count) == math.ceil(request) >= max(threads)
     # The rendering's answer is the kubelet's: resize the request, N follows.
     resized = copy.deepcopy(container)
     resized["resources"]["requests"]["cpu"] = "6500m"
-    assert flags(r.args(resized))["--rate-limit-resource"] == [f"{name}:4"]
+    assert flags(r.args(resized))["--rate-limit-resource"] == [f"{name}:7"]
 
 
 # -- security: secrets, admin protocols, egress -------------------------------------------
