@@ -21,6 +21,7 @@ import pytest
 import tritonclient.grpc as grpc
 
 from export import quantize, runtimes
+from export.repository import read_config
 from export.vote import write_vote
 from gateway.model_server import ModelServer
 from model_repository.local_triton import LocalTriton, TritonSettings
@@ -172,14 +173,19 @@ def test_the_gateway_reports_each_members_precision(
 ) -> None:
     settings, _, precision = fast_triton
 
-    async def read() -> dict[str, str]:
+    async def read() -> dict[str, tuple[str, dict[str, str]]]:
         server = ModelServer(settings.grpc_url, "deepfake_ensemble", 30, 0, 32)
         try:
-            return {m.name: m.precision for m in (await server.ensemble()).members}
+            return {m.name: (m.precision, m.weights) for m in (await server.ensemble()).members}
         finally:
             await server.close()
 
-    assert asyncio.run(read()) == {MEMBER: precision}
+    [(name, (served, weights))] = asyncio.run(read()).items()
+    assert (name, served) == (MEMBER, precision)
+    # the provenance export wrote into the cpu config travels with the precision
+    cpu = read_config(REPOSITORY / "members" / MEMBER / "configs" / "cpu.pbtxt").parameters
+    assert weights == {k: cpu[f"weights_{k}"].string_value for k in weights}
+    assert set(weights) >= {"source", "sha256", "licence"}
 
 
 def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
