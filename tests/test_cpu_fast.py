@@ -210,6 +210,32 @@ def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
     )
 
 
+def test_export_checks_a_trained_bf16_member_once_per_graph(
+    solo_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m export` calls runtimes.refresh: a trained bf16 member is checked against
+    fp32 on the clips, once for a given graph; without clips nothing is recorded and
+    cpu_fast serves it fp32."""
+    monkeypatch.setattr(quantize, "is_trained", lambda repo, member: True)
+    monkeypatch.setenv("DEEPFAKE_ASSETS", str(ASSETS))
+    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "bf16"\n')
+    record = solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK
+    record.unlink(missing_ok=True)
+    runtimes.refresh(solo_repository, MEMBER, clips=tmp_path / "no clips")
+    assert not record.exists()
+    assert runtimes.served_precision(solo_repository, MEMBER)[0] == "fp32"
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "one.mp4").symlink_to(MEDIA / "videos" / "fake" / "cvprw2019_demo_fake.mp4")
+    runtimes.refresh(solo_repository, MEMBER, clips=clips)
+    checked = json.loads(record.read_text())
+    assert checked["trained"] and checked["clips"] == 1 and checked["max_delta"] <= 0.02
+    assert runtimes.served_precision(solo_repository, MEMBER) == ("bf16", "")
+    written = record.stat().st_mtime_ns
+    runtimes.refresh(solo_repository, MEMBER, clips=clips)  # the same graph: not again
+    assert record.stat().st_mtime_ns == written
+
+
 def test_export_drops_an_int8_file_made_from_other_weights(tmp_path: Path) -> None:
     """`python -m export` calls refresh: an int8 file quantized from the fp32 graph now in
     place stays; one from other weights goes (without clips here to quantize it again)."""
