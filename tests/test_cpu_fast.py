@@ -168,6 +168,25 @@ def test_triton_serves_the_chosen_precision_within_tolerance(
     assert (config["backend"], config["default_model_filename"]) == expected[precision]
 
 
+def test_a_request_the_runtime_cannot_run_fails_alone(
+    fast_triton: tuple[TritonSettings, quantize.Check, str], crops: quantize.Crops
+) -> None:
+    """A 0x0 image passes Triton's shape check but not the runtime: that request gets an
+    error naming the runtime, and the backend keeps serving."""
+    settings, _, precision = fast_triton
+    client = grpc.InferenceServerClient(settings.grpc_url)
+
+    def infer(faces: np.ndarray) -> np.ndarray:
+        tensor = grpc.InferInput("FACES", list(faces.shape), "UINT8")
+        tensor.set_data_from_numpy(faces)
+        return client.infer(MEMBER, [tensor]).as_numpy("P_FAKE")
+
+    runtime = {"bf16": "openvino", "int8": "onnxruntime"}[precision]
+    with pytest.raises(grpc.InferenceServerException, match=runtime):
+        infer(np.zeros((1, 0, 0, 3), np.uint8))
+    assert infer(crops.images[:1]).shape == (1, 1)
+
+
 def test_the_gateway_reports_each_members_precision(
     fast_triton: tuple[TritonSettings, quantize.Check, str],
 ) -> None:

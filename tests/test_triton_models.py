@@ -144,8 +144,8 @@ def test_wrong_input_is_rejected_and_the_server_stays_up(
 def test_a_request_the_runtime_cannot_run_fails_alone(
     triton: TritonSettings, face_crops: list
 ) -> None:
-    """A 0x0 image passes Triton's shape check but not ONNX Runtime: that request
-    gets an error, and the backend keeps serving."""
+    """A 0x0 image passes Triton's shape check but not the backend: that request gets an
+    error naming the runtime, and the backend keeps serving."""
     with pytest.raises(InferenceServerException, match="onnxruntime"):
         infer(triton.grpc_url, "meso4", np.zeros((1, 0, 0, 3), np.uint8))
     assert infer(triton.grpc_url, "meso4", resized(face_crops[:1], 256))["P_FAKE"].shape == (1, 1)

@@ -38,7 +38,7 @@ class TritonPythonModel:
         def run(batch: dict) -> list:
             return self.session.run(self.outputs, batch)
 
-        return joined.execute(requests, self.inputs, self.outputs, run, self.chunk)
+        return joined.execute("onnxruntime", requests, self.inputs, self.outputs, run, self.chunk)
 
     def finalize(self) -> None:
         self.session = None

@@ -39,7 +39,7 @@ class TritonPythonModel:
             result = request.infer(batch)
             return [result[name] for name in self.outputs]
 
-        return joined.execute(requests, self.inputs, self.outputs, run, self.chunk)
+        return joined.execute("openvino", requests, self.inputs, self.outputs, run, self.chunk)
 
     def finalize(self) -> None:
         self.model = None
