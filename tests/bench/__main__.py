@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if "floor" in config.stages:
-        print("[floor] in-process ONNX Runtime", flush=True)
+        print("[floor] in process, in each member's runtime", flush=True)
         result["floor"] = run_floor(config, clips, needed_members(config.profiles))
         note_load(result, "floor")
     if "prototype" in config.stages:
