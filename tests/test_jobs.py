@@ -351,3 +351,28 @@ def test_the_cli_sends_a_folder_as_a_job_and_writes_reports(
         table = list(csv.DictReader(f))
     assert [t["sha256"] for t in table] == [r["sha256"] for r in rows]
     assert "meso4" in table[0] and table[2]["error"].startswith("unsupported_media")
+
+
+def test_a_full_redis_refuses_new_jobs_with_503_and_recovers(
+    lite_triton: TritonSettings, tmp_path: Path
+) -> None:
+    """Redis past its maxmemory (noeviction, as deployed) refuses writes: a new job gets a
+    503 to retry and leaves no file behind, reads still answer; with room again, jobs are
+    taken."""
+    import redis
+
+    image = [(IMAGES[0].name, IMAGES[0].read_bytes())]
+    with (
+        redis_server(tmp_path) as url,
+        start_gateway(lite_triton.grpc_url, tmp_path, jobs_redis_url=url, jobs_workers=0) as gw,
+    ):
+        store = redis.Redis.from_url(url)
+        store.config_set("maxmemory", 1)  # below what Redis already holds
+        refused = submit(gw.url, image, **FAST)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "jobs_unavailable"
+        assert int(refused.headers["Retry-After"]) > 0
+        assert list((jobs_dir(gw) / "uploads").iterdir()) == []  # nothing kept
+        assert httpx.get(gw.url + "/api/jobs", timeout=TIMEOUT).status_code == 200
+        store.config_set("maxmemory", 0)
+        assert submit(gw.url, image, **FAST).status_code == 202

@@ -94,6 +94,10 @@ def test_the_queue_url_is_the_redis_service(overlay: str) -> None:
     args = backend.container("redis")["args"]
     assert args[args.index("--appendonly") + 1] == "yes"  # queued items survive a restart
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # never drop an item
+    # full, it refuses writes before its container is OOM-killed (room for a rewrite's fork)
+    maxmemory = quantity(args[args.index("--maxmemory") + 1].upper().replace("MB", "Mi"))
+    limit = quantity(backend.container("redis")["resources"]["limits"]["memory"])
+    assert 0 < maxmemory <= limit / 2
     data = backend.mount(backend.container("redis"), args[args.index("--dir") + 1])
     assert "persistentVolumeClaim" in data
 

@@ -8,15 +8,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Gauge
+from redis import RedisError
 
 from gateway import schemas
 from gateway.deps import JobsDep
@@ -46,8 +48,11 @@ JOB_ERRORS = {
         413: "a file over the upload cap, or the job over its caps",
         422: "bad options or callback_url",
         429: "too many unfinished jobs for this API key (see Retry-After)",
+        503: "the job queue's store is unreachable or full (see Retry-After)",
     }.items()
 }
+STORE_RETRY_S = 30
+T = TypeVar("T")
 
 
 @dataclass
@@ -68,6 +73,21 @@ def owner_of(request: Request, settings: Settings) -> str:
     return key_id(key) if settings.api_keys and key else PUBLIC_OWNER
 
 
+async def in_store(call: Callable[..., T], *args: object) -> T:
+    """`call(*args)` on a thread: the queue's store (Redis, SQLite) unreachable or full —
+    Redis past its maxmemory refuses writes — is a 503 to retry, not a 500."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except (RedisError, sqlite3.OperationalError) as exc:
+        log.warning("job store unavailable: %s", exc)
+        raise ApiError(
+            503,
+            "jobs_unavailable",
+            "the job queue cannot take or read jobs now; retry later",
+            {"Retry-After": str(STORE_RETRY_S)},
+        ) from exc
+
+
 def not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job {job_id} for this API key")
 
@@ -81,7 +101,7 @@ def router(settings: Settings) -> APIRouter:
     )
 
     async def owned_job(jobs: Jobs, request: Request, job_id: str) -> dict:
-        job = await asyncio.to_thread(jobs.store.job, job_id)
+        job = await in_store(jobs.store.job, job_id)
         if job is None or job["owner"] != owner_of(request, settings):
             raise not_found(job_id)
         return job
@@ -111,11 +131,11 @@ def router(settings: Settings) -> APIRouter:
             )
         job_id = uuid.uuid4().hex
         if idempotency_key:
-            known = await asyncio.to_thread(jobs.store.remember_key, owner, idempotency_key, job_id)
+            known = await in_store(jobs.store.remember_key, owner, idempotency_key, job_id)
             if known != job_id:
                 return await replay(jobs, known)
         try:
-            active = await asyncio.to_thread(jobs.store.unfinished_count, owner)
+            active = await in_store(jobs.store.unfinished_count, owner)
             if active >= settings.jobs_max_active_per_key:
                 raise ApiError(
                     429,
@@ -133,7 +153,7 @@ def router(settings: Settings) -> APIRouter:
             )
         except BaseException:
             if idempotency_key:
-                await asyncio.to_thread(jobs.store.forget_key, owner, idempotency_key)
+                await in_store(jobs.store.forget_key, owner, idempotency_key)
             raise
         job = {
             "id": job_id,
@@ -155,7 +175,7 @@ def router(settings: Settings) -> APIRouter:
             for f in files
         ]
         try:
-            await asyncio.to_thread(jobs.submit, job, items)
+            await in_store(jobs.submit, job, items)
         except BaseException:
             discard(jobs.folder(job_id))
             raise
@@ -168,7 +188,7 @@ def router(settings: Settings) -> APIRouter:
 
     async def replay(jobs: Jobs, job_id: str) -> JSONResponse:
         """The job an earlier request with the same Idempotency-Key created."""
-        job = await asyncio.to_thread(jobs.store.job, job_id)
+        job = await in_store(jobs.store.job, job_id)
         if job is None:
             raise ApiError(
                 409, "idempotency_conflict", "a job with this Idempotency-Key is being submitted"
@@ -191,8 +211,8 @@ def router(settings: Settings) -> APIRouter:
     ) -> dict:
         store = jobs.store
         owner = owner_of(request, settings)
-        ids, total = await asyncio.to_thread(store.owned, owner, offset, limit)
-        found = [await asyncio.to_thread(store.job, i) for i in ids]
+        ids, total = await in_store(store.owned, owner, offset, limit)
+        found = [await in_store(store.job, i) for i in ids]
         views = [job_view(job, results=False) for job in found if job is not None]
         return {"jobs": views, "total": total, "offset": offset, "limit": limit}
 
@@ -210,7 +230,7 @@ def router(settings: Settings) -> APIRouter:
     )
     async def cancel_job(request: Request, job_id: JobId, jobs: JobsDep) -> dict:
         await owned_job(jobs, request, job_id)
-        await asyncio.to_thread(jobs.cancel, job_id)
+        await in_store(jobs.cancel, job_id)
         return job_view(await owned_job(jobs, request, job_id))
 
     @api.get(
