@@ -1,7 +1,8 @@
 """Live mode in a real browser: Debian's chromium with a fake camera playing a shared clip
 (a y4m made here by FFmpeg), the page sending its frames over the WebSocket to a real
 gateway (lite Triton). The fake clip's running score goes above the threshold, the real
-clip's stays below; boxes are drawn and the verdict shown within seconds.
+clip's stays below; boxes are drawn and the verdict shown within seconds. Sharing a tab
+(getDisplayMedia) is driven the same way: Chromium's fake capture, a pattern without a face.
 
 Screenshots go to tests/artifacts/web_ui/ (git-ignored)."""
 
@@ -44,21 +45,20 @@ def camera_file(clip: Path, out: Path) -> Path:
     return out
 
 
-def watch(url: str, y4m: Path, name: str) -> dict:
-    """Open Live mode with the fake camera, start it, wait for JUDGED answers; what it shows."""
-    fake_camera = (
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={y4m}",
-    )
-    with chromium(*fake_camera) as browser:
+def watch(url: str, y4m: Path | None, name: str) -> dict:
+    """Open Live mode with the fake camera playing `y4m` (or, without one, share the fake
+    screen), start it, wait for JUDGED answers; what it shows."""
+    fake_media = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    if y4m is not None:
+        fake_media += (f"--use-file-for-fake-video-capture={y4m}",)
+    with chromium(*fake_media) as browser:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(url + "/live")
         page.fill("#fps", "4")
-        page.click("#camera")
+        page.click("#camera" if y4m is not None else "#screen")
         page.wait_for_selector('#live[data-state="live"]', state="attached", timeout=30_000)
         started = time.monotonic()
         first_verdict = None
@@ -66,6 +66,7 @@ def watch(url: str, y4m: Path, name: str) -> dict:
             if first_verdict is None and page.get_attribute("#verdict", "data-verdict") in (
                 "fake",
                 "real",
+                "no_face",
             ):
                 first_verdict = time.monotonic() - started
             assert time.monotonic() - started < TIMEOUT_S, "too few frames judged"
@@ -105,3 +106,13 @@ def test_live_mode_with_a_fake_camera(
     else:
         assert shown["verdict"] == "real" and shown["score"] < 0.5, shown
         assert shown["text"] == "Likely real"
+
+
+def test_live_mode_sharing_a_tab(live_page: Gateway) -> None:
+    """The getDisplayMedia path: the shared surface's frames are sent and judged; Chromium's
+    fake capture shows no face, and the page says so rather than guess."""
+    shown = watch(live_page.url, None, "tab")
+    assert not shown["errors"], shown["errors"]
+    assert shown["first_verdict_s"] is not None and shown["first_verdict_s"] < 30
+    assert (shown["verdict"], shown["faces"], shown["people"]) == ("no_face", 0, 0), shown
+    assert shown["text"] == "No face in view"
