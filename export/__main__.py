@@ -232,8 +232,6 @@ def main(argv: list[str] | None = None) -> None:
                 name, explicit.get(name), args.allow_random, not args.no_download
             )
             export_member(args.repository, name, weights, provenance[name], args.force)
-            # An int8 copy made from other weights is checked again (export/quantize.py).
-            quantize.refresh(args.repository, name)
     for member in extras:
         if args.profile in member.profiles:
             try:
@@ -243,7 +241,10 @@ def main(argv: list[str] | None = None) -> None:
             except manifests.ManifestError as exc:
                 raise SystemExit(f"member manifest: {exc}") from exc
     export_vote(args.repository, args.profile, provenance, extras)
-    for name in names:  # a trained bf16 member's graph is checked (export/runtimes.py)
+    for name in names:
+        # Lower-precision copies made from other weights are checked again: an int8 file
+        # (export/quantize.py), a trained bf16 member's check (export/runtimes.py).
+        quantize.refresh(args.repository, name)
         runtimes.refresh(args.repository, name)
     # The cpu_fast configs are derived from the cpu ones just written.
     runtimes.write_fast_configs(args.repository)

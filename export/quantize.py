@@ -26,6 +26,7 @@ too small to pay for the pairs), Meso4 no faster: those stay fp32.
 """
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -46,6 +47,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from export.repository import read_config
 from preprocess.assets import sha256_of
 from preprocess.tensors import INPUT_NAME
 
@@ -93,10 +95,27 @@ class Check:
     def metadata(self) -> dict[str, str]:
         return {k: json.dumps(v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def kept_with(cls, path: Path, fp32: Path) -> "Check | None":
+        """The check kept with a lower-precision copy (an int8 file's metadata, or a bf16
+        member's JSON) if it was made against `fp32` as it is now."""
+        if not path.exists():
+            return None
+        if path.suffix == ".json":
+            fields = json.loads(path.read_text())
+        else:
+            props = onnx.load(str(path), load_external_data=False).metadata_props
+            fields = {p.key: json.loads(p.value) for p in props if p.key in cls.__annotations__}
+        if set(fields) != set(cls.__annotations__) or fields["quantized_from"] != sha256_of(fp32):
+            return None
+        return cls(**fields)
 
+
+@functools.cache
 def pipeline_crops(clips_dir: Path, frames_per_clip: int = FRAMES_PER_CLIP) -> Crops:
     """The largest face of `frames_per_clip` sampled frames of every clip, cut by the
-    project's own pipeline with its default settings."""
+    project's own pipeline with its default settings (once per run: every member that is
+    quantized or checked uses the same crops)."""
     from preprocess.crop import CropConfig
     from preprocess.faces import DetectorConfig, load_detector
     from preprocess.media import MediaReader
@@ -229,8 +248,8 @@ def validate(fp32: Path, int8: Path, crops: Crops, trained: bool) -> Check:
 
 
 def is_trained(repo: Path, member: str) -> bool:
-    text = (repo / "members" / member / "configs" / "cpu.pbtxt").read_text()
-    return 'key: "trained" value: { string_value: "true" }' in text
+    config = read_config(repo / "members" / member / "configs" / "cpu.pbtxt")
+    return config.parameters["trained"].string_value == "true"
 
 
 def quantize_member(repo: Path, member: str, crops: Crops) -> Check:
@@ -259,13 +278,7 @@ def refresh(repo: Path, member: str, clips: Path = CLIPS) -> None:
     """After export: an int8 file quantized from other fp32 weights is quantized and
     checked again (removed if that cannot be done here, or if it fails)."""
     target = repo / "members" / member / "1" / INT8_FILE
-    if not target.exists():
-        return
-    props = {
-        p.key: p.value for p in onnx.load(str(target), load_external_data=False).metadata_props
-    }
-    fp32 = target.with_name("model.onnx")
-    if json.loads(props.get("quantized_from", '""')) == sha256_of(fp32):
+    if not target.exists() or Check.kept_with(target, target.with_name("model.onnx")):
         return
     target.unlink()
     if not clips.is_dir():
@@ -276,7 +289,7 @@ def refresh(repo: Path, member: str, clips: Path = CLIPS) -> None:
     try:
         quantize_member(repo, member, pipeline_crops(clips))
     except QuantizationRefused as exc:
-        log.warning("%s; serve it with the cpu config", exc)
+        log.warning("%s; cpu_fast serves it in fp32", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

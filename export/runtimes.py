@@ -32,13 +32,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import onnx
 import openvino as ov
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from export import quantize
 from export.repository import read_config
-from preprocess.assets import sha256_of
 from preprocess.tensors import INPUT_NAME
 
 log = logging.getLogger("export.runtimes")
@@ -61,6 +59,9 @@ def choice(repo: Path) -> dict[str, str]:
     wrong = {m: p for m, p in chosen.items() if p not in PRECISIONS}
     if wrong:
         raise ValueError(f"{CHOICE_FILE}: precision must be one of {PRECISIONS}: {wrong}")
+    unknown = [m for m in chosen if not (repo / "members" / m).is_dir()]
+    if unknown:  # a misspelt member would silently stay fp32
+        raise ValueError(f"{CHOICE_FILE}: no such member {unknown}")
     return chosen
 
 
@@ -109,25 +110,12 @@ def check_bf16(repo: Path, member: str, crops: quantize.Crops) -> quantize.Check
     return check
 
 
-def _recorded(path: Path, fp32: Path) -> dict | None:
-    """The check recorded in `path` if it was made against `fp32` as it is now."""
-    if not path.exists():
-        return None
-    if path.suffix == ".json":
-        record = json.loads(path.read_text())
-    else:  # an int8 file carries its check in its metadata
-        props = onnx.load(str(path), load_external_data=False).metadata_props
-        fields = quantize.Check.__annotations__
-        record = {p.key: json.loads(p.value) for p in props if p.key in fields}
-    return record if record.get("quantized_from") == sha256_of(fp32) else None
-
-
 def refresh(repo: Path, member: str, clips: Path = quantize.CLIPS) -> None:
     """After export: a trained bf16 member without a check of its graph as it is now is
     checked (its cpu_fast config falls back to fp32 where that cannot be done here)."""
     fp32 = repo / "members" / member / "1" / "model.onnx"
     needed = choice(repo).get(member) == "bf16" and quantize.is_trained(repo, member)
-    if not needed or _recorded(fp32.with_name(BF16_CHECK), fp32) is not None:
+    if not needed or quantize.Check.kept_with(fp32.with_name(BF16_CHECK), fp32):
         return
     if not clips.is_dir():
         log.warning("%s: no clips to check bf16 against fp32; cpu_fast serves fp32", member)
@@ -146,11 +134,11 @@ def served_precision(repo: Path, member: str) -> tuple[str, str]:
     if not fp32.exists():
         return chosen, ""  # not exported here: the config says what export would serve
     evidence = quantize.INT8_FILE if chosen == "int8" else BF16_CHECK
-    record = _recorded(fp32.with_name(evidence), fp32)
-    if record is None:
+    check = quantize.Check.kept_with(fp32.with_name(evidence), fp32)
+    if check is None:
         return "fp32", f"{chosen} not checked against this graph"
-    if not quantize.keeps_the_scores(quantize.Check(**record)):
-        return "fp32", f"{chosen} moved P_FAKE by up to {record['max_delta']:.4f}"
+    if not quantize.keeps_the_scores(check):
+        return "fp32", f"{chosen} moved P_FAKE by up to {check.max_delta:.4f}"
     return chosen, ""
 
 
@@ -158,7 +146,10 @@ def fast_config(cpu_config: str, precision: str, why: str = "") -> str:
     """configs/cpu_fast.pbtxt from configs/cpu.pbtxt: ONNX Runtime on the fp32 or int8
     file, or OpenVINO in bf16 with the native backend's parameter names."""
     lines = cpu_config.splitlines(keepends=True)
-    body = [line for line in lines if not line.startswith("#") or "provenance" in line]
+    # cpu.pbtxt's own header goes (this file has its own); every other line stays, the
+    # markers of the provenance and version blocks that export and export.versions rewrite too.
+    header = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    body = lines[header:]
     out = [f"# {precision} here: {why}\n"] if why else []
     openvino = precision == "bf16"
     for line in body:

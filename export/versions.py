@@ -15,13 +15,13 @@ gateway keeps answering. The gateway reads the serving version from Triton.
 """
 
 import argparse
-import hashlib
 import json
 import re
 import sys
 from pathlib import Path
 
 from export.repository import config_files
+from preprocess.assets import sha256_of
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 VERSIONS = "# versions: written by `python -m export.train`, one parameter per version"
@@ -77,7 +77,7 @@ def version_parameters(config: Path) -> dict[int, dict]:
 
 def record_version(repo: Path, model: str, version: int, summary: dict, onnx: Path) -> None:
     """Add version `version`'s provenance (and its ONNX's sha256) to every config of `model`."""
-    entry = {**summary, "sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    entry = {**summary, "sha256": sha256_of(onnx)}
     for config in config_files(repo / "members" / model):
         recorded = version_parameters(config) | {version: entry}
         lines = [VERSIONS]

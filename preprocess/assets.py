@@ -10,6 +10,7 @@ sha256 matches the manifest, wherever it came from, so a stale or tampered
 copy is an error rather than a silently different model.
 """
 
+import functools
 import hashlib
 import os
 import shutil
@@ -48,6 +49,14 @@ def search_path() -> list[Path]:
 
 
 def sha256_of(path: Path) -> str:
+    stat = path.stat()
+    return _sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Hashed once per version of a file (size and mtime in the key): one export run reads a
+    member's graph several times (its int8 copy, its bf16 check, its cpu_fast config)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

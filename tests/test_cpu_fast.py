@@ -20,7 +20,7 @@ import onnx
 import pytest
 import tritonclient.grpc as grpc
 
-from export import quantize, runtimes
+from export import quantize, runtimes, versions
 from export.repository import read_config
 from export.vote import write_vote
 from gateway.model_server import ModelServer
@@ -78,11 +78,15 @@ def solo_repository(exported: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_the_committed_cpu_fast_configs_are_what_export_generates(tmp_path: Path) -> None:
     copy = tmp_path / "repository"
-    shutil.copytree(REPOSITORY / "members", copy / "members", ignore=shutil.ignore_patterns("1"))
+    ignored = shutil.ignore_patterns("1", "cpu_fast.pbtxt")  # written here, not copied
+    shutil.copytree(REPOSITORY / "members", copy / "members", ignore=ignored)
     shutil.copy(REPOSITORY / runtimes.CHOICE_FILE, copy)
     runtimes.write_fast_configs(copy)
     chosen = runtimes.choice(REPOSITORY)
-    for config in sorted((copy / "members").glob("*/configs/cpu_fast.pbtxt")):
+    written = sorted((copy / "members").glob("*/configs/cpu_fast.pbtxt"))
+    committed = sorted(REPOSITORY.glob("members/*/configs/cpu_fast.pbtxt"))
+    assert [p.parent.parent.name for p in written] == [p.parent.parent.name for p in committed]
+    for config in written:
         member = config.parent.parent.name
         committed = REPOSITORY / "members" / member / "configs" / "cpu_fast.pbtxt"
         assert committed.read_text() == config.read_text(), "run make export"
@@ -90,6 +94,32 @@ def test_the_committed_cpu_fast_configs_are_what_export_generates(tmp_path: Path
         precision = chosen.get(member, "fp32")
         assert f'key: "precision" value: {{ string_value: "{precision}" }}' in text
         assert ('backend: "openvino"' in text) is (precision == "bf16")
+
+
+def test_a_version_pin_survives_the_cpu_fast_configs_and_is_lifted_from_them(
+    tmp_path: Path,
+) -> None:
+    """export.versions writes and removes its policy block in every config of a member;
+    cpu_fast.pbtxt, written again from cpu.pbtxt by each export, must keep that block
+    whole, or `serve latest` could not lift the pin there."""
+    member = tmp_path / "members" / "meso4"
+    shutil.copytree(REPOSITORY / "members" / "meso4", member, ignore=shutil.ignore_patterns("1"))
+    for version in ("1", "2"):
+        (member / version).mkdir()
+    versions.serve(tmp_path, "meso4", "1")
+    runtimes.write_fast_configs(tmp_path)  # as export does after a pin
+    fast = member / "configs" / "cpu_fast.pbtxt"
+    assert list(read_config(fast).version_policy.specific.versions) == [1]
+    versions.serve(tmp_path, "meso4", "latest")
+    assert "version_policy" not in fast.read_text()
+    assert not read_config(fast).HasField("version_policy")
+
+
+def test_a_choice_naming_no_member_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "members" / MEMBER).mkdir(parents=True)
+    (tmp_path / runtimes.CHOICE_FILE).write_text('[precision]\nxcepton = "bf16"\n')
+    with pytest.raises(ValueError, match="xcepton"):
+        runtimes.choice(tmp_path)
 
 
 def test_a_choice_outside_the_known_precisions_is_an_error(tmp_path: Path) -> None:
@@ -265,8 +295,8 @@ def test_export_drops_an_int8_file_made_from_other_weights(tmp_path: Path) -> No
     for source, kept in ((fp32, True), (tmp_path / "other.onnx", False)):
         write_vote({MEMBER: 1.0, "other": 1.0}, tmp_path / "other.onnx")
         model = onnx.load(str(fp32))
-        props = {"quantized_from": json.dumps(sha256_of(source))}
-        onnx.helper.set_model_props(model, props)
+        check = quantize.Check(sha256_of(source), False, 2, 0.0, 1, 1, {})
+        onnx.helper.set_model_props(model, check.metadata())
         onnx.save(model, str(int8))
         quantize.refresh(tmp_path, MEMBER, clips=tmp_path / "no clips")
         assert int8.exists() is kept
