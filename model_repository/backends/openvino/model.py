@@ -29,17 +29,17 @@ class TritonPythonModel:
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         self.model = ov.Core().compile_model(path, "CPU", properties)
+        # One request reused: an instance executes one batch at a time.
+        self.request = self.model.create_infer_request()
         self.inputs = [i.get_any_name() for i in self.model.inputs]
         self.outputs = [o["name"] for o in config["output"]]
 
     def execute(self, requests: list) -> list:
-        request = self.model.create_infer_request()
-
         def run(batch: dict) -> list:
-            result = request.infer(batch)
+            result = self.request.infer(batch)
             return [result[name] for name in self.outputs]
 
         return joined.execute("openvino", requests, self.inputs, self.outputs, run, self.chunk)
 
     def finalize(self) -> None:
-        self.model = None
+        self.request = self.model = None
