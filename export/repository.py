@@ -17,6 +17,8 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from preprocess.tensors import VOTE_RULES
+
 BEGIN = "# provenance: written by `python -m export`; change the weights, not this block"
 END = "# end provenance"
 _BLOCK = re.compile(rf"\n?{re.escape(BEGIN)}\n.*?{re.escape(END)}\n", re.S)
@@ -139,7 +141,7 @@ def vote_rule(
     with vote_file.open("rb") as f:
         settings = tomllib.load(f)
     rule = settings.get("rule", "mean")
-    if rule not in ("mean", "max_of_groups"):
-        raise ValueError(f"{vote_file}: rule {rule!r} must be 'mean' or 'max_of_groups'")
+    if rule not in VOTE_RULES:
+        raise ValueError(f"{vote_file}: rule {rule!r} must be one of {VOTE_RULES}")
     named = settings.get("groups", {})
     return rule, {m: named.get(m) or (defaults or {}).get(m) or m for m in members}

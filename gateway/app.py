@@ -31,7 +31,7 @@ from gateway.errors import ApiError, error_response, from_media_error, install_h
 from gateway.jobs.api import router as jobs_router
 from gateway.jobs.api import running_jobs
 from gateway.live import live_router
-from gateway.openapi import install_openapi, upload_doc
+from gateway.openapi import errors_doc, install_openapi, upload_doc
 from gateway.options import Options, new_request_id, options_for
 from gateway.queries import DetectQuery
 from gateway.report import ReportError, find_chromium, print_pdf, render_html
@@ -47,13 +47,6 @@ VERSION = "0.3.0"
 log = logging.getLogger("gateway")
 
 UPLOAD_DOC = upload_doc()
-
-
-def errors_doc(texts: dict[int, str]) -> dict[int | str, dict]:
-    """OpenAPI responses for these errors (gateway/openapi.py adds their common body)."""
-    return {
-        code: {"model": schemas.ErrorAnswer, "description": text} for code, text in texts.items()
-    }
 
 
 MODEL_SERVER_ERRORS = {

@@ -12,12 +12,7 @@ from gateway.admission import Admission
 from gateway.analysis import Analyzer
 from gateway.jobs.engine import Jobs
 from gateway.model_server import ModelServer
-from gateway.settings import Settings
 from gateway.uploads import UploadSlots
-
-
-def get_settings(connection: HTTPConnection) -> Settings:
-    return connection.app.state.settings
 
 
 def get_analyzer(connection: HTTPConnection) -> Analyzer:
@@ -44,7 +39,6 @@ def get_jobs(connection: HTTPConnection) -> Jobs:
     return connection.app.state.jobs
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
 ServerDep = Annotated[ModelServer, Depends(get_server)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]

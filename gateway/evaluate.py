@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from gateway.aggregate import Strategy, vote
+from gateway.aggregate import Strategy, TrackScore, decisive_track, vote
 from gateway.client import ClientError, GatewayClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +43,12 @@ def manipulation(clip: str) -> str:
 
 
 def video_score(answer: dict, score_of: Callable[[dict], float], min_share: float) -> float | None:
-    """The clip's score when each track scores `score_of(track)`: the most
-    fake track among those not short (else the longest), as the gateway does."""
-    tracks = answer["tracks"]
+    """The clip's score when each track scores `score_of(track)`: the gateway's own rule
+    (aggregate.decisive_track) on the answer's tracks."""
+    tracks = [TrackScore(i, t["frames"], {}, score_of(t)) for i, t in enumerate(answer["tracks"])]
     if not tracks:
         return None
-    sampled = len(answer["frames"])
-    long = [t for t in tracks if len(t["frames"]) >= min_share * sampled]
-    if not long:
-        most = max(len(t["frames"]) for t in tracks)
-        long = [t for t in tracks if len(t["frames"]) == most]
-    return max(score_of(t) for t in long)
+    return decisive_track(tracks, len(answer["frames"]), min_share).score
 
 
 def judged(answers: dict[str, dict], score_of: Callable[[dict], float], min_share: float) -> dict:

@@ -20,7 +20,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from gateway import metrics
 from gateway.errors import ApiError
 from gateway.tracing import current_request_id
-from preprocess.tensors import INPUT_NAME, OUTPUT_NAME, member_output
+from preprocess.tensors import INPUT_NAME, OUTPUT_NAME, VOTE_RULES, member_output
 
 log = logging.getLogger("gateway")
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -123,10 +123,19 @@ def parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
+def _pairs(text: str) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
 def parse_vote_weights(text: str) -> dict[str, float]:
     """deepfake_vote's `vote_weights` parameter: "meso4=0.5,xception=0" -> {name: weight}."""
-    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
-    return {name.strip(): float(value) for name, value in pairs}
+    return {name: float(value) for name, value in _pairs(text).items()}
+
+
+def parse_vote_groups(text: str) -> dict[str, str]:
+    """deepfake_vote's `vote_groups` parameter: "meso4=swap,meso4_f2f=f2f" -> {name: group}."""
+    return _pairs(text)
 
 
 class ModelServer:
@@ -141,6 +150,7 @@ class ModelServer:
         self.max_batch = max_batch
         self.client = InferenceServerClient(grpc_target(url), channel_args=channel_args(url))
         self._cache = _Cache()
+        self._refreshing = asyncio.Lock()
 
     async def close(self) -> None:
         await self.client.close()
@@ -158,8 +168,17 @@ class ModelServer:
 
     async def ensemble(self, fresh: bool = False) -> Ensemble:
         """The ensemble and its members as Triton describes them (cached briefly)."""
-        if fresh or time.monotonic() - self._cache.read_at > CONFIG_TTL_S:
-            self._cache = _Cache(await self._read_ensemble(), time.monotonic())
+
+        def stale() -> bool:
+            return fresh or time.monotonic() - self._cache.read_at > CONFIG_TTL_S
+
+        if stale():
+            # One read for all: every chunk of every request asks (batch_limit), and a
+            # request's members' batches ask at once when the cache expires.
+            async with self._refreshing:
+                if stale():
+                    self._cache = _Cache(await self._read_ensemble(), time.monotonic())
+                    fresh = False
         assert self._cache.ensemble is not None
         return self._cache.ensemble
 
@@ -169,9 +188,10 @@ class ModelServer:
         vote_name = steps[-1]
         vote = parameters((await self._control(self.client.get_model_config, vote_name))["config"])
         weights = parse_vote_weights(vote.get("vote_weights", ""))
-        groups = dict(
-            item.split("=", 1) for item in vote.get("vote_groups", "").split(",") if "=" in item
-        )
+        groups = parse_vote_groups(vote.get("vote_groups", ""))
+        rule = vote.get("vote_rule") or "mean"
+        if rule not in VOTE_RULES:  # export writes one of them: the repository was edited
+            raise RuntimeError(f"{vote_name}: unknown vote_rule {rule!r} (not {VOTE_RULES})")
         members = await asyncio.gather(
             *(self._member(n, weights, groups.get(n, "")) for n in steps[:-1])
         )
@@ -181,7 +201,7 @@ class ModelServer:
             members=list(members),
             ready=await self.ready(),
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
-            rule=vote.get("vote_rule", "mean") or "mean",
+            rule=rule,
         )
 
     async def _control(self, method: Callable[..., Awaitable[dict]], name: str) -> dict:

@@ -11,6 +11,16 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
+from gateway import schemas
+
+
+def errors_doc(texts: dict[int, str]) -> dict[int | str, dict]:
+    """A route's OpenAPI responses for these errors (install_openapi adds their common body)."""
+    return {
+        code: {"model": schemas.ErrorAnswer, "description": text} for code, text in texts.items()
+    }
+
+
 ERROR_REF = {"$ref": "#/components/schemas/ErrorAnswer"}
 ERROR_CONTENT = {"application/json": {"schema": ERROR_REF}}
 # Added by gateway/security.py to every operation under /api when keys or limits are set.

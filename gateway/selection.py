@@ -3,6 +3,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from gateway import schemas
 from gateway.aggregate import (
@@ -24,9 +25,10 @@ class Selection:
     skipped: dict[str, str] = field(default_factory=dict)
     via_ensemble: bool = False  # one call to the Triton ensemble, else each member directly
 
-    @property
+    @cached_property
     def groups(self) -> dict[str, str] | None:
-        """Member -> specialist group when the vote is max_of_groups, else None."""
+        """Member -> specialist group when the vote is max_of_groups, else None (read per
+        face and per frame in live mode: computed once)."""
         if self.ensemble.rule != "max_of_groups":
             return None
         return {m: self.ensemble.member(m).group for m in self.members}

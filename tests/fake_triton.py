@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from gateway import aggregate
+from gateway.model_server import parse_vote_groups, parse_vote_weights
 from model_repository.local_triton import REPOSITORY
 from preprocess.tensors import member_output
 from tests.stack import free_port
@@ -38,11 +39,6 @@ def read_config(folder: Path, config_name: str = "cpu") -> model_config_pb2.Mode
     named = folder / "configs" / f"{config_name}.pbtxt"
     path = named if named.exists() else folder / "config.pbtxt"
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def pairs(text: str) -> list[tuple[str, str]]:
-    """ "a=1,b=2" (a config parameter's list) -> [("a", "1"), ("b", "2")]."""
-    return [tuple(item.split("=", 1)) for item in text.split(",") if "=" in item]
 
 
 def member_score(faces: np.ndarray, channel: int) -> np.ndarray:
@@ -68,10 +64,10 @@ class FakeModels:
         for member in self.members:
             self.configs[member] = read_config(self.repository / "members" / member)
         params = {k: v.string_value for k, v in self.configs[vote].parameters.items()}
-        self.vote_weights = {m: float(w) for m, w in pairs(params.get("vote_weights", ""))}
+        self.vote_weights = parse_vote_weights(params.get("vote_weights", ""))
         # The rule the vote graph was exported with (model_repository/vote.toml).
         self.vote_groups = (
-            dict(pairs(params.get("vote_groups", "")))
+            parse_vote_groups(params.get("vote_groups", ""))
             if params.get("vote_rule") == "max_of_groups"
             else None
         )

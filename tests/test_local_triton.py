@@ -11,7 +11,7 @@ import pytest
 
 from export.repository import profile_members
 from gateway import aggregate
-from gateway.model_server import parse_vote_weights
+from gateway.model_server import parse_vote_groups, parse_vote_weights
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.tensors import member_output
 from tests.conftest import ROOT, free_port, local_triton, resized
@@ -39,7 +39,7 @@ def test_lite_profile_serves_only_the_mesonets(
             k: v["string_value"]
             for k, v in model_config(url, "deepfake_vote")["parameters"].items()
         }
-        groups = dict(item.split("=", 1) for item in vote["vote_groups"].split(","))
+        groups = parse_vote_groups(vote["vote_groups"])
         scores = {m: result[member_output(m)] for m in lite}
         expected = aggregate.vote(scores, parse_vote_weights(vote["vote_weights"]), groups)
         np.testing.assert_allclose(result["P_FAKE"], expected, atol=1e-6)

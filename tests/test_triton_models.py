@@ -9,7 +9,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from gateway.aggregate import vote
-from gateway.model_server import parse_vote_weights
+from gateway.model_server import parse_vote_groups, parse_vote_weights
 from model_repository.local_triton import TritonSettings
 from preprocess.tensors import member_output
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized
@@ -82,7 +82,7 @@ def test_ensemble_is_the_vote_of_its_members_by_the_configured_rule(
     result = infer(triton.grpc_url, "deepfake_ensemble", faces)
     weights = vote_weights(triton)
     params = parameters(triton.grpc_url, "deepfake_vote")
-    groups = dict(item.split("=") for item in params["vote_groups"].split(","))
+    groups = parse_vote_groups(params["vote_groups"])
     assert set(weights) == set(groups) == set(MEMBERS)
     assert set(result) == {"P_FAKE", *(member_output(m) for m in MEMBERS)}
     direct = {m: infer(triton.grpc_url, m, faces)["P_FAKE"] for m in weights}

@@ -20,14 +20,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Gauge
 from redis import RedisError
 
-from gateway import schemas
 from gateway.deps import JobsDep
 from gateway.errors import ApiError
 from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
 from gateway.jobs.spool import Caps, discard, spool_files
 from gateway.jobs.views import JobAnswer, JobList, job_view
 from gateway.jobs.webhook import check_callback_url
-from gateway.openapi import upload_doc
+from gateway.openapi import errors_doc, upload_doc
 from gateway.queries import DetectQuery
 from gateway.security import key_id, presented_key
 from gateway.settings import MB, Settings
@@ -39,9 +38,8 @@ EVENTS_POLL_S = 0.5
 QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
 
 JOB_UPLOAD_DOC = upload_doc(many=True)
-JOB_ERRORS = {
-    code: {"model": schemas.ErrorAnswer, "description": text}
-    for code, text in {
+JOB_ERRORS = errors_doc(
+    {
         404: "no such job for this API key",
         408: "upload too slow",
         409: "the same Idempotency-Key is still being submitted",
@@ -49,8 +47,8 @@ JOB_ERRORS = {
         422: "bad options or callback_url",
         429: "too many unfinished jobs for this API key (see Retry-After)",
         503: "the job queue's store is unreachable or full (see Retry-After)",
-    }.items()
-}
+    }
+)
 STORE_RETRY_S = 30
 T = TypeVar("T")
 
