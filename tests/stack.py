@@ -26,7 +26,6 @@ ASSETS = SHARED / "assets"
 FAKE_CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"  # 640x480; lite: 0.95
 REAL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"  # 180 KB, moov last; lite: 0.06
 BIG_CLIP = MEDIA / "videos/real/cvprw2019_demo.mp4"  # about 2 MB, 1280x720
-HD_CLIP = MEDIA / "videos/fake/dfdc_widuwuoiur.mp4"  # 10 s of 1920x1080
 
 
 def free_port() -> int:

@@ -34,6 +34,7 @@ LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s, 751 frames
 POD_LIMIT_MB = 3 * 1024  # deploy/k8s/base/gateway/deployment.yaml
 TIMEOUT = httpx.Timeout(300.0)
 FIGURES: dict[str, object] = {}
+FRAMES = 300  # a long analysis: far more than a client gone early may cost
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -224,9 +225,9 @@ def test_the_deadline_ends_an_analysis_with_504_and_frees_its_slot(
 def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
     gateway: Gateway, lite_triton: TritonSettings, route: str
 ) -> None:
-    conn, _ = open_upload(gateway.url, route, LONG_CLIP, frames=300)
+    before = triton_inferences(lite_triton)
+    conn, _ = open_upload(gateway.url, route, LONG_CLIP, frames=FRAMES)
     try:
-        before = triton_inferences(lite_triton)
         wait_until(lambda: triton_inferences(lite_triton) > before, what="no inference began")
     finally:
         conn.close()
@@ -240,12 +241,17 @@ def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
     stopped = triton_inferences(lite_triton)
     idle_cpu_s = busy_cpu_s(gateway.process)
     assert triton_inferences(lite_triton) == stopped, "Triton still scores the gone client's faces"
+    # Counted, not timed: an analysis that ran on to its end would score ~300 faces (one a
+    # frame); a stopped one, those in flight when the client went.
+    scored = stopped - before
+    assert scored < FRAMES // 2, f"{scored} faces scored for a client gone early"
     # A whole analysis keeps both cores busy (about 2 CPU-s a second); stopped, the gateway idles.
     assert idle_cpu_s < 0.3, idle_cpu_s
     FIGURES[f"gone_mid_analysis{route.replace('/', '_')}"] = {
         "slot_released_s": round(released_s, 2),
         "triton_queue_drained_s": round(drained_s, 2),
         "cpu_s_in_the_next_second": round(idle_cpu_s, 2),
+        "faces_scored_of_300": scored,
     }
     assert detect(gateway.url, OBAMA).status_code == 200
 

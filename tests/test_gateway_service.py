@@ -14,12 +14,14 @@ import pytest
 from export.repository import profile_members
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, REPOSITORY, ROOT, Gateway, free_port, start_gateway, wait_for
+from tests.stack import metric
 
 # The full tier only (make test): gateway processes.
 pytestmark = pytest.mark.stack
 
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
+IN_FLIGHT = "gateway_requests_in_flight"
 CLIP = MEDIA / "videos/fake/cvprw2019_demo_fake.mp4"
 LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s
 
@@ -61,13 +63,6 @@ async def trickle(url: str, seconds: float) -> int:
         return response.status_code
 
 
-def in_flight(url: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("gateway_requests_in_flight "):
-            return float(line.split()[1])
-    raise KeyError("gateway_requests_in_flight")
-
-
 async def while_busy(url: str) -> tuple[int, httpx.Response, int]:
     """A long analysis holds the one slot: an ordinary request is refused meanwhile, while a
     trickled upload is received (receiving holds no slot)."""
@@ -79,7 +74,7 @@ async def while_busy(url: str) -> tuple[int, httpx.Response, int]:
                 params={"frames": 300},
             )
         )
-        while in_flight(url) < 1:
+        while metric(url, IN_FLIGHT) < 1:
             await asyncio.sleep(0.05)
         slow = asyncio.create_task(trickle(url, 2.0))
         image = {"file": ("o.jpg", OBAMA.read_bytes())}
@@ -98,7 +93,7 @@ def test_beyond_max_in_flight_requests_get_429(lite_triton: TritonSettings, tmp_
         # Received and sniffed without a slot: answered on its own (a 1-byte-a-tick "image").
         assert slow_status == 415
         deadline = time.monotonic() + 30
-        while in_flight(gateway.url) and time.monotonic() < deadline:
+        while metric(gateway.url, IN_FLIGHT) and time.monotonic() < deadline:
             time.sleep(0.05)
         ok = httpx.post(
             gateway.url + "/api/detect", files={"file": ("o.jpg", OBAMA.read_bytes())}, timeout=120

@@ -6,13 +6,10 @@ table follows it, a row opens the full result, a reload brings the batch back.""
 
 import base64
 import json
-from collections.abc import Iterator
 
-import pytest
 from playwright.sync_api import Browser, Page
 
-from model_repository.local_triton import TritonSettings
-from tests.conftest import Gateway, start_gateway
+from tests.conftest import Gateway
 from tests.jobs_support import BAD, IMAGES
 from tests.test_web_ui import (  # noqa: F401 — seen is a fixture
     DESKTOP,
@@ -25,12 +22,6 @@ from tests.test_web_ui import (  # noqa: F401 — seen is a fixture
 )
 
 JOB_TIMEOUT_MS = 180_000
-
-
-@pytest.fixture(scope="module")
-def gateway(lite_triton: TritonSettings, tmp_path_factory) -> Iterator[Gateway]:
-    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("jobs-web")) as gw:
-        yield gw
 
 
 def drop_files(page: Page, files: list[tuple[str, str, bytes]]) -> None:
@@ -47,9 +38,9 @@ def rows(page: Page) -> list[dict]:
 
 
 def test_several_dropped_files_are_one_job_with_a_queue_table(
-    gateway: Gateway, browser: Browser, seen: Seen
+    lite_gateway: Gateway, browser: Browser, seen: Seen
 ) -> None:
-    page = open_page(browser, gateway.url, seen, DESKTOP)
+    page = open_page(browser, lite_gateway.url, seen, DESKTOP)
     files = [(p.name, "image/jpeg", p.read_bytes()) for p in IMAGES[:2]]
     files.append(("notes.mp4", "video/mp4", BAD["notes.mp4"]))
     drop_files(page, files)
@@ -77,14 +68,14 @@ def test_several_dropped_files_are_one_job_with_a_queue_table(
     page.reload()
     page.wait_for_selector('#job[data-status="done"]', state="attached", timeout=30_000)
     assert rows(page) == table
-    assert_only_own_origin(seen.requests, gateway.url)
+    assert_only_own_origin(seen.requests, lite_gateway.url)
     assert seen.errors == []
     page.close()
 
 
-def test_a_batch_that_is_gone_says_so(gateway: Gateway, browser: Browser, seen: Seen) -> None:
-    page = open_page(browser, gateway.url, seen, DESKTOP)
-    page.goto(f"{gateway.url}/?job={'0' * 32}")
+def test_a_batch_that_is_gone_says_so(lite_gateway: Gateway, browser: Browser, seen: Seen) -> None:
+    page = open_page(browser, lite_gateway.url, seen, DESKTOP)
+    page.goto(f"{lite_gateway.url}/?job={'0' * 32}")
     page.wait_for_selector('#error[data-status="404"]', state="attached", timeout=30_000)
     assert "no longer kept" in (page.text_content("#error") or "")
     assert "job=" not in page.url

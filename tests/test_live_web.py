@@ -8,28 +8,18 @@ Screenshots go to tests/artifacts/web_ui/ (git-ignored)."""
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page
 
-from model_repository.local_triton import TritonSettings
-from tests.conftest import ROOT, Gateway, start_gateway
+from tests.conftest import ROOT, Gateway
 from tests.live_client import FAKE_CLIP, REAL_CLIP
 from tests.stack import chromium
 
 ARTIFACTS = ROOT / "tests/artifacts/web_ui"
 JUDGED = 10  # frames judged before the running score is read
 TIMEOUT_S = 120
-
-
-@pytest.fixture(scope="module")
-def live_page(
-    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("live-web")) as gateway:
-        yield gateway
 
 
 def camera_file(clip: Path, out: Path) -> Path:
@@ -45,9 +35,10 @@ def camera_file(clip: Path, out: Path) -> Path:
     return out
 
 
-def watch(url: str, y4m: Path | None, name: str) -> dict:
+def watch(url: str, y4m: Path | None, name: str, verdicts: tuple[str, ...]) -> dict:
     """Open Live mode with the fake camera playing `y4m` (or, without one, share the fake
-    screen), start it, wait for JUDGED answers; what it shows."""
+    screen), start it, wait for JUDGED answers; what it shows, and when the first of
+    `verdicts` did."""
     fake_media = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
     if y4m is not None:
         fake_media += (f"--use-file-for-fake-video-capture={y4m}",)
@@ -63,11 +54,7 @@ def watch(url: str, y4m: Path | None, name: str) -> dict:
         started = time.monotonic()
         first_verdict = None
         while int(page.get_attribute("#live", "data-answered") or 0) < JUDGED:
-            if first_verdict is None and page.get_attribute("#verdict", "data-verdict") in (
-                "fake",
-                "real",
-                "no_face",
-            ):
+            if first_verdict is None and page.get_attribute("#verdict", "data-verdict") in verdicts:
                 first_verdict = time.monotonic() - started
             assert time.monotonic() - started < TIMEOUT_S, "too few frames judged"
             page.wait_for_timeout(200)
@@ -93,13 +80,14 @@ def read(page: Page) -> dict:
 
 @pytest.mark.parametrize(("clip", "fake"), [(FAKE_CLIP, True), (REAL_CLIP, False)])
 def test_live_mode_with_a_fake_camera(
-    live_page: Gateway, clip: Path, fake: bool, tmp_path: Path
+    lite_gateway: Gateway, clip: Path, fake: bool, tmp_path: Path
 ) -> None:
     name = "fake" if fake else "real"
-    shown = watch(live_page.url, camera_file(clip, tmp_path / f"{name}.y4m"), name)
+    y4m = camera_file(clip, tmp_path / f"{name}.y4m")
+    shown = watch(lite_gateway.url, y4m, name, ("fake", "real"))
     assert not shown["errors"], shown["errors"]
     assert shown["faces"] >= 1 and shown["people"] >= 1  # boxes drawn, a chart per person
-    assert shown["first_verdict_s"] is not None and shown["first_verdict_s"] < 30
+    assert shown["first_verdict_s"] is not None  # a verdict within the JUDGED answers
     if fake:
         assert shown["verdict"] == "fake" and shown["score"] >= 0.5, shown
         assert shown["text"] == "Likely fake"
@@ -108,11 +96,11 @@ def test_live_mode_with_a_fake_camera(
         assert shown["text"] == "Likely real"
 
 
-def test_live_mode_sharing_a_tab(live_page: Gateway) -> None:
+def test_live_mode_sharing_a_tab(lite_gateway: Gateway) -> None:
     """The getDisplayMedia path: the shared surface's frames are sent and judged; Chromium's
     fake capture shows no face, and the page says so rather than guess."""
-    shown = watch(live_page.url, None, "tab")
+    shown = watch(lite_gateway.url, None, "tab", ("no_face",))
     assert not shown["errors"], shown["errors"]
-    assert shown["first_verdict_s"] is not None and shown["first_verdict_s"] < 30
+    assert shown["first_verdict_s"] is not None
     assert (shown["verdict"], shown["faces"], shown["people"]) == ("no_face", 0, 0), shown
     assert shown["text"] == "No face in view"

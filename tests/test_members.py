@@ -56,12 +56,10 @@ def classifier_onnx(path: Path, model: torch.nn.Module, shape: tuple, opset: int
     return path
 
 
-def manifest(folder: Path, name: str = "meso4_onnx", output: str = "p_real", **extra: str) -> Path:
+def manifest(folder: Path, name: str = "meso4_onnx", output: str = "p_real") -> Path:
     folder = folder / name
     folder.mkdir(parents=True, exist_ok=True)
-    text = CLASSIFIER_MANIFEST.format(name=name, output=output)
-    text += "".join(f"{k} = {v}\n" for k, v in extra.items())
-    (folder / "member.toml").write_text(text)
+    (folder / "member.toml").write_text(CLASSIFIER_MANIFEST.format(name=name, output=output))
     return folder / "member.toml"
 
 

@@ -28,7 +28,7 @@ import pytest
 from gateway.model_server import channel_args, grpc_target
 from model_repository.local_triton import LocalTriton
 from tests.conftest import Gateway, free_port, start_gateway, write_results
-from tests.stack import BIG_CLIP, MEDIA, detect_at_once, triton_process, wait_until
+from tests.stack import BIG_CLIP, MEDIA, detect_at_once, metric, triton_process, wait_until
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 CLIP = BIG_CLIP
@@ -118,14 +118,6 @@ def detect(url: str, path: Path = OBAMA, **params: object) -> httpx.Response:
         )
 
 
-def gauge(gateway: Gateway, name: str) -> float:
-    """A metric without labels from the gateway's /metrics."""
-    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
-
-
 def in_background(call) -> tuple[threading.Thread, dict]:
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(value=call()), daemon=True)
@@ -141,7 +133,7 @@ def test_a_triton_killed_mid_request_is_503_and_served_again_after_its_restart(
         # Paused first, so the request is surely at Triton (or on its way) when it dies.
         replica.pause()
         thread, result = in_background(lambda: detect(gateway.url))
-        wait_until(lambda: gauge(gateway, "gateway_requests_in_flight") == 1, what="in flight")
+        wait_until(lambda: metric(gateway.url, "gateway_requests_in_flight") == 1, what="in flight")
         time.sleep(1.0)  # decoding and face detection done: the gateway waits on Triton
         replica.kill()
         thread.join(60)
@@ -181,7 +173,7 @@ def test_a_paused_triton_hits_the_deadline_504_and_the_slot_is_released(
             assert response.status_code == 504, response.text
             assert response.json()["error"]["code"] == "triton_timeout"
             assert list(gateway.uploads.iterdir()) == []
-            assert gauge(gateway, "gateway_requests_in_flight") == 0
+            assert metric(gateway.url, "gateway_requests_in_flight") == 0
             assert httpx.get(gateway.url + "/readyz").status_code == 503
         finally:
             replica.resume()
@@ -244,7 +236,7 @@ def test_two_replicas_share_the_load_and_killing_one_loses_no_request(
         statuses = asyncio.run(load(gateway.url, total, concurrency=4, on_done=maybe_kill))
         assert b.server.process is not None and b.server.process.poll() is not None
         lost = sum(s != 200 for s in statuses)
-        retries = int(gauge(gateway, "gateway_triton_retries_total"))
+        retries = int(metric(gateway.url, "gateway_triton_retries_total"))
         logged = sum(
             json.loads(line).get("message") == "triton unavailable; retrying"
             for line in gateway.log.read_text().splitlines()
@@ -270,7 +262,7 @@ def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(
     bound = 60
     with start_gateway(replica.url, tmp_path, shutdown_timeout_s=bound) as gateway:
         thread, result = in_background(lambda: detect(gateway.url, CLIP, frames=32))
-        wait_until(lambda: gauge(gateway, "gateway_requests_in_flight") == 1, what="in flight")
+        wait_until(lambda: metric(gateway.url, "gateway_requests_in_flight") == 1, what="in flight")
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
         wait_until(lambda: not listening(gateway), timeout=10, what="still accepting")

@@ -23,7 +23,7 @@ from tests.bench.inputs import (
 )
 from tests.bench.live import run_live
 from tests.bench.prototype import run_prototype
-from tests.bench.service import run_cpu, run_p50, run_service
+from tests.bench.service import cpu_per_request, run_p50, run_service
 from tests.bench.triton_stage import ENSEMBLE, run_triton
 from tests.stack import local_triton, measured_gateway
 
@@ -61,13 +61,13 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                     detector=config.detector,
                 ) as gw:
                     if "service" in config.stages:
-                        service = run_service(config, gw.url, profile)
+                        processes = (gw.process, psutil.Process(server.process.pid))
+                        service = run_service(config, gw.url, profile, processes)
                         result.setdefault("service", {})[profile] = service
                         note_load(result, f"service {profile}")
-                        triton = psutil.Process(server.process.pid)
-                        cpu = run_cpu(config, gw.url, gw.process, triton)
-                        result.setdefault("service_cpu", {})[profile] = cpu
-                        note_load(result, f"service cpu {profile}")
+                        if "c1" in service:
+                            cpu = cpu_per_request(service["c1"], ("gateway", "triton"))
+                            result.setdefault("service_cpu", {})[profile] = cpu
                         if profile == "lite" and config.p50_runs > 0:
                             result["p50"] = run_p50(config, gw.url)
                             note_load(result, "p50")

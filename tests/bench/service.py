@@ -10,7 +10,7 @@ import httpx
 import psutil
 
 from tests.bench.config import BenchConfig
-from tests.bench.measure import latency_summary, median, run_concurrently
+from tests.bench.measure import Run, latency_summary, median, run_concurrently
 
 STAGES = ("upload", "decode", "detect", "infer", "aggregate", "total")
 TIMEOUT = httpx.Timeout(900.0, connect=10.0)
@@ -45,10 +45,14 @@ def run_level(
     sends = [clips[i % len(clips)] for i in range(max(len(clips), concurrency) * waves)]
     jobs = [lambda p=p: detect(url, p, frames, models) for p in sends]
     run = run_concurrently(jobs, concurrency)
+    return level_figures(run, len(sends), clips)
+
+
+def level_figures(run: Run, requests: int, clips: list[Path]) -> dict:
     return {
-        "requests": len(sends),
+        "requests": requests,
         "wall_s": run.wall_s,
-        "videos_per_min": 60 * len(sends) / run.wall_s,
+        "videos_per_min": 60 * requests / run.wall_s,
         **latency_summary(run.latencies_s),
         "stages_ms": stage_medians(run.results),
         "per_clip_total_ms": {
@@ -59,13 +63,19 @@ def run_level(
     }
 
 
-def run_service(config: BenchConfig, url: str, profile: str) -> dict:
+def run_service(
+    config: BenchConfig, url: str, profile: str, processes: tuple[psutil.Process, ...]
+) -> dict:
     """Every member of the profile (models=all), as the prototype baseline runs them: by default
-    the gateway skips the members that cannot vote (see run_p50 for that request)."""
+    the gateway skips the members that cannot vote (see run_p50 for that request). At one
+    client, each request's CPU seconds in `processes` (the gateway, Triton) too."""
     detect(url, config.clips[0], config.frames, ALL)  # warm-up: detector sessions, channel
     result: dict = {}
     for c in config.concurrency:
-        level = run_level(url, config.clips, config.frames, c, config.waves, ALL)
+        if c == 1:
+            level = run_alone(url, config, processes)
+        else:
+            level = run_level(url, config.clips, config.frames, c, config.waves, ALL)
         result[f"c{c}"] = level
         print(
             f"  service {profile} c{c}: {level['videos_per_min']:.2f} videos/min, "
@@ -111,20 +121,27 @@ def cpu_s(process: psutil.Process) -> float:
     return total
 
 
-def run_cpu(
-    config: BenchConfig, url: str, gateway: psutil.Process, triton: psutil.Process
-) -> dict[str, dict[str, float]]:
-    """Each clip alone (models=all, as the floor runs them): the CPU seconds the gateway
-    (decode, detection, crops, the rest) and Triton (the members, the vote) spent on it."""
-    per_clip = {}
-    for path in config.clips:
-        samples = []
-        for _ in range(config.repeats):
-            before = cpu_s(gateway), cpu_s(triton)
-            detect(url, path, config.frames, ALL)
-            samples.append((cpu_s(gateway) - before[0], cpu_s(triton) - before[1]))
-        per_clip[path.name] = {
-            "gateway_cpu_s": median([g for g, _ in samples]),
-            "triton_cpu_s": median([t for _, t in samples]),
+def run_alone(url: str, config: BenchConfig, processes: tuple[psutil.Process, ...]) -> dict:
+    """The one-client level, each request alone: its answer with the CPU seconds each of
+    `processes` spent on it (`cpu_s`, in their order)."""
+    sends = [config.clips[i % len(config.clips)] for i in range(len(config.clips) * config.waves)]
+
+    def timed(path: Path) -> dict:
+        before = [cpu_s(p) for p in processes]
+        answer = detect(url, path, config.frames, ALL)
+        return answer | {"cpu_s": [cpu_s(p) - b for p, b in zip(processes, before, strict=True)]}
+
+    run = run_concurrently([lambda p=p: timed(p) for p in sends], 1)
+    return level_figures(run, len(sends), config.clips)
+
+
+def cpu_per_request(level: dict, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """{clip: {"<name>_cpu_s": median}} from a level run by run_alone."""
+    clips = dict.fromkeys(a["clip"] for a in level["answers"])
+    return {
+        clip: {
+            f"{name}_cpu_s": median([a["cpu_s"][i] for a in level["answers"] if a["clip"] == clip])
+            for i, name in enumerate(names)
         }
-    return per_clip
+        for clip in clips
+    }
