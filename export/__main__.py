@@ -44,9 +44,15 @@ log = logging.getLogger("export")
 
 
 def find_weights(
-    name: str, explicit: Path | None, allow_random: bool, allow_download: bool
+    name: str,
+    explicit: Path | None,
+    allow_random: bool,
+    allow_download: bool,
+    asset_name: str | None = None,
 ) -> tuple[Path | None, Provenance]:
-    asset = weights_manifest()[ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
+    """Member `name`'s weights (its architecture's asset, or `asset_name`) and their
+    provenance; random ones (None, UNTRAINED) only where allowed, and said."""
+    asset = weights_manifest()[asset_name or ARCHITECTURES[name].PRETRAINED_CFG["asset"]]
     if explicit is not None:
         path = explicit
     else:
@@ -111,19 +117,8 @@ def export_manifest_member(
                 f"{member.name}: output, input_size, mean, std must be {member.architecture}'s "
                 f"({cfg['head']}, {cfg['input_size']}, {cfg['mean']}, {cfg['std']})"
             )
-        asset = weights_manifest()[member.weights_asset]
-        try:
-            weights: Path | None = assets.resolve(asset, allow_download)
-        except assets.AssetError as exc:
-            if not allow_random:
-                raise SystemExit(f"{member.name}: {exc}; or pass --allow-random") from exc
-            weights = None
-        provenance = (
-            UNTRAINED
-            if weights is None
-            else Provenance(
-                True, weights.name, assets.sha256_of(weights), asset.source, asset.licence
-            )
+        weights, provenance = find_weights(
+            member.name, None, allow_random, allow_download, member.weights_asset
         )
     else:
         weights = manifests.find_onnx(member)

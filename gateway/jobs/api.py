@@ -77,7 +77,7 @@ async def in_store(call: Callable[..., T], *args: object) -> T:
     try:
         return await asyncio.to_thread(call, *args)
     except (RedisError, sqlite3.OperationalError) as exc:
-        log.warning("job store unavailable: %s", exc)
+        log.error("job store unavailable: %s", exc)  # a retry or an operator: both must see it
         raise ApiError(
             503,
             "jobs_unavailable",
