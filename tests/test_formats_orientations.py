@@ -23,10 +23,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from gateway.schemas import DetectAnswer
-from model_repository.local_triton import TritonSettings
 from preprocess.media import Media, MediaReader
 from preprocess.orientation import ALL, Orientation, from_display_matrix, from_exif
-from tests.conftest import FAKE_CLIP, Gateway, start_gateway, write_results
+from tests.conftest import FAKE_CLIP, Gateway, write_results
 
 # The full tier only (make test): ffmpeg makes its media; a real Triton scores it.
 pytestmark = pytest.mark.stack
@@ -395,11 +394,9 @@ def test_an_animated_image_is_sampled_like_a_video(
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    lite_triton: TritonSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    with start_gateway(lite_triton.grpc_url, tmp_path_factory.mktemp("formats")) as gw:
-        yield gw
+def gateway(lite_gateway: Gateway) -> Iterator[Gateway]:
+    """The module's lite gateway; the scores it gave are recorded once all are in."""
+    yield lite_gateway
     write_results("formats_orientations", SCORES)
 
 
