@@ -240,19 +240,27 @@ def test_the_gateway_reports_each_members_precision(
 def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
     solo_repository: Path, crops: quantize.Crops, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As if Xception were trained and the tolerance were 0: cpu_fast keeps it in fp32 and
-    says why; with the tolerance back, the recorded check lets bf16 through."""
+    """As if Xception were trained and its bf16 check had moved the scores beyond the
+    tolerance: cpu_fast keeps it in fp32 and says why; a check within the tolerance lets
+    bf16 through. The recorded difference is set, not measured: without BF16 units the
+    CPU computes the bf16 hint in fp32 and the real difference is exactly 0."""
     monkeypatch.setattr(quantize, "is_trained", lambda repo, member: True)
     (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "bf16"\n')
     runtimes.check_bf16(solo_repository, MEMBER, quantize.Crops(crops.images[:4], crops.clips[:4]))
-    monkeypatch.setattr(quantize, "MAX_DELTA", 0.0)
+    record = solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK
+    measured = json.loads(record.read_text())
+
+    def record_delta(max_delta: float) -> None:
+        record.write_text(json.dumps({**measured, "max_delta": max_delta}))
+
+    record_delta(quantize.MAX_DELTA * 2)
     precision, why = runtimes.served_precision(solo_repository, MEMBER)
     assert (precision, why.split(" by ")[0]) == ("fp32", "bf16 moved P_FAKE")
     config = runtimes.fast_config('backend: "onnxruntime"\n', precision, why)
     assert 'backend: "onnxruntime"' in config and "bf16 moved P_FAKE" in config
-    monkeypatch.setattr(quantize, "MAX_DELTA", 0.02)
+    record_delta(quantize.MAX_DELTA)
     assert runtimes.served_precision(solo_repository, MEMBER) == ("bf16", "")
-    (solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK).unlink()
+    record.unlink()
     assert (
         runtimes.served_precision(solo_repository, MEMBER)[1]
         == "bf16 not checked against this graph"
