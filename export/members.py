@@ -14,14 +14,18 @@ the profiles' ensembles and votes. Two kinds of weights:
                                  manifest, then in $DEEPFAKE_ASSETS
 
 Everything wrong with a manifest or its ONNX (a missing field, an unknown
-output meaning, a shape, dtype or opset that does not fit) is a ManifestError
-at export, never an error at request time. See model_repository/README.md.
+output meaning, a shape, dtype, opset or op domain that does not fit) is a
+ManifestError at export, never an error at request time. A manifest is data
+from whoever drops the folder: it names only built-in templates and files
+inside its own folder, and its free text reaches the configs escaped
+(export/repository.py write_parameters). See model_repository/README.md.
 """
 
 import re
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import onnx
@@ -46,6 +50,14 @@ OUTPUTS = {
 # Opsets ONNX Runtime 1.19+ (local and NGC 24.10) runs and the converter reaches.
 MIN_OPSET, MAX_OPSET = 7, 21
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+# Configs a member may copy: the built-in members' only, never a path (`../x`).
+TEMPLATES = BUILTIN
+# One part of the `onnx` path: no `..`, no glob characters (the asset search globs the name).
+PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+# Operator sets every runtime of the repository has; a custom op fails only when Triton loads.
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+# Free text (provenance) shown by /api/models and the report: a sentence, not a document.
+MAX_TEXT = 500
 
 
 class ManifestError(ValueError):
@@ -91,6 +103,30 @@ def _triple(data: dict, key: str, default: tuple, where: Path) -> tuple[float, f
     return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
+def _text(data: dict, key: str, where: Path, required: bool = False) -> str:
+    """A free-text field: any characters (they are escaped where written), bounded."""
+    value = _require(data, key, str, where) if required or key in data else ""
+    if len(str(value)) > MAX_TEXT:
+        raise ManifestError(f"{where}: {key!r} is over {MAX_TEXT} characters")
+    return str(value)
+
+
+def _onnx_path(value: str, where: Path) -> str:
+    """`onnx`: a relative path inside the member's folder (find_onnx checks links)."""
+    path = PurePosixPath(value)
+    if path.is_absolute() or "\\" in value:
+        raise ManifestError(
+            f"{where}: onnx {value!r} must be a path inside its folder, not absolute"
+        )
+    if ".." in path.parts:
+        raise ManifestError(f"{where}: onnx {value!r} must not leave its folder (..)")
+    if not (all(PATH_PART.match(p) for p in path.parts) and path.suffix == ".onnx"):
+        raise ManifestError(
+            f"{where}: onnx {value!r} must be a .onnx file named with letters, digits, . _ -"
+        )
+    return value
+
+
 def parse_manifest(path: Path) -> Member:
     """One manifest, checked field by field (not its weights: see check_weights)."""
     try:
@@ -109,7 +145,7 @@ def parse_manifest(path: Path) -> Member:
     if output not in OUTPUTS:
         raise ManifestError(f"{path}: output {output!r} must be one of {sorted(OUTPUTS)}")
     architecture = str(data.get("architecture", ""))
-    onnx_file = str(data.get("onnx", ""))
+    onnx_file = _onnx_path(str(data["onnx"]), path) if data.get("onnx") else ""
     if bool(architecture) == bool(onnx_file):
         raise ManifestError(f"{path}: give either architecture (+ weights) or onnx, not both")
     if architecture and architecture not in BUILTIN:
@@ -126,9 +162,13 @@ def parse_manifest(path: Path) -> Member:
     size = int(_require(data, "input_size", int, path))
     if not 16 <= size <= 1024:
         raise ManifestError(f"{path}: input_size {size} must be 16..1024")
-    if onnx_file:
-        for key in ("licence", "source"):
-            _require(data, key, str, path)
+    template = str(data.get("template", architecture or "meso4"))
+    if template not in TEMPLATES:
+        raise ManifestError(f"{path}: template {template!r} must be one of {TEMPLATES}")
+    group = str(data.get("group", ""))
+    if group and not NAME.match(group):
+        # It is written into vote_groups ("member=group,..."): no separators in it.
+        raise ManifestError(f"{path}: group {group!r} must be lower-case letters, digits and _")
     return Member(
         name=name,
         folder=path.parent,
@@ -136,16 +176,16 @@ def parse_manifest(path: Path) -> Member:
         input_size=size,
         mean=_triple(data, "mean", (0.0, 0.0, 0.0), path),
         std=_triple(data, "std", (1.0, 1.0, 1.0), path),
-        trained_on=str(_require(data, "trained_on", str, path)),
+        trained_on=_text(data, "trained_on", path, required=True),
         profiles=profiles,
         weight=weight,
-        group=str(data.get("group", "")),
-        template=str(data.get("template", architecture or "meso4")),
+        group=group,
+        template=template,
         architecture=architecture,
         weights_asset=weights,
         onnx=onnx_file,
-        licence=str(data.get("licence", "")),
-        source=str(data.get("source", "")),
+        licence=_text(data, "licence", path, required=bool(onnx_file)),
+        source=_text(data, "source", path, required=bool(onnx_file)),
     )
 
 
@@ -155,9 +195,15 @@ def discover(repo: Path) -> list[Member]:
 
 
 def find_onnx(member: Member) -> Path:
+    """The member's ONNX: in its folder (a link may not point out of it), else found by
+    its file name on the asset search path."""
     local = member.folder / member.onnx
-    if local.is_file():
-        return local
+    if local.exists() or local.is_symlink():
+        resolved = local.resolve()
+        if not resolved.is_relative_to(member.folder.resolve()):
+            raise ManifestError(f"{member.name}: {member.onnx} links out of {member.folder}")
+        if resolved.is_file():
+            return resolved
     for root in assets.search_path():
         found = next(iter(sorted(root.rglob(Path(member.onnx).name))), None)
         if found is not None:
@@ -172,9 +218,35 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
+def _nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """Nodes and every node of their subgraphs (If, Loop, Scan bodies), depth first."""
+    for node in nodes:
+        yield node
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for graph in [*subgraphs, *attribute.graphs]:
+                yield from _nodes(graph.node)
+
+
+def op_domains(model: onnx.ModelProto) -> set[str]:
+    """Every operator domain the model imports or uses, its local functions' included."""
+    domains = {o.domain for o in model.opset_import}
+    domains |= {n.domain for n in _nodes(model.graph.node)}
+    for function in model.functions:
+        domains |= {function.domain, *(o.domain for o in function.opset_import)}
+        domains |= {n.domain for n in _nodes(function.node)}
+    return domains
+
+
 def check_classifier(member: Member, model: onnx.ModelProto) -> onnx.ModelProto:
     """The classifier if it fits, converted to the project's opset; else ManifestError."""
     where = f"{member.name} ({member.onnx})"
+    custom = sorted(op_domains(model) - set(STANDARD_DOMAINS))
+    if custom:
+        raise ManifestError(
+            f"{where}: op domain {custom[0]!r} is not a standard one {STANDARD_DOMAINS}: "
+            f"Triton's runtimes have no such operators"
+        )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf import text_format
+from google.protobuf import text_encoding, text_format
 from tritonclient.grpc import model_config_pb2
 
 from preprocess.tensors import VOTE_RULES
@@ -59,16 +59,26 @@ def config_files(model_dir: Path) -> list[Path]:
     return [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
 
 
+def quoted(value: str) -> str:
+    """`value` as a text-format string literal, escaped as protobuf's text_format writes it:
+    a manifest's free text (trained_on, source, licence) cannot close the string and add
+    fields of its own."""
+    return '"' + text_encoding.CEscape(value, as_utf8=True) + '"'
+
+
 def write_parameters(config: Path, params: dict[str, str]) -> None:
     """Replace (or append) the provenance block of `config`."""
     lines = [BEGIN]
     lines += [
-        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()
+        f"parameters {{ key: {quoted(k)} value: {{ string_value: {quoted(v)} }} }}"
+        for k, v in params.items()
     ]
     block = "\n".join([*lines, END]) + "\n"
     text = _BLOCK.sub("", config.read_text())
     config.write_text(text.rstrip("\n") + "\n" + block)
-    read_config(config)  # still a valid ModelConfig
+    written = read_config(config).parameters  # still a valid ModelConfig, and these values
+    if any(written[k].string_value != v for k, v in params.items()):
+        raise ValueError(f"{config}: the provenance block did not read back as written")
 
 
 _INPUT_SIZE = re.compile(r'(parameters \{ key: "input_size" value: \{ string_value: ")\d+(" \} \})')

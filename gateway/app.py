@@ -34,7 +34,16 @@ from gateway.live import live_router
 from gateway.openapi import errors_doc, install_openapi, upload_doc
 from gateway.options import Options, new_request_id, options_for
 from gateway.queries import DetectQuery
-from gateway.report import ReportError, find_chromium, print_pdf, render_html
+from gateway.report import (
+    AnswerError,
+    ReportError,
+    ReportLimits,
+    check_answer,
+    check_size,
+    find_chromium,
+    print_pdf,
+    render_html,
+)
 from gateway.security import install_access, install_cors, peer
 from gateway.selection import model_summary
 from gateway.settings import Settings
@@ -70,8 +79,9 @@ ERRORS_DOC = errors_doc(
 REPORT_ERRORS_DOC = errors_doc(
     {
         413: "the answer over GATEWAY_REPORT_MAX_MB",
-        422: "not a detect answer, or a bad format",
-        429: "too many PDFs or analyses at once (see Retry-After)",
+        422: "not a detect answer, a bad format, references the answer lacks "
+        "(invalid_report), or over the report's limits (report_over_limits)",
+        429: "too many reports or analyses at once (see Retry-After)",
         503: "no Chromium to print the PDF",
     }
 )
@@ -317,28 +327,31 @@ def add_routes(app: FastAPI, settings: Settings) -> None:
         executor: ExecutorDep,
         format: Annotated[Literal["html", "pdf"], Query(description="html or pdf")] = "html",
     ) -> Response:
-        answer = await read_answer(request, settings.report_max_mb << 20)
-        html = render_html(answer, VERSION, datetime.now(UTC))
-        name = report_name(answer.filename)
-        if format == "html":
-            return Response(
-                html,
-                media_type="text/html; charset=utf-8",
-                headers={"Content-Disposition": f'attachment; filename="{name}.html"'},
-            )
-        await admission.enter()  # a Chromium per PDF: bounded like an analysis
+        body = await read_body(request, settings.report_max_mb << 20)
+        limits = ReportLimits(
+            settings.report_max_values, int(settings.report_max_image_mpx * 1_000_000)
+        )
+        chromium = find_chromium(settings.chromium) if format == "pdf" else None
+        # Parsing, checking, rendering and printing: CPU work on a worker thread (never the
+        # event loop), bounded like an analysis by the same admission.
+        await admission.enter()
         try:
-            pdf = await asyncio.get_running_loop().run_in_executor(
-                executor, print_pdf, html, find_chromium(settings.chromium)
+            future = asyncio.get_running_loop().run_in_executor(
+                executor, make_report, body, format, limits, chromium
             )
-        except ReportError as exc:
-            raise ApiError(503, "pdf_unavailable", str(exc)) from None
+            try:
+                name, content = await asyncio.shield(future)
+            finally:
+                # The client gone: the slot is free only once the thread has returned.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait({future})
         finally:
             admission.leave()
+        media_type = "text/html; charset=utf-8" if format == "html" else "application/pdf"
         return Response(
-            pdf,
-            media_type="application/pdf",
-            headers={"Content-Disposition": f'attachment; filename="{name}.pdf"'},
+            content,
+            media_type=media_type,
+            headers={"Content-Disposition": f'attachment; filename="{name}.{format}"'},
         )
 
     @app.get("/healthz")
@@ -486,16 +499,21 @@ async def stream_analysis(
             await task
 
 
-async def read_answer(request: Request, cap: int) -> schemas.DetectAnswer:
-    """The posted answer, read no further than the cap, checked against the schema."""
+async def read_body(request: Request, cap: int) -> bytes:
+    """The posted answer's bytes, read no further than the cap."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
             raise ApiError(413, "report_too_large", f"the answer is larger than {cap >> 20} MB")
+    return bytes(body)
+
+
+def parse_answer(body: bytes) -> schemas.DetectAnswer:
+    """The answer checked against the schema."""
     try:
         # Strict: numbers as numbers, as /api/detect wrote them (the schema says so).
-        return schemas.DetectAnswer.model_validate_json(bytes(body), strict=True)
+        return schemas.DetectAnswer.model_validate_json(body, strict=True)
     except ValidationError as exc:
         raise ApiError(
             422,
@@ -503,6 +521,25 @@ async def read_answer(request: Request, cap: int) -> schemas.DetectAnswer:
             f"not a detect answer: {exc.error_count()} error(s), "
             f"first: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}",
         ) from None
+
+
+def make_report(
+    body: bytes, format: str, limits: ReportLimits, chromium: str | None
+) -> tuple[str, str | bytes]:
+    """The report's file name and its HTML or PDF (on a worker thread: it is CPU work)."""
+    try:
+        check_size(body, limits)
+        answer = parse_answer(body)
+        check_answer(answer, limits)
+    except AnswerError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    html = render_html(answer, VERSION, datetime.now(UTC))
+    if format == "html":
+        return report_name(answer.filename), html
+    try:
+        return report_name(answer.filename), print_pdf(html, chromium)
+    except ReportError as exc:
+        raise ApiError(503, "pdf_unavailable", str(exc)) from None
 
 
 def report_name(filename: str) -> str:

@@ -5,8 +5,17 @@ The HTML has everything inline (styles, the timeline as SVG, faces and heatmaps 
 data: URLs) and a Content-Security-Policy that forbids any fetch, so it opens the
 same offline, in a mail client or years later. The gateway renders it
 (POST /api/report) so the page, the CLI and any client get the same report.
+
+The answer comes from the client: check_size refuses one with more JSON values than a
+report needs before it is parsed (parsing holds the interpreter: the event loop
+too), check_answer one whose references do not hold (an explanation of a frame,
+face, track or model the answer lacks) or whose images decode to more pixels than
+the budget.
 """
 
+import base64
+import binascii
+import io
 import re
 import shutil
 import subprocess
@@ -14,8 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from PIL import Image, UnidentifiedImageError
 
 from gateway import schemas
 from gateway.explain import VOTE
@@ -25,6 +36,9 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 PDF_TIMEOUT_S = 60.0
 # Only images the gateway itself makes: a data: URL of a PNG or JPEG, nothing else.
 IMAGE_URL = re.compile(r"data:image/(png|jpeg);base64,[A-Za-z0-9+/]+={0,2}")
+IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
+# The gateway's images are heatmaps (explain_overlay_px <= 512) and 96 px thumbnails.
+IMAGE_MAX_SIDE = 2048
 # The timeline's geometry, in SVG user units (it scales with the page).
 PLOT_W, PLOT_H, PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 720, 220, 44, 12, 12, 34
 VERDICT_WORDS = {"fake": "Likely fake", "real": "Likely real", "no_face": "No face found"}
@@ -40,6 +54,22 @@ _env = Environment(
 
 class ReportError(RuntimeError):
     """The PDF could not be printed (no Chromium, or it failed)."""
+
+
+class AnswerError(ValueError):
+    """An answer the report refuses: `code` is the API's error code (422)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ReportLimits:
+    """What one report takes at most (GATEWAY_REPORT_MAX_VALUES, _IMAGE_MPX)."""
+
+    values: int = 250_000  # JSON values (objects, lists, keys, strings, numbers)
+    image_pixels: int = 64_000_000  # decoded pixels of all images together
 
 
 @dataclass(frozen=True)
@@ -71,6 +101,96 @@ class ExplainedFace:
 
 def safe_image(url: str | None) -> str | None:
     return url if url is not None and IMAGE_URL.fullmatch(url) else None
+
+
+def check_size(body: bytes, limits: ReportLimits) -> None:
+    """AnswerError if the JSON may hold more values than the limit. Counted on the bytes
+    (a few passes of C, no object made): every value but the first follows a comma, a
+    colon or an opening bracket, so this count is never below the real one, and only
+    the answer's own text (commas in a note) makes it higher."""
+    bound = sum(body.count(c) for c in (b",", b":", b"[", b"{")) + 1
+    if bound > limits.values:
+        raise AnswerError(
+            "report_over_limits",
+            f"the answer has up to {bound:,} JSON values, over {limits.values:,} "
+            "(frames, faces, tracks, explanations and their scores)",
+        )
+
+
+def check_answer(answer: schemas.DetectAnswer, limits: ReportLimits) -> None:
+    """AnswerError unless the answer is one the report can render as it is: its
+    references, then its images' headers."""
+    check_references(answer)
+    check_images(answer, limits)
+
+
+def check_references(answer: schemas.DetectAnswer) -> None:
+    """Every face's track, track's frame and explanation's frame, face, track and model
+    is one the answer has, as in every answer the gateway writes."""
+    frames = {f.index: f for f in answer.frames}
+    tracks = {t.id for t in answer.tracks}
+    models = {m.name for m in answer.models} | {VOTE}
+    for frame in answer.frames:
+        for n, face in enumerate(frame.faces):
+            if face.track not in tracks:
+                invalid(f"frame {frame.index}, face {n}: track {face.track} is not in tracks")
+    for track in answer.tracks:
+        if missing := sorted(set(track.frames) - frames.keys()):
+            invalid(f"track {track.id}: frame {missing[0]} is not in frames")
+    for n, e in enumerate(answer.explanations):
+        where = f"explanations[{n}]"
+        if e.frame not in frames:
+            invalid(f"{where}: frame {e.frame} is not in frames")
+        faces = frames[e.frame].faces
+        if not 0 <= e.face < len(faces):
+            invalid(f"{where}: frame {e.frame} has no face {e.face}")
+        if faces[e.face].track != e.track:
+            invalid(f"{where}: track {e.track} is not that face's ({faces[e.face].track})")
+        if e.model not in models:
+            invalid(f"{where}: model {e.model!r} is not in models")
+
+
+def invalid(message: str) -> NoReturn:
+    raise AnswerError("invalid_report", message)
+
+
+def check_images(answer: schemas.DetectAnswer, limits: ReportLimits) -> None:
+    """The images a report may show (heatmaps, thumbnails), by their headers: each of its
+    declared format and at most IMAGE_MAX_SIDE a side, all within the pixel budget. Only
+    the header is parsed: a few hundred bytes can declare a picture of gigapixels."""
+    images = [(f"explanations[{n}].heatmap", e.heatmap) for n, e in enumerate(answer.explanations)]
+    images += [
+        (f"frame {frame.index}, face {n}: thumbnail", face.thumbnail)
+        for frame in answer.frames
+        for n, face in enumerate(frame.faces)
+    ]
+    pixels = 0
+    for where, url in images:
+        if safe_image(url) is None:
+            continue  # not rendered (safe_image drops it)
+        width, height = image_size(where, url)  # type: ignore[arg-type]
+        if max(width, height) > IMAGE_MAX_SIDE:
+            raise AnswerError(
+                "report_over_limits",
+                f"{where}: {width} x {height} px, over {IMAGE_MAX_SIDE} px a side",
+            )
+        pixels += width * height
+        if pixels > limits.image_pixels:
+            raise AnswerError(
+                "report_over_limits",
+                f"the images decode to over {limits.image_pixels:,} pixels",
+            )
+
+
+def image_size(where: str, url: str) -> tuple[int, int]:
+    declared, _, data = url.removeprefix("data:image/").partition(";base64,")
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
+            if image.format != IMAGE_FORMATS[declared]:
+                invalid(f"{where}: a {image.format} image in a data:image/{declared} URL")
+            return image.size
+    except (binascii.Error, UnidentifiedImageError, Image.DecompressionBombError, OSError):
+        invalid(f"{where}: not a readable {declared.upper()} image")
 
 
 def frame_x(answer: schemas.DetectAnswer, frame: schemas.FrameResult) -> float:

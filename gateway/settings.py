@@ -1,7 +1,8 @@
 """Every setting of the gateway, from the environment (prefix GATEWAY_) or a .env file."""
 
+import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -9,10 +10,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gateway.explain import ExplainConfig
 from gateway.model_server import grpc_target
 from preprocess.crop import CropConfig
+from preprocess.egress import networks
 from preprocess.faces import DetectorConfig
 from preprocess.media import MediaLimits
 
 MB = 1 << 20
+LIVE_MESSAGE_MARGIN = 64 * 1024  # over live_max_frame_kb: control messages, a JPEG a little over
 
 
 class Settings(BaseSettings):
@@ -59,11 +62,17 @@ class Settings(BaseSettings):
     # these proxies (uvicorn's forwarded_allow_ips: IPs or CIDRs, * for any); empty: never.
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # Access: empty api_keys leaves the API open; health, metrics and the web page always are.
+    # Access: empty api_keys leaves the API open (on loopback only, unless allow_open); health,
+    # metrics and the web page always are.
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated; X-API-Key or Authorization: Bearer",
         repr=False,  # never in a printed or logged Settings
+    )
+    allow_open: bool = Field(
+        False,
+        description="serve the API without API keys on a non-loopback host (every caller is "
+        "one tenant: sees, cancels and fills every job); off: such a start is refused",
     )
     rate_limit_per_minute: float = Field(0.0, ge=0, description="per key (or client); 0: off")
     rate_limit_burst: int = Field(10, ge=1, description="requests a key may send at once")
@@ -127,23 +136,71 @@ class Settings(BaseSettings):
     live_allow_private: bool = Field(
         False, description="allow loopback, private and link-local stream addresses"
     )
+    live_max_stream_readers: int | None = Field(
+        None,
+        ge=1,
+        description="threads reading stream URLs at once (one per session at most); a start "
+        "beyond is refused (stream_busy); default live_max_sessions",
+    )
+    live_control_per_minute: float = Field(
+        60.0, gt=0, description="control (JSON) messages per live session, refilled per minute"
+    )
+    live_control_burst: int = Field(
+        10, ge=1, description="control messages a session may send at once"
+    )
+
+    # Egress (preprocess/egress.py): every URL the gateway fetches (stream URLs, webhooks)
+    # resolved once, each address checked, the connection made to the checked address.
+    egress_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated CIDRs reachable even if not public (stream URLs and "
+        "webhooks); empty: public addresses only (or the live/jobs allow_private switches)",
+    )
+    egress_proxy: str = Field(
+        "",
+        description="http(s) proxy for HTTP(S) fetches; it resolves the names, so its own "
+        "allow-list is the guard (RTSP and RTMP still connect directly, checked here)",
+    )
+    egress_dns_server: str = Field(
+        "", description="ip:port of the DNS server names are resolved with; empty: the system's"
+    )
 
     # Jobs (/api/jobs): a huey queue and the job records, in SQLite files under
     # jobs_dir (the default: `make run` needs no other server), or in Redis when
     # jobs_redis_url is set (a cluster). Uploads wait in jobs_dir/uploads/ either way.
     jobs_dir: Path = Path(".build/jobs")
-    jobs_redis_url: str = Field("", description="redis://host:6379/0; empty: SQLite in jobs_dir")
+    jobs_redis_url: str = Field(
+        "",
+        description="redis://host:6379/0; empty: SQLite in jobs_dir",
+        repr=False,  # it may hold the password (redis://:PASSWORD@host…)
+    )
+    jobs_redis_password: SecretStr | None = Field(
+        None, description="Redis' requirepass, if not in jobs_redis_url (a Kubernetes Secret)"
+    )
     jobs_workers: int = Field(
         1, ge=0, description="items analysed at once inside the gateway; 0: by gateway.worker"
     )
     jobs_max_files: int = Field(50, ge=1, description="files per job")
     jobs_max_mb: int = Field(2048, ge=1, description="a job's files together")
     jobs_max_active_per_key: int = Field(10, ge=1, description="unfinished jobs; 429 beyond")
+    jobs_max_active: int = Field(
+        100, ge=1, description="unfinished jobs of all keys together (uploads wait on disk)"
+    )
+    # A job carries up to jobs_max_mb, not max_upload_mb: its own deadline. The minimum rate
+    # (upload_min_bytes_per_s after upload_grace_s) and the upload slots are /api/detect's.
+    jobs_upload_timeout_s: float = Field(
+        1800.0, gt=0, description="a job's whole upload; 408 beyond"
+    )
     jobs_retention_s: float = Field(86400.0, gt=0, description="a finished job is kept this long")
     jobs_heartbeat_s: float = Field(2.0, gt=0, description="a running item's sign of life")
     jobs_stale_s: float = Field(30.0, gt=0, description="no heartbeat this long: worker gone")
     jobs_max_attempts: int = Field(2, ge=1, description="analyses of an item a dead worker left")
-    jobs_webhook_secret: SecretStr | None = Field(None, description="signs callbacks (HMAC)")
+    jobs_webhook_secret: SecretStr | None = Field(
+        None, description="master secret: each API key's webhook secret is derived from it"
+    )
+    jobs_webhook_previous_secret: SecretStr | None = Field(
+        None, description="rotation: the master being retired; webhooks are signed with both"
+    )
     jobs_webhook_retries: int = Field(5, ge=0, description="after the first try, with backoff")
     jobs_webhook_timeout_s: float = Field(10.0, gt=0)
     jobs_allow_private_callbacks: bool = Field(
@@ -167,6 +224,18 @@ class Settings(BaseSettings):
     # Reports: PDFs are printed by headless Chromium, where there is one.
     chromium: str | None = Field(None, description="Chromium for PDF reports; None: on PATH")
     report_max_mb: int = Field(20, ge=1, description="largest answer POST /api/report takes")
+    # A small answer must not make a huge parse or render: what one report takes is bounded
+    # too (422 report_over_limits). An answer the gateway wrote with default settings is far
+    # under both; raise them with max_request_faces, explain_top_k or explain_overlay_px.
+    report_max_values: int = Field(
+        250_000,
+        ge=1,
+        description="JSON values in one answer POST /api/report takes (frames, faces, "
+        "tracks, scores, explanations' grids), counted before it is parsed",
+    )
+    report_max_image_mpx: float = Field(
+        64.0, gt=0, description="decoded megapixels of one report's images (heatmaps, thumbnails)"
+    )
 
     @field_validator(
         "api_keys",
@@ -174,6 +243,7 @@ class Settings(BaseSettings):
         "forwarded_allow_ips",
         "live_url_schemes",
         "live_url_hosts",
+        "egress_allow_networks",
         mode="before",
     )
     @classmethod
@@ -189,9 +259,44 @@ class Settings(BaseSettings):
         grpc_target(value)
         return value
 
+    @field_validator("egress_allow_networks")
+    @classmethod
+    def cidrs(cls, value: list[str]) -> list[str]:
+        networks(value)  # a typo stops the gateway at start (ValueError)
+        return value
+
+    @field_validator("egress_dns_server")
+    @classmethod
+    def dns_server(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            ipaddress.ip_address(host.strip("[]"))  # an address: no name to resolve first
+            if not port.isdigit():
+                raise ValueError("egress_dns_server is ip:port")
+        return value
+
+    def egress_options(self, allow_private: bool) -> dict[str, Any]:
+        """An area's EgressPolicy fields from the egress_* settings; its allow_private
+        switch (live_allow_private, jobs_allow_private_callbacks) allows every address."""
+        return {
+            "allowed_networks": networks(self.egress_allow_networks, everything=allow_private),
+            "dns_server": self.egress_dns_server,
+            "proxy": self.egress_proxy,
+        }
+
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * MB
+
+    @property
+    def live_max_message_bytes(self) -> int:
+        """The largest WebSocket message: a frame a little over the cap still gets its
+        clear frame_too_large answer; anything larger is refused by the server."""
+        return self.live_max_frame_kb * 1024 + LIVE_MESSAGE_MARGIN
+
+    @property
+    def live_stream_readers(self) -> int:
+        return self.live_max_stream_readers or self.live_max_sessions
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(
@@ -223,6 +328,9 @@ class Settings(BaseSettings):
             # WebSocket sends wait while the client's buffer is full (flow control): a live
             # client that stops reading holds no growing queue (gateway/live.py).
             "ws": "websockets-sansio",
+            # A live message is refused (closed with 1009) as its header arrives when it is over
+            # the frame cap plus a margin: never buffered whole (uvicorn's default is 16 MiB).
+            "ws_max_size": self.live_max_message_bytes,
             "proxy_headers": bool(self.forwarded_allow_ips),
             "forwarded_allow_ips": self.forwarded_allow_ips or None,
         }

@@ -270,6 +270,12 @@ def test_report_of_an_answer_is_self_contained_html_and_a_pdf(lite_gateway: Gate
 
     broken = httpx.post(f"{lite_gateway.url}/api/report", json={"verdict": "fake"}, timeout=30)
     assert broken.status_code == 422 and broken.json()["error"]["code"] == "invalid_answer"
+    # An explanation of a frame the answer lacks: a clear 422, not a KeyError (500).
+    elsewhere = [dict(answer["explanations"][0], frame=10**6)]
+    lacking = httpx.post(
+        f"{lite_gateway.url}/api/report", json=answer | {"explanations": elsewhere}, timeout=30
+    )
+    assert lacking.status_code == 422 and lacking.json()["error"]["code"] == "invalid_report"
 
 
 def test_cli_writes_the_report_through_the_gateway_and_straight_through_triton(

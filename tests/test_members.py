@@ -1,6 +1,7 @@
 """Members as data: manifests, ONNX classifiers wrapped and checked at export,
 the F2F members, the profiles' ensembles and votes written by export."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import torch
 
 from export import __main__ as cli
 from export import meso4
-from export.members import ManifestError, check_classifier, parse_manifest, wrap_classifier
+from export.members import (
+    ManifestError,
+    check_classifier,
+    find_onnx,
+    parse_manifest,
+    wrap_classifier,
+)
 from export.onnx_writer import FacesToPFake
 from export.repository import profile_members, read_config, vote_rule
 from export.vote import build_vote
@@ -255,3 +262,116 @@ def test_max_of_groups_vote_graph_and_gateway_agree() -> None:
     )
     np.testing.assert_allclose(p_fake, expected, atol=1e-6)
     np.testing.assert_allclose(vote(scores, weights, groups), expected, atol=1e-6)
+
+
+# -- a manifest is data from whoever drops the folder: it cannot write configs of its own
+
+# Closes the string, the parameter and adds a field a reader would take as configuration.
+INJECTION = (
+    'x" } }\ninstance_group [{ kind: KIND_CPU count: 64 }]\n'
+    'parameters { key: "y" value: { string_value: "z'
+)
+
+
+class Tiny(torch.nn.Module):
+    """A classifier of the right shape, in no time: [N, 3, 256, 256] -> [N, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x.mean(dim=(1, 2, 3))).unsqueeze(1)
+
+
+def with_fields(path: Path, **fields: str) -> Path:
+    """The manifest with these fields set (TOML strings: JSON's escapes are TOML's)."""
+    lines = [line for line in path.read_text().splitlines() if line.split(" =")[0] not in fields]
+    path.write_text("\n".join([*lines, *(f"{k} = {json.dumps(v)}" for k, v in fields.items())]))
+    return path
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        {"trained_on": INJECTION},
+        {"source": 'a "quoted" \\ source', "licence": "MIT\n\tétoile \x01"},
+    ],
+)
+def test_free_text_is_escaped_into_the_configs_not_read_as_fields(
+    tmp_path: Path, texts: dict[str, str]
+) -> None:
+    """trained_on, source and licence go into every config as written; the injected
+    instance_group is no field of the config Triton's reader parses."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPOSITORY / "members/meso4", repo / "members/meso4")
+    member = parse_manifest(with_fields(manifest(repo / "members"), **texts))
+    assert all(getattr(member, key) == text for key, text in texts.items())
+    classifier_onnx(member.folder / "classifier.onnx", Tiny(), (2, 3, 256, 256))
+    cli.export_manifest_member(repo, member, False, False, force=True)
+    expected = {"trained_on": member.trained_on, "weights_source": member.source}
+    expected["weights_licence"] = member.licence
+    for config in ("config.pbtxt", "configs/cpu.pbtxt", "configs/cuda.pbtxt"):
+        template = read_config(repo / "members/meso4" / config)
+        parsed = read_config(repo / "members/meso4_onnx" / config)
+        assert list(parsed.instance_group) == list(template.instance_group), config
+        assert all(group.count != 64 for group in parsed.instance_group)
+        params = {k: v.string_value for k, v in parsed.parameters.items()}
+        assert "y" not in params
+        assert {k: params[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"template": "../../lite/deepfake_ensemble"}, "template '../../lite/deepfake_ensemble'"),
+        ({"template": "meso4_f2f"}, "template 'meso4_f2f' must be one of"),
+        ({"onnx": "/etc/ssl/model.onnx"}, "not absolute"),
+        ({"onnx": "../meso4/1/model.onnx"}, r"must not leave its folder \(\.\.\)"),
+        ({"onnx": "*.onnx"}, "must be a .onnx file named with"),
+        ({"onnx": "weights/model.bin"}, "must be a .onnx file named with"),
+        ({"group": "a,b=c"}, "group 'a,b=c' must be"),
+        ({"trained_on": "x" * 501}, "'trained_on' is over 500 characters"),
+    ],
+)
+def test_manifests_name_only_built_in_templates_and_their_own_files(
+    tmp_path: Path, fields: dict, message: str
+) -> None:
+    path = with_fields(manifest(tmp_path), **fields)
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(path)
+
+
+def test_an_onnx_in_a_subfolder_of_the_member_is_found(tmp_path: Path) -> None:
+    member = parse_manifest(with_fields(manifest(tmp_path), onnx="weights/classifier.onnx"))
+    (member.folder / "weights").mkdir()
+    path = classifier_onnx(member.folder / "weights/classifier.onnx", Tiny(), (2, 3, 256, 256))
+    assert find_onnx(member) == path.resolve()
+
+
+def test_an_onnx_linked_out_of_the_member_folder_is_refused(tmp_path: Path) -> None:
+    outside = classifier_onnx(tmp_path / "elsewhere.onnx", Tiny(), (2, 3, 256, 256))
+    member = parse_manifest(manifest(tmp_path / "members"))
+    (member.folder / "classifier.onnx").symlink_to(outside)
+    with pytest.raises(ManifestError, match="links out of"):
+        find_onnx(member)
+
+
+def custom_op(model: onnx.ModelProto, domain: str) -> onnx.ModelProto:
+    """The classifier's output passed through one op of `domain`, as a plugin would."""
+    (output,) = model.graph.output
+    inner = output.name + "_raw"
+    for node in model.graph.node:
+        node.output[:] = [inner if o == output.name else o for o in node.output]
+    model.graph.node.append(
+        onnx.helper.make_node("Passthrough", [inner], [output.name], domain=domain)
+    )
+    model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    return model
+
+
+@pytest.mark.parametrize("domain", ["com.example.custom", "com.microsoft"])
+def test_a_custom_op_domain_is_refused_at_export_and_named(tmp_path: Path, domain: str) -> None:
+    member = parse_manifest(manifest(tmp_path, output="p_fake"))
+    path = classifier_onnx(tmp_path / "c.onnx", Tiny(), (2, 3, 256, 256))
+    model = custom_op(onnx.load(str(path)), domain)
+    with pytest.raises(ManifestError, match=f"op domain '{domain}' is not a standard one"):
+        check_classifier(member, model)
+    # The standard domains pass: the same model without the op is wrapped.
+    assert wrap_classifier(member, onnx.load(str(path))).graph.output[0].name == "P_FAKE"
