@@ -1,0 +1,129 @@
+"""Shared by the egress tests: a stub DNS server (rebinding on demand), a listener that
+records who connects, and a one-reply RTSP server. Everything on loopback: a "public"
+address is only ever an answer, never connected to."""
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import dns.message
+import dns.rcode
+import dns.rrset
+
+
+@dataclass
+class StubDns:
+    """A DNS server on 127.0.0.1 (UDP): the n-th A query for a name gets its n-th answer
+    (the last one from then on); AAAA gets none; other names NXDOMAIN."""
+
+    answers: dict[str, list[str]]
+    queries: list[str] = field(default_factory=list)
+    server: str = ""  # "127.0.0.1:PORT", for GATEWAY_EGRESS_DNS_SERVER
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator["StubDns"]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self.server = f"127.0.0.1:{sock.getsockname()[1]}"
+        thread = threading.Thread(target=self.serve, args=(sock,), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            sock.close()
+
+    def serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data, peer = sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            question = query.question[0]
+            name = question.name.to_text().rstrip(".").lower()
+            response = dns.message.make_response(query)
+            if name not in self.answers:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            elif question.rdtype == dns.rdatatype.A:
+                n = sum(1 for q in self.queries if q == name)
+                self.queries.append(name)
+                given = self.answers[name]
+                address = given[min(n, len(given) - 1)]
+                response.answer.append(dns.rrset.from_text(question.name, 0, "IN", "A", address))
+            sock.sendto(response.to_wire(), peer)
+
+
+@dataclass
+class Listener:
+    """A TCP listener that records every connection (and what it was sent first), answers
+    nothing and closes: the place a test says must never be reached."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[bytes] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator["Listener"]:
+        server = socket.create_server((self.host, self.port))
+        self.port = server.getsockname()[1]
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def accept() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.settimeout(1)
+                    try:
+                        self.received.append(conn.recv(4096) or b"(connected)")
+                    except OSError:
+                        self.received.append(b"(connected)")
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(5)
+            server.close()
+
+
+@contextlib.contextmanager
+def rtsp_redirecting(location: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """An RTSP server whose every reply is `302 Moved` to `location`; its port."""
+    server = socket.create_server((host, 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    request = conn.recv(4096).decode("latin-1")
+                    cseq = next(
+                        (line.split(":", 1)[1].strip() for line in request.split("\r\n")
+                         if line.lower().startswith("cseq:")),
+                        "1",
+                    )  # fmt: skip
+                    reply = f"RTSP/1.0 302 Moved\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n"
+                    conn.sendall(reply.encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
