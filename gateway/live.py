@@ -9,6 +9,12 @@ strategy, as for files) and a running verdict.
 Scoring never queues: one frame waits at most, and a newer one replaces it (the older is
 counted in `dropped`), so a client sending faster than the models score gets answers about
 its newest frames, with a lag bounded by one scoring, not a growing backlog.
+
+Stream URLs are read by threads of their own pool (StreamReaders, live_max_stream_readers),
+one reader per session at most: a source that never answers holds one of them for up to
+live_stream_timeout_s, never a thread the rest of the gateway needs. Every message of a
+socket counts against its key's rate limit, as a request would; control messages also
+against the session's own.
 """
 
 import asyncio
@@ -16,12 +22,14 @@ import contextlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request, WebSocket
@@ -37,7 +45,7 @@ from gateway.analysis import Analyzer
 from gateway.deps import AnalyzerDep
 from gateway.errors import ApiError, from_media_error
 from gateway.options import parse_models
-from gateway.security import key_id, key_matches, presented_key
+from gateway.security import RateLimiter, key_id, key_matches, origin_allowed, presented_key
 from gateway.selection import Selection, select_models
 from gateway.settings import Settings
 from preprocess.faces import Face
@@ -52,7 +60,10 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # WebSocket close codes (4000-4999 are the application's; the last three digits echo HTTP).
 CLOSE_NORMAL = 1000  # after {"stop": true}, the stream's end or the session time limit
 CLOSE_SLOW_CLIENT = 1008  # answers unread for live_send_timeout_s
+# 1009 (message too big): sent by uvicorn itself, as soon as a message's header announces
+# more than Settings.live_max_message_bytes; the message is never buffered.
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong API key: closed before any frame is read
+CLOSE_FORBIDDEN_ORIGIN = 4403  # a browser page of another origin (not in cors_origins)
 CLOSE_IDLE = 4408  # no message (and no stream being read) for live_idle_timeout_s
 CLOSE_BUSY = 4429  # too many live sessions, in all or for this key
 
@@ -219,6 +230,113 @@ def decode_jpeg(frame: int, data: bytes) -> Frame:
         raise ApiError(422, "undecodable_frame", f"could not decode the JPEG: {exc}") from None
 
 
+# --- stream readers: threads of their own, bounded ----------------------------------------
+
+T = TypeVar("T")
+READER_STOP_GRACE_S = 0.5  # a reader between frames notices its stop Event well within this
+
+
+class StreamReaders:
+    """The threads that read stream URLs (`read_stream` blocks): a pool of their own, so a
+    source that never answers holds one of these, never a thread of the default executor
+    (the job store, upload sniffing and URL checks use that). A reader is claimed before a
+    stream is started and refused, not queued, when all are taken."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.executor = ThreadPoolExecutor(size, thread_name_prefix="live-reader")
+        self.lock = threading.Lock()
+        self.running = 0  # claimed and not yet returned
+
+    def claim(self) -> "ReaderSlot | None":
+        with self.lock:
+            if self.running >= self.size:
+                return None
+            self.running += 1
+        return ReaderSlot(self)
+
+    def release(self) -> None:
+        with self.lock:
+            self.running -= 1
+
+
+class ReaderSlot:
+    """One claimed reader: free again when its thread returns (however long the source
+    keeps it), or at once if it was never run (its task cancelled before it began)."""
+
+    def __init__(self, readers: StreamReaders) -> None:
+        self.readers = readers
+        self.future: Future | None = None
+        self.freed = False
+        self.lock = threading.Lock()
+
+    async def run(self, call: Callable[..., T], *args: object) -> T:
+        """`call(*args)` on the slot's thread. Cancelling the caller leaves the thread to
+        end by itself (its stop Event, its timeouts); the slot stays taken until it does."""
+        self.future = self.readers.executor.submit(self.call, call, *args)
+        # cancelled before a thread took it: call never runs, so nothing else frees the slot
+        self.future.add_done_callback(lambda f: self.free() if f.cancelled() else None)
+        return await asyncio.wrap_future(self.future)
+
+    def call(self, call: Callable[..., T], *args: object) -> T:
+        try:
+            return call(*args)
+        finally:
+            self.free()
+
+    def task_done(self) -> None:
+        if self.future is None:
+            self.free()
+
+    def free(self) -> None:
+        with self.lock:
+            if self.freed:
+                return
+            self.freed = True
+        self.readers.release()
+
+    async def stopped(self, grace_s: float) -> bool:
+        """Whether the reader has returned, waiting up to `grace_s` (its thread cannot be
+        awaited: polled)."""
+        deadline = time.monotonic() + grace_s
+        while not self.freed and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.freed
+
+
+def stream_busy(message: str, retry_s: float) -> ApiError:
+    return ApiError(503, "stream_busy", message, {"Retry-After": str(math.ceil(retry_s))})
+
+
+# --- what a socket's messages cost -------------------------------------------------------
+
+
+@dataclass
+class SocketQuota:
+    """Every message is a request of the key's rate limit (the HTTP API's own buckets);
+    a control message is also one of the session's own limit (a start resolves a host and
+    may open a stream). {"stop": true} is never refused."""
+
+    client: str
+    per_key: RateLimiter | None
+    controls: RateLimiter
+
+    def refusal(self, control: bool) -> ApiError | None:
+        if self.per_key and (wait := self.per_key.wait_s(self.client)) > 0:
+            return ApiError(
+                429,
+                "rate_limited",
+                f"too many requests for this API key; retry in {math.ceil(wait)} s",
+            )
+        if control and (wait := self.controls.wait_s("session")) > 0:
+            return ApiError(
+                429,
+                "rate_limited",
+                f"too many control messages on this session; retry in {math.ceil(wait)} s",
+            )
+        return None
+
+
 # --- a session ---------------------------------------------------------------------------
 
 Send = Callable[[dict], Awaitable[None]]
@@ -227,10 +345,14 @@ Send = Callable[[dict], Awaitable[None]]
 class LiveSession:
     """One client's live analysis, whatever carries it (a WebSocket or NDJSON)."""
 
-    def __init__(self, analyzer: Analyzer, settings: Settings, send: Send) -> None:
+    def __init__(
+        self, analyzer: Analyzer, settings: Settings, send: Send, readers: StreamReaders
+    ) -> None:
         self.analyzer = analyzer
         self.settings = settings
         self.send = send
+        self.readers = readers
+        self.slot: ReaderSlot | None = None  # the last stream's reader: one at a time
         self.latest = Latest()
         self.judge: LiveJudge | None = None
         self.scores: Callable | None = None
@@ -244,8 +366,8 @@ class LiveSession:
         self.policy = StreamPolicy(
             frozenset(s.lower() for s in settings.live_url_schemes),
             frozenset(h.lower() for h in settings.live_url_hosts),
-            settings.live_allow_private,
-            settings.live_stream_timeout_s,
+            **settings.egress_options(settings.live_allow_private),
+            timeout_s=settings.live_stream_timeout_s,
         )
 
     @property
@@ -261,8 +383,9 @@ class LiveSession:
         score = server.score_with_ensemble if selection.via_ensemble else server.score_with_members
         url = None
         if options.url is not None:
-            url = await asyncio.to_thread(self.policy.final_url, options.url)
+            url = await asyncio.to_thread(self.policy.resolve, options.url)  # a checked Target
         self.halt_stream()
+        slot = None if url is None else await self.claim_reader()
         self.scores = lambda crops: score(crops, selection.members)
         self.judge = LiveJudge(
             selection,
@@ -286,14 +409,38 @@ class LiveSession:
             )
             self.stop_stream = threading.Event()
             self.ended.clear()
-            self.stream = asyncio.create_task(self.read(url, read, self.stop_stream))
+            assert slot is not None
+            self.slot = slot
+            self.stream = asyncio.create_task(self.read(url, read, self.stop_stream, slot))
+            self.stream.add_done_callback(lambda _: slot.task_done())
             started |= {"source": "url", "fps": read.fps, "duration_s": read.max_s}
         else:
             started |= {"source": "frames"}
         await self.send(started)
 
-    async def read(self, url: str, read: StreamRead, stop: threading.Event) -> None:
-        """The stream's frames into the newest-wins slot, from a thread of its own."""
+    async def claim_reader(self) -> ReaderSlot:
+        """A reader for a new stream: the session's last one stopped first (it was told to;
+        one that is still opening a silent source is held up to live_stream_timeout_s,
+        and this start is refused meanwhile), then a free one of the gateway's."""
+        timeout_s = self.settings.live_stream_timeout_s
+        if self.slot is not None and not await self.slot.stopped(READER_STOP_GRACE_S):
+            raise stream_busy(
+                "the previous stream of this session is still being closed (a source that "
+                f"does not answer holds its reader up to {timeout_s:g} s); retry shortly",
+                timeout_s,
+            )
+        slot = self.readers.claim()
+        if slot is None:
+            raise stream_busy(
+                f"all {self.readers.size} stream readers of the gateway are busy; retry shortly",
+                timeout_s,
+            )
+        return slot
+
+    async def read(
+        self, url: str, read: StreamRead, stop: threading.Event, slot: ReaderSlot
+    ) -> None:
+        """The stream's frames into the newest-wins slot, from a reader thread (`slot`)."""
         loop = asyncio.get_running_loop()
 
         def hand_over(frame: Frame) -> None:
@@ -302,7 +449,7 @@ class LiveSession:
             loop.call_soon_threadsafe(self.latest.put, pending)
 
         try:
-            frames = await asyncio.to_thread(read_stream, url, read, hand_over, stop)
+            frames = await slot.run(read_stream, url, self.policy, read, hand_over, stop)
         except MediaError as exc:
             await self.send(error_message(exc.code, exc.message))
             frames = 0
@@ -322,12 +469,14 @@ class LiveSession:
         if self.stream is not None:
             self.stream.cancel()
 
-    def add_jpeg(self, data: bytes) -> dict | None:
+    def add_jpeg(self, data: bytes, refused: ApiError | None = None) -> dict | None:
         """A client's frame: checked now (header only), scored when its turn comes.
-        An error message for a bad one; the session goes on."""
+        An error message for a bad (or `refused`) one; the session goes on."""
         frame, self.received = self.received, self.received + 1
         metrics.LIVE_FRAMES.labels("received").inc()
         try:
+            if refused is not None:
+                raise refused
             check_jpeg(data, self.settings.live_max_frame_kb * 1024, self.limits)
         except ApiError as exc:
             metrics.LIVE_FRAMES.labels("rejected").inc()
@@ -433,10 +582,16 @@ def socket_client(websocket: WebSocket, keys: list[str]) -> str | None:
 def live_router(settings: Settings) -> APIRouter:
     router = APIRouter()
     sessions = LiveSessions(settings.live_max_sessions, settings.live_max_sessions_per_client)
+    readers = StreamReaders(settings.live_stream_readers)
 
     @router.websocket("/api/live")
     async def live_socket(websocket: WebSocket, analyzer: AnalyzerDep) -> None:
+        # Accepted, then closed with a code a browser's page can read (a refused handshake
+        # reads as 1006), before any message is read.
         await websocket.accept()
+        if not origin_allowed(Headers(scope=websocket.scope), settings.cors_origins):
+            await websocket.close(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
+            return
         client = socket_client(websocket, settings.api_keys)
         if client is None:
             await websocket.close(CLOSE_UNAUTHORIZED, "a valid API key is required")
@@ -444,8 +599,13 @@ def live_router(settings: Settings) -> APIRouter:
         if not sessions.enter(client):
             await websocket.close(CLOSE_BUSY, "too many live sessions")
             return
+        quota = SocketQuota(
+            client,
+            getattr(websocket.app.state, "rate_limiter", None),  # gateway/security.py's
+            RateLimiter(settings.live_control_per_minute, settings.live_control_burst),
+        )
         try:
-            code, reason = await serve_socket(websocket, analyzer, settings)
+            code, reason = await serve_socket(websocket, analyzer, settings, readers, quota)
         finally:
             sessions.leave(client)
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
@@ -460,6 +620,7 @@ def live_router(settings: Settings) -> APIRouter:
             422: {"description": "bad options or URL"},
             429: {"description": "too many live sessions"},
             502: {"description": "the stream could not be opened"},
+            503: {"description": "every stream reader is busy (stream_busy; see Retry-After)"},
         },
         description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
         "started, then one frame message per judged frame (as on the WebSocket), then end.",
@@ -481,7 +642,7 @@ def live_router(settings: Settings) -> APIRouter:
                 sessions.leave(client)
 
         try:
-            events = await start_ndjson(analyzer, settings, options, release)
+            events = await start_ndjson(analyzer, settings, readers, options, release)
         except BaseException:
             release()
             raise
@@ -491,7 +652,11 @@ def live_router(settings: Settings) -> APIRouter:
 
 
 async def serve_socket(
-    websocket: WebSocket, analyzer: Analyzer, settings: Settings
+    websocket: WebSocket,
+    analyzer: Analyzer,
+    settings: Settings,
+    readers: StreamReaders,
+    quota: SocketQuota,
 ) -> tuple[int, str]:
     """Run one session on an accepted socket; the close code and reason to end it with."""
 
@@ -502,9 +667,9 @@ async def serve_socket(
         except TimeoutError:
             raise SlowClient from None
 
-    session = LiveSession(analyzer, settings, send)
+    session = LiveSession(analyzer, settings, send, readers)
     scorer = asyncio.create_task(session.score_forever())
-    receiver = asyncio.create_task(receive(websocket, session, settings))
+    receiver = asyncio.create_task(receive(websocket, session, settings, quota))
     ended = asyncio.create_task(session.ended.wait())
     try:
         done, _ = await asyncio.wait(
@@ -535,9 +700,10 @@ async def serve_socket(
 
 
 async def receive(
-    websocket: WebSocket, session: LiveSession, settings: Settings
+    websocket: WebSocket, session: LiveSession, settings: Settings, quota: SocketQuota
 ) -> tuple[int, str]:
-    """Read the client's messages until it stops, leaves or falls idle."""
+    """Read the client's messages until it stops, leaves or falls idle. A message over a
+    rate limit is answered with a rate_limited error (a frame's numbered) and not acted on."""
     while True:
         try:
             async with asyncio.timeout(settings.live_idle_timeout_s):
@@ -549,13 +715,20 @@ async def receive(
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         if message.get("bytes") is not None:
-            if (error := session.add_jpeg(message["bytes"])) is not None:
+            refused = quota.refusal(control=False)
+            if (error := session.add_jpeg(message["bytes"], refused)) is not None:
                 await session.send(error)
             continue
         try:
-            control = Control.model_validate_json(message.get("text") or "")
+            control, problem = Control.model_validate_json(message.get("text") or ""), ""
         except ValidationError as exc:
-            await session.send(error_message("bad_control", control_problem(exc)))
+            control, problem = None, control_problem(exc)
+        stopping = control is not None and control.stop  # a stop is never refused
+        if not stopping and (refused := quota.refusal(control=True)) is not None:
+            await session.send(error_message(refused.code, refused.message))
+            continue
+        if control is None:
+            await session.send(error_message("bad_control", problem))
             continue
         if control.stop:
             await session.send(
@@ -578,7 +751,11 @@ def control_problem(exc: ValidationError) -> str:
 
 
 async def start_ndjson(
-    analyzer: Analyzer, settings: Settings, options: StartOptions, release: Callable[[], None]
+    analyzer: Analyzer,
+    settings: Settings,
+    readers: StreamReaders,
+    options: StartOptions,
+    release: Callable[[], None],
 ) -> AsyncIterator[bytes]:
     """POST /api/live: the session started (bad options and URLs raise here, before the
     answer begins), then its messages as NDJSON lines until the stream ends. The session
@@ -593,7 +770,7 @@ async def start_ndjson(
         except TimeoutError:
             raise SlowClient from None
 
-    session = LiveSession(analyzer, settings, send)
+    session = LiveSession(analyzer, settings, send, readers)
     scorer = asyncio.create_task(session.score_forever())
     try:
         await session.start(options)

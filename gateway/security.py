@@ -11,6 +11,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
@@ -131,8 +132,32 @@ def install_access(app: FastAPI, settings: Settings) -> None:
         if settings.rate_limit_per_minute > 0
         else None
     )
+    app.state.rate_limiter = limiter  # the live socket counts its messages in the same buckets
     if settings.api_keys or limiter:
         app.add_middleware(AccessControl, keys=settings.api_keys, limiter=limiter)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_allowed(headers: Headers, allowed: list[str]) -> bool:
+    """A WebSocket handshake's Origin (browsers send it; CORS does not guard sockets): none
+    (not a browser), the gateway's own (host and port those of the Host header), or one of
+    the allowed origins (cors_origins; * for any)."""
+    origin = headers.get("origin")
+    if origin is None or "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    try:
+        parts = urlsplit(origin)
+        own = urlsplit("//" + headers.get("host", ""))
+        origin_host, origin_port = parts.hostname, parts.port
+        host, port = own.hostname, own.port
+    except ValueError:
+        return False  # a malformed Origin or Host: not the gateway's own
+    if origin_host is None or origin_host != host:
+        return False
+    default = DEFAULT_PORTS.get(parts.scheme.lower())
+    return (origin_port or default) == (port or default)
 
 
 def install_cors(app: FastAPI, settings: Settings) -> None:

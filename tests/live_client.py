@@ -1,9 +1,12 @@
 """What the live tests share: JPEG frames cut from the shared clips, a WebSocket client
 for /api/live, and short media made from the clips with FFmpeg."""
 
+import contextlib
 import json
+import socket
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,54 @@ def judge(socket: LiveSocket, frames: list[bytes]) -> list[dict]:
         assert answer["frame"] == n
         answers.append(answer)
     return answers
+
+
+@dataclass
+class SilentServer:
+    """A TCP server on loopback that accepts and never answers: a stream source that holds
+    its reader in opening until the reader's timeout (or until the server closes)."""
+
+    listener: socket.socket
+    port: int
+    connections: list[socket.socket] = field(default_factory=list)
+
+    def url(self, scheme: str = "rtsp") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}/cam"
+
+    @property
+    def accepted(self) -> int:
+        """Connections opened to it so far: one per reader that got to connect."""
+        return len(self.connections)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        """The source goes: the readers it held fail at once."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    """Closing it (its connections too) ends every reader held by it at once."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    server = SilentServer(listener, listener.getsockname()[1])
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(5)
 
 
 def make_clip(source: Path, out: Path, seconds: float, *args: str) -> Path:
