@@ -36,7 +36,8 @@ VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 JOB = "/api/jobs/{job_id}"
 JOB_LINKS = {
     "GetJob": (JOB, "get"),
-    "CancelJob": (JOB, "delete"),
+    "CancelJob": (JOB + "/cancel", "post"),
+    "DeleteJob": (JOB, "delete"),
     "JobEvents": (JOB + "/events", "get"),
 }
 

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +34,9 @@ class Upload:
 
 
 class UploadSlots:
-    """At most `limit` uploads received at once, apart from the analysis slots (an upload
-    takes one of those only once complete); beyond, 429 at once."""
+    """At most `limit` uploads received at once, /api/detect's and /api/jobs' together,
+    apart from the analysis slots (an upload takes one of those only once complete);
+    beyond, 429 at once."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -75,16 +76,71 @@ def multipart_boundary(content_type: str | None) -> bytes:
     return options[b"boundary"]
 
 
-def check_declared_length(content_length: str | None, cap: int) -> None:
-    """Refuse at once when the client says the body is too big."""
+def declared_length(content_length: str | None) -> int | None:
+    """The body's size as the client declares it (None: not declared)."""
     if content_length is None:
-        return
+        return None
     try:
-        declared = int(content_length)
+        return int(content_length)
     except ValueError:
         raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
-    if declared > cap + FORM_OVERHEAD:
+
+
+def check_declared_length(content_length: str | None, cap: int) -> None:
+    """Refuse at once when the client says the body is too big."""
+    declared = declared_length(content_length)
+    if declared is not None and declared > cap + FORM_OVERHEAD:
         raise too_large(cap)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How long an upload may take: 408 past `timeout_s`, or as soon as fewer than
+    `min_bytes_per_s` have arrived on average since `grace_s` after the start (a client
+    trickling bytes holds a connection, an upload slot and a file)."""
+
+    timeout_s: float = 120.0
+    min_bytes_per_s: float = 0.0
+    grace_s: float = 10.0
+
+
+async def parse_body(
+    chunks: AsyncIterator[bytes],
+    parser: MultipartParser,
+    pace: Pace,
+    limit: int,
+    over_limit: Callable[[], ApiError],
+    done: Callable[[], bool] = lambda: False,
+) -> float:
+    """Feed the body to `parser` chunk by chunk at `pace`, refusing it (`over_limit()`) past
+    `limit` bytes, until its end or until `done()`; the seconds it took. The errors are the
+    API's: 408 too slow, 400 malformed; the caller removes what its parser wrote."""
+    received, start = 0, time.perf_counter()
+    body = aiter(chunks)
+    try:
+        async with asyncio.timeout(pace.timeout_s):
+            while True:
+                try:
+                    chunk = await _next_chunk(body, start, received, pace)
+                except StopAsyncIteration:
+                    break
+                received += len(chunk)
+                if received > limit:
+                    raise over_limit()
+                parser.write(chunk)
+                if done():
+                    break  # the rest is form fields nobody reads
+        if not done():
+            parser.finalize()
+    except TimeoutError:
+        raise ApiError(
+            408, "upload_timeout", f"the upload took over {pace.timeout_s:.0f} s"
+        ) from None
+    except ApiError:
+        raise
+    except Exception as exc:  # python-multipart's parse errors, a client gone: a malformed body
+        raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {exc}") from None
+    return time.perf_counter() - start
 
 
 class PartHeaders:
@@ -186,65 +242,43 @@ async def receive_upload(
 ) -> Upload:
     """The uploaded file on disk; the caller removes it. Errors leave nothing behind.
 
-    408 past `timeout_s`, or as soon as fewer than `min_bytes_per_s` have arrived on average
-    since `grace_s` after the start (a client trickling bytes holds a connection and a file)."""
+    408 past `timeout_s`, or below `min_bytes_per_s` after `grace_s` (Pace)."""
     check_declared_length(content_length, cap)
     part = _FilePart(cap, tmp_dir)
     parser = MultipartParser(multipart_boundary(content_type), part.callbacks())
-    received, start = 0, time.perf_counter()
-    body = aiter(chunks)
     try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                try:
-                    chunk = await _next_chunk(body, start, received, min_bytes_per_s, grace_s)
-                except StopAsyncIteration:
-                    break
-                received += len(chunk)
-                if received > cap + FORM_OVERHEAD:
-                    raise too_large(cap)
-                parser.write(chunk)
-                if part.done:
-                    break  # the rest is other form fields: not needed
-        if not part.done:
-            parser.finalize()
-    except TimeoutError:
-        _discard(part)
-        raise ApiError(408, "upload_timeout", f"the upload took over {timeout_s:.0f} s") from None
-    except ApiError:
+        seconds = await parse_body(
+            chunks,
+            parser,
+            Pace(timeout_s, min_bytes_per_s, grace_s),
+            cap + FORM_OVERHEAD,
+            lambda: too_large(cap),
+            lambda: part.done,
+        )
+        if part.file is None or not part.done:
+            raise ApiError(
+                422, "missing_file", "no file in the form: send it in a field named 'file'"
+            )
+    except BaseException:  # a cancelled request too: nothing is left behind
         _discard(part)
         raise
-    except Exception as exc:  # python-multipart's parse errors: a malformed body
-        _discard(part)
-        raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {exc}") from None
-    if part.file is None or not part.done:
-        _discard(part)
-        raise ApiError(422, "missing_file", "no file in the form: send it in a field named 'file'")
     part.file.close()
-    seconds = time.perf_counter() - start
-    name = part.filename
-    return Upload(
-        Path(part.file.name),
-        name,
-        part.size,
-        seconds,
-        part.digest.hexdigest(),
-    )
+    return Upload(Path(part.file.name), part.filename, part.size, seconds, part.digest.hexdigest())
 
 
-async def _next_chunk(
-    body: AsyncIterator[bytes], start: float, received: int, min_rate: float, grace_s: float
-) -> bytes:
-    """The next chunk, waited for only until the average rate would fall below `min_rate`."""
-    if min_rate <= 0:
+async def _next_chunk(body: AsyncIterator[bytes], start: float, received: int, pace: Pace) -> bytes:
+    """The next chunk, waited for only until the average rate would fall below the pace's."""
+    if pace.min_bytes_per_s <= 0:
         return await anext(body)
-    behind_at = start + grace_s + received / min_rate  # when `received` becomes too little
+    behind_at = start + pace.grace_s + received / pace.min_bytes_per_s  # `received` too little
     try:
         async with asyncio.timeout(max(0.0, behind_at - time.perf_counter())):
             return await anext(body)
     except TimeoutError:
         raise ApiError(
-            408, "upload_too_slow", f"the upload is slower than {min_rate / 1024:g} KiB/s"
+            408,
+            "upload_too_slow",
+            f"the upload is slower than {pace.min_bytes_per_s / 1024:g} KiB/s",
         ) from None
 
 

@@ -2,16 +2,21 @@
 signature-checking webhook receiver, and small helpers over the /api/jobs routes."""
 
 import contextlib
+import http.client
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -31,15 +36,18 @@ BAD = {
     "cut.mp4": CLIPS[0].read_bytes()[:4096],  # undecodable_media (422)
 }
 SECRET = "test-webhook-secret"
+REDIS_PASSWORD = "test-redis-password"  # redis_server's requirepass, in the URLs it yields
 
 
 @contextlib.contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
-    """A real redis-server (Debian's) on a free port, nothing persisted, killed after."""
+    """A real redis-server (Debian's) on a free port, nothing persisted, killed after; with
+    a password (as in Kubernetes), given in the URL: redis://:PASSWORD@127.0.0.1:port/0."""
     port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp)],
+         "--appendonly", "no", "--dir", str(tmp), "--protected-mode", "yes",
+         "--requirepass", REDIS_PASSWORD],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -47,13 +55,16 @@ def redis_server(tmp: Path) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while (
             subprocess.run(
-                ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+                ["redis-cli", "-p", str(port), "ping"],
+                capture_output=True,
+                text=True,
+                env=os.environ | {"REDISCLI_AUTH": REDIS_PASSWORD},
             ).stdout.strip()
             != "PONG"
         ):
             assert time.monotonic() < deadline and process.poll() is None, "redis-server not up"
             time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     finally:
         process.terminate()
         process.wait(10)
@@ -94,6 +105,58 @@ def submit(
     )
 
 
+def open_upload(
+    url: str, route: str, files: list[tuple[str, bytes]], headers: dict | None = None
+) -> tuple[socket.socket, bytes]:
+    """A raw connection that has sent a multipart POST's request line and headers: the
+    body (returned) is the caller's to send, all at once, in halves or trickled."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    boundary = uuid.uuid4().hex
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"'
+            "\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+            for name, data in files
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    lines = [
+        f"POST {route} HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"Content-Length: {len(body)}",
+        f"Content-Type: multipart/form-data; boundary={boundary}",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    conn = socket.create_connection((host, port))
+    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return conn, body
+
+
+def send_rest(conn: socket.socket, data: bytes) -> None:
+    """Send, unless the gateway has answered and closed already (a refusal before the body
+    is read): its answer is still there to read."""
+    with contextlib.suppress(OSError):
+        conn.sendall(data)
+
+
+def answered(conn: socket.socket) -> bool:
+    return bool(select.select([conn], [], [], 0)[0])
+
+
+def read_answer(conn: socket.socket, timeout: float = 60) -> tuple[int, dict]:
+    """The status and JSON body the gateway answered on a raw connection."""
+    conn.settimeout(timeout)
+    response = http.client.HTTPResponse(conn)
+    try:
+        response.begin()
+        body = response.read()
+    finally:
+        conn.close()
+    return response.status, json.loads(body) if body else {}
+
+
 def wait_job(url: str, job_id: str, headers: dict | None = None, timeout: float = 300) -> dict:
     """The job once finished (polling, as a client without the events stream would)."""
     deadline = time.monotonic() + timeout
@@ -132,6 +195,7 @@ class Receiver:
     """A webhook receiver: the first `fail_first` deliveries get a 500 (to see retries)."""
 
     fail_first: int = 0
+    secret: str = SECRET  # the receiving tenant's (gateway/jobs/engine.py: webhook_secrets)
     deliveries: list[dict] = field(default_factory=list)
     received: threading.Event = field(default_factory=threading.Event)
     url: str = ""
@@ -144,7 +208,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 valid = verify(
-                    SECRET,
+                    receiver.secret,
                     self.headers[TIMESTAMP_HEADER],
                     body,
                     self.headers[SIGNATURE_HEADER],

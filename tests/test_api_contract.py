@@ -1,12 +1,15 @@
 """The API against its own OpenAPI document, by Schemathesis (a tool nobody here wrote), run
 as a new user would (`st run URL/openapi.json`) over every route: no 5xx, statuses, headers
-(Allow on 405s), content types and bodies as documented, links followed statefully.
+(Allow on 405s), content types and bodies as documented, links followed statefully (a job
+submitted, then read, cancelled, deleted: a deleted job still readable fails
+`use_after_free`).
 
 The gateway runs in this process (uvicorn in a thread: real HTTP) over the fake model server
 (tests/fake_triton.py). The few checks turned off, each with its reason, are in
 tests/schemathesis.toml.
 """
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -19,20 +22,20 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.jobs import api as jobs_api
+from gateway.jobs.engine import Jobs
 from tests.conftest import gateway_settings
 from tests.fake_triton import fake_triton
 from tests.stack import free_port
 
-MAX_EXAMPLES = 5  # per operation and phase: bounded for the fast tier
 SEED = 14  # reproducible: a failure here fails again the same way
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(tmp: Path) -> Iterator[str]:
     """The gateway's URL: uvicorn serving create_app in a thread of this process."""
     with fake_triton("lite") as triton:
-        tmp = tmp_path_factory.mktemp("contract")
         settings = gateway_settings(triton.url, tmp, chromium=str(tmp / "no-chromium"))
         port = free_port()
         server = uvicorn.Server(
@@ -51,24 +54,52 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             thread.join(30)
 
 
-def test_the_api_does_what_its_openapi_document_says(served: str, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(tmp_path_factory.mktemp("contract")) as url:
+        yield url
+
+
+def schemathesis(url: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`st run` against `url` (in `cwd`: Schemathesis keeps a cache, .schemathesis/, there)."""
     st = Path(sys.executable).parent / "st"
     command = [
         str(st),
         f"--config-file={CONFIG}",
         "run",
-        f"{served}/openapi.json",
-        f"--max-examples={MAX_EXAMPLES}",
+        f"{url}/openapi.json",
         f"--seed={SEED}",
         "--generation-deterministic",
         "--request-timeout=60",
         "--warnings=off",
-        f"--report-dir={tmp_path}",
+        f"--report-dir={cwd}",
     ]
-    # Run in tmp_path: Schemathesis keeps a cache (.schemathesis/) where it runs.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_the_api_does_what_its_openapi_document_says(served: str, tmp_path: Path) -> None:
+    result = schemathesis(served, tmp_path)
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary
     document = httpx.get(f"{served}/openapi.json").json()
     operations = sum(len(methods) for methods in document["paths"].values())
     assert f"Tested: {operations}" in summary  # every documented operation was tried
+    assert "✅ Stateful" in summary  # jobs followed through their links, and nothing failed
+
+
+def test_a_deleted_job_still_readable_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run above catches a DELETE that leaves the job readable (what DELETE did when it
+    only cancelled): the same run against such a gateway fails, on that alone."""
+
+    def cancel_only(jobs: Jobs, job_id: str) -> None:
+        jobs.cancel(job_id)
+
+    monkeypatch.setattr(jobs_api, "remove", cancel_only)
+    with serving(tmp_path / "gateway") as url:
+        result = schemathesis(url, tmp_path)
+    summary = result.stdout[-6000:]
+    assert result.returncode != 0, summary
+    failures = [line.strip() for line in summary.splitlines() if "❌ ST" in line]
+    assert failures == ["❌ ST301 Deleted resource still available: 1"], summary  # that alone

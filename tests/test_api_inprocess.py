@@ -211,3 +211,28 @@ def test_batches_never_exceed_the_max_batch_size_triton_states(tmp_path: Path) -
     assert response.status_code == 200, response.text
     answer = DetectAnswer.model_validate(response.json())
     assert sum(len(frame.faces) for frame in answer.frames) == 2
+
+
+def test_a_refused_job_upload_answers_a_documented_status_and_keeps_no_place(
+    tmp_path: Path,
+) -> None:
+    """Each malformed job upload gets its documented 4xx (the 400 malformed_upload among
+    them), writes nothing and gives back the place it held: with room for one unfinished
+    job, one is still taken after them, and only one."""
+    with inprocess_gateway(tmp_path, jobs_workers=0, jobs_max_active_per_key=1) as gateway:
+        client = gateway.client
+        documented = client.get("/openapi.json").json()["paths"]["/api/jobs"]["post"]
+        garbage = {
+            "content": b"garbage",
+            "headers": {"content-type": "multipart/form-data; boundary=b"},
+        }
+        for kwargs, status, code in [*MALFORMED, (garbage, 400, "malformed_upload")]:
+            response = client.post("/api/jobs", **kwargs)
+            assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+            assert str(status) in documented["responses"], status
+        uploads = gateway.settings.jobs_dir / "uploads"
+        assert not uploads.exists() or list(uploads.iterdir()) == []
+        image = {"file": (OBAMA.name, OBAMA.read_bytes())}
+        assert client.post("/api/jobs", files=image).status_code == 202
+        refused = client.post("/api/jobs", files=image)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (429, "too_many_jobs")

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import sqlite3
 import time
 import uuid
@@ -16,20 +17,21 @@ from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Gauge
 from redis import RedisError
 
-from gateway.deps import JobsDep
+from gateway.deps import JobsDep, UploadsDep
 from gateway.errors import ApiError
 from gateway.jobs.engine import ItemRunner, Jobs, WorkerPool
 from gateway.jobs.spool import Caps, discard, spool_files
 from gateway.jobs.views import JobAnswer, JobList, job_view
-from gateway.jobs.webhook import check_callback_url
+from gateway.jobs.webhook import callback_policy, check_callback_url
 from gateway.openapi import errors_doc, upload_doc
 from gateway.queries import DetectQuery
 from gateway.security import key_id, presented_key
 from gateway.settings import MB, Settings
+from gateway.uploads import Pace
 
 log = logging.getLogger("gateway.jobs")
 PUBLIC_OWNER = "public"  # without API keys every caller sees every job
@@ -38,18 +40,29 @@ EVENTS_POLL_S = 0.5
 QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
 
 JOB_UPLOAD_DOC = upload_doc(many=True)
-JOB_ERRORS = errors_doc(
+STORE_DOWN = {503: "the job queue's store is unreachable or full (see Retry-After)"}
+# Every status each route answers besides its success (the access middleware's 401 and 429
+# are added to every /api operation by gateway/openapi.py).
+SUBMIT_ERRORS = errors_doc(
     {
-        404: "no such job for this API key",
-        408: "upload too slow",
+        400: "a malformed multipart body or Content-Length (malformed_upload, invalid_request)",
+        408: "upload too slow: below the minimum rate after the grace, or past the deadline",
         409: "the same Idempotency-Key is still being submitted",
         413: "a file over the upload cap, or the job over its caps",
-        422: "bad options or callback_url",
-        429: "too many unfinished jobs for this API key (see Retry-After)",
-        503: "the job queue's store is unreachable or full (see Retry-After)",
+        415: "not multipart/form-data",
+        422: "no file, bad options or callback_url",
+        429: "too many unfinished jobs for this API key or in all, or too many uploads being "
+        "received (see Retry-After)",
     }
+    | STORE_DOWN
+)
+LIST_ERRORS = errors_doc({422: "bad offset or limit"} | STORE_DOWN)
+JOB_ERRORS = errors_doc(
+    {404: "no such job for this API key (or deleted)", 422: "a job id over 64 characters"}
+    | STORE_DOWN
 )
 STORE_RETRY_S = 30
+MAX_OFFSET = 10**9  # SQLite and Redis take 64-bit offsets: a larger one is a 422, not a 500
 T = TypeVar("T")
 
 
@@ -90,6 +103,28 @@ def not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job {job_id} for this API key")
 
 
+def too_many_jobs(full: str, settings: Settings) -> ApiError:
+    whose = (
+        f"this API key has {settings.jobs_max_active_per_key}"
+        if full == "owner"
+        else f"the service has {settings.jobs_max_active}"
+    )
+    return ApiError(
+        429,
+        "too_many_jobs",
+        f"{whose} unfinished jobs; retry when one ends",
+        {"Retry-After": "30"},
+    )
+
+
+def remove(jobs: Jobs, job_id: str) -> None:
+    """Cancel the job if it runs (a worker drops its item at its next heartbeat), then its
+    record, results and files go."""
+    jobs.cancel(job_id)
+    jobs.store.delete(job_id)
+    shutil.rmtree(jobs.folder(job_id), ignore_errors=True)
+
+
 def router(settings: Settings) -> APIRouter:
     api = APIRouter(prefix="/api/jobs", tags=["jobs"])
     caps = Caps(
@@ -97,6 +132,12 @@ def router(settings: Settings) -> APIRouter:
         files=settings.jobs_max_files,
         total_bytes=settings.jobs_max_mb * MB,
     )
+    # /api/detect's minimum rate, a job's own deadline (it carries up to jobs_max_mb).
+    pace = Pace(
+        settings.jobs_upload_timeout_s, settings.upload_min_bytes_per_s, settings.upload_grace_s
+    )
+    # A place held by a gateway that died mid-upload lapses once no upload can still arrive.
+    reservation_ttl_s = 2 * settings.jobs_upload_timeout_s
 
     async def owned_job(jobs: Jobs, request: Request, job_id: str) -> dict:
         job = await in_store(jobs.store.job, job_id)
@@ -108,14 +149,16 @@ def router(settings: Settings) -> APIRouter:
         "",
         status_code=202,
         response_model=JobAnswer,
-        responses=JOB_ERRORS,
+        responses=SUBMIT_ERRORS,
         openapi_extra=JOB_UPLOAD_DOC,
-        description="Answers as soon as the files are on disk; poll links.self or links.events.",
+        description="Answers as soon as the files are on disk; poll links.self or links.events. "
+        "The job's place under the caps of unfinished jobs is taken before the upload is read.",
     )
     async def submit(
         request: Request,
         query: Annotated[JobQuery, Depends()],
         jobs: JobsDep,
+        uploads: UploadsDep,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> JSONResponse:
         owner = owner_of(request, settings)
@@ -125,33 +168,42 @@ def router(settings: Settings) -> APIRouter:
                     422, "invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set"
                 )
             await asyncio.to_thread(
-                check_callback_url, query.callback_url, settings.jobs_allow_private_callbacks
+                check_callback_url,
+                query.callback_url,
+                settings.jobs_allow_private_callbacks,
+                egress=callback_policy(settings),
             )
         job_id = uuid.uuid4().hex
         if idempotency_key:
             known = await in_store(jobs.store.remember_key, owner, idempotency_key, job_id)
             if known != job_id:
                 return await replay(jobs, known)
+        reserved = False
         try:
-            active = await in_store(jobs.store.unfinished_count, owner)
-            if active >= settings.jobs_max_active_per_key:
-                raise ApiError(
-                    429,
-                    "too_many_jobs",
-                    f"{active} jobs of this API key are unfinished; retry when one ends",
-                    {"Retry-After": "30"},
+            # An upload slot (as /api/detect's), then the job's place, both before the body
+            # is read: a refused upload costs neither a byte on disk nor a place.
+            async with uploads.held():
+                full = await in_store(
+                    jobs.store.reserve,
+                    job_id,
+                    owner,
+                    settings.jobs_max_active_per_key,
+                    settings.jobs_max_active,
+                    reservation_ttl_s,
                 )
-            files = await spool_files(
-                request.stream(),
-                request.headers.get("content-type"),
-                request.headers.get("content-length"),
-                caps,
-                jobs.folder(job_id),
-                settings.upload_timeout_s,
-            )
+                if full is not None:
+                    raise too_many_jobs(full, settings)
+                reserved = True
+                files = await spool_files(
+                    request.stream(),
+                    request.headers.get("content-type"),
+                    request.headers.get("content-length"),
+                    caps,
+                    jobs.folder(job_id),
+                    pace,
+                )
         except BaseException:
-            if idempotency_key:
-                await in_store(jobs.store.forget_key, owner, idempotency_key)
+            await release(jobs, job_id, owner, reserved, idempotency_key)
             raise
         job = {
             "id": job_id,
@@ -159,6 +211,7 @@ def router(settings: Settings) -> APIRouter:
             "created": time.time(),
             "options": query.options(),
             "callback_url": query.callback_url,
+            "idempotency_key": idempotency_key,  # DELETE forgets it with the job
         }
         items = [
             {
@@ -176,6 +229,7 @@ def router(settings: Settings) -> APIRouter:
             await in_store(jobs.submit, job, items)
         except BaseException:
             discard(jobs.folder(job_id))
+            await release(jobs, job_id, owner, True, idempotency_key)
             raise
         log.info(
             "job submitted",
@@ -183,6 +237,20 @@ def router(settings: Settings) -> APIRouter:
         )
         view = job_view(job | {"finished": None, "cancelled": False, "items": items})
         return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+
+    async def release(
+        jobs: Jobs, job_id: str, owner: str, reserved: bool, idempotency_key: str | None
+    ) -> None:
+        """What a submission that failed held: its place, its Idempotency-Key. Shielded: a
+        request cancelled mid-upload still frees them."""
+
+        async def free() -> None:
+            if reserved:
+                await in_store(jobs.store.release, job_id, owner)
+            if idempotency_key:
+                await in_store(jobs.store.forget_key, owner, idempotency_key)
+
+        await asyncio.shield(free())
 
     async def replay(jobs: Jobs, job_id: str) -> JSONResponse:
         """The job an earlier request with the same Idempotency-Key created."""
@@ -198,13 +266,14 @@ def router(settings: Settings) -> APIRouter:
     @api.get(
         "",
         response_model=JobList,
+        responses=LIST_ERRORS,
         description="This API key's jobs, newest first; items without their results "
         "(GET /api/jobs/{id} has them).",
     )
     async def list_jobs(
         request: Request,
         jobs: JobsDep,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> dict:
         store = jobs.store
@@ -220,16 +289,31 @@ def router(settings: Settings) -> APIRouter:
     async def get_job(request: Request, job_id: JobId, jobs: JobsDep) -> dict:
         return job_view(await owned_job(jobs, request, job_id))
 
-    @api.delete(
-        "/{job_id}",
+    @api.post(
+        "/{job_id}/cancel",
         response_model=JobAnswer,
         responses=JOB_ERRORS,
-        description="Cancel: queued files are dropped, running ones stop within seconds.",
+        description="Cancel: queued files are dropped, running ones stop within seconds; the "
+        "job stays readable until its retention ends. A finished job stays as it ended.",
     )
     async def cancel_job(request: Request, job_id: JobId, jobs: JobsDep) -> dict:
         await owned_job(jobs, request, job_id)
         await in_store(jobs.cancel, job_id)
         return job_view(await owned_job(jobs, request, job_id))
+
+    @api.delete(
+        "/{job_id}",
+        status_code=204,
+        response_class=Response,
+        responses=JOB_ERRORS,
+        description="Delete: the job is cancelled if unfinished, then its record, results and "
+        "uploaded files are removed at once (404 after, for every route of the job).",
+    )
+    async def delete_job(request: Request, job_id: JobId, jobs: JobsDep) -> Response:
+        await owned_job(jobs, request, job_id)
+        await in_store(remove, jobs, job_id)
+        log.info("job deleted", extra={"job_id": job_id, "request_id": request.state.request_id})
+        return Response(status_code=204)
 
     @api.get(
         "/{job_id}/events",
@@ -251,7 +335,7 @@ def router(settings: Settings) -> APIRouter:
         last = None
         while True:
             job = await asyncio.to_thread(store.job, job_id)
-            if job is None:  # deleted at the end of its retention
+            if job is None:  # deleted, or at the end of its retention
                 yield encode({"event": "error", **not_found(job_id).body()}, sse)
                 return
             if job["finished"] is not None:

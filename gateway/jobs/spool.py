@@ -1,12 +1,13 @@
 """Spool a multipart body of several files to a job's folder, never holding one in memory.
 
-The same streaming parser as gateway/uploads.py, keeping every file part:
-each under the per-file cap of /api/detect, all of them under the job's caps.
-Any error removes everything written so far: nothing is queued.
+The same streaming parser, deadline and minimum rate as gateway/uploads.py (its
+`parse_body`), keeping every file part: each under the per-file cap of /api/detect, all
+of them under the job's caps. Any error removes everything written so far: nothing is
+queued.
 """
 
-import asyncio
 import hashlib
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,16 @@ from typing import BinaryIO
 from python_multipart.multipart import MultipartParser
 
 from gateway.errors import ApiError
-from gateway.uploads import FILE_FIELDS, FORM_OVERHEAD, PartHeaders, multipart_boundary, too_large
+from gateway.uploads import (
+    FILE_FIELDS,
+    FORM_OVERHEAD,
+    Pace,
+    PartHeaders,
+    declared_length,
+    multipart_boundary,
+    parse_body,
+    too_large,
+)
 
 FILES_FIELDS = (*FILE_FIELDS, "files")
 
@@ -99,49 +109,29 @@ async def spool_files(
     content_length: str | None,
     caps: Caps,
     folder: Path,
-    timeout_s: float,
+    pace: Pace,
 ) -> list[Spooled]:
-    """Every file of the form, on disk in `folder`; on any error `folder` is emptied."""
-    declared = _declared(content_length)
-    if declared is not None and declared > caps.total_bytes + caps.files * FORM_OVERHEAD:
+    """Every file of the form, on disk in `folder`, received at `pace` (gateway/uploads.py's
+    deadline and minimum rate, 408 otherwise); on any error `folder` is removed."""
+    limit = caps.total_bytes + caps.files * FORM_OVERHEAD
+    declared = declared_length(content_length)
+    if declared is not None and declared > limit:
         raise job_too_large(caps)
     parts = _FileParts(caps, folder)
     parser = MultipartParser(multipart_boundary(content_type), parts.callbacks())
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in chunks:
-                parser.write(chunk)
-        parser.finalize()
-    except TimeoutError:
-        discard(folder, parts)
-        raise ApiError(408, "upload_timeout", f"the upload took over {timeout_s:.0f} s") from None
-    except ApiError:
+        await parse_body(chunks, parser, pace, limit, lambda: job_too_large(caps))
+        if not parts.files:
+            raise ApiError(
+                422, "missing_file", "no file in the form: send each in a field named 'file'"
+            )
+    except BaseException:  # a cancelled request too: nothing is left behind
         discard(folder, parts)
         raise
-    except Exception as exc:  # python-multipart's parse errors: a malformed body
-        discard(folder, parts)
-        raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {exc}") from None
-    if not parts.files:
-        discard(folder, parts)
-        raise ApiError(
-            422, "missing_file", "no file in the form: send each in a field named 'file'"
-        )
     return parts.files
-
-
-def _declared(content_length: str | None) -> int | None:
-    if content_length is None:
-        return None
-    try:
-        return int(content_length)
-    except ValueError:
-        raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
 
 
 def discard(folder: Path, parts: "_FileParts | None" = None) -> None:
     if parts is not None:
         parts.close()
-    if folder.is_dir():
-        for path in folder.iterdir():
-            path.unlink(missing_ok=True)
-        folder.rmdir()
+    shutil.rmtree(folder, ignore_errors=True)

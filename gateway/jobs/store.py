@@ -13,12 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Literal
 
 import redis
 
 Doc = dict
 Change = Callable[[Doc], Doc | None]  # the item's new document, or None: leave it
 TERMINAL = frozenset({"done", "failed", "cancelled"})
+Full = Literal["owner", "all"]  # which cap of unfinished jobs a reservation found full
 
 
 class JobStore(ABC):
@@ -28,7 +30,24 @@ class JobStore(ABC):
         self.retention_s = retention_s
 
     @abstractmethod
-    def create(self, job: Doc, items: list[Doc]) -> None: ...
+    def reserve(
+        self, job_id: str, owner: str, per_owner: int, total: int, ttl_s: float
+    ) -> Full | None:
+        """Hold a place for a job about to be uploaded, atomically against every gateway:
+        None when taken, else the cap found full (unfinished jobs and places held, of the
+        owner or of everyone). `create` turns it into the job, `release` frees it; a place
+        a gateway never turned or freed (it died) lapses after `ttl_s`."""
+
+    @abstractmethod
+    def release(self, job_id: str, owner: str) -> None: ...
+
+    @abstractmethod
+    def create(self, job: Doc, items: list[Doc]) -> None:
+        """The job and its items, in the place `reserve` held for it."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None:
+        """The job, its items and its Idempotency-Key gone now (404 after)."""
 
     @abstractmethod
     def job(self, job_id: str) -> Doc | None:
@@ -52,9 +71,6 @@ class JobStore(ABC):
     @abstractmethod
     def unfinished(self) -> list[str]:
         """Every job not yet finished (the recovery sweep reads them)."""
-
-    @abstractmethod
-    def unfinished_count(self, owner: str) -> int: ...
 
     @abstractmethod
     def remember_key(self, owner: str, key: str, job_id: str) -> str:
@@ -84,6 +100,9 @@ class SqliteJobStore(JobStore):
         "doc text not null, primary key (job_id, n))",
         "create table if not exists idempotency (owner text not null, key text not null, "
         "job_id text not null, created real not null, primary key (owner, key))",
+        "create index if not exists jobs_unfinished on jobs (finished)",
+        "create table if not exists reservations (job_id text primary key, "
+        "owner text not null, expires real not null)",
     )
 
     def __init__(self, path: Path, retention_s: float) -> None:
@@ -98,9 +117,42 @@ class SqliteJobStore(JobStore):
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
+    def reserve(
+        self, job_id: str, owner: str, per_owner: int, total: int, ttl_s: float
+    ) -> Full | None:
+        now = time.time()
+        with closing(self._connect()) as db:
+            db.execute("begin immediate")  # one writer: two gateways never count the same room
+            try:
+                db.execute("delete from reservations where expires <= ?", (now,))
+                (mine,) = db.execute(
+                    "select (select count(*) from jobs where owner = ? and finished is null)"
+                    " + (select count(*) from reservations where owner = ?)",
+                    (owner, owner),
+                ).fetchone()
+                (everyone,) = db.execute(
+                    "select (select count(*) from jobs where finished is null)"
+                    " + (select count(*) from reservations)"
+                ).fetchone()
+                full: Full | None = (
+                    "owner" if mine >= per_owner else "all" if everyone >= total else None
+                )
+                if full is None:
+                    db.execute(
+                        "insert into reservations values (?, ?, ?)", (job_id, owner, now + ttl_s)
+                    )
+            finally:
+                db.execute("commit")
+        return full
+
+    def release(self, job_id: str, owner: str) -> None:
+        with closing(self._connect()) as db:
+            db.execute("delete from reservations where job_id = ?", (job_id,))
+
     def create(self, job: Doc, items: list[Doc]) -> None:
         with closing(self._connect()) as db:
             db.execute("begin immediate")
+            db.execute("delete from reservations where job_id = ?", (job["id"],))
             db.execute(
                 "insert into jobs (id, owner, created, doc) values (?, ?, ?, ?)",
                 (job["id"], job["owner"], job["created"], json.dumps(job)),
@@ -170,12 +222,12 @@ class SqliteJobStore(JobStore):
         with closing(self._connect()) as db:
             return [i for (i,) in db.execute("select id from jobs where finished is null")]
 
-    def unfinished_count(self, owner: str) -> int:
+    def delete(self, job_id: str) -> None:
         with closing(self._connect()) as db:
-            (count,) = db.execute(
-                "select count(*) from jobs where owner = ? and finished is null", (owner,)
-            ).fetchone()
-        return count
+            db.execute("begin immediate")
+            for table, column in (("items", "job_id"), ("jobs", "id"), ("idempotency", "job_id")):
+                db.execute(f"delete from {table} where {column} = ?", (job_id,))
+            db.execute("commit")
 
     def remember_key(self, owner: str, key: str, job_id: str) -> str:
         with closing(self._connect()) as db:
@@ -215,6 +267,27 @@ class SqliteJobStore(JobStore):
         return ids
 
 
+# KEYS: the owner's job ids, the unfinished job ids, every reservation, the owner's
+# reservations (sorted sets scored by when they lapse). ARGV: job id, now, lapses at, the
+# owner's cap, the cap of all. One script: Redis runs it alone, so no two gateways both
+# take the last place.
+RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
+local mine = redis.call('ZCARD', KEYS[4])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  mine = mine + redis.call('SISMEMBER', KEYS[2], id)
+end
+if mine >= tonumber(ARGV[4]) then return 'owner' end
+if redis.call('SCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then
+  return 'all'
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return false
+"""
+
+
 class RedisJobStore(JobStore):
     """A hash per job (its record and one field per item); Redis expires finished jobs."""
 
@@ -223,6 +296,7 @@ class RedisJobStore(JobStore):
     def __init__(self, url: str, retention_s: float) -> None:
         super().__init__(retention_s)
         self.redis = redis.Redis.from_url(url)
+        self._reserve = self.redis.register_script(RESERVE)
 
     def _key(self, job_id: str) -> str:
         return f"{self.PREFIX}job:{job_id}"
@@ -230,15 +304,57 @@ class RedisJobStore(JobStore):
     def _owner(self, owner: str) -> str:
         return f"{self.PREFIX}owner:{owner}"
 
+    def _reservations(self, owner: str | None = None) -> str:
+        return f"{self.PREFIX}reserved" + (f":{owner}" if owner is not None else "")
+
+    def _idempotency(self, owner: str, key: str) -> str:
+        return f"{self.PREFIX}idempotency:{owner}:{key}"
+
+    def reserve(
+        self, job_id: str, owner: str, per_owner: int, total: int, ttl_s: float
+    ) -> Full | None:
+        now = time.time()
+        keys = [
+            self._owner(owner),
+            f"{self.PREFIX}unfinished",
+            self._reservations(),
+            self._reservations(owner),
+        ]
+        full = self._reserve(keys=keys, args=[job_id, now, now + ttl_s, per_owner, total])
+        return full.decode() if full else None  # type: ignore[return-value]
+
+    def release(self, job_id: str, owner: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.zrem(self._reservations(), job_id)
+            pipe.zrem(self._reservations(owner), job_id)
+            pipe.execute()
+
     def create(self, job: Doc, items: list[Doc]) -> None:
         fields = {"doc": json.dumps(job)} | {
             f"item:{n}": json.dumps(item) for n, item in enumerate(items)
         }
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline() as pipe:  # MULTI: the reservation becomes the job at once
             pipe.hset(self._key(job["id"]), mapping=fields)
             pipe.zadd(self._owner(job["owner"]), {job["id"]: job["created"]})
             pipe.sadd(f"{self.PREFIX}unfinished", job["id"])
+            pipe.zrem(self._reservations(), job["id"])
+            pipe.zrem(self._reservations(job["owner"]), job["id"])
             pipe.execute()
+
+    def delete(self, job_id: str) -> None:
+        raw = self.redis.hget(self._key(job_id), "doc")
+        if raw is None:
+            return
+        job = json.loads(raw)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self._key(job_id))
+            pipe.zrem(self._owner(job["owner"]), job_id)
+            pipe.srem(f"{self.PREFIX}unfinished", job_id)
+            pipe.execute()
+        if job.get("idempotency_key"):  # unless the key already names a newer job
+            name = self._idempotency(job["owner"], job["idempotency_key"])
+            if self.redis.get(name) == job_id.encode():
+                self.redis.delete(name)
 
     def job(self, job_id: str) -> Doc | None:
         fields = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(job_id)).items()}
@@ -293,20 +409,14 @@ class RedisJobStore(JobStore):
     def unfinished(self) -> list[str]:
         return [i.decode() for i in self.redis.smembers(f"{self.PREFIX}unfinished")]
 
-    def unfinished_count(self, owner: str) -> int:
-        ids = [i.decode() for i in self.redis.zrange(self._owner(owner), 0, -1)]
-        if not ids:
-            return 0
-        return sum(self.redis.smismember(f"{self.PREFIX}unfinished", ids))
-
     def remember_key(self, owner: str, key: str, job_id: str) -> str:
-        name = f"{self.PREFIX}idempotency:{owner}:{key}"
+        name = self._idempotency(owner, key)
         self.redis.set(name, job_id, nx=True, ex=max(1, round(self.retention_s)))
         known = self.redis.get(name)
         return known.decode() if known else job_id
 
     def forget_key(self, owner: str, key: str) -> None:
-        self.redis.delete(f"{self.PREFIX}idempotency:{owner}:{key}")
+        self.redis.delete(self._idempotency(owner, key))
 
     def purge(self) -> list[str]:
         return []  # Redis expires finished jobs itself (mark_finished sets the TTL)

@@ -141,7 +141,10 @@ function jobRow(job, item) {
 
 async function cancelJob() {
   if (!jobShown) return;
-  await fetch(jobPath(jobShown), { method: "DELETE", headers: keyHeaders() }).catch(() => null);
+  // POST …/cancel stops it and keeps it readable; DELETE would remove the job and its results.
+  await fetch(`${jobPath(jobShown)}/cancel`, { method: "POST", headers: keyHeaders() }).catch(
+    () => null,
+  );
   watchJob(jobShown);
 }
 
