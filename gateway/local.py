@@ -7,7 +7,7 @@ import argparse
 
 import uvicorn
 
-from gateway.__main__ import configure_logging
+from gateway.__main__ import check_access, configure_logging
 from gateway.app import create_app
 from gateway.settings import Settings
 from model_repository.local_triton import LocalTriton, TritonSettings
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     # Command-line values win over GATEWAY_* variables; the rest come from them.
     settings = Settings(host=args.host, port=args.port, triton_url=triton.grpc_url)
     configure_logging(settings.log_level)  # the same JSON lines as `python -m gateway`
+    check_access(settings)  # before Triton starts: --host 0.0.0.0 without keys stops here
     print(
         f"Starting Triton ({args.profile} profile, {args.triton_config} configs) on "
         f"{triton.grpc_url} …",

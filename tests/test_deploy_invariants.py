@@ -865,6 +865,33 @@ def test_api_keys_come_only_from_a_secret(overlay: str) -> None:
     assert "Rotating API keys" in readme
 
 
+def test_neither_the_image_nor_an_overlay_runs_the_api_open(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without keys every caller is one tenant (sees, cancels and fills every job). The
+    image and every overlay listen on 0.0.0.0: the keys' Secret is required, an empty
+    value stops the gateway at start, and nothing turns GATEWAY_ALLOW_OPEN on."""
+    from gateway.__main__ import open_refusal
+    from gateway.settings import Settings
+
+    r, _, container, env = gateway(overlay)
+    [keys] = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
+    assert not keys.get("optional", False)
+    image = env_of(GATEWAY_DOCKERFILE)
+    for _, each in iter_containers(r):
+        assert "GATEWAY_ALLOW_OPEN" not in r.env(each)
+    assert "GATEWAY_ALLOW_OPEN" not in image and "GATEWAY_API_KEYS" not in image
+    for variables in (env, image):
+        for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
+            monkeypatch.delenv(key)
+        for key, value in variables.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("GATEWAY_API_KEYS", "")  # a Secret with an empty value
+        settings = Settings(_env_file=None)
+        assert not settings.api_keys and not settings.allow_open
+        assert open_refusal(settings), variables["GATEWAY_HOST"]
+
+
 def restricted(values: list[str]) -> tuple[set[str], str, str]:
     """--*-restricted-*=<protocols>:<header>=<value> -> (protocols, header, value)."""
     [value] = values

@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from deploy import validate
-from deploy.manifests import Rendering, container_port, quantity
+from deploy.manifests import Rendering, container_port, expand, quantity
 from gateway.jobs.api import QUEUED
 from gateway.settings import Settings
 from gateway.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
+from tests.stack import free_port
 from tests.test_deploy_invariants import ADAPTER_VALUES, DNS, OVERLAYS, ROOT, rendering
 
 ROOT_BASE = "deploy/k8s/base/kustomization.yaml"
@@ -100,6 +101,64 @@ def test_the_queue_url_is_the_redis_service(overlay: str) -> None:
     assert 0 < maxmemory <= limit / 2
     data = backend.mount(backend.container("redis"), args[args.index("--dir") + 1])
     assert "persistentVolumeClaim" in data
+
+
+REDIS_SECRET = "<secret jobs-redis:password>"  # Rendering.env's name for the Secret's value
+
+
+def test_redis_wants_the_secrets_password_in_protected_mode(overlay: str) -> None:
+    """Whoever reaches port 6379 without the password gets nothing; the gateway and the
+    workers read it from the same required Secret as Redis."""
+    r = rendering(overlay)
+    redis = r.workload("redis").container("redis")
+    args = r.args(redis)
+    assert args[args.index("--requirepass") + 1] == REDIS_SECRET
+    assert args[args.index("--protected-mode") + 1] == "yes"
+    assert r.env(redis)["REDISCLI_AUTH"] == REDIS_SECRET  # the probes' redis-cli
+    for workload, name in (("gateway", "gateway"), ("jobs-worker", "worker")):
+        container = r.workload(workload).container(name)
+        assert r.env(container)["GATEWAY_JOBS_REDIS_PASSWORD"] == REDIS_SECRET, workload
+    for workload in ("redis", "gateway", "jobs-worker"):
+        for container in r.workload(workload).containers():
+            refs = [s for s in r.secret_refs(container) if s["name"] == "jobs-redis"]
+            assert refs and not any(s.get("optional") for s in refs), workload  # required
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "create secret generic jobs-redis --from-literal=password=" in readme
+
+
+@pytest.mark.stack
+def test_the_rendered_redis_refuses_clients_without_the_password(
+    overlay: str, tmp_path: Path
+) -> None:
+    """Debian's redis-server run with the rendered arguments (here: a free loopback port, a
+    temporary --dir): no password, no command; the probes pass with REDISCLI_AUTH."""
+    import redis as redis_client
+
+    r = rendering(overlay)
+    container = r.workload("redis").container("redis")
+    password, port = "rendered-test-password", free_port()
+    env = {k: v.replace(REDIS_SECRET, password) for k, v in r.env(container).items()}
+    args = [expand(a, env) for a in container["args"]]
+    args[args.index("--dir") + 1] = str(tmp_path)
+    args += ["--port", str(port), "--bind", "127.0.0.1"]
+    assert args[0] == "redis-server"
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        probe = container["readinessProbe"]["exec"]["command"]
+        probe = [*probe[:-1], probe[-1].replace("redis-cli", f"redis-cli -p {port}")]
+        with_auth = os.environ | {"REDISCLI_AUTH": env["REDISCLI_AUTH"]}
+        deadline = time.monotonic() + 20
+        while subprocess.run(probe, env=with_auth, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline and process.poll() is None, "redis not ready"
+            time.sleep(0.1)
+        without = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+        assert subprocess.run(probe, env=without, capture_output=True).returncode != 0
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis(port=port).lpush("huey.redis.deepfakejobs", b"x")
+        assert redis_client.Redis(port=port, password=password).ping()
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def test_only_the_gateway_and_workers_reach_redis_and_workers_reach_triton(overlay: str) -> None:

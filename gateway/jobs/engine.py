@@ -11,6 +11,8 @@ store, so an item finishes once even if two workers ever held it.
 
 import asyncio
 import concurrent.futures
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
@@ -28,27 +31,71 @@ from huey.consumer import Consumer
 from gateway.analysis import Analyzer
 from gateway.errors import ApiError, from_media_error
 from gateway.jobs import webhook
+from gateway.jobs.codec import JsonSerializer
 from gateway.jobs.store import TERMINAL, Doc, JobStore, RedisJobStore, SqliteJobStore
 from gateway.jobs.views import job_status, job_view
 from gateway.options import options_for
+from gateway.security import key_id
 from gateway.settings import Settings
 from preprocess.media import MediaError
 
 log = logging.getLogger("gateway.jobs")
 QUEUE_NAME = "deepfake-jobs"
+# gateway/jobs/api.py's owner of every job when the gateway has no API keys: one tenant.
+OPEN_OWNER = "public"
+
+
+def redis_url(settings: Settings) -> str:
+    """jobs_redis_url with jobs_redis_password in it (Kubernetes gives the password from a
+    Secret, the URL from the ConfigMap); a password already in the URL is kept."""
+    parts = urlsplit(settings.jobs_redis_url)
+    if settings.jobs_redis_password is None or parts.password is not None:
+        return settings.jobs_redis_url
+    password = quote(settings.jobs_redis_password.get_secret_value(), safe="")
+    user = quote(parts.username or "", safe="")  # an ACL user, or none (Redis' default user)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
 def make_huey(settings: Settings) -> Huey:
+    # JSON, not huey's default pickle: a message planted in the queue is refused, never run.
+    serializer = JsonSerializer()
     if settings.jobs_redis_url:
-        return RedisHuey(QUEUE_NAME, url=settings.jobs_redis_url, results=False)
+        return RedisHuey(QUEUE_NAME, url=redis_url(settings), results=False, serializer=serializer)
     settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey(QUEUE_NAME, filename=str(settings.jobs_dir / "queue.db"), results=False)
+    return SqliteHuey(
+        QUEUE_NAME,
+        filename=str(settings.jobs_dir / "queue.db"),
+        results=False,
+        serializer=serializer,
+    )
 
 
 def make_store(settings: Settings) -> JobStore:
     if settings.jobs_redis_url:
-        return RedisJobStore(settings.jobs_redis_url, settings.jobs_retention_s)
+        return RedisJobStore(redis_url(settings), settings.jobs_retention_s)
     return SqliteJobStore(settings.jobs_dir / "jobs.db", settings.jobs_retention_s)
+
+
+def tenant_webhook_secret(master: str, owner: str) -> str:
+    """The secret that signs `owner`'s webhooks: HMAC-SHA256(master, "webhook:" + key id),
+    hex. A tenant knows its own; without the master it cannot make another's. Without
+    API keys there is one tenant (the operator's): it signs with the master itself."""
+    if owner == OPEN_OWNER:
+        return master
+    return hmac.new(master.encode(), b"webhook:" + owner.encode(), hashlib.sha256).hexdigest()
+
+
+def webhook_secret_for_key(master: str, api_key: str) -> str:
+    """What an operator hands the holder of `api_key` (python -m gateway.worker webhook-secret)."""
+    return tenant_webhook_secret(master, key_id(api_key))
+
+
+def webhook_secrets(settings: Settings, owner: str) -> list[str]:
+    """`owner`'s secrets under every active master: the current one, then the one being
+    rotated out (each webhook carries a signature for both while it is set)."""
+    masters = [settings.jobs_webhook_secret, settings.jobs_webhook_previous_secret]
+    return [tenant_webhook_secret(m.get_secret_value(), owner) for m in masters if m]
 
 
 def error_of(exc: BaseException) -> Doc:
@@ -144,7 +191,7 @@ class Jobs:
         """Folders no job owns: a gateway killed while spooling, a job deleted meanwhile.
         Old enough that no upload can still be arriving into them."""
         uploads = self.settings.jobs_dir / "uploads"
-        before = time.time() - 2 * self.settings.upload_timeout_s
+        before = time.time() - 2 * self.settings.jobs_upload_timeout_s  # a job's deadline
         for folder in uploads.iterdir() if uploads.is_dir() else []:
             if folder.stat().st_mtime < before and self.store.job(folder.name) is None:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -158,17 +205,19 @@ class Jobs:
         job = self.store.job(job_id)
         if job is None or not job.get("callback_url"):
             return
-        secret = self.settings.jobs_webhook_secret
-        if secret is None:  # the gateway had one when it took the job; this worker has not
+        # Signed with the secret of the key that submitted the job, never one for everyone.
+        secrets = webhook_secrets(self.settings, job["owner"])
+        if not secrets:  # the gateway had one when it took the job; this worker has not
             log.error("no GATEWAY_JOBS_WEBHOOK_SECRET: webhook not sent", extra={"job_id": job_id})
             return
         body = json.dumps(job_view(job), separators=(",", ":")).encode()
         webhook.deliver(
             job["callback_url"],
             body,
-            secret.get_secret_value(),
+            secrets,  # one Webhook-Signature v1= per secret
             self.settings.jobs_webhook_timeout_s,
             self.settings.jobs_allow_private_callbacks,
+            egress=webhook.callback_policy(self.settings),
         )
 
 
