@@ -90,13 +90,13 @@ triton: export $(TRITON_VENV)/.installed
 
 # One command, Ctrl-C stops both: the local Triton, then the gateway over it.
 run: $(TRITON_VENV)/.installed export
-	$(PY) -m gateway.local --profile $(PROFILE) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT) \
+	$(PY) -m gateway.programs.local --profile $(PROFILE) --host $(GATEWAY_HOST) --port $(GATEWAY_PORT) \
 		--triton-host $(TRITON_HOST) --triton-http-port $(TRITON_HTTP_PORT) \
 		--triton-grpc-port $(TRITON_GRPC_PORT) --triton-metrics-port $(TRITON_METRICS_PORT) \
 		--triton-config $(TRITON_CONFIG)
 
 eval: $(VENV)/.installed
-	$(PY) -m gateway.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
+	$(PY) -m gateway.programs.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
 
 # Fine-tune a member on your own media; the result is model_repository/members/<MEMBER>/<n>/.
 MEMBER ?= meso4

@@ -184,7 +184,7 @@ def cpu_ms_per_face(run: Runner, images: np.ndarray, batch: int) -> float:
 
 def clip_verdicts(scores: np.ndarray, clips: list[str]) -> dict[str, bool]:
     """Each clip's verdict from one member's face scores, as the gateway reaches it."""
-    from gateway.aggregate import Strategy
+    from gateway.server.verdict.aggregate import Strategy
 
     strategy = Strategy()
     return {clip: strategy(scores[[c == clip for c in clips]]) >= THRESHOLD for clip in set(clips)}

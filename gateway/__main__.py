@@ -17,8 +17,8 @@ import time
 
 import uvicorn
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.server.app import create_app
+from gateway.server.settings import Settings
 
 # The attributes every LogRecord has; anything else was passed in `extra=` and is a field.
 STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}

@@ -148,7 +148,7 @@ class InProcessGateway:
 
 def gateway_settings(triton_url: str, tmp: Path, **settings: object) -> "Settings":  # noqa: F821
     """Settings from these values only: no GATEWAY_* variable, no .env (as gateway_process)."""
-    from gateway.settings import Settings
+    from gateway.server.settings import Settings
 
     uploads = tmp / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def inprocess_gateway(tmp: Path, profile: str = "lite", **settings: object):
     tests/fake_triton.py serving `profile` from the committed configs."""
     from fastapi.testclient import TestClient
 
-    from gateway.app import create_app
+    from gateway.server.app import create_app
     from tests.fake_triton import fake_triton
 
     with fake_triton(profile) as triton:

@@ -24,8 +24,8 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from gateway import aggregate
-from gateway.model_server import parse_vote_groups, parse_vote_weights
+from gateway.server.model_server import parse_vote_groups, parse_vote_weights
+from gateway.server.verdict import aggregate
 from model_repository.local_triton import REPOSITORY
 from preprocess.tensors import member_output
 from tests.stack import free_port

@@ -1,4 +1,4 @@
-"""Shared by the job tests: a real redis-server, a real `python -m gateway.worker`, a
+"""Shared by the job tests: a real redis-server, a real `python -m gateway.programs.worker`, a
 signature-checking webhook receiver, and small helpers over the /api/jobs routes."""
 
 import contextlib
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from gateway.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import MEDIA
 from tests.stack import ROOT, free_port, stop
 
@@ -78,14 +78,18 @@ class WorkerRun:
 
 @contextlib.contextmanager
 def worker_process(triton_url: str, work_dir: Path, **settings: object) -> Iterator[WorkerRun]:
-    """`python -m gateway.worker`, configured only by `settings`; SIGTERM after."""
+    """`python -m gateway.programs.worker`, configured only by `settings`; SIGTERM after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env |= {"GATEWAY_TRITON_URL": triton_url, "GATEWAY_TRITON_RETRIES": "1"}
     env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
     log_path = work_dir / f"worker-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.worker"], cwd=ROOT, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "gateway.programs.worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     try:
         yield WorkerRun(process, log_path)
@@ -195,7 +199,7 @@ class Receiver:
     """A webhook receiver: the first `fail_first` deliveries get a 500 (to see retries)."""
 
     fail_first: int = 0
-    secret: str = SECRET  # the receiving tenant's (gateway/jobs/engine.py: webhook_secrets)
+    secret: str = SECRET  # the receiving tenant's (gateway/server/jobs/engine.py: webhook_secrets)
     deliveries: list[dict] = field(default_factory=list)
     received: threading.Event = field(default_factory=threading.Event)
     url: str = ""

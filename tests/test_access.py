@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.security import MAX_TRACKED_CLIENTS, RateLimiter, key_matches
+from gateway.server.security import MAX_TRACKED_CLIENTS, RateLimiter, key_matches
 from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
 
 OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
@@ -231,7 +231,7 @@ def test_any_method_name_is_counted_under_a_bounded_label(tmp_path: Path) -> Non
 
 
 def test_make_run_logs_what_python_m_gateway_logs(exported: Path, tmp_path: Path) -> None:
-    """`make run` (python -m gateway.local: a lite Triton, then the gateway) logs the same
+    """`make run` (python -m gateway.programs.local: a lite Triton, then the gateway) logs the same
     JSON lines, with request id, route, status and time."""
     port = free_port()
     triton_ports = {f"--triton-{p}-port": str(free_port()) for p in ("http", "grpc", "metrics")}
@@ -241,7 +241,7 @@ def test_make_run_logs_what_python_m_gateway_logs(exported: Path, tmp_path: Path
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.local", *args],
+            [sys.executable, "-m", "gateway.programs.local", *args],
             cwd=ROOT,
             env=env,
             stdout=stdout,

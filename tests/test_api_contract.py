@@ -21,9 +21,9 @@ import httpx
 import pytest
 import uvicorn
 
-from gateway.app import create_app
-from gateway.jobs import api as jobs_api
-from gateway.jobs.engine import Jobs
+from gateway.server.app import create_app
+from gateway.server.jobs import api as jobs_api
+from gateway.server.jobs.engine import Jobs
 from tests.conftest import gateway_settings
 from tests.fake_triton import fake_triton
 from tests.stack import free_port

@@ -8,9 +8,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from export.repository import profile_members
-from gateway.aggregate import vote
-from gateway.model_server import Ensemble, ModelServer
-from gateway.schemas import DetectAnswer, ModelsAnswer
+from gateway.server.model_server import Ensemble, ModelServer
+from gateway.server.schemas import DetectAnswer, ModelsAnswer
+from gateway.server.verdict.aggregate import vote
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, MEMBERS, REPOSITORY, InProcessGateway, inprocess_gateway
 from tests.fake_triton import ENSEMBLE, fake_triton, read_config
@@ -199,7 +199,7 @@ def test_batches_never_exceed_the_max_batch_size_triton_states(tmp_path: Path) -
     refuses a larger batch), and the two faces are still both scored."""
     from fastapi.testclient import TestClient
 
-    from gateway.app import create_app
+    from gateway.server.app import create_app
     from tests.conftest import gateway_settings
 
     with fake_triton() as triton:

@@ -23,7 +23,7 @@ import tritonclient.grpc as grpc
 from export import quantize, runtimes, versions
 from export.repository import read_config
 from export.vote import write_vote
-from gateway.model_server import ModelServer
+from gateway.server.model_server import ModelServer
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.assets import sha256_of
 from tests.conftest import ASSETS, MEDIA, REPOSITORY, free_port

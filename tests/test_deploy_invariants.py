@@ -42,7 +42,7 @@ GPU_OVERLAYS = ("gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
 REMOTE_OVERLAYS = ("gpu-remote",)
 TRACED_OVERLAYS = ("gpu-cluster",)
 DNS = ({"k8s-app": "kube-dns"}, "kube-system")
-# The gRPC/HTTP protocols the gateway calls (gateway/model_server.py): these
+# The gRPC/HTTP protocols the gateway calls (gateway/server/model_server.py): these
 # must stay open; every other admin protocol must need the header.
 GATEWAY_PROTOCOLS = {"health", "metadata", "model-config", "inference"}
 ADMIN_PROTOCOLS = {"model-repository", "shared-memory", "statistics", "trace", "logging"}
@@ -329,7 +329,7 @@ def test_gateway_configmap_is_read_by_the_gateways_settings(
     so a misspelt key would silently leave the default) and parses to its value."""
     from pydantic import TypeAdapter
 
-    from gateway.settings import Settings
+    from gateway.server.settings import Settings
 
     _, _, _, env = gateway(overlay)
     for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
@@ -592,8 +592,8 @@ def ingress_routes(r: Rendering, path: str) -> bool:
 
 
 def test_ingress_serves_the_page_and_the_api_but_not_the_internals(overlay: str) -> None:
-    from gateway.app import create_app
-    from gateway.settings import Settings
+    from gateway.server.app import create_app
+    from gateway.server.settings import Settings
 
     r = rendering(overlay)
     app = create_app(Settings())
@@ -843,7 +843,7 @@ def test_cpu_rate_limiter_follows_the_pods_cpu_request(overlay: str) -> None:
 
 
 def test_api_keys_come_only_from_a_secret(overlay: str) -> None:
-    from gateway.settings import Settings
+    from gateway.server.settings import Settings
 
     r, _, container, _ = gateway(overlay)
     variable = f"{Settings.model_config['env_prefix']}API_KEYS".upper()
@@ -872,7 +872,7 @@ def test_neither_the_image_nor_an_overlay_runs_the_api_open(
     image and every overlay listen on 0.0.0.0: the keys' Secret is required, an empty
     value stops the gateway at start, and nothing turns GATEWAY_ALLOW_OPEN on."""
     from gateway.__main__ import open_refusal
-    from gateway.settings import Settings
+    from gateway.server.settings import Settings
 
     r, _, container, env = gateway(overlay)
     [keys] = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
@@ -1006,7 +1006,7 @@ def test_dashboard_and_alerts_read_metrics_that_exist(overlay: str) -> None:
     Triton 2.51 exports (checked live in tests/test_deploy_serving.py)."""
     from prometheus_client import REGISTRY
 
-    import gateway.metrics  # noqa: F401  (registers the gateway's metrics)
+    import gateway.server.metrics  # noqa: F401  (registers the gateway's metrics)
 
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
     gateway_names = {

@@ -1,6 +1,6 @@
 """make eval's comparison of members and vote rules, from answers' per-track scores."""
 
-from gateway.evaluate import compare, manipulation
+from gateway.programs.evaluate import compare, manipulation
 
 
 def answer(tracks: list[tuple[int, dict[str, float]]], frames: int = 32) -> dict:

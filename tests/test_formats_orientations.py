@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from gateway.schemas import DetectAnswer
+from gateway.server.schemas import DetectAnswer
 from preprocess.media import Media, MediaReader
 from preprocess.orientation import ALL, Orientation, from_display_matrix, from_exif
 from tests.conftest import FAKE_CLIP, Gateway, write_results

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gateway.aggregate import (
+from gateway.server.verdict.aggregate import (
     Strategy,
     decisive_track,
     is_short,

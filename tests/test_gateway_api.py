@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from export.repository import profile_members
-from gateway.aggregate import vote
-from gateway.schemas import DetectAnswer, ModelsAnswer, ModelSummary, ServiceInfo
+from gateway.server.schemas import DetectAnswer, ModelsAnswer, ModelSummary, ServiceInfo
+from gateway.server.verdict.aggregate import vote
 from tests.conftest import ASSETS, MEDIA, MEMBERS, REPOSITORY, Gateway
 from tests.stack import metric, wait_until
 from tests.triton_client import parameters

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from export.repository import profile_members
-from gateway.explain import VOTE, ExplainConfig, occlude, occluded_copies, saliency
-from gateway.model_server import ModelServer
+from gateway.server.model_server import ModelServer
+from gateway.server.verdict.explain import VOTE, ExplainConfig, occlude, occluded_copies, saliency
 from model_repository.local_triton import TritonSettings
 from preprocess.crop import CropConfig
 from preprocess.faces import DetectorConfig, load_detector
@@ -283,7 +283,7 @@ def test_cli_writes_the_report_through_the_gateway_and_straight_through_triton(
 ) -> None:
     from pypdf import PdfReader
 
-    from gateway.cli import main
+    from gateway.programs.cli import main
 
     clip = FAKE_CLIPS[0]
     html = tmp_path / "via-gateway.html"

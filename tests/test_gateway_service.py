@@ -104,7 +104,7 @@ def test_beyond_max_in_flight_requests_get_429(lite_triton: TritonSettings, tmp_
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.programs.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -158,7 +158,7 @@ def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.local", *args],
+            [sys.executable, "-m", "gateway.programs.local", *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from gateway.model_server import channel_args
-from gateway.settings import Settings
+from gateway.server.model_server import channel_args
+from gateway.server.settings import Settings
 from tests.conftest import ROOT
 
 

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway.schemas import DetectAnswer
+from gateway.server.schemas import DetectAnswer
 from model_repository.local_triton import TritonSettings
 from preprocess.media import (
     IMAGE_FORMATS,

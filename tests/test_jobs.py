@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from export.repository import profile_members
-from gateway.jobs.engine import webhook_secret_for_key
+from gateway.server.jobs.engine import webhook_secret_for_key
 from model_repository.local_triton import TritonSettings
 from tests.conftest import REPOSITORY, ROOT, Gateway, start_gateway
 from tests.jobs_support import (
@@ -227,7 +227,7 @@ def test_the_webhook_is_signed_and_retried(gateway: Gateway) -> None:
 
 
 def test_a_forged_signature_does_not_verify() -> None:
-    from gateway.jobs.webhook import signature, verify
+    from gateway.server.jobs.webhook import signature, verify
 
     body, now = b'{"id":"x"}', str(int(time.time()))
     good = signature(SECRET, now, body)
@@ -346,7 +346,7 @@ def test_the_cli_sends_a_folder_as_a_job_and_writes_reports(
     (folder / ".hidden.jpg").write_bytes(b"skipped")
     out = tmp_path / "report"
     run = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "detect", str(folder), "--url", gateway.url,
+        [sys.executable, "-m", "gateway.programs.cli", "detect", str(folder), "--url", gateway.url,
          "--api-key", "alice-key", "--frames", "4", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip

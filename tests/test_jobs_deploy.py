@@ -20,9 +20,9 @@ import yaml
 
 from deploy import validate
 from deploy.manifests import Rendering, container_port, expand, quantity
-from gateway.jobs.api import QUEUED
-from gateway.settings import Settings
-from gateway.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
+from gateway.programs.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
+from gateway.server.jobs.api import QUEUED
+from gateway.server.settings import Settings
 from tests.stack import free_port
 from tests.test_deploy_invariants import ADAPTER_VALUES, DNS, OVERLAYS, ROOT, rendering
 
@@ -49,7 +49,7 @@ def test_workers_run_the_gateways_image_and_settings(overlay: str) -> None:
     gateway, worker = r.workload("gateway"), r.workload("jobs-worker")
     g, w = gateway.container("gateway"), worker.container("worker")
     assert w["image"] == g["image"]
-    assert w["command"] == ["python", "-m", "gateway.worker"]
+    assert w["command"] == ["python", "-m", "gateway.programs.worker"]
     # The same ConfigMap; the API keys stay with the gateway, the one pod that checks them.
     assert [e for e in w["envFrom"] if "configMapRef" in e] == [
         e for e in g["envFrom"] if "configMapRef" in e
@@ -187,7 +187,7 @@ def test_workers_scale_on_the_queue_length_the_gateway_exports(overlay: str) -> 
     assert quantity(metric["external"]["target"]["averageValue"]) > 0
     rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["external"]
     [rule] = [rule for rule in rules if rule["name"]["as"] == name]
-    exported = QUEUED._name  # the gauge gateway/jobs/api.py serves at /metrics
+    exported = QUEUED._name  # the gauge gateway/server/jobs/api.py serves at /metrics
     assert re.match(rf"\^?{exported}\$?$", rule["name"]["matches"])
     assert rule["seriesQuery"].startswith(exported + "{")
     assert f"{exported}{{<<.LabelMatchers>>}}" in rule["metricsQuery"]

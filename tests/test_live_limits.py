@@ -20,8 +20,8 @@ from starlette.datastructures import Headers
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-from gateway.security import origin_allowed
-from gateway.settings import Settings
+from gateway.server.security import origin_allowed
+from gateway.server.settings import Settings
 from model_repository.local_triton import TritonSettings
 from tests.conftest import Gateway, InProcessGateway, inprocess_gateway, start_gateway
 from tests.live_client import LiveSocket, blank_jpeg, close_reason, silent_server

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from export.repository import profile_members
-from gateway import aggregate
-from gateway.model_server import parse_vote_groups, parse_vote_weights
+from gateway.server.model_server import parse_vote_groups, parse_vote_weights
+from gateway.server.verdict import aggregate
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.tensors import member_output
 from tests.conftest import ROOT, free_port, local_triton, resized

@@ -23,7 +23,7 @@ from export.members import (
 from export.onnx_writer import FacesToPFake
 from export.repository import profile_members, read_config, vote_rule
 from export.vote import build_vote
-from gateway.aggregate import vote
+from gateway.server.verdict.aggregate import vote
 from tests.conftest import ASSETS, MANIFEST_MEMBERS, REPOSITORY, resized
 
 CLASSIFIER_MANIFEST = """

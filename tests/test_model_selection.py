@@ -3,9 +3,9 @@
 import pytest
 
 from export.members import BUILTIN
-from gateway.errors import ApiError
-from gateway.model_server import Ensemble, ModelInfo
-from gateway.selection import notes, select_models
+from gateway.server.errors import ApiError
+from gateway.server.model_server import Ensemble, ModelInfo
+from gateway.server.verdict.selection import notes, select_models
 
 NAMES = BUILTIN
 

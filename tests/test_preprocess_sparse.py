@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from gateway.scoring import EarlyFaces, Stop
+from gateway.server.analysis.scoring import EarlyFaces, Stop
 from preprocess.crop import CropConfig
 from preprocess.faces import DetectorConfig, Face, FaceDetector, load_detector
 from preprocess.media import Frame, MediaReader

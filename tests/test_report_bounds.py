@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import pytest
 
-import gateway.app as app_module
-from gateway.report import ReportLimits
+import gateway.server.app as app_module
+from gateway.server.report import ReportLimits
 from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway
 from tests.stack import Gateway, gateway_process, metric, wait_until
 

@@ -29,10 +29,10 @@ import redis
 
 from deploy.dockerfile import env_of
 from gateway.__main__ import is_loopback, open_refusal
-from gateway.jobs import codec
-from gateway.jobs.engine import Jobs, redis_url, webhook_secret_for_key, webhook_secrets
-from gateway.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
-from gateway.security import key_id
+from gateway.server.jobs import codec
+from gateway.server.jobs.engine import Jobs, redis_url, webhook_secret_for_key, webhook_secrets
+from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+from gateway.server.security import key_id
 from tests.conftest import ROOT, free_port, gateway_process, gateway_settings
 from tests.jobs_support import BAD, REDIS_PASSWORD, redis_server, submit, wait_job, worker_process
 
@@ -69,7 +69,7 @@ def test_open_is_refused_only_without_keys_on_a_public_address(tmp_path: Path) -
 
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A process in its own group (gateway.local starts Triton under it), killed after."""
+    """A process in its own group (gateway.programs.local starts Triton under it), killed after."""
     proc = subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -108,7 +108,7 @@ def test_the_gateway_without_keys_refuses_a_public_address(host: str, tmp_path: 
 
 @pytest.mark.stack
 def test_make_run_on_a_public_address_without_keys_stops_before_triton(tmp_path: Path) -> None:
-    output = refused_start(["gateway.local", "--host", "0.0.0.0", "--port", "0"], tmp_path)
+    output = refused_start(["gateway.programs.local", "--host", "0.0.0.0", "--port", "0"], tmp_path)
     assert "refusing to start" in output
     assert "Starting Triton" not in output
 
@@ -306,7 +306,7 @@ def wait_log(path: Path, *words: str, timeout: float = 120) -> str:
 
 @pytest.mark.stack
 def test_a_pickle_planted_in_redis_is_refused_by_the_worker(tmp_path: Path) -> None:
-    """A real redis-server with a password, the real `python -m gateway.worker` (password
+    """A real redis-server with a password, the real `python -m gateway.programs.worker` (password
     from GATEWAY_JOBS_REDIS_PASSWORD, as in Kubernetes): a planted pickle and a planted
     foreign task are dropped unrun; the worker's own message after them runs."""
     marker = tmp_path / "planted-code-ran"

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from gateway.aggregate import vote
-from gateway.model_server import parse_vote_groups, parse_vote_weights
+from gateway.server.model_server import parse_vote_groups, parse_vote_weights
+from gateway.server.verdict.aggregate import vote
 from model_repository.local_triton import TritonSettings
 from preprocess.tensors import member_output
 from tests.conftest import MEMBERS, NATIVE_SIZE, REPOSITORY, SHARED, resized

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gateway.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from model_repository.local_triton import TritonSettings
 from tests.conftest import Gateway, free_port, start_gateway
 from tests.egress_support import Listener, StubDns

@@ -6,7 +6,7 @@ import numpy as np
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 
-from gateway.model_server import parameters as config_parameters
+from gateway.server.model_server import parameters as config_parameters
 
 
 async def _request(

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from export import runtimes
 from export.quantize import Runner
-from gateway.settings import Settings
+from gateway.server.settings import Settings
 from preprocess.tensors import INPUT_NAME
 from tests.bench.config import BenchConfig
 from tests.bench.inputs import Clip, all_crops, model_path

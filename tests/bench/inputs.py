@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 
 from export.repository import profile_members, read_config
-from gateway.settings import Settings
+from gateway.server.settings import Settings
 from preprocess.faces import load_detector
 from preprocess.media import MediaInfo, MediaReader
 from preprocess.pipeline import FaceExtractor

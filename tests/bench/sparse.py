@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gateway.analysis import Analyzer
-from gateway.options import options_for
-from gateway.settings import Settings
+from gateway.server.analysis.analysis import Analyzer
+from gateway.server.options import options_for
+from gateway.server.settings import Settings
 from preprocess.sparse import SparseConfig
 from preprocess.tracks import box_iou
 

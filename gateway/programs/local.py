@@ -1,0 +1,62 @@
+"""`make run`: the local Triton, then the gateway over it; Ctrl-C stops both.
+
+python -m gateway.programs.local --profile full --port 8080
+"""
+
+import argparse
+
+import uvicorn
+
+from gateway.__main__ import check_access, configure_logging
+from gateway.server.app import create_app
+from gateway.server.settings import Settings
+from model_repository.local_triton import LocalTriton, TritonSettings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway.programs.local")
+    parser.add_argument("--profile", choices=["full", "lite"], default="full")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--triton-host", default="127.0.0.1")
+    parser.add_argument("--triton-http-port", type=int, default=8000)
+    parser.add_argument("--triton-grpc-port", type=int, default=8001)
+    parser.add_argument("--triton-metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--triton-config",
+        default="cpu",
+        help="cpu (fp32), or cpu_fast (model_repository/cpu_fast.toml)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    triton = TritonSettings(
+        profile=args.profile,
+        host=args.triton_host,
+        http_port=args.triton_http_port,
+        grpc_port=args.triton_grpc_port,
+        metrics_port=args.triton_metrics_port,
+        config_name=args.triton_config,
+    )
+    # Command-line values win over GATEWAY_* variables; the rest come from them.
+    settings = Settings(host=args.host, port=args.port, triton_url=triton.grpc_url)
+    configure_logging(settings.log_level)  # the same JSON lines as `python -m gateway`
+    check_access(settings)  # before Triton starts: --host 0.0.0.0 without keys stops here
+    print(
+        f"Starting Triton ({args.profile} profile, {args.triton_config} configs) on "
+        f"{triton.grpc_url} …",
+        flush=True,
+    )
+    with LocalTriton(triton) as server:
+        print(
+            f"Triton ready (log {server.log_path}). Gateway on "
+            f"http://{settings.host}:{settings.port}/ — Ctrl-C stops both.",
+            flush=True,
+        )
+        uvicorn.run(create_app(settings), **settings.uvicorn_options())
+
+
+if __name__ == "__main__":
+    main()

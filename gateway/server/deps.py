@@ -1,0 +1,47 @@
+"""Typed FastAPI dependencies for what the app's lifespan and create_app build
+once (app.state): routes declare `analyzer: AnalyzerDep` instead of reading
+untyped `request.app.state.*`. HTTPConnection, so WebSocket routes use them too."""
+
+from concurrent.futures import Executor
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from gateway.server.admission import Admission
+from gateway.server.analysis.analysis import Analyzer
+from gateway.server.jobs.engine import Jobs
+from gateway.server.model_server import ModelServer
+from gateway.server.uploads import UploadSlots
+
+
+def get_analyzer(connection: HTTPConnection) -> Analyzer:
+    return connection.app.state.analyzer
+
+
+def get_server(connection: HTTPConnection) -> ModelServer:
+    return connection.app.state.analyzer.server
+
+
+def get_executor(connection: HTTPConnection) -> Executor:
+    return connection.app.state.executor
+
+
+def get_admission(connection: HTTPConnection) -> Admission:
+    return connection.app.state.admission
+
+
+def get_uploads(connection: HTTPConnection) -> UploadSlots:
+    return connection.app.state.uploads
+
+
+def get_jobs(connection: HTTPConnection) -> Jobs:
+    return connection.app.state.jobs
+
+
+AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
+ServerDep = Annotated[ModelServer, Depends(get_server)]
+ExecutorDep = Annotated[Executor, Depends(get_executor)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]

@@ -1,0 +1,175 @@
+"""Building the API's answer from one request's faces and scores: the Report,
+media facts, stage timings (Clock) and face thumbnails."""
+
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import cv2
+import numpy as np
+
+from gateway.server import metrics, schemas
+from gateway.server.options import Options
+from gateway.server.verdict.aggregate import (
+    Strategy,
+    decisive_track,
+    is_short,
+    score_tracks,
+    vote,
+)
+from gateway.server.verdict.selection import Selection, model_summary, notes
+from preprocess.faces import Face
+from preprocess.media import MediaInfo
+from preprocess.pipeline import FrameFaces
+from preprocess.tracks import Track
+
+THUMBNAIL_PX = 96
+
+
+@dataclass
+class Clock:
+    """Stage timings in milliseconds, also recorded as Prometheus histograms."""
+
+    start: float
+    timings: dict[str, float]
+
+    @classmethod
+    def started(cls) -> "Clock":
+        return cls(time.perf_counter(), {})
+
+    def stage(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[name] = round((now - since) * 1000, 1)
+        metrics.STAGE_SECONDS.labels(name).observe(now - since)
+        return now
+
+
+@dataclass(frozen=True)
+class Report:
+    """Turns one request's faces and scores into the API's answer."""
+
+    selection: Selection
+    options: Options
+    info: MediaInfo
+    found: Sequence[FrameFaces]
+    thumbnails: dict[tuple[int, int], str]  # (frame index, face number): only if asked for
+
+    @cached_property
+    def faces(self) -> list[tuple[int, int]]:
+        """(frame position, face index) of every face, in batch order."""
+        return [(p, i) for p, frame in enumerate(self.found) for i in range(len(frame.faces))]
+
+    def faceless(self, clock: Clock) -> schemas.DetectAnswer:
+        frames = [
+            schemas.FrameResult(index=f.index, timestamp_s=f.timestamp_s, faces=[])
+            for f in self.found
+        ]
+        return self.answer(clock, "no_face", None, {}, [], frames)
+
+    def scored(
+        self,
+        tracks: Sequence[Track],
+        scores: dict[str, np.ndarray],
+        strategy: Strategy,
+        clock: Clock,
+    ) -> schemas.DetectAnswer:
+        members, weights = self.selection.members, self.selection.weights
+        position = {face: n for n, face in enumerate(self.faces)}
+        track_faces = [[position[link] for link in t.links] for t in tracks]
+        track_of = {n: tid for tid, ns in enumerate(track_faces) for n in ns}
+        model_scores = {m: scores[m] for m in members}
+        groups = self.selection.groups
+        per_track = score_tracks(track_faces, model_scores, weights, strategy, groups)
+        sampled = len(self.found)
+        decisive = decisive_track(per_track, sampled, strategy.min_track_share)
+        face_vote = scores.get("ensemble")
+        if face_vote is None:
+            face_vote = vote(model_scores, weights, groups)
+
+        def face(p: int, i: int, found: Face) -> schemas.FaceResult:
+            n = position[(p, i)]
+            return schemas.FaceResult(
+                track=track_of[n],
+                box=[round(float(v), 1) for v in found.box],
+                detector_score=round(float(found.score), 4),
+                p_fake=float(face_vote[n]),
+                models={m: float(model_scores[m][n]) for m in members},
+                thumbnail=self.thumbnails.get((self.found[p].index, i)),
+            )
+
+        frames = [
+            schemas.FrameResult(
+                index=frame.index,
+                timestamp_s=frame.timestamp_s,
+                faces=[face(p, i, f) for i, f in enumerate(frame.faces)],
+            )
+            for p, frame in enumerate(self.found)
+        ]
+        index = [self.found[p].index for p, _ in self.faces]
+        results = [
+            schemas.TrackResult(
+                id=t.track,
+                score=t.score,
+                models=t.models,
+                frames=sorted({index[n] for n in t.faces}),
+                share=round(len(t.faces) / sampled, 4),
+                short=is_short(t, sampled, strategy.min_track_share),
+                decisive=t.track == decisive.track,
+            )
+            for t in per_track
+        ]
+        verdict = "fake" if decisive.score >= self.options.threshold else "real"
+        return self.answer(clock, verdict, decisive.score, decisive.models, results, frames)
+
+    def answer(
+        self,
+        clock: Clock,
+        verdict: str,
+        score: float | None,
+        model_scores: dict[str, float],
+        tracks: list[schemas.TrackResult],
+        frames: list[schemas.FrameResult],
+    ) -> schemas.DetectAnswer:
+        metrics.VERDICTS.labels(verdict).inc()
+        ensemble, weights = self.selection.ensemble, self.selection.weights
+        models = [
+            schemas.ModelScore(
+                # the weight this request used: renormalised over the models called
+                **model_summary(ensemble.member(name)).model_dump() | {"weight": weights[name]},
+                score=model_scores.get(name),
+                voting=weights[name] > 0,
+            )
+            for name in self.selection.members
+        ]
+        return schemas.DetectAnswer(
+            request_id=self.options.request_id,
+            filename=self.options.filename,
+            bytes=self.options.size,
+            sha256=self.options.sha256,
+            verdict=verdict,  # type: ignore[arg-type]
+            score=score,
+            threshold=self.options.threshold,
+            ensemble=ensemble.name if self.selection.via_ensemble else None,
+            models=models,
+            tracks=tracks,
+            frames=frames,
+            media=media_facts(self.info),
+            timings_ms=schemas.Timings(**clock.timings),
+            notes=notes(self.selection),
+            skipped=[
+                schemas.SkippedModel(name=name, reason=reason)
+                for name, reason in self.selection.skipped.items()
+            ],
+        )
+
+
+def media_facts(info: MediaInfo) -> schemas.MediaFacts:
+    return schemas.MediaFacts.model_validate(info, from_attributes=True)
+
+
+def thumbnail(crop: np.ndarray) -> str:
+    small = cv2.resize(crop, (THUMBNAIL_PX, THUMBNAIL_PX), interpolation=cv2.INTER_AREA)
+    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
