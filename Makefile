@@ -60,11 +60,14 @@ system-packages:
 # OpenCV in preprocess/requirements.txt (it would pull the GUI opencv-python).
 $(VENV)/.installed: export/requirements.txt preprocess/requirements.txt \
 		preprocess/requirements-nodeps.txt gateway/requirements.txt deploy/requirements.txt \
-		tests/requirements.txt
+		tests/requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r export/requirements.txt -r preprocess/requirements.txt \
 		-r gateway/requirements.txt -r deploy/requirements.txt -r tests/requirements.txt
 	$(PY) -m pip install -q --no-deps -r preprocess/requirements-nodeps.txt
+	# Metadata only (pyproject.toml's version, which gateway.VERSION reads); the code runs
+	# from the checkout.
+	$(PY) -m pip install -q --no-deps .
 	touch $@
 
 # The local Triton's own environment: the python backend stub needs numpy < 2.

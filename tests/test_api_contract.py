@@ -22,8 +22,8 @@ import pytest
 import uvicorn
 
 from gateway.server.app import create_app
-from gateway.server.jobs import api as jobs_api
 from gateway.server.jobs.engine import Jobs
+from gateway.server.routers import jobs as jobs_api
 from tests.conftest import gateway_settings
 from tests.fake_triton import fake_triton
 from tests.stack import free_port

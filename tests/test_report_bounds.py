@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-import gateway.server.app as app_module
+import gateway.server.routers.report as app_module
 from gateway.server.report import ReportLimits
 from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway
 from tests.stack import Gateway, gateway_process, metric, wait_until

@@ -40,6 +40,10 @@ ADD --checksum=sha256:c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1
     https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/LICENSE \
     /opt/assets/face/yunet/LICENSE
 
+# The distribution's metadata only (pyproject.toml: no packages): gateway.VERSION reads it.
+COPY pyproject.toml ./
+RUN pip install --no-cache-dir --no-deps . && python -c "import importlib.metadata as m; m.version('deepfake-detect')"
+
 # The code: the gateway and preprocess/ (the asset resolver and its manifest included).
 COPY preprocess/ preprocess/
 COPY gateway/ gateway/

@@ -15,6 +15,7 @@ from typing import BinaryIO, Literal
 
 import httpx
 
+from gateway import VERSION
 from gateway.server import schemas
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.errors import ApiError
@@ -132,8 +133,6 @@ class DirectClient:
 
     def report(self, answer: dict, format: ReportFormat = "html") -> bytes:
         """The report rendered here, by the gateway's own code (no gateway to ask)."""
-        from gateway.server.app import VERSION  # the service's version: this code is the service
-
         html = render_html(schemas.DetectAnswer.model_validate(answer), VERSION, datetime.now(UTC))
         if format == "html":
             return html.encode()

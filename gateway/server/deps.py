@@ -1,6 +1,7 @@
 """Typed FastAPI dependencies for what the app's lifespan and create_app build
-once (app.state): routes declare `analyzer: AnalyzerDep` instead of reading
-untyped `request.app.state.*`. HTTPConnection, so WebSocket routes use them too."""
+once (app.state): routes declare `analyzer: AnalyzerDep` or `settings: SettingsDep` instead
+of reading untyped `request.app.state.*` or closing over them, so the routers are plain
+module-level objects. HTTPConnection, so WebSocket routes use them too."""
 
 from concurrent.futures import Executor
 from typing import Annotated
@@ -11,8 +12,14 @@ from starlette.requests import HTTPConnection
 from gateway.server.admission import Admission
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.jobs.engine import Jobs
+from gateway.server.live.session import LiveSessions, StreamReaders
 from gateway.server.model_server import ModelServer
+from gateway.server.settings import Settings
 from gateway.server.uploads import UploadSlots
+
+
+def get_settings(connection: HTTPConnection) -> Settings:
+    return connection.app.state.settings
 
 
 def get_analyzer(connection: HTTPConnection) -> Analyzer:
@@ -39,9 +46,20 @@ def get_jobs(connection: HTTPConnection) -> Jobs:
     return connection.app.state.jobs
 
 
+def get_live_sessions(connection: HTTPConnection) -> LiveSessions:
+    return connection.app.state.live_sessions
+
+
+def get_stream_readers(connection: HTTPConnection) -> StreamReaders:
+    return connection.app.state.stream_readers
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
 ServerDep = Annotated[ModelServer, Depends(get_server)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
+LiveSessionsDep = Annotated[LiveSessions, Depends(get_live_sessions)]
+StreamReadersDep = Annotated[StreamReaders, Depends(get_stream_readers)]

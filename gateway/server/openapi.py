@@ -102,3 +102,11 @@ def upload_doc(many: bool = False) -> dict:
             },
         }
     }
+
+
+# What any route that asks Triton may answer besides its own statuses.
+MODEL_SERVER_ERRORS = {
+    502: "Triton failed",
+    503: "Triton or the ensemble unavailable (see Retry-After)",
+    504: "Triton did not answer in time",
+}

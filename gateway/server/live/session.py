@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Request, WebSocket
-from fastapi.responses import StreamingResponse
+from fastapi import WebSocket
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
@@ -41,10 +40,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway.server import metrics
 from gateway.server.analysis.analysis import Analyzer
-from gateway.server.deps import AnalyzerDep
 from gateway.server.errors import ApiError, from_media_error
 from gateway.server.options import parse_models
-from gateway.server.security import RateLimiter, key_id, key_matches, origin_allowed, presented_key
+from gateway.server.security import RateLimiter, key_id, key_matches, presented_key
 from gateway.server.settings import Settings
 from gateway.server.verdict.aggregate import Strategy, vote
 from gateway.server.verdict.selection import Selection, select_models
@@ -574,81 +572,6 @@ def socket_client(websocket: WebSocket, keys: list[str]) -> str | None:
             return None
         return key_id(key)
     return "ip:" + (websocket.client.host if websocket.client else "unknown")
-
-
-# --- routes ------------------------------------------------------------------------------
-
-
-def live_router(settings: Settings) -> APIRouter:
-    router = APIRouter()
-    sessions = LiveSessions(settings.live_max_sessions, settings.live_max_sessions_per_client)
-    readers = StreamReaders(settings.live_stream_readers)
-
-    @router.websocket("/api/live")
-    async def live_socket(websocket: WebSocket, analyzer: AnalyzerDep) -> None:
-        # Accepted, then closed with a code a browser's page can read (a refused handshake
-        # reads as 1006), before any message is read.
-        await websocket.accept()
-        if not origin_allowed(Headers(scope=websocket.scope), settings.cors_origins):
-            await websocket.close(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
-            return
-        client = socket_client(websocket, settings.api_keys)
-        if client is None:
-            await websocket.close(CLOSE_UNAUTHORIZED, "a valid API key is required")
-            return
-        if not sessions.enter(client):
-            await websocket.close(CLOSE_BUSY, "too many live sessions")
-            return
-        quota = SocketQuota(
-            client,
-            getattr(websocket.app.state, "rate_limiter", None),  # gateway/server/security.py's
-            RateLimiter(settings.live_control_per_minute, settings.live_control_burst),
-        )
-        try:
-            code, reason = await serve_socket(websocket, analyzer, settings, readers, quota)
-        finally:
-            sessions.leave(client)
-        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-            await websocket.close(code, reason)
-
-    @router.post(
-        "/api/live",
-        response_class=StreamingResponse,
-        responses={
-            400: {"description": "a body that is not JSON"},
-            403: {"description": "stream URL refused (scheme, host or private address)"},
-            422: {"description": "bad options or URL"},
-            429: {"description": "too many live sessions"},
-            502: {"description": "the stream could not be opened"},
-            503: {"description": "every stream reader is busy (stream_busy; see Retry-After)"},
-        },
-        description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
-        "started, then one frame message per judged frame (as on the WebSocket), then end.",
-    )
-    async def live_url(
-        request: Request, options: UrlOptions, analyzer: AnalyzerDep
-    ) -> StreamingResponse:
-        client = request.scope.get("state", {}).get("client") or (
-            "ip:" + (request.client.host if request.client else "unknown")
-        )
-        if not sessions.enter(client):
-            raise sessions.busy()
-        left = False
-
-        def release() -> None:
-            nonlocal left
-            if not left:
-                left = True
-                sessions.leave(client)
-
-        try:
-            events = await start_ndjson(analyzer, settings, readers, options, release)
-        except BaseException:
-            release()
-            raise
-        return StreamingResponse(events, media_type="application/x-ndjson")
-
-    return router
 
 
 async def serve_socket(

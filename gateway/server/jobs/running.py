@@ -1,0 +1,34 @@
+"""The jobs' part of the app's lifespan: the queue the routes read, and the workers that run
+inside this gateway (unless jobs_workers is 0)."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from prometheus_client import Gauge
+
+from gateway.server.jobs.engine import ItemRunner, Jobs, WorkerPool
+from gateway.server.settings import Settings
+
+# The queue is shared: every gateway reports the same length, what the workers' HPA scales on.
+QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
+
+
+@contextlib.asynccontextmanager
+async def running_jobs(app: FastAPI) -> AsyncIterator[None]:
+    """The queue for the API and, unless jobs_workers is 0, workers on this gateway's Analyzer."""
+    settings: Settings = app.state.settings
+    jobs = Jobs(settings)
+    app.state.jobs = jobs
+    QUEUED.set_function(jobs.queued)
+    pool = None
+    if settings.jobs_workers > 0:
+        runner = ItemRunner(jobs, app.state.analyzer, asyncio.get_running_loop())
+        pool = WorkerPool(jobs, runner, settings.jobs_workers, embedded=True)
+        pool.start()
+    try:
+        yield
+    finally:
+        if pool is not None:
+            await asyncio.to_thread(pool.stop)

@@ -1,0 +1,101 @@
+"""WebSocket /api/live and POST /api/live: HTTP in and out of a live session
+(gateway/server/live/session.py holds the protocol and the session)."""
+
+import contextlib
+
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import Headers
+from starlette.websockets import WebSocketDisconnect
+
+from gateway.server.deps import AnalyzerDep, LiveSessionsDep, SettingsDep, StreamReadersDep
+from gateway.server.live.session import (
+    CLOSE_BUSY,
+    CLOSE_FORBIDDEN_ORIGIN,
+    CLOSE_UNAUTHORIZED,
+    SocketQuota,
+    UrlOptions,
+    serve_socket,
+    socket_client,
+    start_ndjson,
+)
+from gateway.server.security import RateLimiter, origin_allowed
+
+router = APIRouter()
+
+
+@router.websocket("/api/live")
+async def live_socket(
+    websocket: WebSocket,
+    analyzer: AnalyzerDep,
+    settings: SettingsDep,
+    sessions: LiveSessionsDep,
+    readers: StreamReadersDep,
+) -> None:
+    # Accepted, then closed with a code a browser's page can read (a refused handshake
+    # reads as 1006), before any message is read.
+    await websocket.accept()
+    if not origin_allowed(Headers(scope=websocket.scope), settings.cors_origins):
+        await websocket.close(CLOSE_FORBIDDEN_ORIGIN, "origin not allowed")
+        return
+    client = socket_client(websocket, settings.api_keys)
+    if client is None:
+        await websocket.close(CLOSE_UNAUTHORIZED, "a valid API key is required")
+        return
+    if not sessions.enter(client):
+        await websocket.close(CLOSE_BUSY, "too many live sessions")
+        return
+    quota = SocketQuota(
+        client,
+        getattr(websocket.app.state, "rate_limiter", None),  # gateway/server/security.py's
+        RateLimiter(settings.live_control_per_minute, settings.live_control_burst),
+    )
+    try:
+        code, reason = await serve_socket(websocket, analyzer, settings, readers, quota)
+    finally:
+        sessions.leave(client)
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await websocket.close(code, reason)
+
+
+@router.post(
+    "/api/live",
+    response_class=StreamingResponse,
+    responses={
+        400: {"description": "a body that is not JSON"},
+        403: {"description": "stream URL refused (scheme, host or private address)"},
+        422: {"description": "bad options or URL"},
+        429: {"description": "too many live sessions"},
+        502: {"description": "the stream could not be opened"},
+        503: {"description": "every stream reader is busy (stream_busy; see Retry-After)"},
+    },
+    description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
+    "started, then one frame message per judged frame (as on the WebSocket), then end.",
+)
+async def live_url(
+    request: Request,
+    options: UrlOptions,
+    analyzer: AnalyzerDep,
+    settings: SettingsDep,
+    sessions: LiveSessionsDep,
+    readers: StreamReadersDep,
+) -> StreamingResponse:
+    client = request.scope.get("state", {}).get("client") or (
+        "ip:" + (request.client.host if request.client else "unknown")
+    )
+    if not sessions.enter(client):
+        raise sessions.busy()
+    left = False
+
+    def release() -> None:
+        nonlocal left
+        if not left:
+            left = True
+            sessions.leave(client)
+
+    try:
+        events = await start_ndjson(analyzer, settings, readers, options, release)
+    except BaseException:
+        release()
+        raise
+    return StreamingResponse(events, media_type="application/x-ndjson")

@@ -1,0 +1,65 @@
+"""GET /api (what this service is) and GET /api/models (the ensemble Triton serves)."""
+
+import contextlib
+
+from fastapi import APIRouter
+
+from gateway import VERSION
+from gateway.server import schemas
+from gateway.server.deps import ServerDep, SettingsDep
+from gateway.server.errors import ApiError
+from gateway.server.openapi import MODEL_SERVER_ERRORS, errors_doc
+from gateway.server.verdict.selection import model_summary
+from preprocess.media import FORMATS
+
+router = APIRouter()
+
+
+@router.get("/api", response_model=schemas.ServiceInfo)
+async def info(server: ServerDep, settings: SettingsDep) -> schemas.ServiceInfo:
+    ready = await server.ready()
+    profile = None
+    if ready:
+        with contextlib.suppress(ApiError):
+            profile = (await server.ensemble()).profile
+    return schemas.ServiceInfo(
+        service="deepfake-detection gateway",
+        version=VERSION,
+        status="ready" if ready else "unavailable",
+        triton_url=settings.triton_url,
+        ensemble=settings.ensemble,
+        profile=profile,
+        detector=settings.detector,
+        frames=settings.frames,
+        threshold=settings.threshold,
+        max_upload_mb=settings.max_upload_mb,
+        formats=list(FORMATS),
+        endpoints={
+            "detect": "POST /api/detect",
+            "stream": "POST /api/detect/stream",
+            "jobs": "POST /api/jobs",
+            "models": "GET /api/models",
+            "live": "WebSocket /api/live, POST /api/live",
+            "report": "POST /api/report",
+            "health": "GET /healthz",
+            "ready": "GET /readyz",
+            "metrics": "GET /metrics",
+            "docs": "GET /docs",
+        },
+    )
+
+
+@router.get(
+    "/api/models",
+    response_model=schemas.ModelsAnswer,
+    responses=errors_doc(MODEL_SERVER_ERRORS),
+)
+async def models(server: ServerDep) -> schemas.ModelsAnswer:
+    ensemble = await server.ensemble(fresh=True)
+    return schemas.ModelsAnswer(
+        ensemble=ensemble.name,
+        profile=ensemble.profile,
+        vote_rule=ensemble.rule,
+        ready=ensemble.ready,
+        models=[model_summary(m) for m in ensemble.members],
+    )

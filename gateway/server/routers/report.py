@@ -1,0 +1,139 @@
+"""POST /api/report: a detect answer as an HTML or PDF report (gateway/server/report.py
+renders it)."""
+
+import asyncio
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import ValidationError
+
+from gateway import VERSION
+from gateway.server import schemas
+from gateway.server.deps import AdmissionDep, ExecutorDep, SettingsDep
+from gateway.server.errors import ApiError
+from gateway.server.openapi import errors_doc
+from gateway.server.report import (
+    AnswerError,
+    ReportError,
+    ReportLimits,
+    check_answer,
+    check_size,
+    find_chromium,
+    print_pdf,
+    render_html,
+)
+
+router = APIRouter()
+
+REPORT_ERRORS_DOC = errors_doc(
+    {
+        413: "the answer over GATEWAY_REPORT_MAX_MB",
+        422: "not a detect answer, a bad format, references the answer lacks "
+        "(invalid_report), or over the report's limits (report_over_limits)",
+        429: "too many reports or analyses at once (see Retry-After)",
+        503: "no Chromium to print the PDF",
+    }
+)
+
+
+@router.post(
+    "/api/report",
+    responses=REPORT_ERRORS_DOC,
+    response_class=Response,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/DetectAnswer"}}
+            },
+        }
+    },
+    description="A detect answer (JSON, as /api/detect returned it) as a self-contained "
+    "HTML report, or a PDF printed by headless Chromium where the gateway has one.",
+)
+async def report(
+    request: Request,
+    admission: AdmissionDep,
+    executor: ExecutorDep,
+    settings: SettingsDep,
+    format: Annotated[Literal["html", "pdf"], Query(description="html or pdf")] = "html",
+) -> Response:
+    body = await read_body(request, settings.report_max_mb << 20)
+    limits = ReportLimits(
+        settings.report_max_values, int(settings.report_max_image_mpx * 1_000_000)
+    )
+    chromium = find_chromium(settings.chromium) if format == "pdf" else None
+    # Parsing, checking, rendering and printing: CPU work on a worker thread (never the
+    # event loop), bounded like an analysis by the same admission.
+    await admission.enter()
+    try:
+        future = asyncio.get_running_loop().run_in_executor(
+            executor, make_report, body, format, limits, chromium
+        )
+        try:
+            name, content = await asyncio.shield(future)
+        finally:
+            # The client gone: the slot is free only once the thread has returned.
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({future})
+    finally:
+        admission.leave()
+    media_type = "text/html; charset=utf-8" if format == "html" else "application/pdf"
+    return Response(
+        content,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}.{format}"'},
+    )
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The posted answer's bytes, read no further than the cap."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise ApiError(413, "report_too_large", f"the answer is larger than {cap >> 20} MB")
+    return bytes(body)
+
+
+def parse_answer(body: bytes) -> schemas.DetectAnswer:
+    """The answer checked against the schema."""
+    try:
+        # Strict: numbers as numbers, as /api/detect wrote them (the schema says so).
+        return schemas.DetectAnswer.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        raise ApiError(
+            422,
+            "invalid_answer",
+            f"not a detect answer: {exc.error_count()} error(s), "
+            f"first: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}",
+        ) from None
+
+
+def make_report(
+    body: bytes, format: str, limits: ReportLimits, chromium: str | None
+) -> tuple[str, str | bytes]:
+    """The report's file name and its HTML or PDF (on a worker thread: it is CPU work)."""
+    try:
+        check_size(body, limits)
+        answer = parse_answer(body)
+        check_answer(answer, limits)
+    except AnswerError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    html = render_html(answer, VERSION, datetime.now(UTC))
+    if format == "html":
+        return report_name(answer.filename), html
+    try:
+        return report_name(answer.filename), print_pdf(html, chromium)
+    except ReportError as exc:
+        raise ApiError(503, "pdf_unavailable", str(exc)) from None
+
+
+def report_name(filename: str) -> str:
+    """The download's name: the file's stem, in characters any header and disk take."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename).stem)[:100].strip("._")
+    return f"{stem or 'upload'}.deepfake-report"
