@@ -39,7 +39,7 @@ help:
 	@echo "make bench    in-process floor vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff, and the rooms' import contracts (lint-imports)"
 
 setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed system-packages
 
@@ -145,6 +145,8 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	# The rooms' import rules (pyproject.toml, [tool.importlinter]; CONTRIBUTING.md, Rooms).
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf .build

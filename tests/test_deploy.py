@@ -440,6 +440,7 @@ def test_dockerignore_lets_in_the_images_sources_and_exported_models() -> None:
         "model_repository/lite/deepfake_vote/1/model.onnx",
         "model_repository/full/deepfake_ensemble/config.pbtxt",
         "gateway/__main__.py",
+        "pyproject.toml",
         "preprocess/requirements-nodeps.txt",
         "preprocess/assets.py",
         "preprocess/assets.toml",

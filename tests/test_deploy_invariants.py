@@ -872,7 +872,7 @@ def test_neither_the_image_nor_an_overlay_runs_the_api_open(
     """Without keys every caller is one tenant (sees, cancels and fills every job). The
     image and every overlay listen on 0.0.0.0: the keys' Secret is required, an empty
     value stops the gateway at start, and nothing turns GATEWAY_ALLOW_OPEN on."""
-    from gateway.__main__ import open_refusal
+    from gateway.server.serve import open_refusal
     from gateway.server.settings import Settings
 
     r, _, container, env = gateway(overlay)

@@ -20,7 +20,8 @@ import pytest
 
 from export.repository import profile_members
 from gateway.server.model_server import ModelServer
-from gateway.server.verdict.explain import VOTE, ExplainConfig, occlude, occluded_copies, saliency
+from gateway.server.settings import ExplainConfig
+from gateway.server.verdict.explain import VOTE, occlude, occluded_copies, saliency
 from model_repository.local_triton import TritonSettings
 from preprocess.crop import CropConfig
 from preprocess.faces import DetectorConfig, load_detector

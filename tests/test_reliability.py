@@ -25,7 +25,8 @@ import httpx
 import psutil
 import pytest
 
-from gateway.server.model_server import channel_args, grpc_target
+from gateway.server.model_server import channel_args
+from gateway.server.targets import grpc_target
 from model_repository.local_triton import LocalTriton
 from tests.conftest import Gateway, free_port, start_gateway, write_results
 from tests.stack import BIG_CLIP, MEDIA, detect_at_once, metric, triton_process, wait_until

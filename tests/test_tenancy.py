@@ -28,11 +28,11 @@ import pytest
 import redis
 
 from deploy.dockerfile import env_of
-from gateway.__main__ import is_loopback, open_refusal
 from gateway.server.jobs import codec
 from gateway.server.jobs.engine import Jobs, redis_url, webhook_secret_for_key, webhook_secrets
 from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
 from gateway.server.security import key_id
+from gateway.server.serve import is_loopback, open_refusal
 from tests.conftest import ROOT, free_port, gateway_process, gateway_settings
 from tests.jobs_support import BAD, REDIS_PASSWORD, redis_server, submit, wait_job, worker_process
 

@@ -7,8 +7,8 @@ import argparse
 
 import uvicorn
 
-from gateway.__main__ import check_access, configure_logging
 from gateway.server.app import create_app
+from gateway.server.serve import check_access, configure_logging
 from gateway.server.settings import Settings
 from model_repository.local_triton import LocalTriton, TritonSettings
 

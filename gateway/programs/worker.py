@@ -25,10 +25,10 @@ from pathlib import Path
 
 from redis import AuthenticationError, RedisError
 
-from gateway.__main__ import configure_logging
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.jobs.engine import ItemRunner, Jobs, WorkerPool, webhook_secret_for_key
 from gateway.server.security import key_id
+from gateway.server.serve import configure_logging
 from gateway.server.settings import Settings
 
 ALIVE_FILE = "jobs-worker-alive"

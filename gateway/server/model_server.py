@@ -6,7 +6,6 @@ repository exported with other weights needs no gateway change.
 """
 
 import asyncio
-import ipaddress
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 
 from gateway.server import metrics
 from gateway.server.errors import ApiError
+from gateway.server.targets import grpc_target
 from gateway.server.tracing import current_request_id
 from preprocess.tensors import INPUT_NAME, OUTPUT_NAME, VOTE_RULES, member_output
 
@@ -63,37 +63,6 @@ class Ensemble:
 class _Cache:
     ensemble: Ensemble | None = None
     read_at: float = field(default=-1e9)
-
-
-def grpc_target(url: str) -> str:
-    """The gRPC target for GATEWAY_TRITON_URL.
-
-    "host:port" and "dns:///name:port" pass through; a comma-separated list of
-    "ip:port" replicas becomes gRPC's multi-address "ipv4:" (or "ipv6:") target,
-    which one channel balances round robin. Names are refused in a list: gRPC
-    resolves them only through "dns:///", which is the way to use several names.
-    """
-    endpoints = [e.strip() for e in url.split(",") if e.strip()]
-    if not endpoints:
-        raise ValueError("the Triton URL is empty")
-    if len(endpoints) == 1:
-        return endpoints[0]
-    families = set()
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            raise ValueError(
-                f"{endpoint!r}: a list of Triton replicas takes ip:port only "
-                "(use dns:///name:port for a name with several addresses)"
-            ) from None
-        if not port.isdigit():
-            raise ValueError(f"{endpoint!r}: no port")
-        families.add(address.version)
-    if len(families) > 1:
-        raise ValueError("a list of Triton replicas must be all IPv4 or all IPv6")
-    return f"ipv{families.pop()}:" + ",".join(endpoints)
 
 
 def balanced(target: str) -> bool:

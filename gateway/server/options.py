@@ -4,8 +4,7 @@ explanations), the settings' defaults for the rest."""
 import uuid
 from dataclasses import dataclass
 
-from gateway.server.settings import Settings
-from gateway.server.verdict.explain import ExplainConfig
+from gateway.server.settings import ExplainConfig, Settings
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,32 @@
 """Every setting of the gateway, from the environment (prefix GATEWAY_) or a .env file."""
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway.server.model_server import grpc_target
-from gateway.server.verdict.explain import ExplainConfig
+from gateway.server.targets import grpc_target
 from preprocess.crop import CropConfig
 from preprocess.egress import networks
 from preprocess.faces import DetectorConfig
 from preprocess.media import MediaLimits
+
+
+# The saliency maps' cost bound (gateway/server/verdict/explain.py draws them).
+@dataclass(frozen=True)
+class ExplainConfig:
+    """The cost bound: top_k faces x max_tracks tracks x (grid² + 1) crops per member."""
+
+    top_k: int = 3
+    # 3: 10 copies a face. With the four MesoNets voting in lite, grid 4 (17 copies) cost
+    # 2.5-2.8 s a track and grid 3 1.5-1.6 s on the 2-core VM beside a CI run (load ~3).
+    grid: int = 3
+    max_tracks: int = 2
+    overlay_px: int = 128
+
 
 MB = 1 << 20
 LIVE_MESSAGE_MARGIN = 64 * 1024  # over live_max_frame_kb: control messages, a JPEG a little over

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from gateway.server import schemas
+from gateway.server.settings import ExplainConfig
 from gateway.server.verdict.aggregate import vote
 
 FaceKey = tuple[int, int]  # (frame index in the clip, face number in the frame)
@@ -26,18 +27,6 @@ VOTE = "ensemble"  # the name the answer already gives the vote's per-face score
 # moved the model, and stretching that noise to full colour would mislead.
 MIN_SCALE = 0.05
 OVERLAY_ALPHA = 0.55
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    """The cost bound: top_k faces x max_tracks tracks x (grid² + 1) crops per member."""
-
-    top_k: int = 3
-    # 3: 10 copies a face. With the four MesoNets voting in lite, grid 4 (17 copies) cost
-    # 2.5-2.8 s a track and grid 3 1.5-1.6 s on the 2-core VM beside a CI run (load ~3).
-    grid: int = 3
-    max_tracks: int = 2
-    overlay_px: int = 128
 
 
 @dataclass(frozen=True)
