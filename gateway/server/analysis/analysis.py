@@ -28,7 +28,7 @@ from gateway.server.verdict.aggregate import (
 )
 from gateway.server.verdict.answer import Clock, Report, media_facts
 from gateway.server.verdict.explain import explain
-from gateway.server.verdict.selection import select_models
+from gateway.server.verdict.selection import Selection, select_models
 from preprocess.faces import load_detector
 from preprocess.media import MediaReader
 from preprocess.pipeline import FaceExtractor
@@ -110,32 +110,8 @@ class Analyzer:
         clock = Clock.started()
         clock.timings["upload"] = round(options.upload_ms, 1)
         selection = select_models(await self.server.ensemble(), options.models)
-        loop = asyncio.get_running_loop()
-
         t = time.perf_counter()
-        score = (
-            self.server.score_with_ensemble
-            if selection.via_ensemble
-            else self.server.score_with_members
-        )
-        # Explanations need the decisive faces' crops after the verdict: only then are the
-        # crops kept past their scoring (at most max_faces of them, as for every request).
-        scoring = StreamedScoring(
-            lambda crops: score(crops, selection.members),
-            self.chunk,
-            keep_crops=options.explain is not None,
-        )
-        early = EarlyFaces(
-            self.extractor,
-            self.executor,
-            loop,
-            scoring.add,
-            stop,
-            thumbnails=options.thumbnails,
-            max_faces=self.max_faces,
-            ahead=self.frames_ahead,
-            sparse=self.sparse,
-        )
+        scoring, early = self._pipeline(selection, options, stop)
         try:
             reading = self.executor.submit(
                 self.reader.scan, path, options.frames, early.submit, stop.check
@@ -167,7 +143,6 @@ class Analyzer:
             scoring.cancel()
             await early.finish()
         t = clock.stage("infer", t)
-
         keys = [(found[p].index, i) for p, i in report.faces]
         scores = {name: np.array([by_face[k][name] for k in keys]) for name in by_face[keys[0]]}
         answer = report.scored(tracks, scores, self.strategy, clock)
@@ -184,3 +159,33 @@ class Analyzer:
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
+
+    def _pipeline(
+        self, selection: Selection, options: Options, stop: Stop
+    ) -> tuple[StreamedScoring, EarlyFaces]:
+        """The face detection that runs ahead of the decoder, feeding the scoring of each
+        chunk of crops as soon as it is full."""
+        score = (
+            self.server.score_with_ensemble
+            if selection.via_ensemble
+            else self.server.score_with_members
+        )
+        # Explanations need the decisive faces' crops after the verdict: only then are the
+        # crops kept past their scoring (at most max_faces of them, as for every request).
+        scoring = StreamedScoring(
+            lambda crops: score(crops, selection.members),
+            self.chunk,
+            keep_crops=options.explain is not None,
+        )
+        early = EarlyFaces(
+            self.extractor,
+            self.executor,
+            asyncio.get_running_loop(),
+            scoring.add,
+            stop,
+            thumbnails=options.thumbnails,
+            max_faces=self.max_faces,
+            ahead=self.frames_ahead,
+            sparse=self.sparse,
+        )
+        return scoring, early

@@ -23,7 +23,7 @@ from gateway.server.analysis.queries import DetectQuery
 from gateway.server.deps import JobsDep, SettingsDep, UploadsDep
 from gateway.server.errors import ApiError
 from gateway.server.jobs.engine import Jobs
-from gateway.server.jobs.spool import Caps, discard, spool_files
+from gateway.server.jobs.spool import Caps, Spooled, discard, spool_files
 from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
 from gateway.server.openapi import errors_doc, upload_doc
@@ -171,16 +171,7 @@ async def submit(
 ) -> JSONResponse:
     owner = owner_of(request, settings)
     if query.callback_url is not None:
-        if settings.jobs_webhook_secret is None:
-            raise ApiError(
-                422, "invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set"
-            )
-        await asyncio.to_thread(
-            check_callback_url,
-            query.callback_url,
-            settings.jobs_allow_private_callbacks,
-            egress=callback_policy(settings),
-        )
+        await check_callback(query.callback_url, settings)
     job_id = uuid.uuid4().hex
     if idempotency_key:
         known = await in_store(jobs.store.remember_key, owner, idempotency_key, job_id)
@@ -213,6 +204,41 @@ async def submit(
     except BaseException:
         await release(jobs, job_id, owner, reserved, idempotency_key)
         raise
+    job, items = new_job(job_id, owner, query, idempotency_key, files)
+    try:
+        await in_store(jobs.submit, job, items)
+    except BaseException:
+        discard(jobs.folder(job_id))
+        await release(jobs, job_id, owner, True, idempotency_key)
+        raise
+    log.info(
+        "job submitted",
+        extra={"job_id": job_id, "items": len(items), "request_id": request.state.request_id},
+    )
+    view = job_view(job | {"finished": None, "cancelled": False, "items": items})
+    return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+
+
+async def check_callback(callback_url: str, settings: Settings) -> None:
+    """A callback URL is refused (422) before any byte of the upload is read."""
+    if settings.jobs_webhook_secret is None:
+        raise ApiError(422, "invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set")
+    await asyncio.to_thread(
+        check_callback_url,
+        callback_url,
+        settings.jobs_allow_private_callbacks,
+        egress=callback_policy(settings),
+    )
+
+
+def new_job(
+    job_id: str,
+    owner: str,
+    query: JobQuery,
+    idempotency_key: str | None,
+    files: list[Spooled],
+) -> tuple[dict, list[dict]]:
+    """The job's record and its items, each file queued."""
     job = {
         "id": job_id,
         "owner": owner,
@@ -233,18 +259,7 @@ async def submit(
         }
         for f in files
     ]
-    try:
-        await in_store(jobs.submit, job, items)
-    except BaseException:
-        discard(jobs.folder(job_id))
-        await release(jobs, job_id, owner, True, idempotency_key)
-        raise
-    log.info(
-        "job submitted",
-        extra={"job_id": job_id, "items": len(items), "request_id": request.state.request_id},
-    )
-    view = job_view(job | {"finished": None, "cancelled": False, "items": items})
-    return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+    return job, items
 
 
 async def release(
