@@ -25,7 +25,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval train bench loadtest k8s test test-fast lint clean
+.PHONY: help setup system-packages export triton run eval train bench loadtest k8s test test-fast lint rooms clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -40,6 +40,7 @@ help:
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make lint     ruff, and the rooms' import contracts (lint-imports)"
+	@echo "make rooms    the gateway's rooms and the imports between them (CONTRIBUTING.md)"
 
 setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed system-packages
 
@@ -141,6 +142,10 @@ test: setup
 # the API in process over tests/fake_triton.py; no Triton, browser or ffmpeg process.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not stack"
+
+# The rooms: the tree and the imports between them, as CONTRIBUTING.md shows them.
+rooms: $(VENV)/.installed
+	$(PY) -m tests.rooms
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -1,1 +1,2 @@
-"""gateway/programs."""
+"""The programs besides the server, each `python -m gateway.programs.X`: cli, worker, local
+(`make run`), evaluate (`make eval`)."""

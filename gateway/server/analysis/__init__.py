@@ -1,1 +1,1 @@
-"""gateway/server/analysis."""
+"""One analysis: an upload decoded, its faces found and scored, the verdict built."""

@@ -41,7 +41,7 @@ from preprocess.media import MediaError
 
 log = logging.getLogger("gateway.jobs")
 QUEUE_NAME = "deepfake-jobs"
-# gateway/server/jobs/api.py's owner of every job when the gateway has no API keys: one tenant.
+# gateway/server/routers/jobs.py's owner of every job when the gateway has no API keys: one tenant.
 OPEN_OWNER = "public"
 
 

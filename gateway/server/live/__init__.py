@@ -1,1 +1,1 @@
-"""gateway/server/live."""
+"""Live analysis: the WebSocket protocol and the session (routers/live.py serves it)."""
