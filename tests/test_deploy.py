@@ -315,8 +315,12 @@ def requirement_names(path: Path) -> list[str]:
 
 def test_gateway_image_is_slim_python_with_only_the_gateway_dependencies() -> None:
     assert instruction(GATEWAY_DOCKERFILE, "FROM") == ["python:3.11-slim"]
-    installs = [r for r in instruction(GATEWAY_DOCKERFILE, "RUN") if "pip install" in r]
+    runs = instruction(GATEWAY_DOCKERFILE, "RUN")
+    installs = [r for r in runs if "pip install" in r and " -r " in r]
     assert len(installs) == 1
+    # The project itself only as metadata (pyproject.toml: no packages), for gateway.VERSION.
+    [metadata] = [r for r in runs if "pip install" in r and " -r " not in r]
+    assert re.match(r"pip install --no-cache-dir --no-deps \. ", metadata)
     commands = [c.strip() for c in installs[0].split("&&") if "pip install" in c]
     assert len(commands) == 2
     files = [re.findall(r"-r\s+(\S+)", c) for c in commands]
@@ -340,6 +344,7 @@ def test_gateway_image_copies_only_its_code() -> None:
         "preprocess/requirements.txt",
         "preprocess/requirements-nodeps.txt",
         "gateway/requirements.txt",
+        "pyproject.toml",
         "preprocess/",
         "gateway/",
     }
