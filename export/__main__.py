@@ -19,20 +19,18 @@ from pathlib import Path
 
 import onnx
 
+from export import configs, quantize, runtimes
 from export import members as manifests
-from export import quantize, runtimes
-from export.architectures import ARCHITECTURES, native_size
+from export.architectures import ARCHITECTURES
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import (
     UNTRAINED,
     Provenance,
-    config_files,
     is_current,
     profile_members,
     source_digest,
     vote_rule,
     vote_weights,
-    with_input_size,
     write_parameters,
 )
 from export.vote import normalise, write_vote
@@ -93,9 +91,8 @@ def export_member(
         log.info("%s: wrote %s", name, target)
     else:
         log.info("%s: %s is current", name, target)
-    for config in config_files(model_dir):
-        config.write_text(with_input_size(config.read_text(), native_size(name)))
-        write_parameters(config, provenance.parameters())
+    configs.write_provenance(repo, name, provenance)
+    configs.write_member_configs(repo, configs.builtin(name))
 
 
 def export_manifest_member(
@@ -147,8 +144,8 @@ def export_manifest_member(
         log.info("%s: wrote %s", member.name, target)
     else:
         log.info("%s: %s is current", member.name, target)
-    for config in manifests.write_configs(repo, member):
-        write_parameters(config, {**provenance.parameters(), "trained_on": member.trained_on})
+    configs.write_provenance(repo, member.name, provenance)
+    configs.write_member_configs(repo, manifests.source(member))
     return provenance
 
 

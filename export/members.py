@@ -32,8 +32,8 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
 from export.architectures import ARCHITECTURES
+from export.configs import Source
 from export.onnx_writer import INPUT_NAME, OPSET, OUTPUT_NAME
-from export.repository import with_input_size
 from export.weights import weights_manifest
 from preprocess import assets
 
@@ -376,28 +376,10 @@ def wrap_classifier(member: Member, classifier: onnx.ModelProto) -> onnx.ModelPr
 # -- the model repository: the member's configs, the profiles' ensembles and votes
 
 
-def write_configs(repo: Path, member: Member) -> list[Path]:
-    """The member's Triton configs: its template member's, renamed, with its input size."""
-    source = repo / "members" / member.template
-    target = repo / "members" / member.name
-    written = []
-    note = (
-        f"# Written by `python -m export` from {MANIFEST} and {member.template}'s configs:\n"
-        f"# edit those, not this file.\n"
-    )
-    for path in [source / "config.pbtxt", *sorted((source / "configs").glob("*.pbtxt"))]:
-        from export.versions import carried_blocks
-
-        text, _ = carried_blocks(path.read_text())  # the template's versions are its own
-        text = re.sub(r'^name: ".*"$', f'name: "{member.name}"', text, count=1, flags=re.M)
-        text = text.replace(f"/trt-cache/{member.template}", f"/trt-cache/{member.name}")
-        text = with_input_size(text, member.input_size)
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _, own = carried_blocks(out.read_text()) if out.exists() else ("", "")
-        out.write_text(note + text.rstrip("\n") + "\n" + own)
-        written.append(out)
-    return written
+def source(member: Member) -> Source:
+    """What the member's configs are generated from (export/configs.py): its template's
+    runtime settings, its own name, input size and trained_on."""
+    return Source(member.name, member.template, member.input_size, member.trained_on)
 
 
 def profile_order(current: list[str], members: list[Member], profile: str) -> list[str]:

@@ -1,10 +1,10 @@
 """Write exported models and their provenance into the model repository.
 
 Layout (see model_repository/README.md): `members/<model>/` holds each
-detector, `<profile>/` the profile's vote and ensemble. The committed configs
-are the configuration; export adds only `1/model.onnx` and a provenance block
-of `parameters`, so anyone can read where the weights came from through
-Triton's model-config API.
+detector, `<profile>/` the profile's vote and ensemble. A member's configs are
+generated (export/configs.py) from the templates, its runtime settings and its
+provenance (`provenance.json`, the one record of its weights); the provenance
+reaches Triton's model-config API as `parameters`, where the gateway reads it.
 """
 
 import hashlib
@@ -79,21 +79,6 @@ def write_parameters(config: Path, params: dict[str, str]) -> None:
     written = read_config(config).parameters  # still a valid ModelConfig, and these values
     if any(written[k].string_value != v for k, v in params.items()):
         raise ValueError(f"{config}: the provenance block did not read back as written")
-
-
-_INPUT_SIZE = re.compile(r'(parameters \{ key: "input_size" value: \{ string_value: ")\d+(" \} \})')
-
-
-def with_input_size(text: str, size: int) -> str:
-    """A config's text with its input_size parameter (what the gateway reads as the
-    native size) set to `size`, the architecture's PRETRAINED_CFG or a member
-    manifest's: export writes it, nobody types it."""
-    if _INPUT_SIZE.search(text):
-        return _INPUT_SIZE.sub(rf"\g<1>{size}\2", text)
-    return (
-        text.rstrip("\n")
-        + f'\nparameters {{ key: "input_size" value: {{ string_value: "{size}" }} }}\n'
-    )
 
 
 # export/ modules that never change a graph's bytes (they read the graphs, or write copies,
