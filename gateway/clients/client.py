@@ -18,7 +18,7 @@ import httpx
 from gateway import VERSION
 from gateway.server import schemas
 from gateway.server.analysis.analysis import Analyzer
-from gateway.server.errors import ApiError
+from gateway.server.errors import ApiError, from_media_error
 from gateway.server.options import new_request_id, options_for
 from gateway.server.report import ReportError, find_chromium, print_pdf, render_html
 from gateway.server.settings import Settings
@@ -167,10 +167,9 @@ class DirectClient:
             )
             try:
                 answer = await analyzer.analyze(path, options)
-            except MediaError as exc:
-                raise ClientError(exc.status, exc.code, str(exc)) from None
-            except ApiError as exc:
-                raise ClientError(exc.status, exc.code, exc.message) from None
+            except (ApiError, MediaError) as exc:
+                error = from_media_error(exc) if isinstance(exc, MediaError) else exc
+                raise ClientError(error.status, error.code, error.message) from None
             finally:
                 await analyzer.server.close()
         return answer.model_dump()

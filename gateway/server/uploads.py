@@ -47,7 +47,6 @@ class UploadSlots:
         if self.active >= self.limit:
             metrics.REJECTED.inc()
             raise ApiError(
-                429,
                 "too_many_uploads",
                 "too many uploads are being received; retry shortly",
                 {"Retry-After": "2"},
@@ -62,14 +61,13 @@ class UploadSlots:
 
 
 def too_large(cap: int) -> ApiError:
-    return ApiError(413, "file_too_large", f"the upload is larger than {cap >> 20} MB")
+    return ApiError("file_too_large", f"the upload is larger than {cap >> 20} MB")
 
 
 def multipart_boundary(content_type: str | None) -> bytes:
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise ApiError(
-            415,
             "unsupported_content_type",
             "send the file as multipart/form-data in a field named 'file'",
         )
@@ -83,7 +81,9 @@ def declared_length(content_length: str | None) -> int | None:
     try:
         return int(content_length)
     except ValueError:
-        raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
+        # malformed_upload, a 400 (a header is no query value: invalid_request is the 422 of
+        # FastAPI's validation).
+        raise ApiError("malformed_upload", "Content-Length is not a number") from None
 
 
 def check_declared_length(content_length: str | None, cap: int) -> None:
@@ -133,13 +133,11 @@ async def parse_body(
         if not done():
             parser.finalize()
     except TimeoutError:
-        raise ApiError(
-            408, "upload_timeout", f"the upload took over {pace.timeout_s:.0f} s"
-        ) from None
+        raise ApiError("upload_timeout", f"the upload took over {pace.timeout_s:.0f} s") from None
     except ApiError:
         raise
     except Exception as exc:  # python-multipart's parse errors, a client gone: a malformed body
-        raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {exc}") from None
+        raise ApiError("malformed_upload", f"the multipart body is malformed: {exc}") from None
     return time.perf_counter() - start
 
 
@@ -256,9 +254,7 @@ async def receive_upload(
             lambda: part.done,
         )
         if part.file is None or not part.done:
-            raise ApiError(
-                422, "missing_file", "no file in the form: send it in a field named 'file'"
-            )
+            raise ApiError("missing_file", "no file in the form: send it in a field named 'file'")
     except BaseException:  # a cancelled request too: nothing is left behind
         _discard(part)
         raise
@@ -276,7 +272,6 @@ async def _next_chunk(body: AsyncIterator[bytes], start: float, received: int, p
             return await anext(body)
     except TimeoutError:
         raise ApiError(
-            408,
             "upload_too_slow",
             f"the upload is slower than {pace.min_bytes_per_s / 1024:g} KiB/s",
         ) from None

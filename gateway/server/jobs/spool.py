@@ -47,7 +47,6 @@ class Spooled:
 
 def job_too_large(caps: Caps) -> ApiError:
     return ApiError(
-        413,
         "job_too_large",
         f"a job takes at most {caps.files} files and {caps.total_bytes >> 20} MB in all",
     )
@@ -122,9 +121,7 @@ async def spool_files(
     try:
         await parse_body(chunks, parser, pace, limit, lambda: job_too_large(caps))
         if not parts.files:
-            raise ApiError(
-                422, "missing_file", "no file in the form: send each in a field named 'file'"
-            )
+            raise ApiError("missing_file", "no file in the form: send each in a field named 'file'")
     except BaseException:  # a cancelled request too: nothing is left behind
         discard(folder, parts)
         raise

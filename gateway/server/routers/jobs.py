@@ -26,7 +26,7 @@ from gateway.server.jobs.engine import Jobs
 from gateway.server.jobs.spool import Caps, Spooled, discard, spool_files
 from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
-from gateway.server.openapi import errors_doc, upload_doc
+from gateway.server.openapi import UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.security import key_id, presented_key
 from gateway.server.settings import MB, Settings
 from gateway.server.uploads import Pace
@@ -36,27 +36,19 @@ PUBLIC_OWNER = "public"  # without API keys every caller sees every job
 EVENTS_POLL_S = 0.5
 
 JOB_UPLOAD_DOC = upload_doc(many=True)
-STORE_DOWN = {503: "the job queue's store is unreachable or full (see Retry-After)"}
-# Every status each route answers besides its success (the access middleware's 401 and 429
+# Every code each route answers besides its success (the access middleware's 401 and 429
 # are added to every /api operation by gateway/server/openapi.py).
 SUBMIT_ERRORS = errors_doc(
-    {
-        400: "a malformed multipart body or Content-Length (malformed_upload, invalid_request)",
-        408: "upload too slow: below the minimum rate after the grace, or past the deadline",
-        409: "the same Idempotency-Key is still being submitted",
-        413: "a file over the upload cap, or the job over its caps",
-        415: "not multipart/form-data",
-        422: "no file, bad options or callback_url",
-        429: "too many unfinished jobs for this API key or in all, or too many uploads being "
-        "received (see Retry-After)",
-    }
-    | STORE_DOWN
+    *UPLOAD_ERRORS,
+    "invalid_request",
+    "invalid_callback_url",
+    "idempotency_conflict",
+    "job_too_large",
+    "too_many_jobs",
+    "jobs_unavailable",
 )
-LIST_ERRORS = errors_doc({422: "bad offset or limit"} | STORE_DOWN)
-JOB_ERRORS = errors_doc(
-    {404: "no such job for this API key (or deleted)", 422: "a job id over 64 characters"}
-    | STORE_DOWN
-)
+LIST_ERRORS = errors_doc("invalid_request", "jobs_unavailable")
+JOB_ERRORS = errors_doc("job_not_found", "invalid_request", "jobs_unavailable")
 STORE_RETRY_S = 30
 MAX_OFFSET = 10**9  # SQLite and Redis take 64-bit offsets: a larger one is a 422, not a 500
 T = TypeVar("T")
@@ -88,7 +80,6 @@ async def in_store(call: Callable[..., T], *args: object) -> T:
     except (RedisError, sqlite3.OperationalError) as exc:
         log.error("job store unavailable: %s", exc)  # a retry or an operator: both must see it
         raise ApiError(
-            503,
             "jobs_unavailable",
             "the job queue cannot take or read jobs now; retry later",
             {"Retry-After": str(STORE_RETRY_S)},
@@ -96,7 +87,7 @@ async def in_store(call: Callable[..., T], *args: object) -> T:
 
 
 def not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found", f"no job {job_id} for this API key")
+    return ApiError("job_not_found", f"no job {job_id} for this API key")
 
 
 def too_many_jobs(full: str, settings: Settings) -> ApiError:
@@ -106,7 +97,6 @@ def too_many_jobs(full: str, settings: Settings) -> ApiError:
         else f"the service has {settings.jobs_max_active}"
     )
     return ApiError(
-        429,
         "too_many_jobs",
         f"{whose} unfinished jobs; retry when one ends",
         {"Retry-After": "30"},
@@ -222,7 +212,7 @@ async def submit(
 async def check_callback(callback_url: str, settings: Settings) -> None:
     """A callback URL is refused (422) before any byte of the upload is read."""
     if settings.jobs_webhook_secret is None:
-        raise ApiError(422, "invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set")
+        raise ApiError("invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set")
     await asyncio.to_thread(
         check_callback_url,
         callback_url,
@@ -281,9 +271,7 @@ async def replay(jobs: Jobs, job_id: str) -> JSONResponse:
     """The job an earlier request with the same Idempotency-Key created."""
     job = await in_store(jobs.store.job, job_id)
     if job is None:
-        raise ApiError(
-            409, "idempotency_conflict", "a job with this Idempotency-Key is being submitted"
-        )
+        raise ApiError("idempotency_conflict", "a job with this Idempotency-Key is being submitted")
     view = job_view(job)
     headers = {"Location": view["links"]["self"], "Idempotent-Replayed": "true"}
     return JSONResponse(view, status_code=202, headers=headers)

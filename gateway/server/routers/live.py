@@ -19,6 +19,7 @@ from gateway.server.live.session import (
     socket_client,
     start_ndjson,
 )
+from gateway.server.openapi import errors_doc
 from gateway.server.security import RateLimiter, origin_allowed
 
 router = APIRouter()
@@ -61,14 +62,17 @@ async def live_socket(
 @router.post(
     "/api/live",
     response_class=StreamingResponse,
-    responses={
-        400: {"description": "a body that is not JSON"},
-        403: {"description": "stream URL refused (scheme, host or private address)"},
-        422: {"description": "bad options or URL"},
-        429: {"description": "too many live sessions"},
-        502: {"description": "the stream could not be opened"},
-        503: {"description": "every stream reader is busy (stream_busy; see Retry-After)"},
-    },
+    responses=errors_doc(
+        "http_error",
+        "invalid_request",
+        "bad_url",
+        "url_refused",
+        "unknown_model",
+        "no_voting_model",
+        "too_many_sessions",
+        "stream_unreachable",
+        "stream_busy",
+    ),
     description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
     "started, then one frame message per judged frame (as on the WebSocket), then end.",
 )
