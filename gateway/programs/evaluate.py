@@ -19,7 +19,7 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from gateway.clients.client import ClientError, GatewayClient
-from gateway.server.verdict.aggregate import Strategy, TrackScore, decisive_track, vote
+from gateway.server import Strategy, TrackScore, decisive_track, vote
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDIA = ROOT.parent / "shared" / "media" / "videos"
