@@ -1,5 +1,6 @@
 """WebSocket /api/live and POST /api/live: HTTP in and out of a live session
-(gateway/server/live/session.py holds the protocol and the session)."""
+(gateway/server/live/: protocol.py its messages, session.py the session, carriers.py the
+WebSocket and the NDJSON answer that carry it)."""
 
 import contextlib
 
@@ -9,16 +10,14 @@ from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.server.deps import AnalyzerDep, LiveSessionsDep, SettingsDep, StreamReadersDep
-from gateway.server.live.session import (
+from gateway.server.live.carriers import serve_socket, socket_client, start_ndjson
+from gateway.server.live.protocol import (
     CLOSE_BUSY,
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_UNAUTHORIZED,
-    SocketQuota,
     UrlOptions,
-    serve_socket,
-    socket_client,
-    start_ndjson,
 )
+from gateway.server.live.session import SocketQuota
 from gateway.server.openapi import errors_doc
 from gateway.server.security import RateLimiter, origin_allowed
 
