@@ -9,7 +9,6 @@ table is gateway/README.md's "Errors" table too (tests/test_errors.py keeps them
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -107,14 +106,7 @@ def status_of(code: str) -> int:
 class ApiError(Exception):
     """An error for the client, raised by its code: the catalogue gives its status."""
 
-    def __init__(
-        self, code: str, message: str, headers: Mapping[str, str] | None = None, *old: Any
-    ) -> None:
-        if isinstance(code, int):
-            # The old (status, code, message[, headers]) form, until gateway/server/live and
-            # verdict are converted: the catalogue's status is used (tests/test_errors.py
-            # checks each such site states the same one).
-            code, message, headers = message, str(headers), old[0] if old else None
+    def __init__(self, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status_of(code)
         self.code = code

@@ -73,17 +73,17 @@ def check_jpeg(data: bytes, max_bytes: int, limits: MediaLimits) -> None:
     """Raises ApiError unless `data` is a JPEG within the caps; reads only its header."""
     if len(data) > max_bytes:
         raise ApiError(
-            413, "frame_too_large", f"frame of {len(data)} bytes is over the cap of {max_bytes}"
+            "frame_too_large", f"frame of {len(data)} bytes is over the cap of {max_bytes}"
         )
     if not data.startswith(JPEG_MAGIC):
-        raise ApiError(415, "not_jpeg", "binary messages must be JPEG frames")
+        raise ApiError("not_jpeg", "binary messages must be JPEG frames")
     try:
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
     except Image.DecompressionBombError as exc:
-        raise ApiError(422, "media_limit_exceeded", f"frame too large: {exc}") from None
+        raise ApiError("media_limit_exceeded", f"frame too large: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(422, "undecodable_frame", f"could not read the JPEG: {exc}") from None
+        raise ApiError("undecodable_frame", f"could not read the JPEG: {exc}") from None
     try:
         limits.check_size(*size)
     except MediaError as exc:
@@ -95,7 +95,7 @@ def decode_jpeg(frame: int, data: bytes) -> Frame:
         with Image.open(io.BytesIO(data)) as image:
             return Frame(frame, 0.0, np.array(image.convert("RGB")))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ApiError(422, "undecodable_frame", f"could not decode the JPEG: {exc}") from None
+        raise ApiError("undecodable_frame", f"could not decode the JPEG: {exc}") from None
 
 
 def control_problem(exc: ValidationError) -> str:

@@ -86,4 +86,4 @@ class ReaderSlot:
 
 
 def stream_busy(message: str, retry_s: float) -> ApiError:
-    return ApiError(503, "stream_busy", message, {"Retry-After": str(math.ceil(retry_s))})
+    return ApiError("stream_busy", message, {"Retry-After": str(math.ceil(retry_s))})

@@ -84,13 +84,11 @@ class SocketQuota:
     def refusal(self, control: bool) -> ApiError | None:
         if self.per_key and (wait := self.per_key.wait_s(self.client)) > 0:
             return ApiError(
-                429,
                 "rate_limited",
                 f"too many requests for this API key; retry in {math.ceil(wait)} s",
             )
         if control and (wait := self.controls.wait_s("session")) > 0:
             return ApiError(
-                429,
                 "rate_limited",
                 f"too many control messages on this session; retry in {math.ceil(wait)} s",
             )
@@ -323,5 +321,5 @@ class LiveSessions:
 
     def busy(self) -> ApiError:
         return ApiError(
-            429, "too_many_sessions", "too many live sessions; retry later", {"Retry-After": "5"}
+            "too_many_sessions", "too many live sessions; retry later", {"Retry-After": "5"}
         )
