@@ -2,6 +2,7 @@
 path for a file and a live session (verdict/judge.py), one cut (preprocess/tensors.py)."""
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,14 +141,16 @@ def selection(rule: str = "mean") -> Selection:
 
 
 def test_the_cut_is_one_fact() -> None:
-    """Settings' default, the verdict, `make eval` and quantize's check read one cut."""
+    """Settings' default, the verdict, `make eval`, quantize's check and training's figures
+    read one cut."""
     assert Settings.model_fields["threshold"].default == FAKE_AT
     assert verdict_of(FAKE_AT, FAKE_AT) == "fake" and is_fake(FAKE_AT)
     assert verdict_of(np.nextafter(FAKE_AT, 0), FAKE_AT) == "real"
     assert verdict_of(None, FAKE_AT) == "no_face"
     scores = np.array([FAKE_AT, FAKE_AT, 0.1, 0.1])
     assert clip_verdicts(scores, ["a", "a", "b", "b"]) == {"a": True, "b": False}
-    source = inspect.getsource(quantize) + inspect.getsource(evaluate)
+    train = (Path(__file__).resolve().parent.parent / "export/train.py").read_text()
+    source = inspect.getsource(quantize) + inspect.getsource(evaluate) + train
     assert ">= 0.5" not in source and "= 0.5  #" not in source  # no cut of their own
 
 

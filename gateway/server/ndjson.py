@@ -1,5 +1,6 @@
-"""The one NDJSON writer: each event one compact JSON line (POST /api/detect/stream,
-POST /api/live); a WebSocket message is the same JSON, without the newline."""
+"""The one writer of streamed events: each event one compact JSON line (POST
+/api/detect/stream, POST /api/live, GET /api/jobs/{id}/events); a WebSocket message is the
+same JSON without the newline, a server-sent event the same JSON framed for EventSource."""
 
 import json
 
@@ -12,3 +13,8 @@ def compact(event: dict) -> str:
 def line(event: dict) -> bytes:
     """One NDJSON line: the compact JSON and a newline."""
     return (compact(event) + "\n").encode()
+
+
+def sse(event: dict) -> bytes:
+    """One server-sent event: named by the event's "event", its data the compact JSON."""
+    return f"event: {event['event']}\ndata: {compact(event)}\n\n".encode()

@@ -5,7 +5,6 @@ workers start in its lifespan (gateway/server/jobs/running.py).
 """
 
 import asyncio
-import json
 import logging
 import shutil
 import sqlite3
@@ -19,6 +18,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis import RedisError
 
+from gateway.server import ndjson
 from gateway.server.analysis.queries import DetectQuery
 from gateway.server.deps import JobsDep, SettingsDep, UploadsDep
 from gateway.server.errors import ApiError
@@ -353,25 +353,19 @@ async def job_events(
 
 
 async def progress_events(jobs: Jobs, job_id: str, sse: bool) -> AsyncIterator[bytes]:
+    encode = ndjson.sse if sse else ndjson.line
     store = jobs.store
     last = None
     while True:
         job = await asyncio.to_thread(store.job, job_id)
         if job is None:  # deleted, or at the end of its retention
-            yield encode({"event": "error", **not_found(job_id).body()}, sse)
+            yield encode({"event": "error", **not_found(job_id).body()})
             return
         if job["finished"] is not None:
-            yield encode({"event": "end", "job": job_view(job)}, sse)
+            yield encode({"event": "end", "job": job_view(job)})
             return
         view = job_view(job, results=False)
         if view != last:
-            yield encode({"event": "progress", "job": view}, sse)
+            yield encode({"event": "progress", "job": view})
             last = view
         await asyncio.sleep(EVENTS_POLL_S)
-
-
-def encode(event: dict, sse: bool) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    if sse:
-        return f"event: {event['event']}\ndata: {data}\n\n".encode()
-    return (data + "\n").encode()
