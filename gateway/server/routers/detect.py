@@ -24,7 +24,7 @@ from gateway.server.ndjson import line
 from gateway.server.openapi import ANALYSIS_ERRORS, UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.options import Options, options_for
 from gateway.server.settings import Settings
-from gateway.server.uploads import Upload, UploadSlots, receive_upload
+from gateway.server.uploads import Pace, Upload, UploadSlots, receive_upload
 from preprocess.media import MediaError, sniff
 
 log = logging.getLogger("gateway")
@@ -43,9 +43,9 @@ async def accept_upload(request: Request, settings: Settings, uploads: UploadSlo
             request.headers.get("content-length"),
             settings.max_upload_bytes,
             settings.tmp_dir,
-            settings.upload_timeout_s,
-            settings.upload_min_bytes_per_s,
-            settings.upload_grace_s,
+            Pace(
+                settings.upload_timeout_s, settings.upload_min_bytes_per_s, settings.upload_grace_s
+            ),
         )
     try:
         await asyncio.get_running_loop().run_in_executor(None, sniff, upload.path)

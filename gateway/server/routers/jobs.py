@@ -23,13 +23,13 @@ from gateway.server.analysis.queries import DetectQuery
 from gateway.server.deps import JobsDep, SettingsDep, UploadsDep
 from gateway.server.errors import ApiError
 from gateway.server.jobs.engine import Jobs
-from gateway.server.jobs.spool import Caps, Spooled, discard, spool_files
+from gateway.server.jobs.spool import JobFolder, discard, job_form
 from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
 from gateway.server.openapi import UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.security import key_id, presented_key
 from gateway.server.settings import MB, Settings
-from gateway.server.uploads import Pace
+from gateway.server.uploads import Form, Pace, Upload, receive_files
 
 log = logging.getLogger("gateway.jobs")
 PUBLIC_OWNER = "public"  # without API keys every caller sees every job
@@ -115,12 +115,8 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(max_length=64)]
 
 
-def caps_for(settings: Settings) -> Caps:
-    return Caps(
-        file_bytes=settings.max_upload_bytes,
-        files=settings.jobs_max_files,
-        total_bytes=settings.jobs_max_mb * MB,
-    )
+def form_for(settings: Settings) -> Form:
+    return job_form(settings.max_upload_bytes, settings.jobs_max_files, settings.jobs_max_mb * MB)
 
 
 def pace_for(settings: Settings) -> Pace:
@@ -183,12 +179,12 @@ async def submit(
             if full is not None:
                 raise too_many_jobs(full, settings)
             reserved = True
-            files = await spool_files(
+            files = await receive_files(
                 request.stream(),
                 request.headers.get("content-type"),
                 request.headers.get("content-length"),
-                caps_for(settings),
-                jobs.folder(job_id),
+                form_for(settings),
+                JobFolder(jobs.folder(job_id)),
                 pace_for(settings),
             )
     except BaseException:
@@ -226,7 +222,7 @@ def new_job(
     owner: str,
     query: JobQuery,
     idempotency_key: str | None,
-    files: list[Spooled],
+    files: list[Upload],
 ) -> tuple[dict, list[dict]]:
     """The job's record and its items, each file queued."""
     job = {
