@@ -19,21 +19,12 @@ from pathlib import Path
 
 import onnx
 
-from export import configs, quantize, runtimes
+from export import configs, profiles, quantize, runtimes
 from export import members as manifests
 from export.architectures import ARCHITECTURES
 from export.onnx_writer import FacesToPFake, export_onnx
-from export.repository import (
-    UNTRAINED,
-    Provenance,
-    is_current,
-    profile_members,
-    source_digest,
-    vote_rule,
-    vote_weights,
-    write_parameters,
-)
-from export.vote import normalise, write_vote
+from export.repository import UNTRAINED, Provenance, is_current, source_digest
+from export.vote import write_vote
 from export.weights import weights_manifest
 from preprocess import assets
 
@@ -149,30 +140,17 @@ def export_manifest_member(
     return provenance
 
 
-def export_vote(
-    repo: Path,
-    profile: str,
-    provenance: dict[str, Provenance],
-    extras: list[manifests.Member] = (),
-) -> None:
-    members = profile_members(repo, profile)
-    weights = vote_weights(
-        repo / "vote.toml", members, provenance, {m.name: m.weight for m in extras}
-    )
-    rule, groups = vote_rule(repo / "vote.toml", members, {m.name: m.group for m in extras})
+def export_vote(repo: Path, profile: str, extras: list[manifests.Member]) -> list[str]:
+    """The profile's ensemble and vote configs (export/profiles.py) and the vote's graph,
+    from the same weights; the profile's members returned."""
+    vote = profiles.write_profile(repo, profile, extras)
     write_vote(
-        weights,
+        vote.weights,
         repo / profile / "deepfake_vote" / "1" / "model.onnx",
-        groups if rule == "max_of_groups" else None,
+        vote.groups if vote.rule == "max_of_groups" else None,
     )
-    params = {
-        "vote_weights": ",".join(f"{m}={w:.6g}" for m, w in normalise(weights).items()),
-        "vote_rule": rule,
-        "vote_groups": ",".join(f"{m}={g}" for m, g in groups.items()),
-        "trained": str(all(provenance[m].trained for m, w in weights.items() if w)).lower(),
-    }
-    write_parameters(repo / profile / "deepfake_vote" / "config.pbtxt", params)
-    log.info("%s vote: %s", profile, params["vote_weights"])
+    log.info("%s vote: %s", profile, vote.parameters()["vote_weights"])
+    return list(vote.weights)
 
 
 def parse_weights(items: list[str]) -> dict[str, Path]:
@@ -196,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", choices=["full", "lite"], default="full")
+    parser.add_argument("--profile", choices=profiles.PROFILES, default="full")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH")
     parser.add_argument(
@@ -213,26 +191,20 @@ def main(argv: list[str] | None = None) -> None:
         extras = manifests.discover(args.repository)
     except manifests.ManifestError as exc:
         raise SystemExit(f"member manifest: {exc}") from exc
-    names = manifests.profile_order(
-        profile_members(args.repository, args.profile), extras, args.profile
-    )
-    manifests.write_profile(args.repository, args.profile, names)
-    provenance = {}
-    for name in names:
-        if name in ARCHITECTURES:
-            weights, provenance[name] = find_weights(
-                name, explicit.get(name), args.allow_random, not args.no_download
-            )
-            export_member(args.repository, name, weights, provenance[name], args.force)
+    for name in profiles.read_profiles(args.repository)[args.profile]:
+        weights, provenance = find_weights(
+            name, explicit.get(name), args.allow_random, not args.no_download
+        )
+        export_member(args.repository, name, weights, provenance, args.force)
     for member in extras:
         if args.profile in member.profiles:
             try:
-                provenance[member.name] = export_manifest_member(
+                export_manifest_member(
                     args.repository, member, args.allow_random, not args.no_download, args.force
                 )
             except manifests.ManifestError as exc:
                 raise SystemExit(f"member manifest: {exc}") from exc
-    export_vote(args.repository, args.profile, provenance, extras)
+    names = export_vote(args.repository, args.profile, extras)
     for name in names:
         # Lower-precision copies made from other weights are checked again: an int8 file
         # (export/quantize.py), a trained bf16 member's check (export/runtimes.py).

@@ -2,6 +2,8 @@
 
     python -m export.configs        # write them again without exporting any graph
 
+(and every profile's ensemble and vote configs: export/profiles.py).
+
 A member's configs (config.pbtxt for the GPU with TensorRT, configs/cuda.pbtxt,
 configs/cpu.pbtxt; configs/cpu_fast.pbtxt is derived from cpu.pbtxt by
 export/runtimes.py) are `model_repository/templates/<runtime>.pbtxt` filled in with:
@@ -140,12 +142,15 @@ def sources(repo: Path) -> list[Source]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from export import runtimes
+    from export import members, profiles, runtimes
 
     repo = Path(argv[0]) if argv else REPOSITORY
     for source in sources(repo):
         write_member_configs(repo, source)
     runtimes.write_fast_configs(repo)
+    manifests = members.discover(repo)
+    for profile in profiles.read_profiles(repo):
+        profiles.write_profile(repo, profile, manifests)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Layout (see model_repository/README.md): `members/<model>/` holds each
 detector, `<profile>/` the profile's vote and ensemble. A member's configs are
 generated (export/configs.py) from the templates, its runtime settings and its
-provenance (`provenance.json`, the one record of its weights); the provenance
+provenance (`provenance.json`, the one record of its weights), a profile's ensemble and vote
+configs from profiles.toml and vote.toml (export/profiles.py); the provenance
 reaches Triton's model-config API as `parameters`, where the gateway reads it.
 """
 
@@ -50,6 +51,8 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
 
 
 def profile_members(repo: Path, profile: str) -> list[str]:
+    """The members the profile's generated ensemble serves, as Triton and the gateway see
+    them (its `members` parameter). Export never reads it: the source is profiles.toml."""
     config = read_config(repo / profile / "deepfake_ensemble" / "config.pbtxt")
     return config.parameters["members"].string_value.split(",")
 
@@ -83,7 +86,14 @@ def write_parameters(config: Path, params: dict[str, str]) -> None:
 
 # export/ modules that never change a graph's bytes (they read the graphs, or write copies,
 # configs and versions beside them): editing them must not re-export every member.
-NOT_GRAPH_CODE = ("quantize.py", "runtimes.py", "train.py", "versions.py")
+NOT_GRAPH_CODE = (
+    "configs.py",
+    "profiles.py",
+    "quantize.py",
+    "runtimes.py",
+    "train.py",
+    "versions.py",
+)
 
 
 def source_digest() -> str:
