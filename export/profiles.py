@@ -94,9 +94,21 @@ def _provenance(repo: Path, name: str) -> Provenance:
     return Provenance(**{**record, "trained": record["trained"] == "true"})
 
 
+def _check_vote_names(repo: Path, manifests: list[Member]) -> None:
+    """vote.toml weighs and groups members by name: a name that is no member (a typo, a
+    removed manifest) would silently leave its member at the default."""
+    settings = tomllib.loads((repo / VOTE_FILE).read_text())
+    known = {*ARCHITECTURES, *(m.name for m in manifests)}
+    for table in ("weights", "groups"):
+        unknown = sorted(set(settings.get(table, {})) - known)
+        if unknown:
+            raise ValueError(f"{VOTE_FILE} [{table}]: {unknown} are no member {sorted(known)}")
+
+
 def vote_of(repo: Path, names: list[str], manifests: list[Member]) -> Vote:
     """The vote of `names` from vote.toml, the manifests' weight and group (unless
     vote.toml names the member) and each member's provenance.json."""
+    _check_vote_names(repo, manifests)
     provenance = {name: _provenance(repo, name) for name in names}
     weights = vote_weights(
         repo / VOTE_FILE, names, provenance, {m.name: m.weight for m in manifests}

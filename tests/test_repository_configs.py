@@ -202,3 +202,11 @@ def test_a_profile_naming_an_unknown_member_is_an_error(tmp_path: Path) -> None:
     source.write_text(source.read_text().replace('"mesoinception4"]', '"meso5"]'))
     with pytest.raises(ValueError, match=r"\[lite\]: members .*meso5"):
         configs.main([str(copy)])
+
+
+def test_vote_toml_naming_no_member_is_an_error(tmp_path: Path) -> None:
+    copy = _sources_only(tmp_path)
+    source = copy / profiles.VOTE_FILE
+    source.write_text(source.read_text().replace("\nxception = 1.0", "\nxcepton = 1.0"))
+    with pytest.raises(ValueError, match=r"vote.toml \[weights\]: \['xcepton'\]"):
+        configs.main([str(copy)])
