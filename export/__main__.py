@@ -19,23 +19,12 @@ from pathlib import Path
 
 import onnx
 
+from export import configs, profiles, quantize, runtimes
 from export import members as manifests
-from export import quantize, runtimes
-from export.architectures import ARCHITECTURES, native_size
+from export.architectures import ARCHITECTURES
 from export.onnx_writer import FacesToPFake, export_onnx
-from export.repository import (
-    UNTRAINED,
-    Provenance,
-    config_files,
-    is_current,
-    profile_members,
-    source_digest,
-    vote_rule,
-    vote_weights,
-    with_input_size,
-    write_parameters,
-)
-from export.vote import normalise, write_vote
+from export.repository import UNTRAINED, Provenance, is_current, source_digest
+from export.vote import write_vote
 from export.weights import weights_manifest
 from preprocess import assets
 
@@ -93,9 +82,8 @@ def export_member(
         log.info("%s: wrote %s", name, target)
     else:
         log.info("%s: %s is current", name, target)
-    for config in config_files(model_dir):
-        config.write_text(with_input_size(config.read_text(), native_size(name)))
-        write_parameters(config, provenance.parameters())
+    configs.write_provenance(repo, name, provenance)
+    configs.write_member_configs(repo, configs.builtin(name))
 
 
 def export_manifest_member(
@@ -147,35 +135,22 @@ def export_manifest_member(
         log.info("%s: wrote %s", member.name, target)
     else:
         log.info("%s: %s is current", member.name, target)
-    for config in manifests.write_configs(repo, member):
-        write_parameters(config, {**provenance.parameters(), "trained_on": member.trained_on})
+    configs.write_provenance(repo, member.name, provenance)
+    configs.write_member_configs(repo, manifests.source(member))
     return provenance
 
 
-def export_vote(
-    repo: Path,
-    profile: str,
-    provenance: dict[str, Provenance],
-    extras: list[manifests.Member] = (),
-) -> None:
-    members = profile_members(repo, profile)
-    weights = vote_weights(
-        repo / "vote.toml", members, provenance, {m.name: m.weight for m in extras}
-    )
-    rule, groups = vote_rule(repo / "vote.toml", members, {m.name: m.group for m in extras})
+def export_vote(repo: Path, profile: str, extras: list[manifests.Member]) -> list[str]:
+    """The profile's ensemble and vote configs (export/profiles.py) and the vote's graph,
+    from the same weights; the profile's members returned."""
+    vote = profiles.write_profile(repo, profile, extras)
     write_vote(
-        weights,
+        vote.weights,
         repo / profile / "deepfake_vote" / "1" / "model.onnx",
-        groups if rule == "max_of_groups" else None,
+        vote.groups if vote.rule == "max_of_groups" else None,
     )
-    params = {
-        "vote_weights": ",".join(f"{m}={w:.6g}" for m, w in normalise(weights).items()),
-        "vote_rule": rule,
-        "vote_groups": ",".join(f"{m}={g}" for m, g in groups.items()),
-        "trained": str(all(provenance[m].trained for m, w in weights.items() if w)).lower(),
-    }
-    write_parameters(repo / profile / "deepfake_vote" / "config.pbtxt", params)
-    log.info("%s vote: %s", profile, params["vote_weights"])
+    log.info("%s vote: %s", profile, vote.parameters()["vote_weights"])
+    return list(vote.weights)
 
 
 def parse_weights(items: list[str]) -> dict[str, Path]:
@@ -199,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--profile", choices=["full", "lite"], default="full")
+    parser.add_argument("--profile", choices=profiles.PROFILES, default="full")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH")
     parser.add_argument(
@@ -216,26 +191,20 @@ def main(argv: list[str] | None = None) -> None:
         extras = manifests.discover(args.repository)
     except manifests.ManifestError as exc:
         raise SystemExit(f"member manifest: {exc}") from exc
-    names = manifests.profile_order(
-        profile_members(args.repository, args.profile), extras, args.profile
-    )
-    manifests.write_profile(args.repository, args.profile, names)
-    provenance = {}
-    for name in names:
-        if name in ARCHITECTURES:
-            weights, provenance[name] = find_weights(
-                name, explicit.get(name), args.allow_random, not args.no_download
-            )
-            export_member(args.repository, name, weights, provenance[name], args.force)
+    for name in profiles.read_profiles(args.repository)[args.profile]:
+        weights, provenance = find_weights(
+            name, explicit.get(name), args.allow_random, not args.no_download
+        )
+        export_member(args.repository, name, weights, provenance, args.force)
     for member in extras:
         if args.profile in member.profiles:
             try:
-                provenance[member.name] = export_manifest_member(
+                export_manifest_member(
                     args.repository, member, args.allow_random, not args.no_download, args.force
                 )
             except manifests.ManifestError as exc:
                 raise SystemExit(f"member manifest: {exc}") from exc
-    export_vote(args.repository, args.profile, provenance, extras)
+    names = export_vote(args.repository, args.profile, extras)
     for name in names:
         # Lower-precision copies made from other weights are checked again: an int8 file
         # (export/quantize.py), a trained bf16 member's check (export/runtimes.py).

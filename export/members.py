@@ -2,9 +2,10 @@
 
 A member that is not one of the four built-in architectures is described by a
 manifest in its own model folder; export reads every manifest, checks it and
-its weights, writes the member's ONNX, its Triton configs (copied from a
-template member's, so it runs like its peers on every runtime) and adds it to
-the profiles' ensembles and votes. Two kinds of weights:
+its weights, writes the member's ONNX, its Triton configs (generated with a
+template member's runtime settings, so it runs like its peers on every runtime)
+and adds it to the ensembles and votes of the profiles it names
+(export/profiles.py). Two kinds of weights:
 
     architecture = "meso4"       a built-in architecture with other weights:
     weights = "meso4_f2f"        an asset of export/assets.toml (sha256-checked)
@@ -32,14 +33,14 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
 from export.architectures import ARCHITECTURES
+from export.configs import Source
 from export.onnx_writer import INPUT_NAME, OPSET, OUTPUT_NAME
-from export.repository import with_input_size
+from export.profiles import PROFILES
 from export.weights import weights_manifest
 from preprocess import assets
 
 MANIFEST = "member.toml"
 BUILTIN = tuple(ARCHITECTURES)
-PROFILES = ("full", "lite")
 # What the classifier's output means, and how it becomes P(fake).
 OUTPUTS = {
     "p_fake": "a probability that the face is fake, [N, 1]",
@@ -373,97 +374,10 @@ def wrap_classifier(member: Member, classifier: onnx.ModelProto) -> onnx.ModelPr
     return model
 
 
-# -- the model repository: the member's configs, the profiles' ensembles and votes
+# -- the model repository: what the member's configs are generated from
 
 
-def write_configs(repo: Path, member: Member) -> list[Path]:
-    """The member's Triton configs: its template member's, renamed, with its input size."""
-    source = repo / "members" / member.template
-    target = repo / "members" / member.name
-    written = []
-    note = (
-        f"# Written by `python -m export` from {MANIFEST} and {member.template}'s configs:\n"
-        f"# edit those, not this file.\n"
-    )
-    for path in [source / "config.pbtxt", *sorted((source / "configs").glob("*.pbtxt"))]:
-        from export.versions import carried_blocks
-
-        text, _ = carried_blocks(path.read_text())  # the template's versions are its own
-        text = re.sub(r'^name: ".*"$', f'name: "{member.name}"', text, count=1, flags=re.M)
-        text = text.replace(f"/trt-cache/{member.template}", f"/trt-cache/{member.name}")
-        text = with_input_size(text, member.input_size)
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _, own = carried_blocks(out.read_text()) if out.exists() else ("", "")
-        out.write_text(note + text.rstrip("\n") + "\n" + own)
-        written.append(out)
-    return written
-
-
-def profile_order(current: list[str], members: list[Member], profile: str) -> list[str]:
-    """The built-in members the profile has, then its manifest members by name."""
-    return [m for m in current if m in BUILTIN] + [m.name for m in members if profile in m.profiles]
-
-
-def _block(key: str, rows: list[str]) -> str:
-    return f"{key} [\n" + ",\n".join(f"  {r}" for r in rows) + "\n]\n"
-
-
-def _tensor(name: str) -> str:
-    return f'{{ name: "{name}" data_type: TYPE_FP32 dims: [1] }}'
-
-
-def write_profile(repo: Path, profile: str, names: list[str]) -> None:
-    """Set the profile's ensemble steps and outputs, and its vote's inputs and
-    outputs, to `names`; everything else in those configs stays as committed."""
-    from preprocess.tensors import member_output
-
-    outputs = [_tensor(OUTPUT_NAME), *(_tensor(member_output(n)) for n in names)]
-    vote = repo / profile / "deepfake_vote" / "config.pbtxt"
-    text = vote.read_text()
-    text = re.sub(
-        r"^input \[\n.*?\n\]\n",
-        _block("input", [_tensor(n) for n in names]),
-        text,
-        count=1,
-        flags=re.S | re.M,
-    )
-    text = re.sub(
-        r"^output \[\n.*?\n\]\n", _block("output", outputs), text, count=1, flags=re.S | re.M
-    )
-    vote.write_text(text)
-
-    def step(name: str) -> str:
-        return (
-            f'    {{\n      model_name: "{name}"\n      model_version: -1\n'
-            f'      input_map {{ key: "FACES" value: "FACES" }}\n'
-            f'      output_map {{ key: "P_FAKE" value: "{name}" }}\n    }}'
-        )
-
-    maps = [f'      input_map {{ key: "{n}" value: "{n}" }}' for n in names]
-    maps += [
-        f'      output_map {{ key: "{o}" value: "{o}" }}'
-        for o in (OUTPUT_NAME, *(member_output(n) for n in names))
-    ]
-    vote_step = (
-        '    {\n      model_name: "deepfake_vote"\n      model_version: -1\n'
-        + "\n".join(maps)
-        + "\n    }"
-    )
-    scheduling = (
-        "ensemble_scheduling {\n  step [\n"
-        + ",\n".join([*map(step, names), vote_step])
-        + "\n  ]\n}\n"
-    )
-    ensemble = repo / profile / "deepfake_ensemble" / "config.pbtxt"
-    text = ensemble.read_text()
-    text = re.sub(
-        r"^output \[\n.*?\n\]\n", _block("output", outputs), text, count=1, flags=re.S | re.M
-    )
-    text = re.sub(
-        r"^ensemble_scheduling \{\n.*?\n\}\n", scheduling, text, count=1, flags=re.S | re.M
-    )
-    text = re.sub(
-        r'(key: "members" value: \{ string_value: ")[^"]*(" \})', rf"\g<1>{','.join(names)}\2", text
-    )
-    ensemble.write_text(text)
+def source(member: Member) -> Source:
+    """What the member's configs are generated from (export/configs.py): its template's
+    runtime settings, its own name, input size and trained_on."""
+    return Source(member.name, member.template, member.input_size, member.trained_on)

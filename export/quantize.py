@@ -12,17 +12,17 @@ the even sampled frames calibrate, the odd ones validate; no label is read.
 A quantized file is written next to the fp32 one as `1/model.int8.onnx` only if it
 keeps the scores: max |ΔP_FAKE| <= MAX_DELTA on the validation crops and, for a
 trained member, the same verdict (the gateway's confident strategy over each clip's
-faces, at THRESHOLD) on every clip. For random weights only the speed means something;
-the check runs again (`python -m export` calls `refresh`) when real weights come.
+faces, cut where the gateway cuts: preprocess/tensors.py's is_fake) on every clip. For
+random weights only the speed means something; the check runs again (`python -m export`
+calls `refresh`) when real weights come.
 A member that `model_repository/cpu_fast.toml` sets to "int8" serves this file under
 `--model-config-name=cpu_fast` (export/runtimes.py writes the configs). OpenVINO's bf16
 beat it for Xception here (`python -m export.runtimes` compares every runtime).
 
-Measured on this project's 2-core AVX-512 VNNI VM (CPU ms per face, fp32 -> int8):
-Xception 145 -> 62 at batch 1, 145 -> 72 at batch 8 (2.0-2.3x); EfficientNet-B7 393 -> 497
-at batch 1, 505 -> 530 at batch 8 (slower: its depthwise convolutions and SiLU/sigmoid
-gates stay fp32 between quantize/dequantize pairs), MesoInception4 2x slower (convolutions
-too small to pay for the pairs), Meso4 no faster: those stay fp32.
+What int8 saves per member (only Xception gains: EfficientNet-B7's depthwise convolutions
+and SiLU/sigmoid gates stay fp32 between quantize/dequantize pairs, the MesoNets'
+convolutions are too small to pay for the pairs): tests/bench/README.md, "bf16 and int8 on
+the CPU".
 """
 
 import argparse
@@ -49,18 +49,17 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.repository import read_config
 from preprocess.assets import sha256_of
-from preprocess.tensors import INPUT_NAME
+from preprocess.tensors import INPUT_NAME, is_fake
 
 log = logging.getLogger("export.quantize")
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "model_repository"
 CLIPS = ROOT.parent / "shared" / "media" / "videos"
 INT8_FILE = "model.int8.onnx"
-# The member whose int8 graph is fastest under ONNX Runtime here (see the docstring);
+# The member whose int8 graph is faster under ONNX Runtime (tests/bench/README.md);
 # which precision each member serves at is model_repository/cpu_fast.toml's choice.
 QUANTIZED = ("xception",)
 MAX_DELTA = 0.02  # largest |ΔP_FAKE| an int8 graph may add on one face
-THRESHOLD = 0.5  # the verdict a trained member's clip score must keep
 FRAMES_PER_CLIP = 4  # sampled frames per clip: 2 calibrate, 2 validate
 BATCH = 4
 
@@ -187,7 +186,7 @@ def clip_verdicts(scores: np.ndarray, clips: list[str]) -> dict[str, bool]:
     from gateway.server.verdict.aggregate import Strategy
 
     strategy = Strategy()
-    return {clip: strategy(scores[[c == clip for c in clips]]) >= THRESHOLD for clip in set(clips)}
+    return {clip: is_fake(strategy(scores[[c == clip for c in clips]])) for clip in set(clips)}
 
 
 def quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:

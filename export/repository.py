@@ -1,10 +1,11 @@
 """Write exported models and their provenance into the model repository.
 
 Layout (see model_repository/README.md): `members/<model>/` holds each
-detector, `<profile>/` the profile's vote and ensemble. The committed configs
-are the configuration; export adds only `1/model.onnx` and a provenance block
-of `parameters`, so anyone can read where the weights came from through
-Triton's model-config API.
+detector, `<profile>/` the profile's vote and ensemble. A member's configs are
+generated (export/configs.py) from the templates, its runtime settings and its
+provenance (`provenance.json`, the one record of its weights), a profile's ensemble and vote
+configs from profiles.toml and vote.toml (export/profiles.py); the provenance
+reaches Triton's model-config API as `parameters`, where the gateway reads it.
 """
 
 import hashlib
@@ -50,6 +51,8 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
 
 
 def profile_members(repo: Path, profile: str) -> list[str]:
+    """The members the profile's generated ensemble serves, as Triton and the gateway see
+    them (its `members` parameter). Export never reads it: the source is profiles.toml."""
     config = read_config(repo / profile / "deepfake_ensemble" / "config.pbtxt")
     return config.parameters["members"].string_value.split(",")
 
@@ -81,24 +84,16 @@ def write_parameters(config: Path, params: dict[str, str]) -> None:
         raise ValueError(f"{config}: the provenance block did not read back as written")
 
 
-_INPUT_SIZE = re.compile(r'(parameters \{ key: "input_size" value: \{ string_value: ")\d+(" \} \})')
-
-
-def with_input_size(text: str, size: int) -> str:
-    """A config's text with its input_size parameter (what the gateway reads as the
-    native size) set to `size`, the architecture's PRETRAINED_CFG or a member
-    manifest's: export writes it, nobody types it."""
-    if _INPUT_SIZE.search(text):
-        return _INPUT_SIZE.sub(rf"\g<1>{size}\2", text)
-    return (
-        text.rstrip("\n")
-        + f'\nparameters {{ key: "input_size" value: {{ string_value: "{size}" }} }}\n'
-    )
-
-
 # export/ modules that never change a graph's bytes (they read the graphs, or write copies,
 # configs and versions beside them): editing them must not re-export every member.
-NOT_GRAPH_CODE = ("quantize.py", "runtimes.py", "train.py", "versions.py")
+NOT_GRAPH_CODE = (
+    "configs.py",
+    "profiles.py",
+    "quantize.py",
+    "runtimes.py",
+    "train.py",
+    "versions.py",
+)
 
 
 def source_digest() -> str:

@@ -38,6 +38,7 @@ from export.repository import Provenance
 from export.versions import next_version, record_version
 from export.weights import weights_manifest
 from preprocess import assets
+from preprocess.tensors import is_fake
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".jpg", ".jpeg", ".png", ".webp"}
@@ -164,11 +165,12 @@ def loss_of(p_fake: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def figures(wrapper: FacesToPFake, faces: np.ndarray, labels: np.ndarray, batch: int) -> dict:
     p = predict(wrapper, faces, batch)
     both = len(set(labels.tolist())) == 2
+    fake = np.array([is_fake(x) for x in p])  # the gateway's cut
     return {
         "loss": float(loss_of(torch.from_numpy(p), torch.from_numpy(labels))),
         "auc": float(roc_auc_score(labels, p)) if both else None,
-        "accuracy": float(((p >= 0.5) == (labels == 1)).mean()),
-        "confusion": confusion_matrix(labels, p >= 0.5, labels=[0, 1]).tolist(),
+        "accuracy": float((fake == (labels == 1)).mean()),
+        "confusion": confusion_matrix(labels, fake, labels=[0, 1]).tolist(),
         "faces": len(labels),
     }
 

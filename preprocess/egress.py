@@ -4,17 +4,17 @@ A URL a client names makes the service connect somewhere, so each one goes throu
 
 1. Read, before any parsing, for what parsers disagree on: control characters, whitespace,
    non-ASCII, backslashes, credentials (`user@host`), percent-encoding in the host, IPv4
-   in the short, octal or hex forms only some resolvers read. These are `BadUrl` (422).
+   in the short, octal or hex forms only some resolvers read. These are `BadUrl` (`bad_url`).
 2. Parsed once; the scheme and host allow-lists applied; a literal address or a
-   `localhost` name that may not be reached is `UrlRefused` (403). Neither step touches
-   the network, so their answers tell a client nothing it did not write itself.
+   `localhost` name that may not be reached is `UrlRefused` (`url_refused`). Neither step
+   touches the network, so their answers tell a client nothing it did not write itself.
 3. The name resolved once (the system's resolver, or `dns_server`); every address must be
    public or in the operator's allowed networks. The connection then goes to that checked
    address (`Target.address`): the TLS name and the Host header stay the URL's, so DNS
    cannot answer one address to the check and another to the connection (rebinding).
 4. Redirects are followed here only, each hop a new URL through 1-3.
 
-Anything that fails from step 3 on is `Unreachable` (`stream_unreachable`, 502) with one
+Anything that fails from step 3 on is `Unreachable` (`stream_unreachable`) with one
 message whatever the cause (a refused address, a name that does not resolve, a closed
 port, not media, a redirect refused): the precise cause goes to the log only, so the
 service is no scanner of the networks it can reach.
@@ -71,14 +71,12 @@ class BadUrl(MediaError):
     """Not a URL this service reads (syntax only: nothing resolved, nothing connected)."""
 
     code = "bad_url"
-    status = 422
 
 
 class UrlRefused(MediaError):
     """A scheme, host or literal address the operator's lists refuse (nothing resolved)."""
 
     code = "url_refused"
-    status = 403
 
 
 class Unreachable(MediaError):
@@ -86,7 +84,6 @@ class Unreachable(MediaError):
     the cause in the log."""
 
     code = "stream_unreachable"
-    status = 502
 
     def __init__(self, cause: str) -> None:
         super().__init__(UNREACHABLE)

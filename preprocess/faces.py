@@ -50,7 +50,7 @@ class DetectorConfig:
     score_threshold: float | None = None  # None: the detector's own default, DEFAULT_SCORE
     min_face_px: int = 32  # smaller faces (min of width, height) are too small to classify
     input_size: int = 640  # long side of the copy the detector sees
-    max_faces: int = 32  # per frame, largest first
+    max_faces: int = 8  # per frame, largest first (the gateway's GATEWAY_MAX_FACES too)
     model_path: Path | None = None  # None: looked up through preprocess/assets.toml
     allow_download: bool = True  # YuNet only: the SCRFD files have no pinned public URL
 

@@ -3,7 +3,8 @@
 `MediaReader.scan` hands each sampled frame to a callback as it is decoded and keeps none
 (the gateway's way: memory stays bounded whatever the resolution); `MediaReader.read` keeps
 them, for tools and tests. Every problem with the file itself is a
-`MediaError` that carries the HTTP status and a stable error code for the client.
+`MediaError` that carries a stable error code for the client (no HTTP status: the gateway
+maps codes to statuses, gateway/server/errors.py's catalogue).
 """
 
 import struct
@@ -54,7 +55,6 @@ class MediaError(Exception):
     """A problem with the uploaded file itself: safe to show to the client as is."""
 
     code: ClassVar[str] = "media_error"
-    status: ClassVar[int] = 400
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -63,17 +63,14 @@ class MediaError(Exception):
 
 class UnsupportedMedia(MediaError):
     code = "unsupported_media"
-    status = 415
 
 
 class UndecodableMedia(MediaError):
     code = "undecodable_media"
-    status = 422
 
 
 class MediaLimitExceeded(MediaError):
     code = "media_limit_exceeded"
-    status = 422
 
 
 # --- sniffing: the format from the first bytes, never from the name -------------------------

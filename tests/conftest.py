@@ -145,6 +145,13 @@ class InProcessGateway:
     settings: "Settings"  # noqa: F821
     uploads: Path
 
+    @property
+    def gateway_client(self) -> "GatewayClient":  # noqa: F821
+        """The service's Python client over the in-process app: `detect_response`..."""
+        from gateway.clients.client import GatewayClient
+
+        return GatewayClient(http=self.client)
+
 
 def gateway_settings(triton_url: str, tmp: Path, **settings: object) -> "Settings":  # noqa: F821
     """Settings from these values only: no GATEWAY_* variable, no .env (as gateway_process)."""

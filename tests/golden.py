@@ -18,10 +18,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from gateway.clients.client import GatewayClient
+from tests.stack import ASSETS, MEDIA, local_triton, measured_gateway
 
-ROOT = Path(__file__).resolve().parent.parent
-MEDIA = ROOT.parent / "shared" / "media"
 RECORD = Path(__file__).with_name("golden") / "lite.json"
 FRAMES = 16
 # Scores may move by float noise (batch composition in Triton, thread counts), nothing more.
@@ -54,20 +53,10 @@ def summarise(answer: dict) -> dict:
     }
 
 
-def detect(client: httpx.Client, path: Path) -> dict:
-    response = client.post(
-        "/api/detect",
-        params={"frames": FRAMES},
-        files={"file": (path.name, path.read_bytes())},
-    )
-    response.raise_for_status()
-    return response.json()
-
-
 def answers(url: str) -> Iterator[tuple[str, dict]]:
-    with httpx.Client(base_url=url, timeout=600) as client:
+    with GatewayClient(url) as client:
         for path in golden_media():
-            yield key(path), summarise(detect(client, path))
+            yield key(path), summarise(client.detect(path, frames=FRAMES))
 
 
 def differences(expected: dict, got: dict, where: str = "") -> list[str]:
@@ -87,13 +76,11 @@ def differences(expected: dict, got: dict, where: str = "") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.stack import local_triton, measured_gateway
-
     parser = argparse.ArgumentParser(prog="python -m tests.golden", description=__doc__)
     parser.add_argument("--out", type=Path, default=RECORD)
     args = parser.parse_args(argv)
     # The face detectors come from ../shared/assets, as under `make test`.
-    os.environ.setdefault("DEEPFAKE_ASSETS", str(ROOT.parent / "shared" / "assets"))
+    os.environ.setdefault("DEEPFAKE_ASSETS", str(ASSETS))
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         triton = stack.enter_context(local_triton(PROFILE, tmp))

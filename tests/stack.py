@@ -1,6 +1,6 @@
 """The one home of the tests', benchmarks' and load tests' helpers for real processes and
-shared media: where ../shared is, the clips they share, free ports, a local Triton and
-`python -m gateway` as processes."""
+shared media: where ../shared is, the images and clips they share, how long a request may take,
+the gateway's client, free ports, a local Triton and `python -m gateway` as processes."""
 
 import contextlib
 import os
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from gateway.clients.client import GatewayClient
 from model_repository.local_triton import LocalTriton, TritonSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,14 @@ ASSETS = SHARED / "assets"
 FAKE_CLIP = MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4"  # 640x480; lite: 0.95
 REAL_CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"  # 180 KB, moov last; lite: 0.06
 BIG_CLIP = MEDIA / "videos/real/cvprw2019_demo.mp4"  # about 2 MB, 1280x720
+LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s, 751 frames
+OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"  # one face
+TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
+# How long a test waits on the real gateway's answer: a request that takes longer has hung.
+TIMEOUT = httpx.Timeout(300.0)
+# No connection kept alive: each request opens its own, as httpx.post does, so a test that
+# stops or pauses a process, or fills the gateway's connections, never meets an idle one.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 
 def free_port() -> int:
@@ -71,6 +80,23 @@ class Gateway:
         import psutil
 
         return psutil.Process(self.pid)
+
+    @cached_property
+    def client(self) -> GatewayClient:
+        """The gateway's Python client (gateway_client): `detect_response` for any answer."""
+        return gateway_client(self.url)
+
+
+def gateway_client(url: str, timeout: httpx.Timeout = TIMEOUT) -> GatewayClient:
+    """A GatewayClient of the gateway at `url` for the tests: no connection kept alive."""
+    return GatewayClient(http=httpx.Client(base_url=url, timeout=timeout, limits=NO_KEEPALIVE))
+
+
+def ok_answer(response: httpx.Response) -> dict:
+    """The answer of a request that must succeed: 200, or the test fails with the gateway's
+    own words."""
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 @contextlib.contextmanager

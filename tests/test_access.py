@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from gateway.server.security import MAX_TRACKED_CLIENTS, RateLimiter, key_matches
-from tests.conftest import MEDIA, ROOT, Gateway, free_port, start_gateway, wait_for
+from tests.conftest import ROOT, Gateway, free_port, start_gateway, wait_for
+from tests.stack import OBAMA
 
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 KEYS = ("first-key-0123456789", "second-key-abcdefghij")
 ORIGIN = "https://ui.example.org"
 

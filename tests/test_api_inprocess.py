@@ -12,12 +12,10 @@ from gateway.server.model_server import Ensemble, ModelServer
 from gateway.server.schemas import DetectAnswer, ModelsAnswer
 from gateway.server.verdict.aggregate import vote
 from model_repository.local_triton import TritonSettings
-from tests.conftest import MEDIA, MEMBERS, REPOSITORY, InProcessGateway, inprocess_gateway
+from tests.conftest import MEMBERS, REPOSITORY, InProcessGateway, inprocess_gateway
 from tests.fake_triton import ENSEMBLE, fake_triton, read_config
+from tests.stack import OBAMA, TWO_PEOPLE
 from tests.test_gateway_api import BAD_FILES, MALFORMED, assert_provenance_is_true
-
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
-TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
 
 
 def requests_counted(gateway: InProcessGateway, route: str, method: str, status: int) -> float:
@@ -30,13 +28,6 @@ def requests_counted(gateway: InProcessGateway, route: str, method: str, status:
                 if sample.name.endswith("_total") and sample.labels == labels:
                     return sample.value
     return 0.0
-
-
-def detect(gateway: InProcessGateway, path: Path, **params: object):
-    with path.open("rb") as handle:
-        return gateway.client.post(
-            "/api/detect", files={"file": (path.name, handle)}, params=params
-        )
 
 
 def test_models_are_what_the_committed_configs_say(api: InProcessGateway) -> None:
@@ -54,7 +45,7 @@ def test_models_are_what_the_committed_configs_say(api: InProcessGateway) -> Non
 
 def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcessGateway) -> None:
     calls = api.triton.service.infer_calls
-    response = detect(api, TWO_PEOPLE)
+    response = api.gateway_client.detect_response(TWO_PEOPLE)
     assert response.status_code == 200, response.text
     answer = DetectAnswer.model_validate(response.json())
     faces = [face for frame in answer.frames for face in frame.faces]
@@ -83,7 +74,7 @@ def test_every_models_provenance_is_true(tmp_path: Path) -> None:
 
 
 def test_the_same_upload_gets_the_same_answer(api: InProcessGateway) -> None:
-    first, second = (detect(api, OBAMA).json() for _ in range(2))
+    first, second = (api.gateway_client.detect_response(OBAMA).json() for _ in range(2))
     assert first["score"] == second["score"] and first["tracks"] == second["tracks"]
 
 
@@ -199,6 +190,7 @@ def test_batches_never_exceed_the_max_batch_size_triton_states(tmp_path: Path) -
     refuses a larger batch), and the two faces are still both scored."""
     from fastapi.testclient import TestClient
 
+    from gateway.clients.client import GatewayClient
     from gateway.server.app import create_app
     from tests.conftest import gateway_settings
 
@@ -206,8 +198,8 @@ def test_batches_never_exceed_the_max_batch_size_triton_states(tmp_path: Path) -
         for config in triton.models.configs.values():
             config.max_batch_size = 1
         settings = gateway_settings(triton.url, tmp_path, max_batch=32)
-        with TestClient(create_app(settings)) as client, TWO_PEOPLE.open("rb") as handle:
-            response = client.post("/api/detect", files={"file": (TWO_PEOPLE.name, handle)})
+        with TestClient(create_app(settings)) as client:
+            response = GatewayClient(http=client).detect_response(TWO_PEOPLE)
     assert response.status_code == 200, response.text
     answer = DetectAnswer.model_validate(response.json())
     assert sum(len(frame.faces) for frame in answer.frames) == 2

@@ -25,14 +25,18 @@ import psutil
 import pytest
 
 from model_repository.local_triton import TritonSettings
-from tests.conftest import MEDIA, Gateway, start_gateway, write_results
-from tests.stack import detect_at_once, metric, wait_until
+from tests.conftest import Gateway, start_gateway, write_results
+from tests.stack import (
+    LONG_CLIP,
+    OBAMA,
+    TIMEOUT,
+    TWO_PEOPLE,
+    detect_at_once,
+    metric,
+    wait_until,
+)
 
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
-TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
-LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s, 751 frames
 POD_LIMIT_MB = 3 * 1024  # deploy/k8s/base/gateway/deployment.yaml
-TIMEOUT = httpx.Timeout(300.0)
 FIGURES: dict[str, object] = {}
 FRAMES = 300  # a long analysis: far more than a client gone early may cost
 
@@ -76,13 +80,6 @@ class PeakRss:
 
     def figures(self) -> dict[str, int]:
         return {"rss_baseline_mb": self.baseline >> 20, "rss_peak_mb": self.peak >> 20}
-
-
-def detect(url: str, path: Path, **params: object) -> httpx.Response:
-    with path.open("rb") as f:
-        return httpx.post(
-            url + "/api/detect", files={"file": (path.name, f)}, params=params, timeout=TIMEOUT
-        )
 
 
 def triton_inferences(triton: TritonSettings) -> float:
@@ -153,7 +150,7 @@ def gateway(
     with start_gateway(
         lite_triton.grpc_url, tmp_path_factory.mktemp("bounds"), max_in_flight=4
     ) as gw:
-        assert detect(gw.url, OBAMA).status_code == 200  # models loaded, warm
+        assert gw.client.detect_response(OBAMA).status_code == 200  # models loaded, warm
         yield gw
 
 
@@ -165,7 +162,7 @@ def test_a_4k_clip_at_300_frames_stays_far_under_the_pod_limit(
 ) -> None:
     clip = black_4k_clip(tmp_path / "black-4k.mp4", 10)
     with PeakRss(gateway.process) as rss:
-        response = detect(gateway.url, clip, frames=300)
+        response = gateway.client.detect_response(clip, frames=300)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["verdict"] == "no_face" and len(answer["frames"]) == 300
@@ -198,10 +195,12 @@ def test_the_request_budgets_refuse_what_is_beyond_them(
     ) as gateway:
         clip = black_4k_clip(tmp_path / "black-4k.mp4", 1)  # 30 frames of 8.3 megapixels
         for path, params in ((clip, {"frames": 30}), (TWO_PEOPLE, {})):
-            response = detect(gateway.url, path, **params)
+            response = gateway.client.detect_response(path, **params)
             assert response.status_code == 422, response.text
             assert response.json()["error"]["code"] == "media_limit_exceeded"
-        assert detect(gateway.url, OBAMA).status_code == 200, "one face is within the budget"
+        assert gateway.client.detect_response(OBAMA).status_code == 200, (
+            "one face is within the budget"
+        )
         assert list(gateway.uploads.iterdir()) == []
 
 
@@ -214,7 +213,7 @@ def test_the_deadline_ends_an_analysis_with_504_and_frees_its_slot(
     with start_gateway(
         lite_triton.grpc_url, tmp_path, analysis_timeout_s=1, max_in_flight=1
     ) as gateway:
-        response = detect(gateway.url, LONG_CLIP, frames=300)
+        response = gateway.client.detect_response(LONG_CLIP, frames=300)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == "analysis_timeout"
         assert metric(gateway.url, "gateway_requests_in_flight") == 0
@@ -253,7 +252,7 @@ def test_a_client_gone_mid_analysis_stops_it_then_frees_its_slot(
         "cpu_s_in_the_next_second": round(idle_cpu_s, 2),
         "faces_scored_of_300": scored,
     }
-    assert detect(gateway.url, OBAMA).status_code == 200
+    assert gateway.client.detect_response(OBAMA).status_code == 200
 
 
 @pytest.mark.parametrize("route", ["/api/detect", "/api/detect/stream"])
@@ -288,7 +287,7 @@ def test_slow_uploads_hold_no_slot_and_the_others_are_served(
         upload_grace_s=4,
     ) as gateway:
         start = time.monotonic()
-        ordinary = detect(gateway.url, OBAMA)
+        ordinary = gateway.client.detect_response(OBAMA)
         alone_s = time.monotonic() - start
         assert ordinary.status_code == 200
         slow = [open_upload(gateway.url, "/api/detect", OBAMA, body_rate=1) for _ in range(6)]
@@ -297,7 +296,7 @@ def test_slow_uploads_hold_no_slot_and_the_others_are_served(
         beside_s = []
         for _ in range(3):
             start = time.monotonic()
-            response = detect(gateway.url, OBAMA)
+            response = gateway.client.detect_response(OBAMA)
             beside_s.append(round(time.monotonic() - start, 2))
             assert response.status_code == 200, response.text
         assert metric(gateway.url, "gateway_uploads_receiving") == trickling

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from deploy import validate
-from deploy.dockerfile import (
+from tests.conftest import MEMBERS
+from tests.dockerfile import (
     args_of,
     copy_sources,
     env_of,
@@ -25,8 +26,7 @@ from deploy.dockerfile import (
     instruction,
     instructions,
 )
-from deploy.manifests import Rendering
-from tests.conftest import MEMBERS
+from tests.manifests import Rendering
 
 # The full tier only (make test): runs kustomize, kubeconform and hadolint.
 pytestmark = pytest.mark.stack

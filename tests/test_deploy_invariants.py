@@ -19,8 +19,9 @@ import yaml
 from fastapi.testclient import TestClient
 
 from deploy import validate
-from deploy.dockerfile import args_of, env_of, final_user, instruction
-from deploy.manifests import (
+from tests.conftest import MEMBERS
+from tests.dockerfile import args_of, env_of, final_user, instruction
+from tests.manifests import (
     Manifest,
     Rendering,
     Workload,
@@ -30,7 +31,6 @@ from deploy.manifests import (
     quantity,
     selector_matches,
 )
-from tests.conftest import MEMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"

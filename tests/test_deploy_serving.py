@@ -23,13 +23,13 @@ import tritonclient.grpc as grpcclient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from deploy import validate
-from deploy.manifests import Rendering, expand
 from model_repository.local_triton import (
     LocalTriton,
     TritonSettings,
     wheel_dir,
 )
 from tests.conftest import FAKE_CLIP, free_port, start_gateway
+from tests.manifests import Rendering, expand
 from tests.test_deploy_invariants import TRITON_GPU_METRICS, TRITON_METRICS
 
 # The full tier only (make test): gateway and Triton processes.

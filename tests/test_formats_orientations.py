@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -26,6 +25,7 @@ from gateway.server.schemas import DetectAnswer
 from preprocess.media import Media, MediaReader
 from preprocess.orientation import ALL, Orientation, from_display_matrix, from_exif
 from tests.conftest import FAKE_CLIP, Gateway, write_results
+from tests.stack import ok_answer
 
 # The full tier only (make test): ffmpeg makes its media; a real Triton scores it.
 pytestmark = pytest.mark.stack
@@ -41,7 +41,6 @@ FORMAT_TOLERANCE = 0.03  # pixel formats: a lossy re-encode moves a score by a l
 PIXEL_TOLERANCE = 3.0
 # ...and to FFmpeg's own rgb24 conversion of the same file (another swscale version).
 FFMPEG_TOLERANCE = 0.5
-TIMEOUT = httpx.Timeout(300.0)
 READER = MediaReader()
 SCORES: dict[str, float | None] = {}  # written to results/reliability.json
 
@@ -400,16 +399,11 @@ def gateway(lite_gateway: Gateway) -> Iterator[Gateway]:
     write_results("formats_orientations", SCORES)
 
 
-def detect(gateway: Gateway, path: Path) -> DetectAnswer:
-    with path.open("rb") as f:
-        response = httpx.post(
-            gateway.url + "/api/detect",
-            files={"file": (path.name, f)},
-            params={"frames": FRAMES},
-            timeout=TIMEOUT,
-        )
-    assert response.status_code == 200, response.text
-    answer = DetectAnswer.model_validate(response.json())
+def scored(gateway: Gateway, path: Path) -> DetectAnswer:
+    """The gateway's answer to `path` at FRAMES frames (GatewayClient's), its score recorded."""
+    answer = DetectAnswer.model_validate(
+        ok_answer(gateway.client.detect_response(path, frames=FRAMES))
+    )
     SCORES[path.name] = answer.score
     return answer
 
@@ -427,7 +421,7 @@ def assert_same_judgement(got: DetectAnswer, original: DetectAnswer, tolerance: 
 
 @pytest.fixture(scope="module")
 def upright_answer(gateway: Gateway, upright: Path) -> DetectAnswer:
-    answer = detect(gateway, upright)
+    answer = scored(gateway, upright)
     assert answer.verdict == "fake" and len(faces_in(answer)) == FRAMES
     return answer
 
@@ -436,7 +430,7 @@ def upright_answer(gateway: Gateway, upright: Path) -> DetectAnswer:
 def test_a_turned_clip_is_judged_as_the_upright_one(
     gateway: Gateway, upright_answer: DetectAnswer, turned_clip: Callable[[str], Path], name: str
 ) -> None:
-    answer = detect(gateway, turned_clip(name))
+    answer = scored(gateway, turned_clip(name))
     assert_same_judgement(answer, upright_answer, ROTATION_TOLERANCE)
     assert (answer.media.rotation, answer.media.flipped) == TURNED[name].expected.facts()
     assert (answer.media.width, answer.media.height) == (640, 480)  # upright
@@ -445,13 +439,13 @@ def test_a_turned_clip_is_judged_as_the_upright_one(
 def test_a_turned_photo_is_judged_as_the_upright_one(gateway: Gateway, made: Path) -> None:
     original = made / "photo.jpg"
     Image.open(photo(made)).save(original, quality=95)
-    expected = detect(gateway, original)
+    expected = scored(gateway, original)
     for tag, inverse in ((6, 8), (3, 3), (8, 6), (2, 2), (7, 7)):
         image = Image.fromarray(from_exif(inverse).apply(photo_rgb(made)))
         exif = image.getexif()
         exif[0x0112] = tag
         image.save(path := made / f"photo-exif-{tag}.jpg", quality=95, exif=exif)
-        answer = detect(gateway, path)
+        answer = scored(gateway, path)
         assert_same_judgement(answer, expected, ROTATION_TOLERANCE)
         assert (answer.media.rotation, answer.media.flipped) == from_exif(tag).facts()
 
@@ -465,7 +459,7 @@ def test_every_pixel_format_is_judged_as_the_8bit_clip(
     name: str,
 ) -> None:
     path = animation(name) if name in ANIMATIONS else video_variant(name)
-    assert_same_judgement(detect(gateway, path), upright_answer, FORMAT_TOLERANCE)
+    assert_same_judgement(scored(gateway, path), upright_answer, FORMAT_TOLERANCE)
 
 
 def test_a_gif_is_judged_as_its_frames_in_plain_8bit(
@@ -475,7 +469,7 @@ def test_a_gif_is_judged_as_its_frames_in_plain_8bit(
     the dithering: 0.4 against 0.95), so its plain 8-bit twin is its own frames, lossless."""
     gif = animation("animated gif")
     ffmpeg("-i", gif, "-c:v", "libx264rgb", "-qp", "0", twin := made / "gif-frames.mkv")
-    assert_same_judgement(detect(gateway, gif), detect(gateway, twin), FORMAT_TOLERANCE)
+    assert_same_judgement(scored(gateway, gif), scored(gateway, twin), FORMAT_TOLERANCE)
 
 
 @pytest.mark.parametrize("name", IMAGE_FORMATS)
@@ -483,4 +477,4 @@ def test_every_image_mode_is_judged_as_the_8bit_picture(
     gateway: Gateway, made: Path, name: str
 ) -> None:
     path, reference, _ = image_variant(name, made)
-    assert_same_judgement(detect(gateway, path), detect(gateway, reference), FORMAT_TOLERANCE)
+    assert_same_judgement(scored(gateway, path), scored(gateway, reference), FORMAT_TOLERANCE)

@@ -1,8 +1,17 @@
-"""The verdict rule: the DFDC confident strategy, vote weights, the most fake track."""
+"""The verdict rule: the DFDC confident strategy, vote weights, the most fake track; one judging
+path for a file and a live session (verdict/judge.py), one cut (preprocess/tensors.py)."""
+
+import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from export import quantize
+from export.quantize import clip_verdicts
+from gateway.programs import evaluate
+from gateway.server.model_server import Ensemble, ModelInfo
+from gateway.server.settings import Settings
 from gateway.server.verdict.aggregate import (
     Strategy,
     decisive_track,
@@ -12,6 +21,10 @@ from gateway.server.verdict.aggregate import (
     voting_weights,
     weighted_mean,
 )
+from gateway.server.verdict.judge import Judge, Judgement, Running, verdict_of
+from gateway.server.verdict.selection import Selection
+from preprocess.faces import Face
+from preprocess.tensors import FAKE_AT, is_fake
 
 STRATEGY = Strategy()
 
@@ -115,3 +128,63 @@ def test_max_of_groups_lets_one_group_of_specialists_flag_a_fake() -> None:
     assert vote(scores, weights, groups) == pytest.approx(0.8)
     # A group whose members all weigh 0 does not vote.
     assert vote(scores, weights | {"f2f1": 0.0, "f2f2": 0.0}, groups) == pytest.approx(0.15)
+
+
+# --- one judging path (gateway/server/verdict/judge.py): files, jobs and live alike ----------
+
+
+def selection(rule: str = "mean") -> Selection:
+    groups = {"df1": "swap", "df2": "swap", "f2f": "f2f"}
+    members = [ModelInfo(m, "1", True, 256, True, 1.0, {}, 8, group=g) for m, g in groups.items()]
+    ensemble = Ensemble("deepfake_ensemble", "test", members, True, 8, rule)
+    return Selection(ensemble, list(groups), dict.fromkeys(groups, 1 / 3))
+
+
+def test_the_cut_is_one_fact() -> None:
+    """Settings' default, the verdict, `make eval`, quantize's check and training's figures
+    read one cut."""
+    assert Settings.model_fields["threshold"].default == FAKE_AT
+    assert verdict_of(FAKE_AT, FAKE_AT) == "fake" and is_fake(FAKE_AT)
+    assert verdict_of(np.nextafter(FAKE_AT, 0), FAKE_AT) == "real"
+    assert verdict_of(None, FAKE_AT) == "no_face"
+    scores = np.array([FAKE_AT, FAKE_AT, 0.1, 0.1])
+    assert clip_verdicts(scores, ["a", "a", "b", "b"]) == {"a": True, "b": False}
+    train = (Path(__file__).resolve().parent.parent / "export/train.py").read_text()
+    source = inspect.getsource(quantize) + inspect.getsource(evaluate) + train
+    assert ">= 0.5" not in source and "= 0.5  #" not in source  # no cut of their own
+
+
+@pytest.mark.parametrize("rule", ["mean", "max_of_groups"])
+def test_a_file_and_a_live_session_judge_the_same_faces_alike(rule: str) -> None:
+    """Two people over six frames: the file's judgement (all frames at once) and a live
+    session's (frame by frame, its window holding them all) give the same tracks, the same
+    decisive person and the same verdict."""
+    rng = np.random.default_rng(3)
+    left, right = Face((10, 10, 60, 60), 0.9), Face((200, 10, 250, 60), 0.9)
+    frames = [[left, right]] * 6
+    scores = {m: rng.uniform(0, 1, 12).astype(np.float32) for m in selection().members}
+    judge = Judge(selection(rule), Strategy(), threshold=0.45)
+    running = Running(judge, window=6)
+    for f, faces in enumerate(frames):
+        answer = running.judge_frame(f, faces, {m: s[2 * f : 2 * f + 2] for m, s in scores.items()})
+    filed = judge.tracks([list(range(0, 12, 2)), list(range(1, 12, 2))], scores, 6, 1 / 3)
+    assert [t["score"] for t in answer["tracks"]] == pytest.approx([t.score for t in filed.tracks])
+    assert answer["verdict"] == filed.verdict and answer["score"] == pytest.approx(filed.score)
+    assert [t["frames"] for t in answer["tracks"]] == [list(range(6))] * 2
+    face = answer["faces"][0]
+    assert face["p_fake"] == pytest.approx(float(judge.vote(scores, None)[10]))
+
+
+def test_a_live_window_forgets_older_frames_and_an_empty_one_has_no_verdict() -> None:
+    judge = Judge(selection(), Strategy(), threshold=FAKE_AT)
+    running = Running(judge, window=2)
+    face = [Face((10, 10, 60, 60), 0.9)]
+    for f, p in enumerate((0.9, 0.1, 0.2)):
+        answer = running.judge_frame(f, face, dict.fromkeys(judge.selection.members, np.array([p])))
+    (track,) = answer["tracks"]
+    assert track["frames"] == [1, 2] and track["score"] == pytest.approx(0.15)
+    assert answer["verdict"] == "real"
+    for f in range(3, 8):  # the person gone: their track closes, nothing is left to judge
+        answer = running.judge_frame(f, [], {})
+    assert (answer["tracks"], answer["verdict"], answer["score"]) == ([], "no_face", None)
+    assert judge.tracks([], {}) == Judgement([], None, "no_face")

@@ -14,23 +14,10 @@ from export.repository import profile_members
 from gateway.server.schemas import DetectAnswer, ModelsAnswer, ModelSummary, ServiceInfo
 from gateway.server.verdict.aggregate import vote
 from tests.conftest import ASSETS, MEDIA, MEMBERS, REPOSITORY, Gateway
-from tests.stack import metric, wait_until
+from tests.stack import OBAMA, TIMEOUT, TWO_PEOPLE, metric, wait_until
 from tests.triton_client import parameters
 
 VIDEOS = sorted((MEDIA / "videos").glob("*/*.mp4"))
-TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
-TIMEOUT = httpx.Timeout(300.0)
-
-
-def detect(gateway: Gateway, path: Path, **params: object) -> httpx.Response:
-    with path.open("rb") as f:
-        return httpx.post(
-            gateway.url + "/api/detect",
-            files={"file": (path.name, f)},
-            params=params,
-            timeout=TIMEOUT,
-        )
 
 
 def detect_bytes(gateway: Gateway, name: str, data: bytes, field: str = "file") -> httpx.Response:
@@ -55,7 +42,7 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
 
 @pytest.mark.parametrize("clip", VIDEOS, ids=lambda p: f"{p.parent.name}/{p.stem[:30]}")
 def test_every_shared_clip_gets_a_valid_answer(gateway: Gateway, clip: Path) -> None:
-    response = detect(gateway, clip, frames=8)
+    response = gateway.client.detect_response(clip, frames=8)
     assert response.status_code == 200, response.text
     answer = DetectAnswer.model_validate(response.json())
     assert answer.verdict in ("fake", "real")
@@ -91,7 +78,9 @@ def test_the_answer_is_the_documented_vote_of_the_models(gateway: Gateway) -> No
     """Default 32 frames on a real deepfake: per-face p_fake is the ensemble's
     vote by its stated rule, and untrained models are reported, flagged and not voting."""
     answer = DetectAnswer.model_validate(
-        detect(gateway, MEDIA / "videos/fake/dfdc_widuwuoiur.mp4", models="all").json()
+        gateway.client.detect_response(
+            MEDIA / "videos/fake/dfdc_widuwuoiur.mp4", models="all"
+        ).json()
     )
     assert len(answer.frames) == 32
     assert answer.ensemble == "deepfake_ensemble" and answer.skipped == []
@@ -114,14 +103,14 @@ def test_images_are_one_frame(gateway: Gateway, tmp_path: Path) -> None:
     for ext in ("png", "webp"):
         converted = tmp_path / f"two.{ext}"
         cv2.imwrite(str(converted), image)
-        response = detect(gateway, converted)
+        response = gateway.client.detect_response(converted)
         assert response.status_code == 200, response.text
         answer = DetectAnswer.model_validate(response.json())
         assert answer.media.kind == "image" and answer.media.format == ext
         assert answer.media.frame_count == 1 and len(answer.frames) == 1
         assert len(answer.frames[0].faces) == 2
         assert len(answer.tracks) == 2, "two people, two tracks"
-    answer = DetectAnswer.model_validate(detect(gateway, OBAMA).json())
+    answer = DetectAnswer.model_validate(gateway.client.detect_response(OBAMA).json())
     assert answer.media.format == "jpeg" and len(answer.tracks) == 1
     assert_clean(gateway)
 
@@ -130,7 +119,7 @@ def test_two_people_in_a_clip_are_two_tracks(gateway: Gateway, tmp_path: Path) -
     image = cv2.imread(str(TWO_PEOPLE))
     frames = [np.roll(image, 2 * i, axis=1) for i in range(12)]
     answer = DetectAnswer.model_validate(
-        detect(gateway, write_clip(tmp_path / "two.mp4", frames), frames=6).json()
+        gateway.client.detect_response(write_clip(tmp_path / "two.mp4", frames), frames=6).json()
     )
     assert len(answer.tracks) == 2
     assert all(len(t.frames) == 6 for t in answer.tracks)
@@ -145,7 +134,7 @@ def test_two_people_in_a_clip_are_two_tracks(gateway: Gateway, tmp_path: Path) -
 def test_a_faceless_clip_is_no_face(gateway: Gateway, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (240, 320, 3), dtype=np.uint8) for _ in range(20)]
-    response = detect(gateway, write_clip(tmp_path / "noise.mp4", frames))
+    response = gateway.client.detect_response(write_clip(tmp_path / "noise.mp4", frames))
     assert response.status_code == 200
     answer = DetectAnswer.model_validate(response.json())
     assert answer.verdict == "no_face" and answer.score is None and answer.tracks == []
@@ -155,10 +144,10 @@ def test_a_faceless_clip_is_no_face(gateway: Gateway, tmp_path: Path) -> None:
 
 def test_chosen_models_are_called_directly_with_the_same_scores(gateway: Gateway) -> None:
     clip = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
-    full = DetectAnswer.model_validate(detect(gateway, clip, frames=4).json())
+    full = DetectAnswer.model_validate(gateway.client.detect_response(clip, frames=4).json())
     voting = [m.name for m in full.models if m.voting]  # the trained MesoNets
     mesos = DetectAnswer.model_validate(
-        detect(gateway, clip, frames=4, models=",".join(voting)).json()
+        gateway.client.detect_response(clip, frames=4, models=",".join(voting)).json()
     )
     assert mesos.ensemble is None
     assert [m.name for m in mesos.models] == voting
@@ -176,8 +165,10 @@ def test_models_that_cannot_vote_are_skipped_without_changing_the_answer(
     """The default runs only the voting members; models=all adds the random-weight ones for
     display: the same faces, verdict and scores, since they carry no vote."""
     clip = MEDIA / "videos/fake/dfdc_widuwuoiur.mp4"
-    default = DetectAnswer.model_validate(detect(gateway, clip, frames=8).json())
-    everything = DetectAnswer.model_validate(detect(gateway, clip, frames=8, models="all").json())
+    default = DetectAnswer.model_validate(gateway.client.detect_response(clip, frames=8).json())
+    everything = DetectAnswer.model_validate(
+        gateway.client.detect_response(clip, frames=8, models="all").json()
+    )
     assert [m.name for m in default.skipped] == ["xception", "efficientnet_b7"]
     assert any("models=all" in n for n in default.notes)
     assert sorted(m.name for m in everything.models) == sorted(profile_members(REPOSITORY, "full"))
@@ -189,14 +180,14 @@ def test_models_that_cannot_vote_are_skipped_without_changing_the_answer(
 
 
 def test_untrained_or_unknown_models_alone_are_refused(gateway: Gateway) -> None:
-    response = detect(gateway, OBAMA, models="xception")
+    response = gateway.client.detect_response(OBAMA, models="xception")
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "no_voting_model"
-    response = detect(gateway, OBAMA, models="meso4,resnet")
+    response = gateway.client.detect_response(OBAMA, models="meso4,resnet")
     assert response.status_code == 422
     assert "resnet" in response.json()["error"]["message"]
     # ...but an untrained model beside a trained one is reported, flagged.
-    answer = detect(gateway, OBAMA, models="meso4,xception").json()
+    answer = gateway.client.detect_response(OBAMA, models="meso4,xception").json()
     assert [(m["name"], m["voting"]) for m in answer["models"]] == [
         ("meso4", True),
         ("xception", False),
@@ -205,9 +196,9 @@ def test_untrained_or_unknown_models_alone_are_refused(gateway: Gateway) -> None
 
 
 def test_thumbnails_are_small_jpegs_on_request(gateway: Gateway) -> None:
-    plain = detect(gateway, OBAMA).json()
+    plain = gateway.client.detect_response(OBAMA).json()
     assert plain["frames"][0]["faces"][0]["thumbnail"] is None
-    face = detect(gateway, OBAMA, thumbnails="true").json()["frames"][0]["faces"][0]
+    face = gateway.client.detect_response(OBAMA, thumbnails="true").json()["frames"][0]["faces"][0]
     assert face["thumbnail"].startswith("data:image/jpeg;base64,")
 
 
@@ -375,8 +366,8 @@ def test_unknown_routes_are_json(gateway: Gateway) -> None:
 
 
 def test_the_threshold_option_decides_the_verdict(gateway: Gateway) -> None:
-    low = detect(gateway, OBAMA, threshold=0.0).json()
-    high = detect(gateway, OBAMA, threshold=1.0).json()
+    low = gateway.client.detect_response(OBAMA, threshold=0.0).json()
+    high = gateway.client.detect_response(OBAMA, threshold=1.0).json()
     assert low["score"] == pytest.approx(high["score"])
     assert 0 < high["score"] < 1  # a score of exactly 1 would be "fake" at any threshold
     assert (low["verdict"], high["verdict"]) == ("fake", "real")
@@ -423,7 +414,7 @@ def test_service_information_and_health(gateway: Gateway) -> None:
 
 
 def test_request_ids_are_returned(gateway: Gateway) -> None:
-    response = detect(gateway, OBAMA)
+    response = gateway.client.detect_response(OBAMA)
     assert response.headers["x-request-id"] == response.json()["request_id"]
     mine = httpx.get(gateway.url + "/healthz", headers={"x-request-id": "abc123"})
     assert mine.headers["x-request-id"] == "abc123"
@@ -449,7 +440,7 @@ def test_metrics_count_requests_stages_and_faces(gateway: Gateway) -> None:
 
     before = counts()
     assert detect_bytes(gateway, "empty.mp4", b"").status_code == 415
-    answer = detect(gateway, OBAMA).json()
+    answer = gateway.client.detect_response(OBAMA).json()
     after = counts()
     found = sum(len(frame["faces"]) for frame in answer["frames"])
     assert found == 1

@@ -28,6 +28,7 @@ from preprocess.faces import DetectorConfig, load_detector
 from preprocess.media import MediaReader
 from preprocess.pipeline import FaceExtractor
 from tests.conftest import MEDIA, REPOSITORY, Gateway, start_gateway, write_results
+from tests.stack import ok_answer
 
 FAKE_CLIPS = (
     MEDIA / "videos/fake/ffpp_c23_Deepfakes_519_515.mp4",
@@ -125,18 +126,6 @@ def test_deleting_the_map_s_cells_first_lowers_p_fake_faster_than_random(
         assert ours.mean() < chance.mean(), (model, figures[model])
 
 
-def detect(gateway: Gateway, path: Path, **query: object) -> dict:
-    with path.open("rb") as handle:
-        response = httpx.post(
-            f"{gateway.url}/api/detect",
-            params={"frames": FRAMES, **query},
-            files={"file": (path.name, handle)},
-            timeout=300,
-        )
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def png_side(url: str) -> tuple[int, int]:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
@@ -149,7 +138,7 @@ def test_explain_answers_maps_for_each_voting_model_on_the_decisive_faces(
     lite_gateway: Gateway,
 ) -> None:
     clip = FAKE_CLIPS[0]
-    answer = detect(lite_gateway, clip, explain="true")
+    answer = ok_answer(lite_gateway.client.detect_response(clip, explain="true", frames=FRAMES))
     assert answer["verdict"] == "fake"
     assert answer["bytes"] == clip.stat().st_size
     assert answer["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
@@ -191,13 +180,13 @@ def test_explain_answers_maps_for_each_voting_model_on_the_decisive_faces(
         assert np.abs(np.array(e["grid"])).max() > 0  # hiding something moved the model
     assert answer["timings_ms"]["explain"] > 0
 
-    again = detect(lite_gateway, clip, explain="true")
+    again = ok_answer(lite_gateway.client.detect_response(clip, explain="true", frames=FRAMES))
     assert [(e["model"], e["grid"]) for e in again["explanations"]] == [
         (e["model"], e["grid"]) for e in explanations
     ]
     assert [e["heatmap"] for e in again["explanations"]] == [e["heatmap"] for e in explanations]
 
-    plain = detect(lite_gateway, clip)
+    plain = ok_answer(lite_gateway.client.detect_response(clip, frames=FRAMES))
     assert plain["explanations"] == [] and plain["timings_ms"]["explain"] == 0
     per_track = answer["timings_ms"]["explain"] / max(1, len({e["track"] for e in explanations}))
     write_results(
@@ -219,7 +208,11 @@ def test_explain_answers_maps_for_each_voting_model_on_the_decisive_faces(
 def test_explain_with_models_explains_those_and_no_face_has_none(
     lite_gateway: Gateway, tmp_path: Path
 ) -> None:
-    answer = detect(lite_gateway, FAKE_CLIPS[0], explain="true", models="meso4")
+    answer = ok_answer(
+        lite_gateway.client.detect_response(
+            FAKE_CLIPS[0], explain="true", models="meso4", frames=FRAMES
+        )
+    )
     assert {e["model"] for e in answer["explanations"]} == {"meso4", VOTE}
     vote = [e for e in answer["explanations"] if e["model"] == VOTE]
     own = [e for e in answer["explanations"] if e["model"] == "meso4"]
@@ -228,15 +221,10 @@ def test_explain_with_models_explains_those_and_no_face_has_none(
     sky = tmp_path / "sky.png"
     gradient = np.linspace(40, 220, 320, dtype=np.uint8)
     cv2.imwrite(str(sky), np.dstack([np.tile(gradient, (240, 1))] * 3))
-    faceless = detect(lite_gateway, sky, explain="true")
+    faceless = ok_answer(lite_gateway.client.detect_response(sky, explain="true", frames=FRAMES))
     assert faceless["verdict"] == "no_face" and faceless["explanations"] == []
 
-    bad = httpx.post(
-        f"{lite_gateway.url}/api/detect",
-        params={"explain": "maybe"},
-        files={"file": ("sky.png", sky.read_bytes())},
-        timeout=60,
-    )
+    bad = lite_gateway.client.detect_response(sky, explain="maybe")
     assert bad.status_code == 422 and bad.json()["error"]["code"]
 
 
@@ -244,7 +232,9 @@ def test_report_of_an_answer_is_self_contained_html_and_a_pdf(lite_gateway: Gate
     from pypdf import PdfReader
 
     clip = FAKE_CLIPS[0]
-    answer = detect(lite_gateway, clip, explain="true", thumbnails="true")
+    answer = ok_answer(
+        lite_gateway.client.detect_response(clip, explain="true", thumbnails="true", frames=FRAMES)
+    )
     html = httpx.post(f"{lite_gateway.url}/api/report", json=answer, timeout=60)
     assert html.status_code == 200, html.text
     assert html.headers["content-type"].startswith("text/html")
@@ -319,7 +309,7 @@ def test_reports_of_a_faceless_answer_and_without_chromium(
     cv2.imwrite(str(sky), np.dstack([np.tile(gradient, (240, 1))] * 3))
     settings = {"chromium": "/nonexistent/chromium", "report_max_mb": 20}
     with start_gateway(lite_triton.grpc_url, tmp_path / "gw", **settings) as gw:
-        answer = detect(gw, sky, explain="true")
+        answer = ok_answer(gw.client.detect_response(sky, explain="true", frames=FRAMES))
         assert answer["verdict"] == "no_face"
         html = httpx.post(f"{gw.url}/api/report", json=answer, timeout=60)
         assert html.status_code == 200

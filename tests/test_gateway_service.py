@@ -14,16 +14,14 @@ import pytest
 from export.repository import profile_members
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, REPOSITORY, ROOT, Gateway, free_port, start_gateway, wait_for
-from tests.stack import metric
+from tests.stack import LONG_CLIP, OBAMA, metric
 
 # The full tier only (make test): gateway processes.
 pytestmark = pytest.mark.stack
 
 
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 IN_FLIGHT = "gateway_requests_in_flight"
 CLIP = MEDIA / "videos/fake/cvprw2019_demo_fake.mp4"
-LONG_CLIP = MEDIA / "videos/real/ffpp_c23_original_519.mp4"  # 30 s
 
 
 def test_without_triton_the_gateway_is_alive_not_ready_and_says_503(tmp_path: Path) -> None:

@@ -39,10 +39,9 @@ from preprocess.media import (
     UnsupportedMedia,
     sniff,
 )
-from tests.conftest import MEDIA, Gateway, start_gateway, write_results
-from tests.stack import REAL_CLIP
+from tests.conftest import Gateway, start_gateway, write_results
+from tests.stack import OBAMA, REAL_CLIP
 
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 SMALL_CLIP = REAL_CLIP  # 180 KB, moov at the end
 MAX_FACES = 8
 TIMEOUT = httpx.Timeout(120.0)

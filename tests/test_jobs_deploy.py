@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from deploy import validate
-from deploy.manifests import Rendering, container_port, expand, quantity
 from gateway.programs.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
 from gateway.server.jobs.running import QUEUED
 from gateway.server.settings import Settings
+from tests.manifests import Rendering, container_port, expand, quantity
 from tests.stack import free_port
 from tests.test_deploy_invariants import ADAPTER_VALUES, DNS, OVERLAYS, ROOT, rendering
 

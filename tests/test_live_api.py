@@ -1,4 +1,5 @@
-"""Live analysis over the WebSocket /api/live, against a real gateway and a lite Triton:
+"""Live analysis over the WebSocket /api/live, against a real gateway and a lite Triton (one
+test in process: the answers are the files' judging path):
 frames of the shared clips judged one by one, bad input, keys, limits, backpressure."""
 
 import json
@@ -9,14 +10,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import websocket
 
 from export.repository import profile_members
+from gateway.server.model_server import Ensemble, ModelInfo
+from gateway.server.verdict.aggregate import Strategy
+from gateway.server.verdict.judge import Judge, consecutive
+from gateway.server.verdict.selection import select_models
 from model_repository.local_triton import TritonSettings
-from tests.conftest import REPOSITORY, Gateway, start_gateway
+from tests.conftest import REPOSITORY, Gateway, InProcessGateway, start_gateway
 from tests.live_client import (
     FAKE_CLIP,
+    MEDIA,
     REAL_CLIP,
     LiveSocket,
     blank_jpeg,
@@ -61,6 +68,58 @@ def claimed_size(jpeg: bytes, width: int, height: int) -> bytes:
     return jpeg[: sof + 5] + struct.pack(">HH", height, width) + jpeg[sof + 9 :]
 
 
+def judged_again(answers: list[dict], models: dict, started: dict) -> list[dict]:
+    """Each frame's tracks and verdict judged again by verdict/judge.py (the files' path)
+    from what the session answered: every face's model scores, per track over the frames
+    its window names. `models` is GET /api/models, `started` the session's start answer."""
+    infos = [
+        ModelInfo(m["name"], "1", True, None, m["trained"], m["weight"], {}, 8, group=m["group"])
+        for m in models["models"]
+    ]
+    ensemble = Ensemble(models["ensemble"], models["profile"], infos, True, 8, models["vote_rule"])
+    judge = Judge(select_models(ensemble, started["models"]), Strategy(), started["threshold"])
+    seen = {(a["frame"], f["track"]): f["models"] for a in answers for f in a["faces"]}
+    again = []
+    for answer in answers:
+        rows = [seen[f, t["id"]] for t in answer["tracks"] for f in t["frames"]]
+        scores = {m: np.array([r[m] for r in rows]) for m in started["models"]}
+        judged = judge.tracks(consecutive([len(t["frames"]) for t in answer["tracks"]]), scores)
+        tracks = [{"score": t.score, "models": t.models} for t in judged.tracks]
+        again.append({"tracks": tracks, "verdict": judged.verdict, "score": judged.score})
+    return again
+
+
+def as_judged(answers: list[dict]) -> list[dict]:
+    """The parts of live answers judged_again recomputes."""
+    return [
+        {
+            "tracks": [{"score": t["score"], "models": t["models"]} for t in a["tracks"]],
+            "verdict": a["verdict"],
+            "score": a["score"],
+        }
+        for a in answers
+    ]
+
+
+def test_live_answers_are_the_files_judging_path(api: InProcessGateway) -> None:
+    """In process: several people, a window shorter than the clip, every member called; each
+    frame's tracks, decisive score and verdict are what verdict/judge.py gives."""
+    clip = MEDIA / "videos/real/face_recognition_short_hamilton_clip.mp4"
+    with api.client.websocket_connect("/api/live") as ws:
+        ws.send_text(json.dumps({"start": {"models": "all", "window": 4, "threshold": 0.45}}))
+        started = ws.receive_json()
+        answers = []
+        for jpeg in jpeg_frames(clip, 14, step=5):
+            ws.send_bytes(jpeg)
+            answers.append(ws.receive_json())
+        ws.send_text(json.dumps({"stop": True}))
+        assert ws.receive_json()["reason"] == "stopped"
+    assert max(len(a["tracks"]) for a in answers) >= 2  # several people at once
+    assert any(len(t["frames"]) == 4 for a in answers for t in a["tracks"])  # a full window
+    models = api.client.get("/api/models").json()
+    assert as_judged(answers) == judged_again(answers, models, started)
+
+
 @pytest.mark.parametrize(("clip", "fake"), [(FAKE_CLIP, True), (REAL_CLIP, False)])
 def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> None:
     session = connect(live)
@@ -83,6 +142,8 @@ def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> 
             assert 1 <= len(track["frames"]) <= 8 and track["frames"][-1] <= answer["frame"]
         assert answer["score"] == max(t["score"] for t in answer["tracks"])
         assert answer["verdict"] == ("fake" if answer["score"] >= 0.5 else "real")
+    models = httpx.get(f"{live.url}/api/models", headers={"X-API-Key": API_KEY}).json()
+    assert as_judged(answers) == judged_again(answers, models, started)  # the files' path
     last = answers[-1]
     assert last["tracks"][0]["frames"] == list(range(FRAMES - 8, FRAMES))
     assert (last["score"] >= 0.5) == fake, last["score"]

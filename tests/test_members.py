@@ -301,6 +301,7 @@ def test_free_text_is_escaped_into_the_configs_not_read_as_fields(
     instance_group is no field of the config Triton's reader parses."""
     repo = tmp_path / "repo"
     shutil.copytree(REPOSITORY / "members/meso4", repo / "members/meso4")
+    shutil.copytree(REPOSITORY / "templates", repo / "templates")
     member = parse_manifest(with_fields(manifest(repo / "members"), **texts))
     assert all(getattr(member, key) == text for key, text in texts.items())
     classifier_onnx(member.folder / "classifier.onnx", Tiny(), (2, 3, 256, 256))

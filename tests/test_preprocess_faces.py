@@ -15,10 +15,9 @@ from preprocess.media import MediaReader
 from preprocess.pipeline import FaceExtractor
 from preprocess.tracks import box_iou
 from tests.conftest import ASSETS, MEDIA
+from tests.stack import OBAMA, TWO_PEOPLE
 
 NAMES = ("scrfd", "yunet")
-TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 GROUPS = sorted((MEDIA / "images/groups").glob("*.jpg"))
 
 

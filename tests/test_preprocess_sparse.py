@@ -16,10 +16,10 @@ from preprocess.media import Frame, MediaReader
 from preprocess.pipeline import FaceExtractor, FrameFaces
 from preprocess.sparse import SparseConfig, follow, interpolate, is_key
 from preprocess.tracks import box_iou
-from tests.conftest import ASSETS, MEDIA
+from tests.conftest import ASSETS
+from tests.stack import REAL_CLIP, TWO_PEOPLE
 
-CLIP = MEDIA / "videos/real/ffpp_c23_original_004.mp4"
-TWO_PEOPLE = MEDIA / "images/real/face_recognition_two_people.jpg"
+CLIP = REAL_CLIP
 
 
 class CountingDetector:

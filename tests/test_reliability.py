@@ -29,11 +29,17 @@ from gateway.server.model_server import channel_args
 from gateway.server.targets import grpc_target
 from model_repository.local_triton import LocalTriton
 from tests.conftest import Gateway, free_port, start_gateway, write_results
-from tests.stack import BIG_CLIP, MEDIA, detect_at_once, metric, triton_process, wait_until
+from tests.stack import (
+    BIG_CLIP,
+    OBAMA,
+    TIMEOUT,
+    detect_at_once,
+    metric,
+    triton_process,
+    wait_until,
+)
 
-OBAMA = MEDIA / "images/real/face_recognition_obama.jpg"
 CLIP = BIG_CLIP
-TIMEOUT = httpx.Timeout(180.0)
 FIGURES: dict[str, object] = {}
 
 
@@ -112,13 +118,6 @@ def replica(replicas: tuple[Replica, Replica]) -> Replica:
     return a
 
 
-def detect(url: str, path: Path = OBAMA, **params: object) -> httpx.Response:
-    with path.open("rb") as f:
-        return httpx.post(
-            url + "/api/detect", files={"file": (path.name, f)}, params=params, timeout=TIMEOUT
-        )
-
-
 def in_background(call) -> tuple[threading.Thread, dict]:
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(value=call()), daemon=True)
@@ -130,10 +129,10 @@ def test_a_triton_killed_mid_request_is_503_and_served_again_after_its_restart(
     replica: Replica, tmp_path: Path
 ) -> None:
     with start_gateway(replica.url, tmp_path) as gateway:
-        assert detect(gateway.url).status_code == 200
+        assert gateway.client.detect_response(OBAMA).status_code == 200
         # Paused first, so the request is surely at Triton (or on its way) when it dies.
         replica.pause()
-        thread, result = in_background(lambda: detect(gateway.url))
+        thread, result = in_background(lambda: gateway.client.detect_response(OBAMA))
         wait_until(lambda: metric(gateway.url, "gateway_requests_in_flight") == 1, what="in flight")
         time.sleep(1.0)  # decoding and face detection done: the gateway waits on Triton
         replica.kill()
@@ -152,7 +151,7 @@ def test_a_triton_killed_mid_request_is_503_and_served_again_after_its_restart(
             timeout=60,
             what="the gateway never saw Triton come back",
         )
-        again = detect(gateway.url)
+        again = gateway.client.detect_response(OBAMA)
         assert again.status_code == 200, again.text
         assert gateway.process.is_running(), "served again by the same gateway process"
         FIGURES["killed_mid_request"] = {
@@ -165,11 +164,11 @@ def test_a_paused_triton_hits_the_deadline_504_and_the_slot_is_released(
     replica: Replica, tmp_path: Path
 ) -> None:
     with start_gateway(replica.url, tmp_path, triton_timeout_s=2, max_in_flight=1) as gateway:
-        assert detect(gateway.url).status_code == 200
+        assert gateway.client.detect_response(OBAMA).status_code == 200
         replica.pause()
         try:
             started = time.monotonic()
-            response = detect(gateway.url)
+            response = gateway.client.detect_response(OBAMA)
             waited = time.monotonic() - started
             assert response.status_code == 504, response.text
             assert response.json()["error"]["code"] == "triton_timeout"
@@ -179,7 +178,7 @@ def test_a_paused_triton_hits_the_deadline_504_and_the_slot_is_released(
         finally:
             replica.resume()
         # max_in_flight=1: this is answered only if the timed-out request gave its slot back.
-        again = detect(gateway.url)
+        again = gateway.client.detect_response(OBAMA)
         assert again.status_code == 200, again.text
         FIGURES["paused_triton"] = {"status": 504, "answered_after_s": round(waited, 1)}
 
@@ -220,7 +219,7 @@ def test_two_replicas_share_the_load_and_killing_one_loses_no_request(
     with start_gateway(urls, tmp_path, max_in_flight=4, triton_retries=1) as gateway:
         before = [a.inferences(), b.inferences()]
         for _ in range(8):
-            assert detect(gateway.url).status_code == 200
+            assert gateway.client.detect_response(OBAMA).status_code == 200
         served = [a.inferences() - before[0], b.inferences() - before[1]]
         assert min(served) >= 2, f"round robin over both replicas: {served}"
 
@@ -262,7 +261,7 @@ def test_sigterm_drains_the_request_in_flight_and_refuses_new_ones(
 ) -> None:
     bound = 60
     with start_gateway(replica.url, tmp_path, shutdown_timeout_s=bound) as gateway:
-        thread, result = in_background(lambda: detect(gateway.url, CLIP, frames=32))
+        thread, result = in_background(lambda: gateway.client.detect_response(CLIP, frames=32))
         wait_until(lambda: metric(gateway.url, "gateway_requests_in_flight") == 1, what="in flight")
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
@@ -301,7 +300,8 @@ def test_a_burst_beyond_the_queue_is_refused_with_429_and_memory_stays_bounded(
     with start_gateway(
         replica.url, tmp_path, max_in_flight=limit, max_queue=queue, max_uploads=burst
     ) as gateway:
-        assert detect(gateway.url, CLIP, frames=4).status_code == 200  # models loaded, warm
+        warm = gateway.client.detect_response(CLIP, frames=4)  # models loaded, warm
+        assert warm.status_code == 200
         baseline = gateway.process.memory_info().rss
         peak = baseline
         sampling = True
@@ -329,7 +329,9 @@ def test_a_burst_beyond_the_queue_is_refused_with_429_and_memory_stays_bounded(
             assert refused.json()["error"]["code"] == "too_many_requests"
             assert int(refused.headers["retry-after"]) > 0
         assert list(gateway.uploads.iterdir()) == []
-        assert detect(gateway.url).status_code == 200, "served normally after the burst"
+        assert gateway.client.detect_response(OBAMA).status_code == 200, (
+            "served normally after the burst"
+        )
         growth_mb = (peak - baseline) / 2**20
         FIGURES["burst"] = {
             "requests": burst,

@@ -27,13 +27,13 @@ import httpx
 import pytest
 import redis
 
-from deploy.dockerfile import env_of
 from gateway.server.jobs import codec
 from gateway.server.jobs.engine import Jobs, redis_url, webhook_secret_for_key, webhook_secrets
 from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
 from gateway.server.security import key_id
 from gateway.server.serve import is_loopback, open_refusal
 from tests.conftest import ROOT, free_port, gateway_process, gateway_settings
+from tests.dockerfile import env_of
 from tests.jobs_support import BAD, REDIS_PASSWORD, redis_server, submit, wait_job, worker_process
 
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"

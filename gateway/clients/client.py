@@ -11,17 +11,24 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import httpx
 
 from gateway import VERSION
-from gateway.server import schemas
-from gateway.server.analysis.analysis import Analyzer
-from gateway.server.errors import ApiError
-from gateway.server.options import new_request_id, options_for
-from gateway.server.report import ReportError, find_chromium, print_pdf, render_html
-from gateway.server.settings import Settings
+from gateway.server import (
+    Analyzer,
+    ApiError,
+    ReportError,
+    Settings,
+    find_chromium,
+    from_media_error,
+    new_request_id,
+    options_for,
+    print_pdf,
+    render_html,
+    schemas,
+)
 from preprocess.media import MediaError
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
@@ -34,20 +41,15 @@ class ClientError(RuntimeError):
         self.status, self.code, self.message = status, code, message
 
 
-def upload(
-    path: Path,
-    file: BinaryIO,
-    models: str | None,
-    frames: int | None,
-    threshold: float | None,
-    explain: bool = False,
-) -> dict:
-    """The file and the query options of a detect request, as httpx takes them."""
+def query(
+    models: str | None, frames: int | None, threshold: float | None, explain: bool = False
+) -> dict[str, object]:
+    """The query options of a detect request: only those given."""
     values = {"models": models, "frames": frames, "threshold": threshold}
     params: dict[str, object] = {k: v for k, v in values.items() if v is not None}
     if explain:
         params["explain"] = "true"
-    return {"files": {"file": (path.name, file)}, "params": params}
+    return params
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -61,8 +63,22 @@ def raise_for_error(response: httpx.Response) -> None:
 
 
 class GatewayClient:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: httpx.Timeout = TIMEOUT):
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+    """The service over HTTP. `http` is any httpx.Client to send through instead of one of its
+    own (the tests pass FastAPI's TestClient, or one that keeps no connection alive)."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        timeout: httpx.Timeout = TIMEOUT,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
+
+    def __enter__(self) -> "GatewayClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def detect(
         self,
@@ -71,13 +87,19 @@ class GatewayClient:
         frames: int | None = None,
         threshold: float | None = None,
         explain: bool = False,
+        **params: object,
     ) -> dict:
-        with path.open("rb") as f:
-            response = self.http.post(
-                "/api/detect", **upload(path, f, models, frames, threshold, explain)
-            )
+        """The answer to one file; a ClientError where the gateway refused it. `params` are
+        further query options (thumbnails="true"...)."""
+        response = self.detect_response(path, **query(models, frames, threshold, explain), **params)
         raise_for_error(response)
         return response.json()
+
+    def detect_response(self, path: Path, **params: object) -> httpx.Response:
+        """POST /api/detect of one file, `params` as its query, the response whatever its
+        status: the one place a detect request is built (tests read the refusals too)."""
+        with path.open("rb") as f:
+            return self.http.post("/api/detect", files={"file": (path.name, f)}, params=params)
 
     def report(self, answer: dict, format: ReportFormat = "html") -> bytes:
         """The gateway's report of an answer (POST /api/report)."""
@@ -96,7 +118,10 @@ class GatewayClient:
         with (
             path.open("rb") as f,
             self.http.stream(
-                "POST", "/api/detect/stream", **upload(path, f, models, frames, threshold)
+                "POST",
+                "/api/detect/stream",
+                files={"file": (path.name, f)},
+                params=query(models, frames, threshold),
             ) as response,
         ):
             if not response.is_success:
@@ -167,10 +192,9 @@ class DirectClient:
             )
             try:
                 answer = await analyzer.analyze(path, options)
-            except MediaError as exc:
-                raise ClientError(exc.status, exc.code, str(exc)) from None
-            except ApiError as exc:
-                raise ClientError(exc.status, exc.code, exc.message) from None
+            except (ApiError, MediaError) as exc:
+                error = from_media_error(exc) if isinstance(exc, MediaError) else exc
+                raise ClientError(error.status, error.code, error.message) from None
             finally:
                 await analyzer.server.close()
         return answer.model_dump()

@@ -19,7 +19,8 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from gateway.clients.client import ClientError, GatewayClient
-from gateway.server.verdict.aggregate import Strategy, TrackScore, decisive_track, vote
+from gateway.server import Strategy, TrackScore, decisive_track, vote
+from preprocess.tensors import is_fake
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDIA = ROOT.parent / "shared" / "media" / "videos"
@@ -52,7 +53,8 @@ def video_score(answer: dict, score_of: Callable[[dict], float], min_share: floa
 
 
 def judged(answers: dict[str, dict], score_of: Callable[[dict], float], min_share: float) -> dict:
-    """AUC, clips right at 0.5 and fakes caught per manipulation, for one way of scoring."""
+    """AUC, clips right at the default threshold (FAKE_AT) and fakes caught per manipulation,
+    for one way of scoring."""
     rows = [
         (clip, LABELS[clip.split("/")[0]], video_score(a, score_of, min_share))
         for clip, a in answers.items()
@@ -63,11 +65,11 @@ def judged(answers: dict[str, dict], score_of: Callable[[dict], float], min_shar
     for clip, y, s in rows:
         if y:
             tally = caught.setdefault(manipulation(clip), [0, 0])
-            tally[0] += int(s is not None and s >= 0.5)
+            tally[0] += int(s is not None and is_fake(s))
             tally[1] += 1
     return {
         "auc": None if auc is None else float(auc),
-        "correct": sum(int(bool(s is not None and s >= 0.5) == bool(y)) for _, y, s in rows),
+        "correct": sum(int((s is not None and is_fake(s)) == bool(y)) for _, y, s in rows),
         "clips": len(rows),
         "caught": {k: f"{n}/{of}" for k, (n, of) in sorted(caught.items())},
         "scores": {clip: None if s is None else float(s) for clip, _, s in rows},

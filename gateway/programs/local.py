@@ -7,9 +7,7 @@ import argparse
 
 import uvicorn
 
-from gateway.server.app import create_app
-from gateway.server.serve import check_access, configure_logging
-from gateway.server.settings import Settings
+from gateway.server import Settings, check_access, configure_logging, create_app
 from model_repository.local_triton import LocalTriton, TritonSettings
 
 

@@ -25,11 +25,16 @@ from pathlib import Path
 
 from redis import AuthenticationError, RedisError
 
-from gateway.server.analysis.analysis import Analyzer
-from gateway.server.jobs.engine import ItemRunner, Jobs, WorkerPool, webhook_secret_for_key
-from gateway.server.security import key_id
-from gateway.server.serve import configure_logging
-from gateway.server.settings import Settings
+from gateway.server import (
+    Analyzer,
+    ItemRunner,
+    Jobs,
+    Settings,
+    WorkerPool,
+    configure_logging,
+    key_id,
+    webhook_secret_for_key,
+)
 
 ALIVE_FILE = "jobs-worker-alive"
 ALIVE_INTERVAL_S = 10.0

@@ -44,5 +44,5 @@ class Admission:
     def _busy(self) -> ApiError:
         metrics.REJECTED.inc()
         return ApiError(
-            429, "too_many_requests", "the service is busy; retry shortly", {"Retry-After": "2"}
+            "too_many_requests", "the service is busy; retry shortly", {"Retry-After": "2"}
         )

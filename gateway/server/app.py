@@ -15,7 +15,8 @@ from gateway.server.admission import Admission
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.errors import install_handlers
 from gateway.server.jobs.running import running_jobs
-from gateway.server.live.session import LiveSessions, StreamReaders
+from gateway.server.live.readers import StreamReaders
+from gateway.server.live.session import LiveSessions
 from gateway.server.openapi import install_openapi
 from gateway.server.requests import add_request_middleware
 from gateway.server.routers import detect, health, jobs, live, models, pages, report

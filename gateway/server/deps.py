@@ -12,7 +12,8 @@ from starlette.requests import HTTPConnection
 from gateway.server.admission import Admission
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.jobs.engine import Jobs
-from gateway.server.live.session import LiveSessions, StreamReaders
+from gateway.server.live.readers import StreamReaders
+from gateway.server.live.session import LiveSessions
 from gateway.server.model_server import ModelServer
 from gateway.server.settings import Settings
 from gateway.server.uploads import UploadSlots

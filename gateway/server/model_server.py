@@ -300,15 +300,14 @@ def triton_error(exc: InferenceServerException) -> ApiError:
     message = exc.message() or str(exc)
     if "UNAVAILABLE" in status:
         return ApiError(
-            503,
             "triton_unavailable",
             "the model server is unavailable; retry shortly",
             {"Retry-After": RETRY_AFTER_S},
         )
     if "DEADLINE_EXCEEDED" in status:
-        return ApiError(504, "triton_timeout", "the model server did not answer in time")
+        return ApiError("triton_timeout", "the model server did not answer in time")
     if "NOT_FOUND" in status or "not ready" in message or "unknown model" in message:
         return ApiError(
-            503, "model_unavailable", f"model not ready: {message}", {"Retry-After": RETRY_AFTER_S}
+            "model_unavailable", f"model not ready: {message}", {"Retry-After": RETRY_AFTER_S}
         )
-    return ApiError(502, "triton_error", f"the model server failed: {message}")
+    return ApiError("triton_error", f"the model server failed: {message}")

@@ -12,24 +12,26 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from gateway.server import schemas
+from gateway.server.errors import CATALOGUE
 
 
-def errors_doc(texts: dict[int, str]) -> dict[int | str, dict]:
-    """A route's OpenAPI responses for these errors (install_openapi adds their common body)."""
+def errors_doc(*codes: str) -> dict[int | str, dict]:
+    """A route's OpenAPI responses: one per status of the codes it can raise, each described
+    by its codes' catalogue entries (install_openapi adds their common body)."""
+    texts: dict[int, list[str]] = {}
+    for code in dict.fromkeys(codes):
+        entry = CATALOGUE[code]
+        texts.setdefault(entry.status, []).append(f"{code}: {entry.description}")
     return {
-        code: {"model": schemas.ErrorAnswer, "description": text} for code, text in texts.items()
+        status: {"model": schemas.ErrorAnswer, "description": "; ".join(texts[status])}
+        for status in sorted(texts)
     }
 
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorAnswer"}
 ERROR_CONTENT = {"application/json": {"schema": ERROR_REF}}
-# Added by gateway/server/security.py to every operation under /api when keys or limits are set.
-ACCESS_RESPONSES = {
-    "401": "a valid API key is required (when GATEWAY_API_KEYS is set): X-API-Key or "
-    "Authorization: Bearer",
-    "429": "over the rate limit of this key or address (GATEWAY_RATE_LIMIT_PER_MINUTE; "
-    "see Retry-After)",
-}
+# Raised by gateway/server/security.py on every operation under /api when keys or limits are set.
+ACCESS_ERRORS = ("unauthorized", "rate_limited")
 VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 # A submitted job's id is where the job's other operations go (OpenAPI links: clients and
 # Schemathesis's stateful tests follow them).
@@ -48,8 +50,7 @@ def complete(document: dict) -> dict:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             if path == "/api" or path.startswith("/api/"):
-                for status, text in ACCESS_RESPONSES.items():
-                    responses.setdefault(status, {"description": text})
+                add_access_errors(responses)
             for status, response in responses.items():
                 if status[0] in "45":
                     # Every error is {"error": {"code", "message"}} (gateway/server/errors.py).
@@ -69,6 +70,15 @@ def complete(document: dict) -> dict:
     for name in VALIDATION_SCHEMAS:
         schemas.pop(name, None)
     return document
+
+
+def add_access_errors(responses: dict) -> None:
+    """The access middleware's codes beside the route's own, under the same statuses."""
+    for status, response in errors_doc(*ACCESS_ERRORS).items():
+        text = response["description"]
+        known = responses.setdefault(str(status), {"description": text})
+        if text not in known["description"]:
+            known["description"] += "; " + text
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -104,9 +114,27 @@ def upload_doc(many: bool = False) -> dict:
     }
 
 
-# What any route that asks Triton may answer besides its own statuses.
-MODEL_SERVER_ERRORS = {
-    502: "Triton failed",
-    503: "Triton or the ensemble unavailable (see Retry-After)",
-    504: "Triton did not answer in time",
-}
+# The codes route groups share. What any route that asks Triton may answer besides its own:
+MODEL_SERVER_ERRORS = ("triton_error", "triton_unavailable", "model_unavailable", "triton_timeout")
+# What receiving an upload may answer (gateway/server/uploads.py), its upload slot included.
+UPLOAD_ERRORS = (
+    "malformed_upload",
+    "upload_timeout",
+    "upload_too_slow",
+    "file_too_large",
+    "unsupported_content_type",
+    "missing_file",
+    "too_many_uploads",
+)
+# What analysing an upload may answer: the media, the options, the admission, the deadline.
+ANALYSIS_ERRORS = (
+    "invalid_request",
+    "unsupported_media",
+    "undecodable_media",
+    "media_limit_exceeded",
+    "unknown_model",
+    "no_voting_model",
+    "too_many_requests",
+    "analysis_timeout",
+    *MODEL_SERVER_ERRORS,
+)

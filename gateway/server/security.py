@@ -106,7 +106,6 @@ class AccessControl:
         if self.keys:
             if key is None or not key_matches(key, self.keys):
                 return ApiError(
-                    401,
                     "unauthorized",
                     "a valid API key is required: send it as X-API-Key or Authorization: Bearer",
                     {"WWW-Authenticate": "Bearer"},
@@ -117,7 +116,6 @@ class AccessControl:
         scope.setdefault("state", {})["client"] = client  # for the request log line
         if self.limiter and (wait := self.limiter.wait_s(client)) > 0:
             return ApiError(
-                429,
                 "rate_limited",
                 "too many requests for this API key; retry later",
                 {"Retry-After": str(math.ceil(wait))},

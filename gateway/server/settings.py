@@ -1,11 +1,18 @@
-"""Every setting of the gateway, from the environment (prefix GATEWAY_) or a .env file."""
+"""Every setting of the gateway, from the environment (prefix GATEWAY_) or a .env file.
+
+`Settings` is one flat model (`settings.frames`, `GATEWAY_FRAMES`) made of groups, one class per
+area, each saying what it is for. A default that a domain object has (MediaLimits, DetectorConfig,
+StreamRead, ExplainConfig) is read from it: written once, there. gateway/README.md's settings
+table is generated from these fields, a section per group in GROUPS: `make settings-doc`
+(gateway/programs/settings_doc.py) writes it; tests/test_gateway_settings.py checks it.
+"""
 
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.server.targets import grpc_target
@@ -13,6 +20,8 @@ from preprocess.crop import CropConfig
 from preprocess.egress import networks
 from preprocess.faces import DetectorConfig
 from preprocess.media import MediaLimits
+from preprocess.stream import StreamRead
+from preprocess.tensors import FAKE_AT
 
 
 # The saliency maps' cost bound (gateway/server/verdict/explain.py draws them).
@@ -21,125 +30,286 @@ class ExplainConfig:
     """The cost bound: top_k faces x max_tracks tracks x (grid² + 1) crops per member."""
 
     top_k: int = 3
-    # 3: 10 copies a face. With the four MesoNets voting in lite, grid 4 (17 copies) cost
-    # 2.5-2.8 s a track and grid 3 1.5-1.6 s on the 2-core VM beside a CI run (load ~3).
+    # 3: 10 copies a face; grid 4 (17) costs nearly twice as much a track (measured in
+    # gateway/README.md, Explanations and reports).
     grid: int = 3
     max_tracks: int = 2
     overlay_px: int = 128
 
 
 MB = 1 << 20
+MEGAPIXEL = 1_000_000
 LIVE_MESSAGE_MARGIN = 64 * 1024  # over live_max_frame_kb: control messages, a JPEG a little over
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+class ServerSettings(BaseModel):
+    """The process: where it listens, its logs and traces, how it stops."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    log_level: str = "info"
-
-    # Triton: "host:port"; "dns:///name:port" to spread requests over every
-    # address the name resolves to (a Kubernetes headless Service); or a
-    # comma-separated list of "ip:port" replicas, balanced round robin.
-    triton_url: str = "127.0.0.1:8001"
-    triton_timeout_s: float = Field(120.0, gt=0, description="deadline of one inference call")
-    triton_retries: int = Field(3, ge=0, description="retries on UNAVAILABLE, with backoff")
-    ensemble: str = "deepfake_ensemble"
-    max_batch: int = Field(
-        32,
-        ge=1,
-        description="faces per Triton request, at most (capped by the max_batch_size from Triton)",
+    host: str = Field("127.0.0.1", description="address the gateway listens on")
+    port: int = Field(8080, description="port the gateway listens on")
+    log_level: str = Field("info", description="logs are JSON lines on stderr, with the request id")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )
-    infer_chunk: int = Field(
-        4, ge=1, description="faces sent to Triton as soon as found, while a clip is still read"
+    # Tracing (gateway/server/tracing.py): off while the endpoint is empty.
+    otlp_traces_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP URL (`http://collector:4318/v1/traces`): one OpenTelemetry "
+        "trace per request, the request id on its span, W3C context sent on to Triton; "
+        "empty: no tracing",
+    )
+    trace_sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of the traces started here that are kept"
+    )
+    trace_service_name: str = Field(
+        "deepfake-gateway", description="the service name on the traces"
     )
 
-    # Uploads and admission.
-    max_upload_mb: int = Field(100, ge=1)
-    tmp_dir: Path | None = None
-    upload_timeout_s: float = Field(120.0, gt=0, description="a slower upload gets 408")
-    upload_min_bytes_per_s: float = Field(
-        16384, ge=0, description="average rate an upload must keep after the grace; 408 below"
-    )
-    upload_grace_s: float = Field(10.0, ge=0, description="before the minimum rate applies")
-    max_uploads: int = Field(
-        16, ge=1, description="uploads received at once (no analysis slot held); 429 beyond"
-    )
-    max_in_flight: int = Field(4, ge=1, description="requests analysed at once")
-    max_queue: int = Field(0, ge=0, description="requests waiting for a slot; 429 beyond")
-    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot; 429 after")
-    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: in-flight requests' bound")
-    workers: int = Field(2, ge=1, description="threads for decoding and face detection")
 
-    # Client addresses (rate limits, logs) from X-Forwarded-For only when the peer is one of
-    # these proxies (uvicorn's forwarded_allow_ips: IPs or CIDRs, * for any); empty: never.
-    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
+class AccessSettings(BaseModel):
+    """Who may call the API and how often: API keys, rate limits, CORS, trusted proxies.
+    Health, metrics and the web page are always open."""
 
-    # Access: empty api_keys leaves the API open (on loopback only, unless allow_open); health,
-    # metrics and the web page always are.
+    # Empty api_keys leaves the API open, on loopback only unless allow_open.
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma-separated; X-API-Key or Authorization: Bearer",
+        description="comma-separated keys; the API (`/api/*`) then needs `X-API-Key: <key>` or "
+        "`Authorization: Bearer <key>` (401 otherwise). Empty: open, on loopback only; without "
+        "keys every caller is one tenant (sees and cancels every job), so on any other "
+        "`GATEWAY_HOST` (`0.0.0.0`: the image, Kubernetes) the gateway refuses to start "
+        "(exit 2, the reason logged)",
         repr=False,  # never in a printed or logged Settings
     )
     allow_open: bool = Field(
         False,
-        description="serve the API without API keys on a non-loopback host (every caller is "
-        "one tenant: sees, cancels and fills every job); off: such a start is refused",
+        description="serve without keys on a non-loopback address anyway (something in front "
+        "decides who calls; every caller is one tenant: sees, cancels and fills every job); "
+        "logged as a warning at start",
     )
-    rate_limit_per_minute: float = Field(0.0, ge=0, description="per key (or client); 0: off")
-    rate_limit_burst: int = Field(10, ge=1, description="requests a key may send at once")
+    rate_limit_per_minute: float = Field(
+        0.0,
+        ge=0,
+        description="requests per minute per key (per client address without keys); 429 with "
+        "`Retry-After` beyond; 0: off",
+    )
+    rate_limit_burst: int = Field(
+        10, ge=1, description="requests a key may send at once before the rate applies"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated origins allowed by CORS; * for any"
+        default_factory=list,
+        description="comma-separated origins a browser may call the API from (`*` for any); "
+        "empty: no CORS",
+    )
+    # uvicorn's forwarded_allow_ips: the client address (rate limits, logs) is read from
+    # X-Forwarded-For only when the peer is one of these proxies.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="proxies (IPs, CIDRs, `*`) whose `X-Forwarded-For` gives the client's "
+        "address for rate limits and logs; empty: none",
     )
 
-    # Tracing (gateway/server/tracing.py): off while the endpoint is empty.
-    otlp_traces_endpoint: str = Field(
-        "", description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces"
-    )
-    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="of traces started here")
-    trace_service_name: str = "deepfake-gateway"
 
-    # Analysis.
+class TritonSettings(BaseModel):
+    """The model server: where Triton is, how long a call may take, how faces are batched."""
+
+    # "host:port"; "dns:///name:port" to spread requests over every address the name resolves
+    # to (a Kubernetes headless Service); or a comma-separated list of "ip:port" replicas.
+    triton_url: str = Field(
+        "127.0.0.1:8001",
+        description="Triton gRPC; `dns:///name:port` spreads requests over every address, a "
+        "list `10.0.0.1:8001,10.0.0.2:8001` (IP literals) over those replicas (round robin; "
+        "a dead one is skipped)",
+    )
+    triton_timeout_s: float = Field(
+        120.0, gt=0, description="deadline of one inference call (504 beyond)"
+    )
+    triton_retries: int = Field(
+        3,
+        ge=0,
+        description="retries on UNAVAILABLE, with backoff, on another replica where there is "
+        "one (503 after)",
+    )
+    ensemble: str = Field("deepfake_ensemble", description="the ensemble to call")
+    max_batch: int = Field(
+        32,
+        ge=1,
+        description="faces per Triton request, at most; capped by the model's `max_batch_size` "
+        "in Triton",
+    )
+    infer_chunk: int = Field(
+        4,
+        ge=1,
+        description="faces sent to Triton as soon as they are found, while the clip is still "
+        "decoding (inference overlaps decoding and detection)",
+    )
+
+    @field_validator("triton_url")
+    @classmethod
+    def triton_target(cls, value: str) -> str:
+        # Validated here so a typo stops the gateway at start, not at the first request.
+        grpc_target(value)
+        return value
+
+
+class UploadSettings(BaseModel):
+    """An upload to /api/detect: its size, its pace, how many are received and analysed at
+    once, and what media it may hold (MediaLimits: checked from the header, 422 beyond)."""
+
+    max_upload_mb: int = Field(100, ge=1, description="upload cap (413)")
+    tmp_dir: Path | None = Field(
+        None, description="where uploads are spooled; unset: the system's temp folder"
+    )
+    upload_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="an upload slower than this gets 408 (a job's: "
+        "`GATEWAY_JOBS_UPLOAD_TIMEOUT_S`)",
+    )
+    upload_min_bytes_per_s: float = Field(
+        16384,
+        ge=0,
+        description="average rate an upload must keep once the grace is over (408 below)",
+    )
+    upload_grace_s: float = Field(10.0, ge=0, description="seconds before the minimum rate applies")
+    max_uploads: int = Field(
+        16,
+        ge=1,
+        description="uploads received at once, `/api/detect`'s and `/api/jobs`' together, "
+        "holding no analysis slot (429 beyond)",
+    )
+    max_in_flight: int = Field(
+        4,
+        ge=1,
+        description="uploads analysed at once (a slot is taken once the upload is complete)",
+    )
+    max_queue: int = Field(
+        0,
+        ge=0,
+        description="requests waiting for a slot beyond those (429 with `Retry-After` beyond)",
+    )
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait in that queue (429 after)")
+    max_width: int = Field(
+        MediaLimits.max_width, ge=1, description="widest frame, either orientation (422 beyond)"
+    )
+    max_height: int = Field(
+        MediaLimits.max_height,
+        ge=1,
+        description="tallest frame, either orientation (422 beyond)",
+    )
+    max_duration_s: float = Field(
+        MediaLimits.max_duration_s, gt=0, description="longest video (422 beyond)"
+    )
+    max_frame_count: int = Field(
+        MediaLimits.max_frame_count, ge=1, description="most frames in a video (422 beyond)"
+    )
+    max_decoded_megapixels: int = Field(
+        MediaLimits.max_decoded_pixels // MEGAPIXEL,
+        ge=1,
+        description="frames x width x height decoded per request, counted as decoded (422 beyond)",
+    )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * MB
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_width=self.max_width,
+            max_height=self.max_height,
+            max_duration_s=self.max_duration_s,
+            max_frame_count=self.max_frame_count,
+            max_decoded_pixels=self.max_decoded_megapixels * MEGAPIXEL,
+        )
+
+
+class AnalysisSettings(BaseModel):
+    """One analysis: frames sampled, faces found (DetectorConfig), the verdict's threshold,
+    and what one request may cost."""
+
+    workers: int = Field(2, ge=1, description="threads for decoding and face detection")
     frames: int = Field(32, ge=1, le=300, description="frames sampled per video")
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="P(fake) at or above: fake")
-    detector: Literal["scrfd", "yunet"] = "scrfd"
-    detector_score: float | None = Field(None, ge=0.0, le=1.0, description="None: detector's")
+    threshold: float = Field(
+        FAKE_AT, ge=0.0, le=1.0, description="P(fake) at or above which the verdict is `fake`"
+    )
+    detector: Literal["scrfd", "yunet"] = Field(
+        DetectorConfig.name, description="`scrfd` (insightface) or `yunet` (OpenCV)"
+    )
+    detector_score: float | None = Field(
+        DetectorConfig.score_threshold,
+        ge=0.0,
+        le=1.0,
+        description="minimum detector confidence; unset: the detector's own",
+    )
     detect_every: int = Field(
         1,
         ge=1,
         le=16,
-        description="run the face detector on every n-th sampled frame and carry the boxes "
-        "between (preprocess/sparse.py); 1: on every frame",
+        description="run the face detector on every n-th sampled frame and carry each face's "
+        "box to the frames between (see [Spending compute where it can move the verdict]"
+        "(../tests/bench/README.md#spending-compute-where-it-can-move-the-verdict)); 1: every "
+        "frame",
     )
-    min_face_px: int = Field(32, ge=1)
-    max_faces: int = Field(8, ge=1, description="faces per frame, largest first")
-    max_width: int = Field(3840, ge=1, description="either orientation")
-    max_height: int = Field(2160, ge=1)
-    max_duration_s: float = Field(600.0, gt=0)
-    max_frame_count: int = Field(36000, ge=1)
-    max_decoded_megapixels: int = Field(
-        20_000, ge=1, description="frames x width x height decoded per request; 422 beyond"
+    min_face_px: int = Field(
+        DetectorConfig.min_face_px, ge=1, description="smaller faces are ignored"
     )
-    max_request_faces: int = Field(512, ge=1, description="faces per request; 422 beyond")
-    analysis_timeout_s: float = Field(300.0, gt=0, description="one analysis's deadline; 504")
+    max_faces: int = Field(
+        DetectorConfig.max_faces, ge=1, description="faces per frame, largest first"
+    )
+    max_request_faces: int = Field(512, ge=1, description="faces per request (422 beyond)")
+    analysis_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="one analysis's deadline, checked per frame (504 `analysis_timeout` beyond)",
+    )
 
-    # Live analysis (WebSocket /api/live, POST /api/live): frames judged while they play.
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(
+            name=self.detector,
+            score_threshold=self.detector_score,
+            min_face_px=self.min_face_px,
+            max_faces=self.max_faces,
+        )
+
+    def crop_config(self) -> CropConfig:
+        return CropConfig()
+
+
+class LiveSettings(BaseModel):
+    """Live analysis (WebSocket /api/live, POST /api/live): frames judged while they play,
+    the sessions' bounds, and the stream URLs the gateway reads itself (StreamRead)."""
+
     live_max_sessions: int = Field(8, ge=1, description="live sessions at once, in all")
-    live_max_sessions_per_client: int = Field(2, ge=1, description="per API key (or address)")
-    live_idle_timeout_s: float = Field(30.0, gt=0, description="no message for this long: closed")
-    live_max_session_s: float = Field(600.0, gt=0, description="longest live session")
-    live_send_timeout_s: float = Field(
-        10.0, gt=0, description="a client that reads no answer for this long is dropped"
+    live_max_sessions_per_client: int = Field(
+        2, ge=1, description="live sessions at once per API key (or address)"
     )
-    live_max_frame_kb: int = Field(1024, ge=1, description="largest JPEG frame message")
-    live_max_width: int = Field(1920, ge=1, description="largest live frame, either orientation")
-    live_max_height: int = Field(1080, ge=1)
-    live_window: int = Field(32, ge=1, le=300, description="frames per track in the verdict")
-    live_fps: float = Field(2.0, gt=0, le=30, description="stream URLs: frames judged per second")
-    live_stream_max_s: float = Field(60.0, gt=0, description="longest read of a stream URL")
-    live_stream_timeout_s: float = Field(10.0, gt=0, description="opening or reading a stream")
+    live_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a live session without a message (and no stream being read) is closed",
+    )
+    live_max_session_s: float = Field(600.0, gt=0, description="the longest live session")
+    live_send_timeout_s: float = Field(
+        10.0, gt=0, description="a live client that reads no answer for this long is let go"
+    )
+    live_max_frame_kb: int = Field(
+        1024,
+        ge=1,
+        description="largest JPEG frame message (`frame_too_large`); a WebSocket message over "
+        "it plus 64 KiB is refused by the server as its header arrives (close `1009`), never "
+        "buffered",
+    )
+    live_max_width: int = Field(1920, ge=1, description="widest live frame, either orientation")
+    live_max_height: int = Field(1080, ge=1, description="tallest live frame, either orientation")
+    live_window: int = Field(32, ge=1, le=300, description="frames per person in the live verdict")
+    live_fps: float = Field(
+        StreamRead.fps, gt=0, le=30, description="stream URLs: frames judged per second of stream"
+    )
+    live_stream_max_s: float = Field(
+        StreamRead.max_s, gt=0, description="stream URLs: the longest read"
+    )
+    live_stream_timeout_s: float = Field(
+        StreamRead.timeout_s, gt=0, description="stream URLs: the open and read timeout"
+    )
     live_url_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https"],
         description="stream URL schemes allowed",
@@ -148,132 +318,59 @@ class Settings(BaseSettings):
         default_factory=list, description="stream hosts allowed; empty: any public host"
     )
     live_allow_private: bool = Field(
-        False, description="allow loopback, private and link-local stream addresses"
+        False,
+        description="allow loopback, private and link-local stream addresses (every address)",
     )
     live_max_stream_readers: int | None = Field(
         None,
         ge=1,
-        description="threads reading stream URLs at once (one per session at most); a start "
-        "beyond is refused (stream_busy); default live_max_sessions",
+        description="threads reading stream URLs at once, a pool of their own (one reader per "
+        "session); a start beyond is refused with `stream_busy`; unset: "
+        "`GATEWAY_LIVE_MAX_SESSIONS`",
     )
     live_control_per_minute: float = Field(
-        60.0, gt=0, description="control (JSON) messages per live session, refilled per minute"
+        60.0,
+        gt=0,
+        description="JSON control messages per live session, refilled per minute (a start "
+        "resolves a host, may open a stream); beyond, `rate_limited` (a stop is never refused)",
     )
     live_control_burst: int = Field(
-        10, ge=1, description="control messages a session may send at once"
+        10, ge=1, description="control messages a live session may send at once"
     )
 
-    # Egress (preprocess/egress.py): every URL the gateway fetches (stream URLs, webhooks)
-    # resolved once, each address checked, the connection made to the checked address.
+    @property
+    def live_max_message_bytes(self) -> int:
+        """The largest WebSocket message: a frame a little over the cap still gets its
+        clear frame_too_large answer; anything larger is refused by the server."""
+        return self.live_max_frame_kb * 1024 + LIVE_MESSAGE_MARGIN
+
+    @property
+    def live_stream_readers(self) -> int:
+        return self.live_max_stream_readers or self.live_max_sessions
+
+
+class EgressSettings(BaseModel):
+    """Every URL the gateway fetches (stream URLs, webhooks; preprocess/egress.py): resolved
+    once, each address checked, the connection made to the checked address."""
+
     egress_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma-separated CIDRs reachable even if not public (stream URLs and "
-        "webhooks); empty: public addresses only (or the live/jobs allow_private switches)",
+        description="comma-separated CIDRs that stream URLs and webhooks may reach even if not "
+        "public (e.g. a camera network `10.20.0.0/16`); empty: public addresses only (or the "
+        "live and jobs allow-private switches)",
     )
     egress_proxy: str = Field(
         "",
-        description="http(s) proxy for HTTP(S) fetches; it resolves the names, so its own "
-        "allow-list is the guard (RTSP and RTMP still connect directly, checked here)",
+        description="an `http(s)://` proxy for HTTP(S) fetches (streams, webhooks): the proxy "
+        "resolves the names, so the allow-list that counts is the proxy's (literal addresses "
+        "are still checked here); RTSP and RTMP still connect directly, checked here; empty: "
+        "none",
     )
     egress_dns_server: str = Field(
-        "", description="ip:port of the DNS server names are resolved with; empty: the system's"
-    )
-
-    # Jobs (/api/jobs): a huey queue and the job records, in SQLite files under
-    # jobs_dir (the default: `make run` needs no other server), or in Redis when
-    # jobs_redis_url is set (a cluster). Uploads wait in jobs_dir/uploads/ either way.
-    jobs_dir: Path = Path(".build/jobs")
-    jobs_redis_url: str = Field(
         "",
-        description="redis://host:6379/0; empty: SQLite in jobs_dir",
-        repr=False,  # it may hold the password (redis://:PASSWORD@host…)
+        description="`ip:port` of the DNS server egress names are resolved with (the tests' "
+        "stub resolver); empty: the system's resolver",
     )
-    jobs_redis_password: SecretStr | None = Field(
-        None, description="Redis' requirepass, if not in jobs_redis_url (a Kubernetes Secret)"
-    )
-    jobs_workers: int = Field(
-        1,
-        ge=0,
-        description="items analysed at once inside the gateway; 0: by gateway.programs.worker",
-    )
-    jobs_max_files: int = Field(50, ge=1, description="files per job")
-    jobs_max_mb: int = Field(2048, ge=1, description="a job's files together")
-    jobs_max_active_per_key: int = Field(10, ge=1, description="unfinished jobs; 429 beyond")
-    jobs_max_active: int = Field(
-        100, ge=1, description="unfinished jobs of all keys together (uploads wait on disk)"
-    )
-    # A job carries up to jobs_max_mb, not max_upload_mb: its own deadline. The minimum rate
-    # (upload_min_bytes_per_s after upload_grace_s) and the upload slots are /api/detect's.
-    jobs_upload_timeout_s: float = Field(
-        1800.0, gt=0, description="a job's whole upload; 408 beyond"
-    )
-    jobs_retention_s: float = Field(86400.0, gt=0, description="a finished job is kept this long")
-    jobs_heartbeat_s: float = Field(2.0, gt=0, description="a running item's sign of life")
-    jobs_stale_s: float = Field(30.0, gt=0, description="no heartbeat this long: worker gone")
-    jobs_max_attempts: int = Field(2, ge=1, description="analyses of an item a dead worker left")
-    jobs_webhook_secret: SecretStr | None = Field(
-        None, description="master secret: each API key's webhook secret is derived from it"
-    )
-    jobs_webhook_previous_secret: SecretStr | None = Field(
-        None, description="rotation: the master being retired; webhooks are signed with both"
-    )
-    jobs_webhook_retries: int = Field(5, ge=0, description="after the first try, with backoff")
-    jobs_webhook_timeout_s: float = Field(10.0, gt=0)
-    jobs_allow_private_callbacks: bool = Field(
-        False, description="let callback_url reach loopback and private addresses (SSRF guard off)"
-    )
-
-    # Explanations (explain=true): their cost is bounded by these, per request.
-    explain_top_k: int = Field(
-        ExplainConfig.top_k, ge=1, le=16, description="faces explained per track"
-    )
-    explain_grid: int = Field(
-        ExplainConfig.grid, ge=2, le=16, description="occlusion grid: cells per side"
-    )
-    explain_max_tracks: int = Field(
-        ExplainConfig.max_tracks, ge=1, le=8, description="tracks explained, most fake first"
-    )
-    explain_overlay_px: int = Field(
-        ExplainConfig.overlay_px, ge=32, le=512, description="heatmap PNG side"
-    )
-
-    # Reports: PDFs are printed by headless Chromium, where there is one.
-    chromium: str | None = Field(None, description="Chromium for PDF reports; None: on PATH")
-    report_max_mb: int = Field(20, ge=1, description="largest answer POST /api/report takes")
-    # A small answer must not make a huge parse or render: what one report takes is bounded
-    # too (422 report_over_limits). An answer the gateway wrote with default settings is far
-    # under both; raise them with max_request_faces, explain_top_k or explain_overlay_px.
-    report_max_values: int = Field(
-        250_000,
-        ge=1,
-        description="JSON values in one answer POST /api/report takes (frames, faces, "
-        "tracks, scores, explanations' grids), counted before it is parsed",
-    )
-    report_max_image_mpx: float = Field(
-        64.0, gt=0, description="decoded megapixels of one report's images (heatmaps, thumbnails)"
-    )
-
-    @field_validator(
-        "api_keys",
-        "cors_origins",
-        "forwarded_allow_ips",
-        "live_url_schemes",
-        "live_url_hosts",
-        "egress_allow_networks",
-        mode="before",
-    )
-    @classmethod
-    def comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("triton_url")
-    @classmethod
-    def triton_target(cls, value: str) -> str:
-        # Validated here so a typo stops the gateway at start, not at the first request.
-        grpc_target(value)
-        return value
 
     @field_validator("egress_allow_networks")
     @classmethod
@@ -300,36 +397,202 @@ class Settings(BaseSettings):
             "proxy": self.egress_proxy,
         }
 
-    @property
-    def max_upload_bytes(self) -> int:
-        return self.max_upload_mb * MB
 
-    @property
-    def live_max_message_bytes(self) -> int:
-        """The largest WebSocket message: a frame a little over the cap still gets its
-        clear frame_too_large answer; anything larger is refused by the server."""
-        return self.live_max_frame_kb * 1024 + LIVE_MESSAGE_MARGIN
+class JobsSettings(BaseModel):
+    """Jobs (/api/jobs): a huey queue and the job records, in SQLite files under jobs_dir (the
+    default: `make run` needs no other server) or in Redis (a cluster); uploads wait in
+    jobs_dir/uploads/ either way. Workers, caps, retention, webhooks."""
 
-    @property
-    def live_stream_readers(self) -> int:
-        return self.live_max_stream_readers or self.live_max_sessions
+    jobs_dir: Path = Field(
+        Path(".build/jobs"),
+        description="uploads waiting for a worker; the SQLite queue and job records when there "
+        "is no Redis",
+    )
+    jobs_redis_url: str = Field(
+        "",
+        description="`redis://host:6379/0`: the queue and job records in Redis (a cluster). Its "
+        "messages are JSON (`jobs/codec.py`), never pickle: a message the gateway did not "
+        "write is refused, not run; empty: SQLite in `GATEWAY_JOBS_DIR`",
+        repr=False,  # it may hold the password (redis://:PASSWORD@host…)
+    )
+    jobs_redis_password: SecretStr | None = Field(
+        None,
+        description="Redis' password (`requirepass`), unless in the URL "
+        "(`redis://:PASSWORD@host:6379/0`; a Kubernetes Secret); a worker that Redis refuses "
+        "exits 2",
+    )
+    jobs_workers: int = Field(
+        1,
+        ge=0,
+        description="items analysed at once by this process (the gateway; `python -m "
+        "gateway.programs.worker`); `0`: the gateway only queues",
+    )
+    jobs_max_files: int = Field(50, ge=1, description="files per job (413 beyond)")
+    jobs_max_mb: int = Field(2048, ge=1, description="a job's files together (413 beyond)")
+    jobs_max_active_per_key: int = Field(
+        10,
+        ge=1,
+        description="unfinished jobs per API key (429 beyond), each place taken before the "
+        "upload is read",
+    )
+    jobs_max_active: int = Field(
+        100,
+        ge=1,
+        description="unfinished jobs of all keys together (429 beyond): their uploads wait on disk",
+    )
+    # A job carries up to jobs_max_mb, not max_upload_mb: its own deadline. The minimum rate
+    # (upload_min_bytes_per_s after upload_grace_s) and the upload slots are /api/detect's.
+    jobs_upload_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="a job's whole upload (up to `GATEWAY_JOBS_MAX_MB`), 408 beyond; the "
+        "minimum rate and the upload slots are `/api/detect`'s",
+    )
+    jobs_retention_s: float = Field(
+        86400.0, gt=0, description="how long a finished job and its results are kept"
+    )
+    jobs_heartbeat_s: float = Field(
+        2.0, gt=0, description="a running item's heartbeat (its sign of life)"
+    )
+    jobs_stale_s: float = Field(
+        30.0,
+        gt=0,
+        description="a running item silent this long: its worker is taken for dead and the "
+        "item requeued",
+    )
+    jobs_max_attempts: int = Field(
+        2, ge=1, description="analyses of an item before it fails as `interrupted`"
+    )
+    jobs_webhook_secret: SecretStr | None = Field(
+        None,
+        description="the master: each API key's webhooks are signed (HMAC-SHA256) with a secret "
+        "derived from it and the key's id (Jobs, above); unset: no webhooks",
+    )
+    jobs_webhook_previous_secret: SecretStr | None = Field(
+        None,
+        description="during a rotation, the master being retired: webhooks carry a signature "
+        "for both",
+    )
+    jobs_webhook_retries: int = Field(
+        5, ge=0, description="delivery retries after the first try (backoff 1, 2, 4 … s)"
+    )
+    jobs_webhook_timeout_s: float = Field(
+        10.0, gt=0, description="each webhook delivery attempt's timeout"
+    )
+    jobs_allow_private_callbacks: bool = Field(
+        False,
+        description="let `callback_url` reach loopback and private addresses (the SSRF guard off)",
+    )
 
-    def media_limits(self) -> MediaLimits:
-        return MediaLimits(
-            max_width=self.max_width,
-            max_height=self.max_height,
-            max_duration_s=self.max_duration_s,
-            max_frame_count=self.max_frame_count,
-            max_decoded_pixels=self.max_decoded_megapixels * 1_000_000,
+
+class ExplainSettings(BaseModel):
+    """Explanations (explain=true): occlusion maps, whose cost per request these bound
+    (ExplainConfig: top_k x max_tracks x (grid² + 1) crops per voting member)."""
+
+    explain_top_k: int = Field(
+        ExplainConfig.top_k,
+        ge=1,
+        le=16,
+        description="`explain=true`: faces explained per track (most fake first)",
+    )
+    explain_grid: int = Field(
+        ExplainConfig.grid,
+        ge=2,
+        le=16,
+        description="occlusion grid, cells per side: grid² + 1 crops per face and voting model",
+    )
+    explain_max_tracks: int = Field(
+        ExplainConfig.max_tracks, ge=1, le=8, description="tracks explained, most fake first"
+    )
+    explain_overlay_px: int = Field(
+        ExplainConfig.overlay_px, ge=32, le=512, description="side of each heatmap PNG"
+    )
+
+    def explain_config(self) -> ExplainConfig:
+        return ExplainConfig(
+            top_k=self.explain_top_k,
+            grid=self.explain_grid,
+            max_tracks=self.explain_max_tracks,
+            overlay_px=self.explain_overlay_px,
         )
 
-    def detector_config(self) -> DetectorConfig:
-        return DetectorConfig(
-            name=self.detector,
-            score_threshold=self.detector_score,
-            min_face_px=self.min_face_px,
-            max_faces=self.max_faces,
-        )
+
+class ReportSettings(BaseModel):
+    """Reports (POST /api/report, `cli --report`): what one answer to render may hold, and the
+    headless Chromium that prints PDFs where there is one."""
+
+    chromium: str | None = Field(
+        None, description="the Chromium that prints PDF reports; unset: the one on `PATH`"
+    )
+    report_max_mb: int = Field(
+        20, ge=1, description="largest answer `POST /api/report` reads (413 beyond)"
+    )
+    # A small answer must not make a huge parse or render: what one report takes is bounded
+    # too (422 report_over_limits).
+    report_max_values: int = Field(
+        250_000,
+        ge=1,
+        description="JSON values (objects, keys, strings, numbers) in one report's answer, "
+        "counted on its bytes before it is parsed (422 `report_over_limits` beyond): parsing "
+        "holds the interpreter, so a small JSON of tiny values cannot stall the gateway. The "
+        "gateway's own answers at default settings are a few thousand; raise it with "
+        "`GATEWAY_MAX_REQUEST_FACES` or `GATEWAY_EXPLAIN_*`",
+    )
+    report_max_image_mpx: float = Field(
+        64.0,
+        gt=0,
+        description="decoded megapixels of one report's images together (heatmaps, thumbnails; "
+        "each at most 2048 px a side), read from their headers (422 `report_over_limits` "
+        "beyond)",
+    )
+
+
+# The groups in the README's order: each is one section of its settings table.
+GROUPS: dict[str, type[BaseModel]] = {
+    "Server": ServerSettings,
+    "Access": AccessSettings,
+    "Triton": TritonSettings,
+    "Uploads": UploadSettings,
+    "Analysis": AnalysisSettings,
+    "Live": LiveSettings,
+    "Egress": EgressSettings,
+    "Jobs": JobsSettings,
+    "Explanations": ExplainSettings,
+    "Reports": ReportSettings,
+}
+
+
+class Settings(
+    ServerSettings,
+    AccessSettings,
+    TritonSettings,
+    UploadSettings,
+    AnalysisSettings,
+    LiveSettings,
+    EgressSettings,
+    JobsSettings,
+    ExplainSettings,
+    ReportSettings,
+    BaseSettings,
+):
+    """Every group at once, flat: `settings.frames` is read from GATEWAY_FRAMES."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    @field_validator(
+        "api_keys",
+        "cors_origins",
+        "forwarded_allow_ips",
+        "live_url_schemes",
+        "live_url_hosts",
+        "egress_allow_networks",
+        mode="before",
+    )
+    @classmethod
+    def comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     def uvicorn_options(self) -> dict[str, object]:
         """How uvicorn serves the gateway, under `python -m gateway` and `make run` alike."""
@@ -350,14 +613,3 @@ class Settings(BaseSettings):
             "proxy_headers": bool(self.forwarded_allow_ips),
             "forwarded_allow_ips": self.forwarded_allow_ips or None,
         }
-
-    def crop_config(self) -> CropConfig:
-        return CropConfig()
-
-    def explain_config(self) -> ExplainConfig:
-        return ExplainConfig(
-            top_k=self.explain_top_k,
-            grid=self.explain_grid,
-            max_tracks=self.explain_max_tracks,
-            overlay_px=self.explain_overlay_px,
-        )

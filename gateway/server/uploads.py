@@ -1,9 +1,10 @@
-"""Stream a multipart upload to a temporary file, never reading past the cap.
+"""Stream a multipart upload's files to disk, never reading past the caps: /api/detect's
+one file, a job's many (gateway/server/jobs/spool.py says where they go).
 
 Starlette's form parser reads the whole body before the endpoint runs, so a
 1 GB upload would be read (and spooled to disk) before it could be refused.
-This feeds the body to python-multipart chunk by chunk instead, writing the
-file part straight to disk and stopping at the first byte over the cap.
+This feeds the body to python-multipart chunk by chunk instead, writing each
+file part straight to disk and stopping at the first byte over a cap.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -47,7 +49,6 @@ class UploadSlots:
         if self.active >= self.limit:
             metrics.REJECTED.inc()
             raise ApiError(
-                429,
                 "too_many_uploads",
                 "too many uploads are being received; retry shortly",
                 {"Retry-After": "2"},
@@ -62,14 +63,13 @@ class UploadSlots:
 
 
 def too_large(cap: int) -> ApiError:
-    return ApiError(413, "file_too_large", f"the upload is larger than {cap >> 20} MB")
+    return ApiError("file_too_large", f"the upload is larger than {cap >> 20} MB")
 
 
 def multipart_boundary(content_type: str | None) -> bytes:
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise ApiError(
-            415,
             "unsupported_content_type",
             "send the file as multipart/form-data in a field named 'file'",
         )
@@ -83,14 +83,9 @@ def declared_length(content_length: str | None) -> int | None:
     try:
         return int(content_length)
     except ValueError:
-        raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
-
-
-def check_declared_length(content_length: str | None, cap: int) -> None:
-    """Refuse at once when the client says the body is too big."""
-    declared = declared_length(content_length)
-    if declared is not None and declared > cap + FORM_OVERHEAD:
-        raise too_large(cap)
+        # malformed_upload, a 400 (a header is no query value: invalid_request is the 422 of
+        # FastAPI's validation).
+        raise ApiError("malformed_upload", "Content-Length is not a number") from None
 
 
 @dataclass(frozen=True)
@@ -133,13 +128,11 @@ async def parse_body(
         if not done():
             parser.finalize()
     except TimeoutError:
-        raise ApiError(
-            408, "upload_timeout", f"the upload took over {pace.timeout_s:.0f} s"
-        ) from None
+        raise ApiError("upload_timeout", f"the upload took over {pace.timeout_s:.0f} s") from None
     except ApiError:
         raise
     except Exception as exc:  # python-multipart's parse errors, a client gone: a malformed body
-        raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {exc}") from None
+        raise ApiError("malformed_upload", f"the multipart body is malformed: {exc}") from None
     return time.perf_counter() - start
 
 
@@ -193,41 +186,154 @@ class PartHeaders:
         raise NotImplementedError
 
 
-class _FilePart(PartHeaders):
-    """Keeps the first file field, skips the rest."""
+class Spool(Protocol):
+    """Where a form's files are written, and how they go again when the form is refused."""
 
-    def __init__(self, cap: int, tmp_dir: Path | None) -> None:
+    def open(self, index: int) -> BinaryIO: ...
+
+    def discard(self, written: list[Path]) -> None: ...
+
+
+@dataclass(frozen=True)
+class TempFiles:
+    """Each file a temporary file in `folder` (None: the system's), removed by the caller."""
+
+    folder: Path | None = None
+
+    def open(self, index: int) -> BinaryIO:
+        return tempfile.NamedTemporaryFile(  # closed by the receiver
+            dir=self.folder, prefix="upload-", delete=False
+        )
+
+    def discard(self, written: list[Path]) -> None:
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Form:
+    """What one multipart form may carry: up to `files` files, each in one of `fields` and
+    under `file_bytes`, all of them under `total_bytes` (0: `files` times `file_bytes`).
+    /api/detect's is one file: reading stops once it is complete, the rest of the body is
+    form fields nobody reads. A job's (`read_all`) is read to its end, and a file too many
+    is refused with `too_much()`, as a body over its caps is (by default, the file's 413)."""
+
+    file_bytes: int
+    files: int = 1
+    total_bytes: int = 0
+    fields: tuple[str, ...] = FILE_FIELDS
+    read_all: bool = False
+    too_much: Callable[[], ApiError] | None = None
+
+    @property
+    def total(self) -> int:
+        return self.total_bytes or self.files * self.file_bytes
+
+    def body_limit(self) -> int:
+        """The most bytes the body may have: the files and each one's multipart framing."""
+        return self.total + self.files * FORM_OVERHEAD
+
+    def refusal(self) -> ApiError:
+        return self.too_much() if self.too_much else too_large(self.file_bytes)
+
+    def missing(self) -> ApiError:
+        which = "it" if self.files == 1 else "each"
+        return ApiError(
+            "missing_file", f"no file in the form: send {which} in a field named 'file'"
+        )
+
+
+@dataclass(frozen=True)
+class _Received:
+    path: Path
+    filename: str
+    size: int
+    sha256: str
+
+
+class _FileParts(PartHeaders):
+    """The form's file parts, each to its own file of the spool, hashed as it is written."""
+
+    def __init__(self, form: Form, spool: Spool) -> None:
         super().__init__()
-        self.cap = cap
-        self.tmp_dir = tmp_dir
-        self.file: tempfile._TemporaryFileWrapper | None = None
-        self.filename = ""
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self.done = False
-        self._writing = False
+        self.form = form
+        self.spool = spool
+        self.files: list[_Received] = []
+        self.written: list[Path] = []
+        self.total = 0
+        self._out: BinaryIO | None = None
+        self._name = ""
+        self._size = 0
+        self._digest = hashlib.sha256()
+
+    def full(self) -> bool:
+        return len(self.files) >= self.form.files
 
     def _headers_finished(self) -> None:
         name, filename = self.disposition()
-        self._writing = name in FILE_FIELDS and self.file is None and not self.done
-        if self._writing:
-            self.filename = filename
-            self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 — closed in receive()
-                dir=self.tmp_dir, prefix="upload-", delete=False
-            )
+        if name not in self.form.fields:
+            return
+        if self.full():
+            if self.form.read_all:
+                raise self.form.refusal()
+            return  # a file after /api/detect's one, in the same chunk: not read
+        self._name, self._size, self._digest = filename, 0, hashlib.sha256()
+        self._out = self.spool.open(len(self.files))
+        self.written.append(Path(self._out.name))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if not self._writing or self.file is None:
+        if self._out is None:
             return
-        self.size += end - start
-        if self.size > self.cap:
-            raise too_large(self.cap)
-        self.file.write(data[start:end])
-        self.digest.update(data[start:end])
+        self._size += end - start
+        self.total += end - start
+        if self._size > self.form.file_bytes:
+            raise too_large(self.form.file_bytes)
+        if self.total > self.form.total:
+            raise self.form.refusal()
+        self._out.write(data[start:end])
+        self._digest.update(data[start:end])
 
     def _part_end(self) -> None:
-        if self._writing:
-            self._writing, self.done = False, True
+        if self._out is not None:
+            self._out.close()
+            path = Path(self._out.name)
+            self.files.append(_Received(path, self._name, self._size, self._digest.hexdigest()))
+            self._out = None
+
+    def close(self) -> None:
+        """A part the body ended in the middle of: closed and removed (never a file)."""
+        if self._out is not None:
+            self._out.close()
+            Path(self._out.name).unlink(missing_ok=True)
+            self._out = None
+
+
+async def receive_files(
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    form: Form,
+    spool: Spool,
+    pace: Pace,
+) -> list[Upload]:
+    """Every file of the form on disk, received at `pace` (408 past its deadline or below
+    its minimum rate); the caller removes them. On any error, nothing is left behind."""
+    declared = declared_length(content_length)
+    if declared is not None and declared > form.body_limit():
+        raise form.refusal()
+    parts = _FileParts(form, spool)
+    parser = MultipartParser(multipart_boundary(content_type), parts.callbacks())
+    done = (lambda: False) if form.read_all else parts.full
+    try:
+        seconds = await parse_body(chunks, parser, pace, form.body_limit(), form.refusal, done)
+        if not parts.files:
+            raise form.missing()
+    except BaseException:  # a cancelled request too
+        parts.close()
+        spool.discard(parts.written)
+        raise
+    parts.close()
+    return [Upload(f.path, f.filename, f.size, seconds, f.sha256) for f in parts.files]
 
 
 async def receive_upload(
@@ -235,35 +341,14 @@ async def receive_upload(
     content_type: str | None,
     content_length: str | None,
     cap: int,
-    tmp_dir: Path | None = None,
-    timeout_s: float = 120.0,
-    min_bytes_per_s: float = 0.0,
-    grace_s: float = 10.0,
+    tmp_dir: Path | None,
+    pace: Pace,
 ) -> Upload:
-    """The uploaded file on disk; the caller removes it. Errors leave nothing behind.
-
-    408 past `timeout_s`, or below `min_bytes_per_s` after `grace_s` (Pace)."""
-    check_declared_length(content_length, cap)
-    part = _FilePart(cap, tmp_dir)
-    parser = MultipartParser(multipart_boundary(content_type), part.callbacks())
-    try:
-        seconds = await parse_body(
-            chunks,
-            parser,
-            Pace(timeout_s, min_bytes_per_s, grace_s),
-            cap + FORM_OVERHEAD,
-            lambda: too_large(cap),
-            lambda: part.done,
-        )
-        if part.file is None or not part.done:
-            raise ApiError(
-                422, "missing_file", "no file in the form: send it in a field named 'file'"
-            )
-    except BaseException:  # a cancelled request too: nothing is left behind
-        _discard(part)
-        raise
-    part.file.close()
-    return Upload(Path(part.file.name), part.filename, part.size, seconds, part.digest.hexdigest())
+    """/api/detect's one file, under `cap`, as a temporary file in `tmp_dir`."""
+    (upload,) = await receive_files(
+        chunks, content_type, content_length, Form(cap), TempFiles(tmp_dir), pace
+    )
+    return upload
 
 
 async def _next_chunk(body: AsyncIterator[bytes], start: float, received: int, pace: Pace) -> bytes:
@@ -276,7 +361,6 @@ async def _next_chunk(body: AsyncIterator[bytes], start: float, received: int, p
             return await anext(body)
     except TimeoutError:
         raise ApiError(
-            408,
             "upload_too_slow",
             f"the upload is slower than {pace.min_bytes_per_s / 1024:g} KiB/s",
         ) from None
@@ -286,9 +370,3 @@ def safe_filename(name: str) -> str:
     """The client's file name for display only: no folders, no control characters."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     return "".join(c for c in base if c.isprintable())[:200]
-
-
-def _discard(part: _FilePart) -> None:
-    if part.file is not None:
-        part.file.close()
-        Path(part.file.name).unlink(missing_ok=True)

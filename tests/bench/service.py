@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from gateway.clients.client import GatewayClient
 from tests.bench.config import BenchConfig
 from tests.bench.measure import Run, latency_summary, median, run_concurrently
 
@@ -17,12 +18,11 @@ TIMEOUT = httpx.Timeout(900.0, connect=10.0)
 ALL = "all"  # every member, also those that cannot vote
 
 
-def detect(url: str, path: Path, frames: int, models: str | None = None) -> dict:
-    params: dict[str, object] = {"frames": frames} | ({"models": models} if models else {})
-    with httpx.Client(timeout=TIMEOUT) as client, path.open("rb") as f:
-        response = client.post(url + "/api/detect", files={"file": (path.name, f)}, params=params)
-    response.raise_for_status()  # a benchmark figure from a failed request means nothing
-    answer = response.json()
+def measured(url: str, path: Path, frames: int, models: str | None = None) -> dict:
+    """One request's record: its clip, faces, verdict and the answer's own stage timings."""
+    with GatewayClient(url, TIMEOUT) as client:
+        # ClientError if refused: a benchmark figure from a failed request means nothing.
+        answer = client.detect(path, models=models, frames=frames)
     return {
         "clip": path.name,
         "faces": sum(len(f["faces"]) for f in answer["frames"]),
@@ -43,7 +43,7 @@ def run_level(
     url: str, clips: list[Path], frames: int, concurrency: int, waves: int, models: str | None
 ) -> dict:
     sends = [clips[i % len(clips)] for i in range(max(len(clips), concurrency) * waves)]
-    jobs = [lambda p=p: detect(url, p, frames, models) for p in sends]
+    jobs = [lambda p=p: measured(url, p, frames, models) for p in sends]
     run = run_concurrently(jobs, concurrency)
     return level_figures(run, len(sends), clips)
 
@@ -69,7 +69,7 @@ def run_service(
     """Every member of the profile (models=all), as the prototype baseline runs them: by default
     the gateway skips the members that cannot vote (see run_p50 for that request). At one
     client, each request's CPU seconds in `processes` (the gateway, Triton) too."""
-    detect(url, config.clips[0], config.frames, ALL)  # warm-up: detector sessions, channel
+    measured(url, config.clips[0], config.frames, ALL)  # warm-up: detector sessions, channel
     result: dict = {}
     for c in config.concurrency:
         if c == 1:
@@ -88,8 +88,8 @@ def run_service(
 def run_p50(config: BenchConfig, url: str, profile: str = "lite") -> dict:
     """The latency of one clip at the service's own frame count, one request at a time: the
     default request (only the members that vote)."""
-    detect(url, config.p50_clip, config.p50_frames)  # warm-up at this frame count
-    jobs = [lambda: detect(url, config.p50_clip, config.p50_frames)] * config.p50_runs
+    measured(url, config.p50_clip, config.p50_frames)  # warm-up at this frame count
+    jobs = [lambda: measured(url, config.p50_clip, config.p50_frames)] * config.p50_runs
     run = run_concurrently(jobs, 1)
     runs = run.results
     totals = run.latencies_s  # as the client sees it: upload and answer included
@@ -128,7 +128,7 @@ def run_alone(url: str, config: BenchConfig, processes: tuple[psutil.Process, ..
 
     def timed(path: Path) -> dict:
         before = [cpu_s(p) for p in processes]
-        answer = detect(url, path, config.frames, ALL)
+        answer = measured(url, path, config.frames, ALL)
         return answer | {"cpu_s": [cpu_s(p) - b for p, b in zip(processes, before, strict=True)]}
 
     run = run_concurrently([lambda p=p: timed(p) for p in sends], 1)

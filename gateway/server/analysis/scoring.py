@@ -27,7 +27,6 @@ class Cancelled(Exception):
 
 def analysis_timeout(seconds: float) -> ApiError:
     return ApiError(
-        504,
         "analysis_timeout",
         f"the analysis took over {seconds:g} s: send a shorter clip or ask for fewer frames",
     )

@@ -44,7 +44,7 @@ def verify(secret: str, timestamp: str, body: bytes, header: str, tolerance_s: f
 
 
 def bad_callback(message: str) -> ApiError:
-    return ApiError(422, "invalid_callback_url", message)
+    return ApiError("invalid_callback_url", message)
 
 
 def callback_policy(settings: Settings) -> EgressPolicy:

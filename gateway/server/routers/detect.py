@@ -3,7 +3,6 @@ an upload received, sniffed, admitted and analysed."""
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,28 +20,17 @@ from gateway.server.analysis.analysis import Analyzer
 from gateway.server.analysis.queries import DetectQuery
 from gateway.server.deps import AdmissionDep, AnalyzerDep, SettingsDep, UploadsDep
 from gateway.server.errors import ApiError, error_response, from_media_error
-from gateway.server.openapi import MODEL_SERVER_ERRORS, errors_doc, upload_doc
+from gateway.server.ndjson import line
+from gateway.server.openapi import ANALYSIS_ERRORS, UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.options import Options, options_for
 from gateway.server.settings import Settings
-from gateway.server.uploads import Upload, UploadSlots, receive_upload
+from gateway.server.uploads import Pace, Upload, UploadSlots, receive_upload
 from preprocess.media import MediaError, sniff
 
 log = logging.getLogger("gateway")
 router = APIRouter()
 UPLOAD_DOC = upload_doc()
-ERRORS_DOC = errors_doc(
-    {
-        400: "a malformed multipart body or Content-Length",
-        408: "upload too slow (below the minimum rate, or past the deadline)",
-        413: "file over the upload cap",
-        415: "not a supported video or image",
-        422: "undecodable media, bad options or media over the limits (size, decoded "
-        "pixels, faces)",
-        429: "too many requests in flight, or uploads being received (see Retry-After)",
-    }
-    | MODEL_SERVER_ERRORS
-    | {504: "Triton did not answer in time, or the analysis passed its deadline"}
-)
+ERRORS_DOC = errors_doc(*UPLOAD_ERRORS, *ANALYSIS_ERRORS)
 
 
 async def accept_upload(request: Request, settings: Settings, uploads: UploadSlots) -> Upload:
@@ -55,9 +43,9 @@ async def accept_upload(request: Request, settings: Settings, uploads: UploadSlo
             request.headers.get("content-length"),
             settings.max_upload_bytes,
             settings.tmp_dir,
-            settings.upload_timeout_s,
-            settings.upload_min_bytes_per_s,
-            settings.upload_grace_s,
+            Pace(
+                settings.upload_timeout_s, settings.upload_min_bytes_per_s, settings.upload_grace_s
+            ),
         )
     try:
         await asyncio.get_running_loop().run_in_executor(None, sniff, upload.path)
@@ -143,7 +131,7 @@ async def detect_stream(
     return AnalysisStream(events, release, media_type="application/x-ndjson")
 
 
-CLIENT_GONE = ApiError(499, "client_closed_request", "the client went away")
+CLIENT_GONE = ApiError("client_closed_request", "the client went away")
 
 
 class DisconnectWatch:
@@ -257,7 +245,3 @@ async def stream_analysis(
         # must have returned before its slot is released.
         with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def line(event: dict) -> bytes:
-    return (json.dumps(event, separators=(",", ":")) + "\n").encode()

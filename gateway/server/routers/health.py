@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.server.deps import ServerDep, SettingsDep
-from gateway.server.errors import ApiError
+from gateway.server.errors import ApiError, error_response
 from gateway.server.openapi import errors_doc
 
 router = APIRouter()
@@ -18,13 +18,15 @@ async def healthz() -> dict:
 
 @router.get(
     "/readyz",
-    responses=errors_doc({503: "Triton or the ensemble is not ready (see Retry-After)"}),
+    responses=errors_doc("not_ready"),
 )
 async def readyz(server: ServerDep, settings: SettingsDep) -> JSONResponse:
     ready = await server.ready()
     if not ready:
-        error = ApiError(503, "not_ready", f"Triton or {settings.ensemble} is not ready")
-        return JSONResponse(error.body(), status_code=503, headers={"Retry-After": "5"})
+        error = ApiError(
+            "not_ready", f"Triton or {settings.ensemble} is not ready", {"Retry-After": "5"}
+        )
+        return error_response(error)
     return JSONResponse({"status": "ready"})
 
 

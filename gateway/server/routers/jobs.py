@@ -5,7 +5,6 @@ workers start in its lifespan (gateway/server/jobs/running.py).
 """
 
 import asyncio
-import json
 import logging
 import shutil
 import sqlite3
@@ -19,44 +18,37 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis import RedisError
 
+from gateway.server import ndjson
 from gateway.server.analysis.queries import DetectQuery
 from gateway.server.deps import JobsDep, SettingsDep, UploadsDep
 from gateway.server.errors import ApiError
 from gateway.server.jobs.engine import Jobs
-from gateway.server.jobs.spool import Caps, Spooled, discard, spool_files
+from gateway.server.jobs.spool import JobFolder, discard, job_form
 from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
-from gateway.server.openapi import errors_doc, upload_doc
+from gateway.server.openapi import UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.security import key_id, presented_key
 from gateway.server.settings import MB, Settings
-from gateway.server.uploads import Pace
+from gateway.server.uploads import Form, Pace, Upload, receive_files
 
 log = logging.getLogger("gateway.jobs")
 PUBLIC_OWNER = "public"  # without API keys every caller sees every job
 EVENTS_POLL_S = 0.5
 
 JOB_UPLOAD_DOC = upload_doc(many=True)
-STORE_DOWN = {503: "the job queue's store is unreachable or full (see Retry-After)"}
-# Every status each route answers besides its success (the access middleware's 401 and 429
+# Every code each route answers besides its success (the access middleware's 401 and 429
 # are added to every /api operation by gateway/server/openapi.py).
 SUBMIT_ERRORS = errors_doc(
-    {
-        400: "a malformed multipart body or Content-Length (malformed_upload, invalid_request)",
-        408: "upload too slow: below the minimum rate after the grace, or past the deadline",
-        409: "the same Idempotency-Key is still being submitted",
-        413: "a file over the upload cap, or the job over its caps",
-        415: "not multipart/form-data",
-        422: "no file, bad options or callback_url",
-        429: "too many unfinished jobs for this API key or in all, or too many uploads being "
-        "received (see Retry-After)",
-    }
-    | STORE_DOWN
+    *UPLOAD_ERRORS,
+    "invalid_request",
+    "invalid_callback_url",
+    "idempotency_conflict",
+    "job_too_large",
+    "too_many_jobs",
+    "jobs_unavailable",
 )
-LIST_ERRORS = errors_doc({422: "bad offset or limit"} | STORE_DOWN)
-JOB_ERRORS = errors_doc(
-    {404: "no such job for this API key (or deleted)", 422: "a job id over 64 characters"}
-    | STORE_DOWN
-)
+LIST_ERRORS = errors_doc("invalid_request", "jobs_unavailable")
+JOB_ERRORS = errors_doc("job_not_found", "invalid_request", "jobs_unavailable")
 STORE_RETRY_S = 30
 MAX_OFFSET = 10**9  # SQLite and Redis take 64-bit offsets: a larger one is a 422, not a 500
 T = TypeVar("T")
@@ -88,7 +80,6 @@ async def in_store(call: Callable[..., T], *args: object) -> T:
     except (RedisError, sqlite3.OperationalError) as exc:
         log.error("job store unavailable: %s", exc)  # a retry or an operator: both must see it
         raise ApiError(
-            503,
             "jobs_unavailable",
             "the job queue cannot take or read jobs now; retry later",
             {"Retry-After": str(STORE_RETRY_S)},
@@ -96,7 +87,7 @@ async def in_store(call: Callable[..., T], *args: object) -> T:
 
 
 def not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found", f"no job {job_id} for this API key")
+    return ApiError("job_not_found", f"no job {job_id} for this API key")
 
 
 def too_many_jobs(full: str, settings: Settings) -> ApiError:
@@ -106,7 +97,6 @@ def too_many_jobs(full: str, settings: Settings) -> ApiError:
         else f"the service has {settings.jobs_max_active}"
     )
     return ApiError(
-        429,
         "too_many_jobs",
         f"{whose} unfinished jobs; retry when one ends",
         {"Retry-After": "30"},
@@ -125,12 +115,8 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(max_length=64)]
 
 
-def caps_for(settings: Settings) -> Caps:
-    return Caps(
-        file_bytes=settings.max_upload_bytes,
-        files=settings.jobs_max_files,
-        total_bytes=settings.jobs_max_mb * MB,
-    )
+def form_for(settings: Settings) -> Form:
+    return job_form(settings.max_upload_bytes, settings.jobs_max_files, settings.jobs_max_mb * MB)
 
 
 def pace_for(settings: Settings) -> Pace:
@@ -193,12 +179,12 @@ async def submit(
             if full is not None:
                 raise too_many_jobs(full, settings)
             reserved = True
-            files = await spool_files(
+            files = await receive_files(
                 request.stream(),
                 request.headers.get("content-type"),
                 request.headers.get("content-length"),
-                caps_for(settings),
-                jobs.folder(job_id),
+                form_for(settings),
+                JobFolder(jobs.folder(job_id)),
                 pace_for(settings),
             )
     except BaseException:
@@ -222,7 +208,7 @@ async def submit(
 async def check_callback(callback_url: str, settings: Settings) -> None:
     """A callback URL is refused (422) before any byte of the upload is read."""
     if settings.jobs_webhook_secret is None:
-        raise ApiError(422, "invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set")
+        raise ApiError("invalid_callback_url", "webhooks need GATEWAY_JOBS_WEBHOOK_SECRET set")
     await asyncio.to_thread(
         check_callback_url,
         callback_url,
@@ -236,7 +222,7 @@ def new_job(
     owner: str,
     query: JobQuery,
     idempotency_key: str | None,
-    files: list[Spooled],
+    files: list[Upload],
 ) -> tuple[dict, list[dict]]:
     """The job's record and its items, each file queued."""
     job = {
@@ -281,9 +267,7 @@ async def replay(jobs: Jobs, job_id: str) -> JSONResponse:
     """The job an earlier request with the same Idempotency-Key created."""
     job = await in_store(jobs.store.job, job_id)
     if job is None:
-        raise ApiError(
-            409, "idempotency_conflict", "a job with this Idempotency-Key is being submitted"
-        )
+        raise ApiError("idempotency_conflict", "a job with this Idempotency-Key is being submitted")
     view = job_view(job)
     headers = {"Location": view["links"]["self"], "Idempotent-Replayed": "true"}
     return JSONResponse(view, status_code=202, headers=headers)
@@ -365,25 +349,19 @@ async def job_events(
 
 
 async def progress_events(jobs: Jobs, job_id: str, sse: bool) -> AsyncIterator[bytes]:
+    encode = ndjson.sse if sse else ndjson.line
     store = jobs.store
     last = None
     while True:
         job = await asyncio.to_thread(store.job, job_id)
         if job is None:  # deleted, or at the end of its retention
-            yield encode({"event": "error", **not_found(job_id).body()}, sse)
+            yield encode({"event": "error", **not_found(job_id).body()})
             return
         if job["finished"] is not None:
-            yield encode({"event": "end", "job": job_view(job)}, sse)
+            yield encode({"event": "end", "job": job_view(job)})
             return
         view = job_view(job, results=False)
         if view != last:
-            yield encode({"event": "progress", "job": view}, sse)
+            yield encode({"event": "progress", "job": view})
             last = view
         await asyncio.sleep(EVENTS_POLL_S)
-
-
-def encode(event: dict, sse: bool) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    if sse:
-        return f"event: {event['event']}\ndata: {data}\n\n".encode()
-    return (data + "\n").encode()

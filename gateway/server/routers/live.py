@@ -1,5 +1,6 @@
 """WebSocket /api/live and POST /api/live: HTTP in and out of a live session
-(gateway/server/live/session.py holds the protocol and the session)."""
+(gateway/server/live/: protocol.py its messages, session.py the session, carriers.py the
+WebSocket and the NDJSON answer that carry it)."""
 
 import contextlib
 
@@ -9,16 +10,15 @@ from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.server.deps import AnalyzerDep, LiveSessionsDep, SettingsDep, StreamReadersDep
-from gateway.server.live.session import (
+from gateway.server.live.carriers import serve_socket, socket_client, start_ndjson
+from gateway.server.live.protocol import (
     CLOSE_BUSY,
     CLOSE_FORBIDDEN_ORIGIN,
     CLOSE_UNAUTHORIZED,
-    SocketQuota,
     UrlOptions,
-    serve_socket,
-    socket_client,
-    start_ndjson,
 )
+from gateway.server.live.session import SocketQuota
+from gateway.server.openapi import errors_doc
 from gateway.server.security import RateLimiter, origin_allowed
 
 router = APIRouter()
@@ -61,14 +61,17 @@ async def live_socket(
 @router.post(
     "/api/live",
     response_class=StreamingResponse,
-    responses={
-        400: {"description": "a body that is not JSON"},
-        403: {"description": "stream URL refused (scheme, host or private address)"},
-        422: {"description": "bad options or URL"},
-        429: {"description": "too many live sessions"},
-        502: {"description": "the stream could not be opened"},
-        503: {"description": "every stream reader is busy (stream_busy; see Retry-After)"},
-    },
+    responses=errors_doc(
+        "http_error",
+        "invalid_request",
+        "bad_url",
+        "url_refused",
+        "unknown_model",
+        "no_voting_model",
+        "too_many_sessions",
+        "stream_unreachable",
+        "stream_busy",
+    ),
     description="Read a stream URL (RTSP, RTMP, HLS, HTTP) for a bounded time; NDJSON: "
     "started, then one frame message per judged frame (as on the WebSocket), then end.",
 )

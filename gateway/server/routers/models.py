@@ -52,7 +52,7 @@ async def info(server: ServerDep, settings: SettingsDep) -> schemas.ServiceInfo:
 @router.get(
     "/api/models",
     response_model=schemas.ModelsAnswer,
-    responses=errors_doc(MODEL_SERVER_ERRORS),
+    responses=errors_doc(*MODEL_SERVER_ERRORS),
 )
 async def models(server: ServerDep) -> schemas.ModelsAnswer:
     ensemble = await server.ensemble(fresh=True)

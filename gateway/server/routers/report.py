@@ -30,13 +30,13 @@ from gateway.server.report import (
 router = APIRouter()
 
 REPORT_ERRORS_DOC = errors_doc(
-    {
-        413: "the answer over GATEWAY_REPORT_MAX_MB",
-        422: "not a detect answer, a bad format, references the answer lacks "
-        "(invalid_report), or over the report's limits (report_over_limits)",
-        429: "too many reports or analyses at once (see Retry-After)",
-        503: "no Chromium to print the PDF",
-    }
+    "report_too_large",
+    "invalid_request",
+    "invalid_answer",
+    "invalid_report",
+    "report_over_limits",
+    "too_many_requests",
+    "pdf_unavailable",
 )
 
 
@@ -96,7 +96,7 @@ async def read_body(request: Request, cap: int) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
-            raise ApiError(413, "report_too_large", f"the answer is larger than {cap >> 20} MB")
+            raise ApiError("report_too_large", f"the answer is larger than {cap >> 20} MB")
     return bytes(body)
 
 
@@ -107,7 +107,6 @@ def parse_answer(body: bytes) -> schemas.DetectAnswer:
         return schemas.DetectAnswer.model_validate_json(body, strict=True)
     except ValidationError as exc:
         raise ApiError(
-            422,
             "invalid_answer",
             f"not a detect answer: {exc.error_count()} error(s), "
             f"first: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}",
@@ -123,14 +122,14 @@ def make_report(
         answer = parse_answer(body)
         check_answer(answer, limits)
     except AnswerError as exc:
-        raise ApiError(422, exc.code, str(exc)) from None
+        raise ApiError(exc.code, str(exc)) from None
     html = render_html(answer, VERSION, datetime.now(UTC))
     if format == "html":
         return report_name(answer.filename), html
     try:
         return report_name(answer.filename), print_pdf(html, chromium)
     except ReportError as exc:
-        raise ApiError(503, "pdf_unavailable", str(exc)) from None
+        raise ApiError("pdf_unavailable", str(exc)) from None
 
 
 def report_name(filename: str) -> str:

@@ -12,13 +12,8 @@ import numpy as np
 
 from gateway.server import metrics, schemas
 from gateway.server.options import Options
-from gateway.server.verdict.aggregate import (
-    Strategy,
-    decisive_track,
-    is_short,
-    score_tracks,
-    vote,
-)
+from gateway.server.verdict.aggregate import Strategy, is_short
+from gateway.server.verdict.judge import Judge, Verdict
 from gateway.server.verdict.selection import Selection, model_summary, notes
 from preprocess.faces import Face
 from preprocess.media import MediaInfo
@@ -75,18 +70,17 @@ class Report:
         strategy: Strategy,
         clock: Clock,
     ) -> schemas.DetectAnswer:
-        members, weights = self.selection.members, self.selection.weights
+        members = self.selection.members
+        judge = Judge(self.selection, strategy, self.options.threshold)
         position = {face: n for n, face in enumerate(self.faces)}
         track_faces = [[position[link] for link in t.links] for t in tracks]
         track_of = {n: tid for tid, ns in enumerate(track_faces) for n in ns}
         model_scores = {m: scores[m] for m in members}
-        groups = self.selection.groups
-        per_track = score_tracks(track_faces, model_scores, weights, strategy, groups)
         sampled = len(self.found)
-        decisive = decisive_track(per_track, sampled, strategy.min_track_share)
-        face_vote = scores.get("ensemble")
-        if face_vote is None:
-            face_vote = vote(model_scores, weights, groups)
+        judged = judge.tracks(track_faces, model_scores, sampled, strategy.min_track_share)
+        decisive = judged.decisive
+        assert decisive is not None  # faces, so tracks: faceless() answers the rest
+        face_vote = judge.vote(model_scores, scores.get("ensemble"))
 
         def face(p: int, i: int, found: Face) -> schemas.FaceResult:
             n = position[(p, i)]
@@ -118,15 +112,14 @@ class Report:
                 short=is_short(t, sampled, strategy.min_track_share),
                 decisive=t.track == decisive.track,
             )
-            for t in per_track
+            for t in judged.tracks
         ]
-        verdict = "fake" if decisive.score >= self.options.threshold else "real"
-        return self.answer(clock, verdict, decisive.score, decisive.models, results, frames)
+        return self.answer(clock, judged.verdict, decisive.score, decisive.models, results, frames)
 
     def answer(
         self,
         clock: Clock,
-        verdict: str,
+        verdict: Verdict,
         score: float | None,
         model_scores: dict[str, float],
         tracks: list[schemas.TrackResult],
@@ -148,7 +141,7 @@ class Report:
             filename=self.options.filename,
             bytes=self.options.size,
             sha256=self.options.sha256,
-            verdict=verdict,  # type: ignore[arg-type]
+            verdict=verdict,
             score=score,
             threshold=self.options.threshold,
             ensemble=ensemble.name if self.selection.via_ensemble else None,

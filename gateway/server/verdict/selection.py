@@ -70,7 +70,6 @@ def select_models(ensemble: Ensemble, requested: Sequence[str] | None) -> Select
     unknown = [m for m in members if m not in available]
     if unknown or not members:
         raise ApiError(
-            422,
             "unknown_model",
             f"unknown model(s) {unknown or '(none given)'}; this server has {available} "
             f"(or '{ALL_MODELS}')",
@@ -79,7 +78,6 @@ def select_models(ensemble: Ensemble, requested: Sequence[str] | None) -> Select
     if weights is None:
         untrained = ", ".join(members)
         raise ApiError(
-            422,
             "no_voting_model",
             f"none of {untrained} votes (untrained or weight 0): their scores cannot "
             "make a verdict; add a trained model such as "
