@@ -196,7 +196,9 @@ def ended_items(*logs: Path) -> list[tuple[str, int]]:
 
 @dataclass
 class Receiver:
-    """A webhook receiver: the first `fail_first` deliveries get a 500 (to see retries)."""
+    """A webhook receiver: the first `fail_first` deliveries get a 500 (to see retries).
+    Each delivery: whether it verifies with `secret`, the body, and what was signed
+    (timestamp, signature header, raw body) for checks under other secrets."""
 
     fail_first: int = 0
     secret: str = SECRET  # the receiving tenant's (gateway/server/jobs/engine.py: webhook_secrets)
@@ -211,14 +213,11 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                valid = verify(
-                    receiver.secret,
-                    self.headers[TIMESTAMP_HEADER],
-                    body,
-                    self.headers[SIGNATURE_HEADER],
-                    tolerance_s=300,
+                stamp, signed = self.headers[TIMESTAMP_HEADER], self.headers[SIGNATURE_HEADER]
+                valid = verify(receiver.secret, stamp, body, signed, tolerance_s=300)
+                receiver.deliveries.append(
+                    {"valid": valid, "body": json.loads(body), "signed": (stamp, signed, body)}
                 )
-                receiver.deliveries.append({"valid": valid, "body": json.loads(body)})
                 ok = len(receiver.deliveries) > receiver.fail_first
                 self.send_response(200 if ok else 500)
                 self.end_headers()

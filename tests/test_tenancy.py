@@ -16,11 +16,8 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -29,12 +26,20 @@ import redis
 
 from gateway.server.jobs import codec
 from gateway.server.jobs.engine import Jobs, redis_url, webhook_secret_for_key, webhook_secrets
-from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature, verify
+from gateway.server.jobs.webhook import signature, verify
 from gateway.server.security import key_id
 from gateway.server.serve import is_loopback, open_refusal
 from tests.conftest import ROOT, free_port, gateway_process, gateway_settings
 from tests.dockerfile import env_of
-from tests.jobs_support import BAD, REDIS_PASSWORD, redis_server, submit, wait_job, worker_process
+from tests.jobs_support import (
+    BAD,
+    REDIS_PASSWORD,
+    Receiver,
+    redis_server,
+    submit,
+    wait_job,
+    worker_process,
+)
 
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 MASTER, OLD_MASTER = "master-webhook-secret", "retiring-webhook-secret"
@@ -177,41 +182,6 @@ def test_a_rotation_signs_with_both_masters(tmp_path: Path) -> None:
         assert not verify(webhook_secret_for_key(master, BOB), now, body, header, 300)
 
 
-@dataclass
-class RawReceiver:
-    """Keeps each delivery's timestamp, signature header and raw body."""
-
-    deliveries: list[tuple[str, str, bytes]] = field(default_factory=list)
-    received: threading.Event = field(default_factory=threading.Event)
-    url: str = ""
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator["RawReceiver"]:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                stamp, signed = self.headers[TIMESTAMP_HEADER], self.headers[SIGNATURE_HEADER]
-                receiver.deliveries.append((stamp, signed, body))
-                self.send_response(200)
-                self.end_headers()
-                receiver.received.set()
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-
-
 @pytest.mark.stack
 def test_the_gateways_webhook_verifies_with_its_keys_secret_only(tmp_path: Path) -> None:
     """The real gateway (embedded worker, SQLite queue): Alice's job's webhook verifies
@@ -224,14 +194,15 @@ def test_the_gateways_webhook_verifies_with_its_keys_secret_only(tmp_path: Path)
     }
     alice_headers = {"X-API-Key": ALICE}
     with (
-        RawReceiver().serving() as receiver,
+        Receiver().serving() as receiver,
         gateway_process(no_triton(), tmp_path, **settings) as gateway,
     ):
         files = [("notes.mp4", BAD["notes.mp4"])]  # fails undecoded: no Triton needed
         job = submit(gateway.url, files, alice_headers, callback_url=receiver.url).json()
         assert wait_job(gateway.url, job["id"], alice_headers, timeout=120)["status"] == "failed"
         assert receiver.received.wait(60), "no webhook delivered"
-    [(stamp, header, body)] = receiver.deliveries
+    [delivery] = receiver.deliveries
+    stamp, header, body = delivery["signed"]
     assert json.loads(body)["id"] == job["id"]
     for master in (MASTER, OLD_MASTER):
         assert verify(webhook_secret_for_key(master, ALICE), stamp, body, header, 300)
