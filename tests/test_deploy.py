@@ -40,6 +40,18 @@ OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
 # What an overlay adds to the base, by kind and name.
 EXTRAS = {
     "gpu-cluster": {
+        # Jobs (../components/jobs, opt-in): the queue's server, the workers, the uploads.
+        ("NetworkPolicy", "redis"),
+        ("NetworkPolicy", "jobs-worker"),
+        ("ServiceAccount", "redis"),
+        ("ServiceAccount", "jobs-worker"),
+        ("Deployment", "redis"),
+        ("Deployment", "jobs-worker"),
+        ("Service", "redis"),
+        ("HorizontalPodAutoscaler", "jobs-worker"),
+        ("PodDisruptionBudget", "jobs-worker"),
+        ("PersistentVolumeClaim", "redis-data"),
+        ("PersistentVolumeClaim", "job-uploads"),
         ("PersistentVolumeClaim", "triton-trt-cache"),
         ("ServiceMonitor", "nvidia-dcgm-exporter"),
         ("HTTPRoute", "gateway"),
@@ -89,18 +101,6 @@ def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> No
         ("ServiceMonitor", "gateway"),
         ("Ingress", "gateway"),
         ("PrometheusRule", "deepfake-detect"),
-        # Jobs (../components/jobs): the queue's server, the workers, the shared uploads.
-        ("NetworkPolicy", "redis"),
-        ("NetworkPolicy", "jobs-worker"),
-        ("ServiceAccount", "redis"),
-        ("ServiceAccount", "jobs-worker"),
-        ("Deployment", "redis"),
-        ("Deployment", "jobs-worker"),
-        ("Service", "redis"),
-        ("HorizontalPodAutoscaler", "jobs-worker"),
-        ("PodDisruptionBudget", "jobs-worker"),
-        ("PersistentVolumeClaim", "redis-data"),
-        ("PersistentVolumeClaim", "job-uploads"),
     }
     # The generated ConfigMap carries a content hash, so edits roll the pods;
     # the dashboard's keeps one name (Grafana knows it by its uid).
@@ -238,6 +238,37 @@ def test_triton_image_creates_the_engine_cache_parent_for_its_user() -> None:
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
             [path] = re.findall(rf'"{key}"\s+value:\s*"([^"]+)"', config)
             assert Path(path).parent == Path("/trt-cache"), (member, key)
+
+
+def engine_paths(config: Path) -> set[str]:
+    text = config.read_text()
+    keys = ("trt_engine_cache_path", "trt_timing_cache_path")
+    return {p for k in keys for p in re.findall(rf'"{k}"\s+value:\s*"([^"]+)"', text)}
+
+
+def test_engines_are_cached_per_weights(tmp_path: Path) -> None:
+    """ONNX Runtime names a cached engine after the model file, its tensors and versions,
+    not the weights: the folder carries the weights' sha256 (provenance.json), so new
+    weights under the same member name, or a rollback, never load the other's engines."""
+    import json
+
+    from export import configs
+    from tests.test_repository_configs import _sources_only
+
+    for member in MEMBERS:
+        folder = ROOT / "model_repository" / "members" / member
+        sha = json.loads((folder / "provenance.json").read_text())["weights_sha256"]
+        [path] = engine_paths(folder / "config.pbtxt")
+        assert path == f"/trt-cache/{member}-{sha[:16] or 'untrained'}", member
+    copy = _sources_only(tmp_path)
+    before = set()
+    for sha in ("ab" * 32, "cd" * 32):
+        record = copy / "members" / "xception" / configs.PROVENANCE
+        record.write_text(json.dumps(json.loads(record.read_text()) | {"weights_sha256": sha}))
+        configs.main([str(copy)])
+        [path] = engine_paths(copy / "members" / "xception" / "config.pbtxt")
+        assert path == f"/trt-cache/xception-{sha[:16]}" and path not in before
+        before.add(path)
 
 
 def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
