@@ -275,6 +275,33 @@ def test_tensorrt_engine_cache_is_a_writable_volume(overlay: str) -> None:
             assert "emptyDir" in cache, member
 
 
+def test_a_shared_engine_cache_has_one_writer_per_folder(overlay: str) -> None:
+    """ONNX Runtime writes engines in place, without a lock: on a shared volume each pod
+    writes its node's folder (subPathExpr from spec.nodeName), and a node runs one Triton
+    pod (required anti-affinity), so two cold pods never write the same files."""
+    r, workload, container, _ = triton(overlay)
+    cache = workload.mount(container, "/trt-cache")
+    if cache is None or "persistentVolumeClaim" not in cache:
+        return
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/trt-cache"]
+    assert "subPath" not in mount and "$(NODE_NAME)" in mount["subPathExpr"]
+    [node] = [e for e in container["env"] if e["name"] == "NODE_NAME"]
+    assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    [term] = workload.spec["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert r.selected(term["labelSelector"], workload.namespace) == [workload]
+
+
+def test_gpu_pods_never_share_a_node(overlay: str) -> None:
+    """A soft spread lets both GPU pods land on one node, lost together in a drain."""
+    _, workload, _, _ = triton(overlay)
+    by_key = {c["topologyKey"]: c for c in workload.spec["topologySpreadConstraints"]}
+    hard = by_key["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert hard == (overlay in GPU_OVERLAYS)
+
+
 def test_triton_has_shared_memory_and_temp_volumes(overlay: str) -> None:
     r, workload, container, _ = triton(overlay)
     shm = workload.mount(container, "/dev/shm")
