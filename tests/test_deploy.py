@@ -36,29 +36,35 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"
 TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
-OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig", "gpu-jobs")
 # What an overlay adds to the base, by kind and name.
+# Jobs (../components/jobs, opt-in): the queue's server, the workers, the uploads, the
+# /api/jobs Ingress (replaced by the HTTPRoute's rule with components/gateway-api).
+JOBS = {
+    ("NetworkPolicy", "redis"),
+    ("NetworkPolicy", "jobs-worker"),
+    ("ServiceAccount", "redis"),
+    ("ServiceAccount", "jobs-worker"),
+    ("Deployment", "redis"),
+    ("Deployment", "jobs-worker"),
+    ("Service", "redis"),
+    ("HorizontalPodAutoscaler", "jobs-worker"),
+    ("PodDisruptionBudget", "jobs-worker"),
+    ("PersistentVolumeClaim", "redis-data"),
+    ("PersistentVolumeClaim", "job-uploads"),
+    ("Ingress", "gateway-jobs"),
+}
 EXTRAS = {
-    "gpu-cluster": {
-        # Jobs (../components/jobs, opt-in): the queue's server, the workers, the uploads.
-        ("NetworkPolicy", "redis"),
-        ("NetworkPolicy", "jobs-worker"),
-        ("ServiceAccount", "redis"),
-        ("ServiceAccount", "jobs-worker"),
-        ("Deployment", "redis"),
-        ("Deployment", "jobs-worker"),
-        ("Service", "redis"),
-        ("HorizontalPodAutoscaler", "jobs-worker"),
-        ("PodDisruptionBudget", "jobs-worker"),
-        ("PersistentVolumeClaim", "redis-data"),
-        ("PersistentVolumeClaim", "job-uploads"),
+    "gpu-jobs": JOBS,
+    "gpu-cluster": JOBS
+    | {
         ("PersistentVolumeClaim", "triton-trt-cache"),
         ("ServiceMonitor", "nvidia-dcgm-exporter"),
         ("HTTPRoute", "gateway"),
     },
 }
 # ...and what it takes away (components/gateway-api replaces the Ingress).
-REPLACED = {"gpu-cluster": {("Ingress", "gateway")}}
+REPLACED = {"gpu-cluster": {("Ingress", "gateway"), ("Ingress", "gateway-jobs")}}
 NAMESPACE = "deepfake"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"

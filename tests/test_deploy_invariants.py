@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 TRITON_DOCKERFILE = ROOT / "deploy" / "docker" / "triton.Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig", "gpu-jobs")
 REPOSITORY = ROOT / "model_repository"
 ADAPTER_VALUES = ROOT / "deploy" / "monitoring" / "prometheus-adapter-values.yaml"
-GPU_OVERLAYS = ("gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+GPU_OVERLAYS = ("gpu", "gpu-remote", "gpu-cluster", "gpu-mig", "gpu-jobs")
 REMOTE_OVERLAYS = ("gpu-remote",)
 TRACED_OVERLAYS = ("gpu-cluster",)
 DNS = ({"k8s-app": "kube-dns"}, "kube-system")
@@ -64,7 +64,9 @@ TRITON_METRICS |= TRITON_GPU_METRICS
 MONITORING = "monitoring"
 INGRESS_NAMESPACE = "ingress-nginx"
 # Overlays with components/jobs (opt-in): Redis, the workers, the shared uploads volume.
-JOBS_OVERLAYS = ("gpu-cluster",)
+JOBS_OVERLAYS = ("gpu-cluster", "gpu-jobs")
+# Overlays with components/stream-egress: the gateway may read stream URLs.
+STREAM_OVERLAYS = ("gpu-cluster",)
 # Overlays with components/gateway-api: an HTTPRoute instead of the Ingress.
 GATEWAY_API_OVERLAYS = ("gpu-cluster",)
 
@@ -644,6 +646,90 @@ def test_ingress_serves_the_page_and_the_api_but_not_the_internals(overlay: str)
     assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) >= 2
 
 
+def edge_rules(r: Rendering) -> list[tuple[str, str, dict]]:
+    """(match type, path, what applies there) for each Ingress path and HTTPRoute match:
+    the Ingress's annotations, or the route rule's timeouts."""
+    found = []
+    for ingress in r.all("Ingress"):
+        notes = ingress["metadata"]["annotations"]
+        for rule in ingress["spec"]["rules"]:
+            found += [(p["pathType"], p["path"], notes) for p in rule["http"]["paths"]]
+    for route in r.all("HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for match in rule["matches"]:
+                kind = {"PathPrefix": "Prefix", "Exact": "Exact"}[match["path"]["type"]]
+                found.append((kind, match["path"]["value"], rule["timeouts"]))
+    return found
+
+
+def edge_rule_for(r: Rendering, path: str) -> dict:
+    """What applies to `path`: the longest matching path wins, Exact before Prefix."""
+    matching = [
+        (len(value) + (kind == "Exact"), applies)
+        for kind, value, applies in edge_rules(r)
+        if (kind == "Exact" and path == value)
+        or (kind == "Prefix" and (path == value or path.startswith(value.rstrip("/") + "/")))
+    ]
+    assert matching, path
+    return max(matching, key=lambda m: m[0])[1]
+
+
+def test_the_edge_fits_each_routes_limits(overlay: str) -> None:
+    """Jobs carry GATEWAY_JOBS_MAX_MB within GATEWAY_JOBS_UPLOAD_TIMEOUT_S, /api/detect
+    GATEWAY_MAX_UPLOAD_MB: each route's body limit and timeouts at the edge fit its own;
+    the live page and its WebSocket are routed (a 404 at the edge before)."""
+    from gateway.server.settings import Settings
+
+    r, _, _, env = gateway(overlay)
+    settings = Settings.model_validate(
+        {k.removeprefix("GATEWAY_").lower(): v for k, v in env.items() if k.startswith("GATEWAY_")}
+    )
+    for path in ("/live", "/api/live"):
+        assert ingress_routes(r, path), path
+    routes = {
+        "/api/detect": (settings.max_upload_mb, 120.0),
+        "/api/live": (settings.live_max_frame_kb / 1024, settings.live_max_session_s),
+    }
+    if overlay in JOBS_OVERLAYS:
+        routes["/api/jobs"] = (settings.jobs_max_mb, settings.jobs_upload_timeout_s)
+    for path, (megabytes, seconds) in routes.items():
+        applies = edge_rule_for(r, path)
+        if overlay in GATEWAY_API_OVERLAYS:  # body limits: the implementation's policies
+            assert quantity(applies["request"].removesuffix("s")) >= seconds, path
+            continue
+        for key in (
+            "nginx.ingress.kubernetes.io/proxy-body-size",
+            "nginx.org/client-max-body-size",
+        ):
+            # nginx's m and the gateway's MB (settings.MB) are both 2**20 bytes.
+            assert quantity(applies[key].replace("m", "Mi")) > megabytes * 2**20, (path, key)
+        if path == "/api/live":  # a WebSocket: frames keep reading; F5 NGINX needs the name
+            assert "gateway" in applies["nginx.org/websocket-services"].split(",")
+            continue
+        for key in (
+            "nginx.ingress.kubernetes.io/proxy-read-timeout",
+            "nginx.org/proxy-read-timeout",
+        ):
+            assert float(applies[key].removesuffix("s")) >= seconds, (path, key)
+        # The jobs page polls each job once a second (static/jobs.js).
+        assert int(applies["nginx.ingress.kubernetes.io/limit-rpm"]) >= (
+            120 if path == "/api/jobs" else 10
+        )
+
+
+def test_the_per_key_rate_limit_is_on_and_fits_the_pages(overlay: str) -> None:
+    """gateway/README.md describes a per-key limit behind the edge: on, and above two live
+    sessions at the live page's highest frame rate (every frame counts) plus job polling."""
+    from gateway.server.settings import Settings
+
+    _, _, _, env = gateway(overlay)
+    per_minute = float(env["GATEWAY_RATE_LIMIT_PER_MINUTE"])
+    live_js = (ROOT / "gateway" / "server" / "static" / "live.js").read_text()
+    [page_fps] = re.findall(r"const fps = Math\.min\((\d+),", live_js)
+    sessions = Settings.model_fields["live_max_sessions_per_client"].default
+    assert per_minute >= sessions * int(page_fps) * 60 + 60
+
+
 # -- autoscaling --------------------------------------------------------------------------
 
 
@@ -975,7 +1061,11 @@ def test_egress_is_triton_and_dns_for_the_gateway_and_dns_for_triton(overlay: st
     assert not r.egress_allowed(tr, 8080, gw.labels, ns, to=gw)
     storage = "52.216.8.0"  # an S3 address: outside the cluster
     assert r.egress_allowed(tr, 443, {}, "", to_ip=storage) == (overlay in REMOTE_OVERLAYS)
-    assert not r.egress_allowed(gw, 443, {}, "", to_ip=storage)
+    # Stream URLs: public addresses only, only with components/stream-egress.
+    for port in (80, 443, 554, 1935):
+        assert r.egress_allowed(gw, port, {}, "", to_ip=storage) == (overlay in STREAM_OVERLAYS)
+    for private in ("10.1.2.3", "169.254.169.254", "192.168.1.1", "127.0.0.1"):
+        assert not r.egress_allowed(gw, 443, {}, "", to_ip=private), private
     assert not r.egress_allowed(tr, 80, {}, "", to_ip=storage)
     # Spans to the collector only where tracing is on.
     for source in (gw, tr):
