@@ -53,6 +53,7 @@ JOBS = {
     ("PersistentVolumeClaim", "redis-data"),
     ("PersistentVolumeClaim", "job-uploads"),
     ("Ingress", "gateway-jobs"),
+    ("PrometheusRule", "deepfake-detect-jobs"),
 }
 EXTRAS = {
     "gpu-jobs": JOBS,
@@ -60,6 +61,7 @@ EXTRAS = {
     | {
         ("PersistentVolumeClaim", "triton-trt-cache"),
         ("ServiceMonitor", "nvidia-dcgm-exporter"),
+        ("PrometheusRule", "deepfake-detect-gpu"),
         ("HTTPRoute", "gateway"),
     },
 }
