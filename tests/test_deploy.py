@@ -394,6 +394,8 @@ def test_gateway_image_bakes_yunet_and_its_licence_with_their_checksums() -> Non
     assert f"--checksum=sha256:{YUNET_SHA256}" in model
     url, dest = [w for w in model if not w.startswith("--")]
     assert url.startswith("https://") and url.endswith(YUNET_FILE)
+    # A fixed commit of opencv_zoo, not a branch that moves under the checksum.
+    assert re.search(r"/opencv_zoo/raw/[0-9a-f]{40}/", url), url
     env = env_of(GATEWAY_DOCKERFILE)
     assert dest.startswith(env["DEEPFAKE_ASSETS"] + "/")
     assert env["GATEWAY_DETECTOR"] == "yunet"

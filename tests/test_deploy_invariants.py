@@ -304,6 +304,77 @@ def test_gpu_pods_never_share_a_node(overlay: str) -> None:
     assert hard == (overlay in GPU_OVERLAYS)
 
 
+# MIG 3g profiles by GPU model (NVIDIA's MIG user guide): the profile's name is the GPU's.
+MIG_3G_PROFILES = {
+    "NVIDIA-A100-SXM4-80GB": "mig-3g.40gb",
+    "NVIDIA-A100-80GB-PCIe": "mig-3g.40gb",
+    "NVIDIA-H100-80GB-HBM3": "mig-3g.40gb",
+    "NVIDIA-H100-PCIe": "mig-3g.40gb",
+    "NVIDIA-H100-NVL": "mig-3g.47gb",
+    "NVIDIA-H200": "mig-3g.71gb",
+    "NVIDIA-A100-SXM4-40GB": "mig-3g.20gb",
+}
+# What the members need on one GPU (deploy/README.md, "Memory"): ~20 GiB, in MiB.
+GPU_MEMORY_NEEDED_MIB = 20 * 1024
+
+
+def required_node_terms(workload: Workload) -> list[Manifest]:
+    affinity = workload.spec.get("affinity", {}).get("nodeAffinity", {})
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    return required.get("nodeSelectorTerms", [])
+
+
+def test_gpu_pods_land_only_on_gpus_with_enough_memory(overlay: str) -> None:
+    """Mixed fleets: a 16 GB GPU would fail the engine builds; every required node term
+    asks GPU feature discovery's nvidia.com/gpu.memory for enough."""
+    _, workload, _, _ = triton(overlay)
+    terms = required_node_terms(workload)
+    if overlay not in GPU_OVERLAYS:
+        assert not terms
+        return
+    assert terms
+    for term in terms:
+        [memory] = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
+        assert memory["operator"] == "Gt" and int(memory["values"][0]) >= GPU_MEMORY_NEEDED_MIB
+
+
+def test_a_mig_slice_lands_only_on_gpus_that_offer_its_profile(overlay: str) -> None:
+    """mig-3g.40gb exists on 80 GB A100s and H100s only (an H200's 3g is 71gb): the pod
+    asks for the GPU models whose profile it names, never one it would wait for forever."""
+    _, workload, container, _ = triton(overlay)
+    migs = [k for k in container["resources"]["limits"] if k.startswith("nvidia.com/mig-")]
+    if not migs:
+        return
+    [resource] = migs
+    profile = resource.removeprefix("nvidia.com/")
+    for term in required_node_terms(workload):
+        [products] = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.product"]
+        assert products["operator"] == "In" and products["values"]
+        for product in products["values"]:
+            assert MIG_3G_PROFILES[product] == profile, product
+    assert required_node_terms(workload)
+    # The component's comment names the profile of each GPU model, as the table here.
+    text = (ROOT / "deploy/k8s/components/gpu-mig/kustomization.yaml").read_text()
+    for product, mig in MIG_3G_PROFILES.items():
+        line = next(x for x in text.splitlines() if product in x)
+        assert f"nvidia.com/{mig}" in line, product
+
+
+def test_a_remote_repository_is_a_versioned_prefix(overlay: str) -> None:
+    """A mutable prefix lets a restart or a rollback load whatever was synced last: the
+    location ends with the release's version, the images' tag."""
+    r, _, container, _ = triton(overlay)
+    location = r.env(container)["MODEL_REPOSITORY"]
+    if overlay not in REMOTE_OVERLAYS:
+        assert location == "/models"
+        return
+    version = location.rstrip("/").rsplit("/", 1)[1]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", version), location
+    base = yaml.safe_load((ROOT / "deploy/k8s/base/kustomization.yaml").read_text())
+    tags = {i["newTag"] for i in base["images"]}
+    assert tags == {version.removeprefix("v")}
+
+
 def test_triton_has_shared_memory_and_temp_volumes(overlay: str) -> None:
     r, workload, container, _ = triton(overlay)
     shm = workload.mount(container, "/dev/shm")
