@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.server.admission import Admission, Holding, LiveSessions, UploadSlots
 from gateway.server.analysis.analysis import Analyzer
+from gateway.server.errors import ApiError
 from gateway.server.jobs.engine import Jobs
 from gateway.server.live.readers import StreamReaders
 from gateway.server.model_server import ModelServer
@@ -43,7 +44,10 @@ def get_uploads(connection: HTTPConnection) -> UploadSlots:
 
 
 def get_jobs(connection: HTTPConnection) -> Jobs:
-    return connection.app.state.jobs
+    jobs = connection.app.state.jobs
+    if jobs is None:  # GATEWAY_JOBS_ENABLED=false: the lifespan built no queue
+        raise ApiError("jobs_disabled", "jobs are off on this server (GATEWAY_JOBS_ENABLED)")
+    return jobs
 
 
 def get_live_sessions(connection: HTTPConnection) -> LiveSessions:
