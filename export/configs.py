@@ -98,18 +98,28 @@ def _parameters(runtime: str, settings: dict[str, int], source: Source, provenan
     return "\n".join(lines) + "\n"
 
 
+def engine_dir(name: str, provenance: dict[str, str]) -> str:
+    """The folder of the member's TensorRT engines under /trt-cache: keyed by its weights,
+    since ONNX Runtime names an engine after the model file, tensors and versions only
+    (new weights under the same name would load the old engine). One level under
+    /trt-cache: ONNX Runtime creates only the last element of the path."""
+    return f"{name}-{provenance.get('weights_sha256', '')[:16] or 'untrained'}"
+
+
 def render(repo: Path, runtime: str, source: Source) -> str:
     """One config's text from its template (without the member's carried blocks)."""
     settings = runtime_settings(repo, source.template)
     template = (repo / TEMPLATES / runtime).read_text()
     body = "".join(line for line in template.splitlines(True) if not line.startswith("##"))
     batch = int(settings["max_batch_size"])
+    provenance = read_provenance(repo, source.name)
     text = Template(body).substitute(
         name=source.name,
+        engine_dir=engine_dir(source.name, provenance),
         max_batch_size=batch,
         preferred_batch_size=f"[{batch // 4}, {batch // 2}, {batch}]",
         cpu_threads=settings["cpu_threads"],
-        parameters=_parameters(runtime, settings, source, read_provenance(repo, source.name)),
+        parameters=_parameters(runtime, settings, source, provenance),
     )
     sources = f"members/{source.name}/{PROVENANCE}"
     if source.template != source.name:

@@ -14,6 +14,7 @@ which needs numpy 2; this launcher itself needs only the standard library.
 """
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -187,14 +188,19 @@ class LocalTriton:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s:\n{self.tail()}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # Its session's leftovers (backend stubs of a killed server): the group is Triton's
+        # own (start_new_session), so nothing else is in it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

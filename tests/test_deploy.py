@@ -36,17 +36,37 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"
 TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
-OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig")
+OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig", "gpu-jobs")
 # What an overlay adds to the base, by kind and name.
+# Jobs (../components/jobs, opt-in): the queue's server, the workers, the uploads, the
+# /api/jobs Ingress (replaced by the HTTPRoute's rule with components/gateway-api).
+JOBS = {
+    ("NetworkPolicy", "redis"),
+    ("NetworkPolicy", "jobs-worker"),
+    ("ServiceAccount", "redis"),
+    ("ServiceAccount", "jobs-worker"),
+    ("Deployment", "redis"),
+    ("Deployment", "jobs-worker"),
+    ("Service", "redis"),
+    ("HorizontalPodAutoscaler", "jobs-worker"),
+    ("PodDisruptionBudget", "jobs-worker"),
+    ("PersistentVolumeClaim", "redis-data"),
+    ("PersistentVolumeClaim", "job-uploads"),
+    ("Ingress", "gateway-jobs"),
+    ("PrometheusRule", "deepfake-detect-jobs"),
+}
 EXTRAS = {
-    "gpu-cluster": {
+    "gpu-jobs": JOBS,
+    "gpu-cluster": JOBS
+    | {
         ("PersistentVolumeClaim", "triton-trt-cache"),
         ("ServiceMonitor", "nvidia-dcgm-exporter"),
+        ("PrometheusRule", "deepfake-detect-gpu"),
         ("HTTPRoute", "gateway"),
     },
 }
 # ...and what it takes away (components/gateway-api replaces the Ingress).
-REPLACED = {"gpu-cluster": {("Ingress", "gateway")}}
+REPLACED = {"gpu-cluster": {("Ingress", "gateway"), ("Ingress", "gateway-jobs")}}
 NAMESPACE = "deepfake"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
@@ -89,18 +109,6 @@ def test_overlay_renders_the_whole_service(overlay: tuple[str, Rendering]) -> No
         ("ServiceMonitor", "gateway"),
         ("Ingress", "gateway"),
         ("PrometheusRule", "deepfake-detect"),
-        # Jobs (../components/jobs): the queue's server, the workers, the shared uploads.
-        ("NetworkPolicy", "redis"),
-        ("NetworkPolicy", "jobs-worker"),
-        ("ServiceAccount", "redis"),
-        ("ServiceAccount", "jobs-worker"),
-        ("Deployment", "redis"),
-        ("Deployment", "jobs-worker"),
-        ("Service", "redis"),
-        ("HorizontalPodAutoscaler", "jobs-worker"),
-        ("PodDisruptionBudget", "jobs-worker"),
-        ("PersistentVolumeClaim", "redis-data"),
-        ("PersistentVolumeClaim", "job-uploads"),
     }
     # The generated ConfigMap carries a content hash, so edits roll the pods;
     # the dashboard's keeps one name (Grafana knows it by its uid).
@@ -240,6 +248,37 @@ def test_triton_image_creates_the_engine_cache_parent_for_its_user() -> None:
             assert Path(path).parent == Path("/trt-cache"), (member, key)
 
 
+def engine_paths(config: Path) -> set[str]:
+    text = config.read_text()
+    keys = ("trt_engine_cache_path", "trt_timing_cache_path")
+    return {p for k in keys for p in re.findall(rf'"{k}"\s+value:\s*"([^"]+)"', text)}
+
+
+def test_engines_are_cached_per_weights(tmp_path: Path) -> None:
+    """ONNX Runtime names a cached engine after the model file, its tensors and versions,
+    not the weights: the folder carries the weights' sha256 (provenance.json), so new
+    weights under the same member name, or a rollback, never load the other's engines."""
+    import json
+
+    from export import configs
+    from tests.test_repository_configs import _sources_only
+
+    for member in MEMBERS:
+        folder = ROOT / "model_repository" / "members" / member
+        sha = json.loads((folder / "provenance.json").read_text())["weights_sha256"]
+        [path] = engine_paths(folder / "config.pbtxt")
+        assert path == f"/trt-cache/{member}-{sha[:16] or 'untrained'}", member
+    copy = _sources_only(tmp_path)
+    before = set()
+    for sha in ("ab" * 32, "cd" * 32):
+        record = copy / "members" / "xception" / configs.PROVENANCE
+        record.write_text(json.dumps(json.loads(record.read_text()) | {"weights_sha256": sha}))
+        configs.main([str(copy)])
+        [path] = engine_paths(copy / "members" / "xception" / "config.pbtxt")
+        assert path == f"/trt-cache/xception-{sha[:16]}" and path not in before
+        before.add(path)
+
+
 def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
     """Narrow shape profiles around the crops the gateway sends (380 px)."""
     from preprocess.crop import CropConfig
@@ -360,6 +399,8 @@ def test_gateway_image_bakes_yunet_and_its_licence_with_their_checksums() -> Non
     assert f"--checksum=sha256:{YUNET_SHA256}" in model
     url, dest = [w for w in model if not w.startswith("--")]
     assert url.startswith("https://") and url.endswith(YUNET_FILE)
+    # A fixed commit of opencv_zoo, not a branch that moves under the checksum.
+    assert re.search(r"/opencv_zoo/raw/[0-9a-f]{40}/", url), url
     env = env_of(GATEWAY_DOCKERFILE)
     assert dest.startswith(env["DEEPFAKE_ASSETS"] + "/")
     assert env["GATEWAY_DETECTOR"] == "yunet"

@@ -1,8 +1,11 @@
 """The gateway as a service: Triton down, admission control, the CLI, `make run`."""
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,6 +183,81 @@ def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     assert subprocess.run(["pgrep", "-f", f"grpc-port={grpc}"], capture_output=True).returncode
+
+
+@pytest.fixture
+def exported_repository(request: pytest.FixtureRequest) -> Path:
+    """This checkout's exported repository, or DEEPFAKE_EXPORTED_REPOSITORY: another
+    checkout's, which Triton only reads (--triton-repository)."""
+    elsewhere = os.environ.get("DEEPFAKE_EXPORTED_REPOSITORY")
+    return Path(elsewhere) if elsewhere else request.getfixturevalue("exported")
+
+
+def session_processes(session: int) -> list[str]:
+    """The command lines of the processes in a session (Triton's and its stubs')."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == session:  # after ")": state, ppid, pgrp, session
+            found.append(cmdline.decode(errors="replace"))
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    """Free for the next `make run`: bindable as servers bind (SO_REUSEADDR: the closed
+    connections' TIME_WAIT does not count, a listener does)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_make_run_stops_triton_on_sigterm_and_sighup(
+    exported_repository: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """A supervisor's SIGTERM or a closed terminal's SIGHUP stops `make run` as Ctrl-C
+    does: no tritonserver or backend stub of it left (they run in Triton's own session,
+    out of the terminal's reach), and its ports free."""
+    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+    args = ["--profile", "lite", "--port", str(ports["gateway"])]
+    args += ["--triton-repository", str(exported_repository)]
+    for name in ("http", "grpc", "metrics"):
+        args += [f"--triton-{name}-port", str(ports[name])]
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.programs.local", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    session = None
+    try:
+        wait_for(f"http://127.0.0.1:{ports['gateway']}/readyz", process, log, timeout=300)
+        [triton] = subprocess.run(
+            ["pgrep", "-f", f"grpc-port={ports['grpc']}"], capture_output=True, text=True
+        ).stdout.split()
+        session = os.getsid(int(triton))
+        assert session != os.getsid(process.pid)  # out of the terminal's reach
+        assert any("tritonserver" in c for c in session_processes(session))
+        process.send_signal(stop)
+        assert process.wait(90) == 0, log.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if session is not None and session_processes(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(session, signal.SIGKILL)  # leave nothing behind, then fail below
+    assert session is not None and session_processes(session) == []
+    assert all(port_is_free(port) for port in ports.values()), ports
 
 
 def test_a_stalled_upload_times_out_with_408(tmp_path: Path) -> None:

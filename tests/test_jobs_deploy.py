@@ -1,4 +1,5 @@
-"""The jobs component (deploy/k8s/components/jobs) hangs together in every overlay: workers
+"""The jobs component (deploy/k8s/components/jobs) hangs together where an overlay adds it
+(opt-in: JOBS_OVERLAYS; the others run the gateway without a queue or volume): workers
 run the gateway's image and settings against the Redis Service, share the uploads volume
 with the gateway, may reach Triton and Redis (and nobody else may reach Redis), and their
 autoscaler reads the queue length the gateway exports through the adapter's rule. Out of
@@ -24,12 +25,20 @@ from gateway.server.jobs.running import QUEUED
 from gateway.server.settings import Settings
 from tests.manifests import Rendering, container_port, expand, quantity
 from tests.stack import free_port
-from tests.test_deploy_invariants import ADAPTER_VALUES, DNS, OVERLAYS, ROOT, rendering
+from tests.test_deploy_invariants import (
+    ADAPTER_VALUES,
+    DNS,
+    JOBS_OVERLAYS,
+    OVERLAYS,
+    ROOT,
+    STREAM_OVERLAYS,
+    rendering,
+)
 
 ROOT_BASE = "deploy/k8s/base/kustomization.yaml"
 COMPONENT = "deploy/k8s/components/jobs/kustomization.yaml"
 
-pytestmark = pytest.mark.parametrize("overlay", OVERLAYS)
+pytestmark = pytest.mark.parametrize("overlay", JOBS_OVERLAYS)
 
 
 def load(path: str) -> dict:
@@ -42,6 +51,54 @@ def test_the_component_uses_the_bases_namespace_and_labels(overlay: str) -> None
     assert component["labels"] == base["labels"]
     kustomization = load(f"deploy/k8s/overlays/{overlay}/kustomization.yaml")
     assert "../../components/jobs" in kustomization["components"]
+    # Opt-in: only the overlays that name it have it.
+    for other in OVERLAYS:
+        components = load(f"deploy/k8s/overlays/{other}/kustomization.yaml")["components"]
+        assert ("../../components/jobs" in components) == (other in JOBS_OVERLAYS), other
+
+
+def test_every_shared_claim_names_its_storage_class(overlay: str) -> None:
+    """A ReadWriteMany claim left to the default class (block storage on most clusters)
+    stays Pending, and with it every pod mounting it: the overlay names the class."""
+    claims = rendering(overlay).all("PersistentVolumeClaim")
+    shared = [c for c in claims if "ReadWriteMany" in c["spec"]["accessModes"]]
+    assert {c["metadata"]["name"] for c in shared} >= {"job-uploads"}
+    for claim in shared:
+        assert claim["spec"].get("storageClassName"), claim["metadata"]["name"]
+    assert "storageClassName" in (ROOT / "deploy" / "README.md").read_text()
+
+
+def test_without_the_component_the_gateway_starts_with_jobs_off(
+    overlay: str, tmp_path: Path
+) -> None:
+    """The overlays without jobs: no claim for the gateway to wait on, jobs off in its
+    ConfigMap; and the gateway so configured starts with an unwritable jobs folder and
+    answers /api/jobs with 404 jobs_disabled, writing nothing."""
+    from tests.conftest import inprocess_gateway
+
+    def jobs_enabled(r: Rendering) -> bool:
+        env = r.env(r.workload("gateway").container("gateway"))
+        return Settings.model_validate({"jobs_enabled": env["GATEWAY_JOBS_ENABLED"]}).jobs_enabled
+
+    assert jobs_enabled(rendering(overlay))
+    for other in set(OVERLAYS) - set(JOBS_OVERLAYS):
+        r = rendering(other)
+        assert not jobs_enabled(r), other
+        assert not [
+            c
+            for c in r.all("PersistentVolumeClaim")
+            if c["metadata"]["name"] in ("job-uploads", "redis-data")
+        ], other
+        volumes = r.workload("gateway").spec["volumes"]
+        assert not [v for v in volumes if "persistentVolumeClaim" in v], other
+    jobs_dir = tmp_path / "nowhere" / "jobs"
+    (tmp_path / "nowhere").mkdir(mode=0o500)  # as the image's read-only root
+    with inprocess_gateway(tmp_path, jobs_enabled=False, jobs_dir=jobs_dir) as g:
+        answer = g.client.get("/api/jobs/abc", headers={"X-API-Key": "k"})
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["code"] == "jobs_disabled"
+        assert g.client.get("/healthz").status_code == 200
+    assert not jobs_dir.exists()
 
 
 def test_workers_run_the_gateways_image_and_settings(overlay: str) -> None:
@@ -230,7 +287,9 @@ def test_egress_of_the_jobs_pods(overlay: str) -> None:
     for ip in PUBLIC:
         for web in (80, 443):
             assert r.egress_allowed(worker, web, {}, "", to_ip=ip), (ip, web)
-            assert not r.egress_allowed(gateway, web, {}, "", to_ip=ip), (ip, web)
+            # The gateway only with components/stream-egress (test_deploy_invariants.py).
+            gateway_out = r.egress_allowed(gateway, web, {}, "", to_ip=ip)
+            assert gateway_out == (overlay in STREAM_OVERLAYS), (ip, web)
         assert not r.egress_allowed(worker, 22, {}, "", to_ip=ip)
     for ip in INTERNAL:
         assert not r.egress_allowed(worker, 443, {}, "", to_ip=ip), ip

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from gateway.server import ndjson
+from gateway.server.admission import Admission, Bound, Holding, LiveSessions, UploadSlots
 from gateway.server.errors import CATALOGUE, ApiError
 from gateway.server.jobs.spool import JobFolder, discard, job_form
+from gateway.server.live.readers import StreamReaders
 from gateway.server.uploads import (
     FORM_OVERHEAD,
     Form,
@@ -142,3 +144,35 @@ def test_a_job_body_ending_inside_a_file_leaves_no_part_of_it(tmp_path: Path) ->
     files = receive(data, job_form(100, 3, 300), JobFolder(folder))
     assert [f.path.name for f in files] == ["0.upload", "1.upload"]
     assert sorted(p.name for p in folder.iterdir()) == ["0.upload", "1.upload"]
+
+
+@pytest.mark.parametrize(
+    ("bound", "code", "status", "retry"),
+    [
+        (Admission(1, 0, 0.05), "too_many_requests", 429, "2"),
+        (UploadSlots(1), "too_many_uploads", 429, "2"),
+        (LiveSessions(5, 1), "too_many_sessions", 429, "5"),
+        (StreamReaders(1, 3.2), "stream_busy", 503, "4"),
+    ],
+)
+def test_every_bound_is_taken_and_given_back_one_way(
+    bound: Bound, code: str, status: int, retry: str
+) -> None:
+    """One admission style: each bound's place is taken, refused with its own status and
+    Retry-After when full, and given back once however many of its holders give it."""
+
+    async def scenario() -> None:
+        held = Holding()
+        place = await held.take(bound, "client")
+        with pytest.raises(ApiError) as refused:
+            await bound.take("client")
+        assert (refused.value.code, refused.value.status) == (code, status)
+        assert refused.value.headers == {"Retry-After": retry}
+        place.give()  # the stream's end, then the dependency's teardown: one leave
+        held.give_back()
+        async with bound.held("client"):
+            with pytest.raises(ApiError):
+                await bound.take("client")
+        (await bound.take("client")).give()
+
+    asyncio.run(scenario())

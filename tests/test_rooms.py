@@ -4,6 +4,10 @@ rules themselves are import-linter contracts (pyproject.toml), run by `make lint
 import ast
 from pathlib import Path
 
+import pytest
+
+from tests import rooms
+
 SERVER = Path(__file__).resolve().parent.parent / "gateway" / "server"
 MAX_LINES = 60
 
@@ -28,3 +32,13 @@ def test_the_check_finds_a_long_function(tmp_path: Path) -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
     (tmp_path / "long.py").write_text(f"def long():\n{body}\n")
     assert long_functions(tmp_path, MAX_LINES) == [f"long.py:1 long ({MAX_LINES + 1})"]
+
+
+def test_contributing_shows_the_rooms_as_make_rooms_prints_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rooms.main()
+    printed = capsys.readouterr().out.rstrip("\n")
+    text = (SERVER.parent.parent / "CONTRIBUTING.md").read_text()
+    after = text.split("After (`make rooms`):\n\n```\n", 1)[1].split("\n```", 1)[0]
+    assert after == printed, "run make rooms and paste its output into CONTRIBUTING.md"

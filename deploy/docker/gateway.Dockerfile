@@ -28,16 +28,16 @@ RUN pip install --no-cache-dir --only-binary=:all: \
        -r preprocess/requirements-nodeps.txt \
     && python -c "import cv2, insightface, onnxruntime, tritonclient.grpc"
 
-# YuNet (MIT licence), checked against its sha256; SCRFD is non-commercial and
-# never goes into an image.
+# YuNet (MIT licence), from a fixed opencv_zoo commit (not the moving main branch)
+# and checked against its sha256; SCRFD is non-commercial and never goes into an image.
 ADD --checksum=sha256:8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4 \
     --chmod=0444 \
-    https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx \
+    https://github.com/opencv/opencv_zoo/raw/fef72f8fa7c52eaf116d3df358d24e6e959ada0e/models/face_detection_yunet/face_detection_yunet_2023mar.onnx \
     /opt/assets/face/yunet/face_detection_yunet_2023mar.onnx
 # Its MIT licence travels with it, fetched from the same place (not kept in git).
 ADD --checksum=sha256:c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1aba958 \
     --chmod=0444 \
-    https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/LICENSE \
+    https://github.com/opencv/opencv_zoo/raw/fef72f8fa7c52eaf116d3df358d24e6e959ada0e/models/face_detection_yunet/LICENSE \
     /opt/assets/face/yunet/LICENSE
 
 # The distribution's metadata only (pyproject.toml: no packages): gateway.VERSION reads it.

@@ -1,14 +1,31 @@
-"""`make run`: the local Triton, then the gateway over it; Ctrl-C stops both.
+"""`make run`: the local Triton, then the gateway over it; Ctrl-C stops both, and so do
+SIGTERM (a supervisor, `kill`) and SIGHUP (a closed terminal).
 
 python -m gateway.programs.local --profile full --port 8080
 """
 
 import argparse
+import contextlib
+import signal
+from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
 from gateway.server import Settings, check_access, configure_logging, create_app
-from model_repository.local_triton import LocalTriton, TritonSettings
+from model_repository.local_triton import REPOSITORY, LocalTriton, TritonSettings
+
+# Triton runs in its own session (LocalTriton), out of reach of the terminal's signals:
+# only this process can stop it, by leaving the `with LocalTriton` block.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM and SIGHUP as Ctrl-C: KeyboardInterrupt unwinds the `with` block, which stops
+    Triton and its backend stubs. Their default action would end this process at once and
+    leave Triton holding its ports. (uvicorn handles SIGTERM itself while serving, then
+    raises it again once it has stopped: it lands here.)"""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-grpc-port", type=int, default=8001)
     parser.add_argument("--triton-metrics-port", type=int, default=8002)
     parser.add_argument(
+        "--triton-repository",
+        type=Path,
+        default=REPOSITORY,
+        help="the exported model repository (default: this checkout's model_repository/)",
+    )
+    parser.add_argument(
         "--triton-config",
         default="cpu",
         help="cpu (fp32), or cpu_fast (model_repository/cpu_fast.toml)",
@@ -29,7 +52,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, stop_as_ctrl_c)
+    # A signal while Triton starts (uvicorn.run catches its own): LocalTriton stopped it.
+    with contextlib.suppress(KeyboardInterrupt):
+        run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
     triton = TritonSettings(
         profile=args.profile,
         host=args.triton_host,
@@ -37,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         grpc_port=args.triton_grpc_port,
         metrics_port=args.triton_metrics_port,
         config_name=args.triton_config,
+        repository=args.triton_repository,
     )
     # Command-line values win over GATEWAY_* variables; the rest come from them.
     settings = Settings(host=args.host, port=args.port, triton_url=triton.grpc_url)

@@ -11,19 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 
 from gateway import VERSION
-from gateway.server.admission import Admission
+from gateway.server.admission import Admission, LiveSessions, UploadSlots
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.errors import install_handlers
 from gateway.server.jobs.running import running_jobs
 from gateway.server.live.readers import StreamReaders
-from gateway.server.live.session import LiveSessions
 from gateway.server.openapi import install_openapi
 from gateway.server.requests import add_request_middleware
 from gateway.server.routers import detect, health, jobs, live, models, pages, report
 from gateway.server.security import install_access, install_cors
 from gateway.server.settings import Settings
 from gateway.server.tracing import install_tracing
-from gateway.server.uploads import UploadSlots
 
 # In the order they were always added: the OpenAPI document lists them so.
 ROUTERS = (models, detect, report, health, live, jobs, pages)
@@ -81,4 +79,6 @@ def add_state(app: FastAPI, settings: Settings) -> None:
     app.state.live_sessions = LiveSessions(
         settings.live_max_sessions, settings.live_max_sessions_per_client
     )
-    app.state.stream_readers = StreamReaders(settings.live_stream_readers)
+    app.state.stream_readers = StreamReaders(
+        settings.live_stream_readers, settings.live_stream_timeout_s
+    )

@@ -3,20 +3,20 @@ once (app.state): routes declare `analyzer: AnalyzerDep` or `settings: SettingsD
 of reading untyped `request.app.state.*` or closing over them, so the routers are plain
 module-level objects. HTTPConnection, so WebSocket routes use them too."""
 
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from gateway.server.admission import Admission
+from gateway.server.admission import Admission, Holding, LiveSessions, UploadSlots
 from gateway.server.analysis.analysis import Analyzer
+from gateway.server.errors import ApiError
 from gateway.server.jobs.engine import Jobs
 from gateway.server.live.readers import StreamReaders
-from gateway.server.live.session import LiveSessions
 from gateway.server.model_server import ModelServer
 from gateway.server.settings import Settings
-from gateway.server.uploads import UploadSlots
 
 
 def get_settings(connection: HTTPConnection) -> Settings:
@@ -44,7 +44,10 @@ def get_uploads(connection: HTTPConnection) -> UploadSlots:
 
 
 def get_jobs(connection: HTTPConnection) -> Jobs:
-    return connection.app.state.jobs
+    jobs = connection.app.state.jobs
+    if jobs is None:  # GATEWAY_JOBS_ENABLED=false: the lifespan built no queue
+        raise ApiError("jobs_disabled", "jobs are off on this server (GATEWAY_JOBS_ENABLED)")
+    return jobs
 
 
 def get_live_sessions(connection: HTTPConnection) -> LiveSessions:
@@ -53,6 +56,16 @@ def get_live_sessions(connection: HTTPConnection) -> LiveSessions:
 
 def get_stream_readers(connection: HTTPConnection) -> StreamReaders:
     return connection.app.state.stream_readers
+
+
+async def holding() -> AsyncIterator[Holding]:
+    """A request's places and files, given back when this dependency ends. Async: a bound's
+    `leave` runs on the event loop (the admission's semaphore is not thread-safe)."""
+    held = Holding()
+    try:
+        yield held
+    finally:
+        held.give_back()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -64,3 +77,8 @@ UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 LiveSessionsDep = Annotated[LiveSessions, Depends(get_live_sessions)]
 StreamReadersDep = Annotated[StreamReaders, Depends(get_stream_readers)]
+# Given back as the route returns (before the answer is sent: the next request of the same
+# client finds the place free), or, for a streamed answer, once all of it is sent (FastAPI
+# runs a yield dependency's exit after the response unless its scope is "function").
+HeldUntilReturn = Annotated[Holding, Depends(holding, scope="function")]
+HeldUntilSent = Annotated[Holding, Depends(holding)]

@@ -75,6 +75,7 @@ CATALOGUE: dict[str, Entry] = {
     "invalid_callback_url": Entry(422, "a callback_url refused"),
     "idempotency_conflict": Entry(409, "the same Idempotency-Key is still being submitted"),
     "jobs_unavailable": Entry(503, "the job store unreachable or full (see Retry-After)"),
+    "jobs_disabled": Entry(404, "jobs are off on this server (GATEWAY_JOBS_ENABLED=false)"),
     # reports
     "report_too_large": Entry(413, "the answer over GATEWAY_REPORT_MAX_MB"),
     "invalid_answer": Entry(422, "not a detect answer"),

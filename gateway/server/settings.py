@@ -403,6 +403,12 @@ class JobsSettings(BaseModel):
     default: `make run` needs no other server) or in Redis (a cluster); uploads wait in
     jobs_dir/uploads/ either way. Workers, caps, retention, webhooks."""
 
+    jobs_enabled: bool = Field(
+        True,
+        description="`false`: `/api/jobs` answers 404 `jobs_disabled` and nothing is written "
+        "under `GATEWAY_JOBS_DIR` (a cluster without `deploy/k8s/components/jobs`: a queue "
+        "in one pod's SQLite would be invisible to the other pods)",
+    )
     jobs_dir: Path = Field(
         Path(".build/jobs"),
         description="uploads waiting for a worker; the SQLite queue and job records when there "

@@ -8,7 +8,6 @@ file part straight to disk and stopping at the first byte over a cap.
 """
 
 import asyncio
-import contextlib
 import hashlib
 import tempfile
 import time
@@ -19,7 +18,6 @@ from typing import BinaryIO, Protocol
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.server import metrics
 from gateway.server.errors import ApiError
 
 FILE_FIELDS = ("file", "video")  # "video" is the prototype's field name: its clients keep working
@@ -33,33 +31,6 @@ class Upload:
     size: int
     seconds: float  # receiving it: the answer's upload timing
     sha256: str = ""  # hashed as it is written: a report names the exact file
-
-
-class UploadSlots:
-    """At most `limit` uploads received at once, /api/detect's and /api/jobs' together,
-    apart from the analysis slots (an upload takes one of those only once complete);
-    beyond, 429 at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    @contextlib.asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        if self.active >= self.limit:
-            metrics.REJECTED.inc()
-            raise ApiError(
-                "too_many_uploads",
-                "too many uploads are being received; retry shortly",
-                {"Retry-After": "2"},
-            )
-        self.active += 1
-        metrics.UPLOADS.set(self.active)
-        try:
-            yield
-        finally:
-            self.active -= 1
-            metrics.UPLOADS.set(self.active)
 
 
 def too_large(cap: int) -> ApiError:

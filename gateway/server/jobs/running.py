@@ -19,6 +19,10 @@ QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a work
 async def running_jobs(app: FastAPI) -> AsyncIterator[None]:
     """The queue for the API and, unless jobs_workers is 0, workers on this gateway's Analyzer."""
     settings: Settings = app.state.settings
+    if not settings.jobs_enabled:  # get_jobs answers jobs_disabled; no queue, no folder
+        app.state.jobs = None
+        yield
+        return
     jobs = Jobs(settings)
     app.state.jobs = jobs
     QUEUED.set_function(jobs.queued)

@@ -14,7 +14,6 @@ import contextlib
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -189,13 +188,7 @@ class LiveSession:
                 f"does not answer holds its reader up to {timeout_s:g} s); retry shortly",
                 timeout_s,
             )
-        slot = self.readers.claim()
-        if slot is None:
-            raise stream_busy(
-                f"all {self.readers.size} stream readers of the gateway are busy; retry shortly",
-                timeout_s,
-            )
-        return slot
+        return await self.readers.take()
 
     async def read(
         self, url: str, read: StreamRead, stop: threading.Event, slot: ReaderSlot
@@ -293,33 +286,3 @@ class LiveSession:
         if self.stream is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.stream
-
-
-# --- admission: sessions in all and per client -------------------------------------------
-
-
-class LiveSessions:
-    def __init__(self, limit: int, per_client: int) -> None:
-        self.limit = limit
-        self.per_client = per_client
-        self.by_client: Counter[str] = Counter()
-
-    def enter(self, client: str) -> bool:
-        if sum(self.by_client.values()) >= self.limit:
-            return False
-        if self.by_client[client] >= self.per_client:
-            return False
-        self.by_client[client] += 1
-        metrics.LIVE_SESSIONS.inc()
-        return True
-
-    def leave(self, client: str) -> None:
-        self.by_client[client] -= 1
-        if self.by_client[client] <= 0:
-            del self.by_client[client]
-        metrics.LIVE_SESSIONS.dec()
-
-    def busy(self) -> ApiError:
-        return ApiError(
-            "too_many_sessions", "too many live sessions; retry later", {"Retry-After": "5"}
-        )

@@ -5,8 +5,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -15,16 +13,23 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.server import schemas
-from gateway.server.admission import Admission
+from gateway.server.admission import UploadSlots
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.analysis.queries import DetectQuery
-from gateway.server.deps import AdmissionDep, AnalyzerDep, SettingsDep, UploadsDep
+from gateway.server.deps import (
+    AdmissionDep,
+    AnalyzerDep,
+    HeldUntilReturn,
+    HeldUntilSent,
+    SettingsDep,
+    UploadsDep,
+)
 from gateway.server.errors import ApiError, error_response, from_media_error
 from gateway.server.ndjson import line
 from gateway.server.openapi import ANALYSIS_ERRORS, UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.options import Options, options_for
 from gateway.server.settings import Settings
-from gateway.server.uploads import Pace, Upload, UploadSlots, receive_upload
+from gateway.server.uploads import Pace, Upload, receive_upload
 from preprocess.media import MediaError, sniff
 
 log = logging.getLogger("gateway")
@@ -81,26 +86,22 @@ async def detect(
     admission: AdmissionDep,
     uploads: UploadsDep,
     settings: SettingsDep,
+    held: HeldUntilReturn,
 ) -> schemas.DetectAnswer | Response:
     upload = await accept_upload(request, settings, uploads)
-    try:
-        await admission.enter()
+    held.later(lambda: upload.path.unlink(missing_ok=True))
+    await held.take(admission)  # given back as the route returns: its threads have returned
+    opts = options(request, upload, query, settings)
+    analysis = asyncio.create_task(analyzer.analyze(upload.path, opts))
+    async with cancelled_on_disconnect(request, analysis) as watch:
         try:
-            opts = options(request, upload, query, settings)
-            analysis = asyncio.create_task(analyzer.analyze(upload.path, opts))
-            async with cancelled_on_disconnect(request, analysis) as watch:
-                try:
-                    answer = await analysis
-                except asyncio.CancelledError:
-                    if not watch.gone:
-                        raise
-                    # Nobody reads it: the status is for the log and the metrics.
-                    return error_response(CLIENT_GONE)
-            return answer
-        finally:
-            admission.leave()  # only now: the analysis's threads have all returned
-    finally:
-        upload.path.unlink(missing_ok=True)
+            answer = await analysis
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            # Nobody reads it: the status is for the log and the metrics.
+            return error_response(CLIENT_GONE)
+    return answer
 
 
 @router.post(
@@ -118,17 +119,16 @@ async def detect_stream(
     admission: AdmissionDep,
     uploads: UploadsDep,
     settings: SettingsDep,
+    held: HeldUntilSent,
 ) -> StreamingResponse:
     upload = await accept_upload(request, settings, uploads)
-    try:
-        await admission.enter()
-    except BaseException:
-        upload.path.unlink(missing_ok=True)
-        raise
-    release = Release(upload, admission)
+    held.later(lambda: upload.path.unlink(missing_ok=True))
+    # Given back once the whole stream is sent, after AnalysisStream has seen the analysis's
+    # threads return.
+    await held.take(admission)
     opts = options(request, upload, query, settings)
     events = stream_analysis(analyzer, upload, opts)
-    return AnalysisStream(events, release, media_type="application/x-ndjson")
+    return AnalysisStream(events, media_type="application/x-ndjson")
 
 
 CLIENT_GONE = ApiError("client_closed_request", "the client went away")
@@ -164,29 +164,14 @@ async def cancelled_on_disconnect(
             await listener
 
 
-@dataclass
-class Release:
-    """A streamed request's slot and temp file, released once, whichever way it ends."""
-
-    upload: Upload
-    admission: Admission
-    done: bool = False
-
-    def __call__(self) -> None:
-        if not self.done:
-            self.done = True
-            Path(self.upload.path).unlink(missing_ok=True)
-            self.admission.leave()
-
-
 class AnalysisStream(StreamingResponse):
     """The NDJSON stream, whose cleanup runs even if its generator never started (the
-    client gone right after the upload): a generator's own `finally` would not."""
+    client gone right after the upload): a generator's own `finally` would not. Its slot
+    and file are the route's `held`, given back after this returns."""
 
-    def __init__(self, events: AsyncIterator[bytes], release: Release, **kwargs: object) -> None:
+    def __init__(self, events: AsyncIterator[bytes], **kwargs: object) -> None:
         super().__init__(events, **kwargs)  # type: ignore[arg-type]
         self.events = events
-        self.release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -196,7 +181,6 @@ class AnalysisStream(StreamingResponse):
                 # Runs the generator's cleanup (its analysis stopped, threads finished), if
                 # it started; only then the slot is free.
                 await self.events.aclose()  # type: ignore[attr-defined]
-                self.release()
 
 
 async def stream_analysis(

@@ -9,7 +9,15 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect
 
-from gateway.server.deps import AnalyzerDep, LiveSessionsDep, SettingsDep, StreamReadersDep
+from gateway.server.deps import (
+    AnalyzerDep,
+    HeldUntilReturn,
+    HeldUntilSent,
+    LiveSessionsDep,
+    SettingsDep,
+    StreamReadersDep,
+)
+from gateway.server.errors import ApiError
 from gateway.server.live.carriers import serve_socket, socket_client, start_ndjson
 from gateway.server.live.protocol import (
     CLOSE_BUSY,
@@ -31,6 +39,7 @@ async def live_socket(
     settings: SettingsDep,
     sessions: LiveSessionsDep,
     readers: StreamReadersDep,
+    held: HeldUntilReturn,
 ) -> None:
     # Accepted, then closed with a code a browser's page can read (a refused handshake
     # reads as 1006), before any message is read.
@@ -42,7 +51,9 @@ async def live_socket(
     if client is None:
         await websocket.close(CLOSE_UNAUTHORIZED, "a valid API key is required")
         return
-    if not sessions.enter(client):
+    try:
+        place = await held.take(sessions, client)
+    except ApiError:  # too_many_sessions: a socket reads it as its close code
         await websocket.close(CLOSE_BUSY, "too many live sessions")
         return
     quota = SocketQuota(
@@ -50,10 +61,8 @@ async def live_socket(
         getattr(websocket.app.state, "rate_limiter", None),  # gateway/server/security.py's
         RateLimiter(settings.live_control_per_minute, settings.live_control_burst),
     )
-    try:
-        code, reason = await serve_socket(websocket, analyzer, settings, readers, quota)
-    finally:
-        sessions.leave(client)
+    code, reason = await serve_socket(websocket, analyzer, settings, readers, quota)
+    place.give()  # before the close: a client reconnecting at once finds its place free
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close(code, reason)
 
@@ -82,23 +91,13 @@ async def live_url(
     settings: SettingsDep,
     sessions: LiveSessionsDep,
     readers: StreamReadersDep,
+    held: HeldUntilSent,
 ) -> StreamingResponse:
     client = request.scope.get("state", {}).get("client") or (
         "ip:" + (request.client.host if request.client else "unknown")
     )
-    if not sessions.enter(client):
-        raise sessions.busy()
-    left = False
-
-    def release() -> None:
-        nonlocal left
-        if not left:
-            left = True
-            sessions.leave(client)
-
-    try:
-        events = await start_ndjson(analyzer, settings, readers, options, release)
-    except BaseException:
-        release()
-        raise
+    # Given back when the stream ends (or its client stops reading): start_ndjson's
+    # `release`; if it never starts, as this request ends.
+    place = await held.take(sessions, client)
+    events = await start_ndjson(analyzer, settings, readers, options, place.give)
     return StreamingResponse(events, media_type="application/x-ndjson")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from gateway import VERSION
 from gateway.server import schemas
-from gateway.server.deps import AdmissionDep, ExecutorDep, SettingsDep
+from gateway.server.deps import AdmissionDep, ExecutorDep, HeldUntilReturn, SettingsDep
 from gateway.server.errors import ApiError
 from gateway.server.openapi import errors_doc
 from gateway.server.report import (
@@ -60,6 +60,7 @@ async def report(
     admission: AdmissionDep,
     executor: ExecutorDep,
     settings: SettingsDep,
+    held: HeldUntilReturn,
     format: Annotated[Literal["html", "pdf"], Query(description="html or pdf")] = "html",
 ) -> Response:
     body = await read_body(request, settings.report_max_mb << 20)
@@ -69,19 +70,16 @@ async def report(
     chromium = find_chromium(settings.chromium) if format == "pdf" else None
     # Parsing, checking, rendering and printing: CPU work on a worker thread (never the
     # event loop), bounded like an analysis by the same admission.
-    await admission.enter()
+    await held.take(admission)  # given back as the route returns
+    future = asyncio.get_running_loop().run_in_executor(
+        executor, make_report, body, format, limits, chromium
+    )
     try:
-        future = asyncio.get_running_loop().run_in_executor(
-            executor, make_report, body, format, limits, chromium
-        )
-        try:
-            name, content = await asyncio.shield(future)
-        finally:
-            # The client gone: the slot is free only once the thread has returned.
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait({future})
+        name, content = await asyncio.shield(future)
     finally:
-        admission.leave()
+        # The client gone: the slot is free only once the thread has returned.
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({future})
     media_type = "text/html; charset=utf-8" if format == "html" else "application/pdf"
     return Response(
         content,
