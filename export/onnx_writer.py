@@ -62,7 +62,7 @@ def export_onnx(wrapper: FacesToPFake, path: Path, metadata: dict[str, str]) -> 
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "N", 1: "H", 2: "W"}, OUTPUT_NAME: {0: "N"}},
             opset_version=OPSET,
-            dynamo=False,  # the TorchScript exporter: 3-4x faster here, no onnxscript
+            dynamo=False,  # the TorchScript exporter: faster here (CONTRIBUTING.md), no onnxscript
         )
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)

@@ -111,8 +111,8 @@ def _select(
 
 def _frugal_session_options() -> ort.SessionOptions:
     """One thread per call, and no spinning: frames are detected in parallel by the caller's
-    threads, next to a decoder and model servers on the same cores. Measured on 2 cores: 61 ms
-    of CPU per 1080p frame, against 103 ms with ONNX Runtime's default spinning pool."""
+    threads, next to a decoder and model servers on the same cores: a spinning pool costs
+    more CPU per frame than it saves (CONTRIBUTING.md's speed facts)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -2,10 +2,11 @@
 and each face's box is carried to the frames between, interpolated from one key frame to
 the next along its IoU match.
 
-SCRFD is the largest CPU cost after decoding (about 61 ms a 1080p frame); the boxes of a
-talking head barely move over a few sampled frames. Interpolation is only trusted where the
-two key frames agree: the same number of faces, each matched one to one above `min_iou`.
-Otherwise (a track lost, a face entering or leaving) every frame between is detected too.
+SCRFD is the largest CPU cost after decoding (tests/bench/README.md); the
+boxes of a talking head barely move over a few sampled frames. Interpolation is only
+trusted where the two key frames agree: the same number of faces, each matched one to one
+above `min_iou`. Otherwise (a track lost, a face entering or leaving) every frame between
+is detected too.
 """
 
 from collections.abc import Sequence

@@ -34,8 +34,7 @@ class Strategy:
     # A track seen in fewer than this share of the sampled frames is weak
     # evidence (a face glimpsed in 2 of 32 frames): it is reported, marked
     # short, and cannot decide the verdict alone (see decisive_track).
-    # A third: measured on the 19 shared clips (gateway/QUALITY.md), it changes one answer,
-    # the multi-person stage clip, and no fake clip has a track that short.
+    # A third: chosen on the shared clips (gateway/QUALITY.md, short tracks).
     min_track_share: float = 1 / 3
 
     def __call__(self, scores: np.ndarray) -> float:
