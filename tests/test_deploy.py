@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "deploy" / "docker"
 GATEWAY_DOCKERFILE = DOCKER / "gateway.Dockerfile"
 TRITON_DOCKERFILE = DOCKER / "triton.Dockerfile"
+# The CPU-only Triton (the nvidia-pytriton wheel's server) for the cpu overlay.
+TRITON_CPU_DOCKERFILE = DOCKER / "triton-cpu.Dockerfile"
+DOCKERFILES = [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE, TRITON_CPU_DOCKERFILE]
 OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig", "gpu-jobs")
 # What an overlay adds to the base, by kind and name.
 # Jobs (../components/jobs, opt-in): the queue's server, the workers, the uploads, the
@@ -73,6 +76,8 @@ YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 YUNET_LICENSE_SHA256 = "c83b8120c50ccbd4c4f96edf53141bdd566ebb8f8e9227e415326aa1b1aba958"
 SHARED_YUNET = ROOT.parent / "shared" / "assets" / "face" / "yunet" / YUNET_FILE
+# Where deploy/images/build.sh puts YuNet for the yunet-context stage (no route to GitHub).
+YUNET_CONTEXT = ".build/images/yunet/"
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -183,16 +188,14 @@ def test_validate_command_passes(tmp_path: Path) -> None:
 # -- Dockerfiles --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "dockerfile", [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
 def test_hadolint_passes(dockerfile: Path) -> None:
     lint = validate.hadolint(dockerfile)
     assert lint.returncode == 0, lint.output
 
 
 def test_every_dockerfile_is_linted() -> None:
-    assert validate.dockerfiles() == [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE]
+    assert validate.dockerfiles() == sorted(DOCKERFILES)
 
 
 def test_hadolint_config_fails_on_warnings(tmp_path: Path) -> None:
@@ -211,9 +214,7 @@ def test_hadolint_config_fails_on_warnings(tmp_path: Path) -> None:
     assert lint.returncode != 0 and "DL3026" in lint.output
 
 
-@pytest.mark.parametrize(
-    "dockerfile", [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
 def test_image_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
     uid, gid = final_user(dockerfile)
     assert uid != 0 and gid != 0
@@ -296,6 +297,28 @@ def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
         assert shapes["opt"][1:3] == [size, size], member
 
 
+def test_cpu_triton_image_serves_the_cpu_overlay_from_the_wheels_server() -> None:
+    """The CPU image: the wheel's tritonserver in the slim Python base (an ARG for make
+    images), its environment from model_repository/requirements.txt, the backends assembled
+    by local_triton's code, the same exported-models check and user as the NGC image's."""
+    assert instruction(TRITON_CPU_DOCKERFILE, "FROM") == ["${BASE_IMAGE}"]
+    assert args_of(TRITON_CPU_DOCKERFILE)["BASE_IMAGE"] == "python:3.11-slim"
+    runs = instruction(TRITON_CPU_DOCKERFILE, "RUN")
+    assert any(
+        "-r /opt/deepfake/model_repository/requirements.txt" in r and "--only-binary=:all:" in r
+        for r in runs
+    )
+    assert any("prepare_backends(Path('/opt/tritonserver')" in r for r in runs)
+    # The cpu overlay's `tritonserver ...` finds the binary on PATH, and the backends in its
+    # default directory (/opt/tritonserver/backends).
+    path = env_of(TRITON_CPU_DOCKERFILE)["PATH"]
+    assert path.startswith("/opt/triton/bin:/opt/tritonserver/bin:")
+    assert [r for r in runs if "make export" in r] == [build_check_script()]
+    assert final_user(TRITON_CPU_DOCKERFILE) == final_user(TRITON_DOCKERFILE)
+    assert instruction(TRITON_CPU_DOCKERFILE, "EXPOSE") == ["8000 8001 8002"]
+    assert "--model-config-name=cpu" in instruction(TRITON_CPU_DOCKERFILE, "CMD")[0]
+
+
 def build_check_script() -> str:
     [script] = [r for r in instruction(TRITON_DOCKERFILE, "RUN") if "make export" in r]
     return script
@@ -353,7 +376,8 @@ def requirement_names(path: Path) -> list[str]:
 
 
 def test_gateway_image_is_slim_python_with_only_the_gateway_dependencies() -> None:
-    assert instruction(GATEWAY_DOCKERFILE, "FROM") == ["python:3.11-slim"]
+    assert instruction(GATEWAY_DOCKERFILE, "FROM")[-1] == "${BASE_IMAGE}"
+    assert args_of(GATEWAY_DOCKERFILE)["BASE_IMAGE"] == "python:3.11-slim"
     runs = instruction(GATEWAY_DOCKERFILE, "RUN")
     installs = [r for r in runs if "pip install" in r and " -r " in r]
     assert len(installs) == 1
@@ -386,8 +410,9 @@ def test_gateway_image_copies_only_its_code() -> None:
         "pyproject.toml",
         "preprocess/",
         "gateway/",
+        YUNET_CONTEXT,  # the yunet-context stage's (build.sh fills it, git-ignored)
     }
-    for source in sources:
+    for source in set(sources) - {YUNET_CONTEXT}:
         assert (ROOT / source).exists(), source
     # The face detectors' manifest, read by the asset resolver, is in the image.
     beside = re.findall(r'with_name\("([^"]+)"\)', (ROOT / "preprocess" / "faces.py").read_text())
@@ -415,6 +440,26 @@ def test_gateway_image_bakes_yunet_and_its_licence_with_their_checksums() -> Non
         assert any(w.startswith("--chmod=") and w[-1] in "4567" for w in words)
     # SCRFD (non-commercial) never goes into the image.
     assert all("scrfd" not in rest.lower() for _, rest in instructions(GATEWAY_DOCKERFILE))
+
+
+def test_gateway_image_takes_yunet_from_the_download_unless_told_otherwise() -> None:
+    """YuNet comes from one stage: the checked download by default; the build context's
+    copy (make images, where GitHub is out of reach) only when YUNET_FROM names it."""
+    assert args_of(GATEWAY_DOCKERFILE)["YUNET_FROM"] == "yunet-url"
+    froms = instruction(GATEWAY_DOCKERFILE, "FROM")
+    assert froms[:3] == [
+        "scratch AS yunet-url",
+        "scratch AS yunet-context",
+        "${YUNET_FROM} AS yunet",
+    ]
+    [model, _] = (shlex.split(a) for a in instruction(GATEWAY_DOCKERFILE, "ADD"))
+    folder = [w for w in model if not w.startswith("--")][1].rsplit("/", 1)[0] + "/"
+    copies = [shlex.split(c) for c in instruction(GATEWAY_DOCKERFILE, "COPY")]
+    assert [YUNET_CONTEXT, folder] in copies  # the context's copy lands where ADD puts it
+    assert ["--from=yunet", folder, folder] in copies
+    # build.sh checks the context's copy against the same pinned sums.
+    script = (ROOT / "deploy" / "images" / "build.sh").read_text()
+    assert "sha256sum -c" in script and "grep -o 'sha256:" in script
 
 
 @pytest.mark.skipif(not SHARED_YUNET.is_file(), reason="no ../shared YuNet copy to check against")
@@ -506,8 +551,9 @@ def test_dockerignore_keeps_out_environments_caches_and_the_rest() -> None:
         "shared",
         "gateway/__pycache__/app.cpython-311.pyc",
         "model_repository/members/meso4/1/model.onnx.part",
-        "model_repository/backends/onnxruntime/model.py",
-        "model_repository/local_triton.py",
+        "model_repository/templates/config.pbtxt",
+        "model_repository/profiles.toml",
+        ".build/images/base.tar",
         "export/checkpoints.py",
         "export/assets.toml",
         "deploy/k8s/base/kustomization.yaml",
@@ -516,12 +562,13 @@ def test_dockerignore_keeps_out_environments_caches_and_the_rest() -> None:
     assert [p for p in unwanted if docker_context_includes(p)] == []
 
 
-@pytest.mark.parametrize(
-    "dockerfile", [GATEWAY_DOCKERFILE, TRITON_DOCKERFILE], ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.stem)
 def test_dockerignore_lets_in_everything_the_dockerfile_copies(dockerfile: Path) -> None:
     profile = "full"
     for source in copy_sources(dockerfile):
+        if source == YUNET_CONTEXT:  # filled by build.sh only where GitHub is out of reach
+            assert docker_context_includes(YUNET_CONTEXT + YUNET_FILE)
+            continue
         path = ROOT / source.replace("${PROFILE}", profile)
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         files = [f for f in files if "__pycache__" not in f.parts and f.suffix != ".part"]
