@@ -25,7 +25,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval train bench loadtest k8s test test-fast lint rooms settings-doc clean
+.PHONY: help setup system-packages export triton run eval train bench loadtest k8s images images-test test test-fast lint rooms settings-doc clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -39,6 +39,8 @@ help:
 	@echo "make bench    in-process floor vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
+	@echo "make images   build the gateway and CPU Triton images with podman (IMAGES_PROFILE=$(IMAGES_PROFILE), root)"
+	@echo "make images-test run the stack from those images, locked down, on loopback: results/images.json"
 	@echo "make lint     ruff, and the rooms' import contracts (lint-imports)"
 	@echo "make rooms    the gateway's rooms and the imports between them (CONTRIBUTING.md)"
 	@echo "make settings-doc write gateway/README.md's settings table from gateway/server/settings.py"
@@ -133,6 +135,21 @@ loadtest: $(TRITON_VENV)/.installed $(VENV)/.installed
 k8s: $(VENV)/.installed
 	$(PY) -m deploy.validate --out .build/k8s
 	$(PY) -m pytest -q tests/test_deploy.py tests/test_deploy_invariants.py
+
+# The gateway image (the job workers run it too) and the CPU Triton image, built with podman
+# from deploy/docker/ (deploy/images/build.sh: an mmdebstrap base and YuNet from
+# $(DEEPFAKE_ASSETS) where the registry and GitHub are out of reach). Needs root.
+IMAGES_PROFILE ?= lite
+IMAGES_TAG ?= dev
+images: $(VENV)/.installed
+	$(PY) -m export --profile $(IMAGES_PROFILE) $(EXPORT_FLAGS)
+	PROFILE=$(IMAGES_PROFILE) TAG=$(IMAGES_TAG) deploy/images/build.sh
+
+# Triton, the gateway and a job worker from those images with the manifests' security
+# settings, on loopback: readiness, the golden record, a signed webhook, a live frame,
+# /metrics, a report; sizes and cold starts in results/images.json (deploy/README.md).
+images-test: images
+	$(PY) -m tests.images --profile $(IMAGES_PROFILE) --tag $(IMAGES_TAG)
 
 test: setup
 	$(PY) -m export --profile lite $(EXPORT_FLAGS)
