@@ -35,6 +35,7 @@ from tests.manifests import (
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 TRITON_DOCKERFILE = ROOT / "deploy" / "docker" / "triton.Dockerfile"
+TRITON_CPU_DOCKERFILE = ROOT / "deploy" / "docker" / "triton-cpu.Dockerfile"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 OVERLAYS = ("cpu", "gpu", "gpu-remote", "gpu-cluster", "gpu-mig", "gpu-jobs")
 REPOSITORY = ROOT / "model_repository"
@@ -388,23 +389,24 @@ def test_triton_has_shared_memory_and_temp_volumes(overlay: str) -> None:
 def test_model_repository_location_matches_the_image(overlay: str) -> None:
     r, _, container, _ = triton(overlay)
     env = r.env(container)
-    image_env = env_of(TRITON_DOCKERFILE)
     if overlay in REMOTE_OVERLAYS:
         assert (REPOSITORY / env["MODEL_PROFILE"] / "deepfake_ensemble").is_dir()
         # Triton's own remote repositories, on the stock image it is built on.
         assert re.match(r"(s3|gs)://", env["MODEL_REPOSITORY"])
         assert container["image"] == TRITON_IMAGE == one(instruction(TRITON_DOCKERFILE, "FROM"))
     else:
+        # The cpu overlay runs the CPU image (the wheel's server), the others NGC's.
+        dockerfile = TRITON_CPU_DOCKERFILE if overlay == "cpu" else TRITON_DOCKERFILE
+        image_env = env_of(dockerfile)
         assert env["MODEL_REPOSITORY"] == image_env["MODEL_REPOSITORY"]
-        assert container["image"].endswith("/triton:0.1.0")
+        name = "triton-cpu" if overlay == "cpu" else "triton"
+        assert container["image"].endswith(f"/{name}:0.1.0")
         # The Deployment names the image's own link to the profile it was
         # built with, never a profile: a lite image must serve lite.
         assert env["MODEL_PROFILE"] == image_env["MODEL_PROFILE"]
-        [check] = [r for r in instruction(TRITON_DOCKERFILE, "RUN") if "make export" in r]
+        [check] = [r for r in instruction(dockerfile, "RUN") if "make export" in r]
         assert f'ln -s "${{PROFILE}}" {env["MODEL_PROFILE"]}' in check
-        assert (
-            env["MODEL_PROFILE"] not in ("full", "lite") and args_of(TRITON_DOCKERFILE)["PROFILE"]
-        )
+        assert env["MODEL_PROFILE"] not in ("full", "lite") and args_of(dockerfile)["PROFILE"]
 
 
 # -- gateway ------------------------------------------------------------------------------
