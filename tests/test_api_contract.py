@@ -87,6 +87,8 @@ def test_the_api_does_what_its_openapi_document_says(served: str, tmp_path: Path
     assert "✅ Stateful" in summary  # jobs followed through their links, and nothing failed
 
 
+# A check of the check (a whole run against a broken gateway, ~10 s): `make test` only.
+@pytest.mark.stack
 def test_a_deleted_job_still_readable_is_caught(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
