@@ -5,7 +5,7 @@ address is only ever an answer, never connected to."""
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import dns.message
@@ -66,38 +66,25 @@ class Listener:
 
     @contextlib.contextmanager
     def serving(self) -> Iterator["Listener"]:
-        server = socket.create_server((self.host, self.port))
-        self.port = server.getsockname()[1]
-        server.settimeout(0.2)
-        stop = threading.Event()
+        def record(conn: socket.socket) -> None:
+            conn.settimeout(1)
+            try:
+                self.received.append(conn.recv(4096) or b"(connected)")
+            except OSError:
+                self.received.append(b"(connected)")
 
-        def accept() -> None:
-            while not stop.is_set():
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    continue
-                with conn:
-                    conn.settimeout(1)
-                    try:
-                        self.received.append(conn.recv(4096) or b"(connected)")
-                    except OSError:
-                        self.received.append(b"(connected)")
-
-        thread = threading.Thread(target=accept, daemon=True)
-        thread.start()
-        try:
+        with tcp_server(self.host, self.port, record) as port:
+            self.port = port
             yield self
-        finally:
-            stop.set()
-            thread.join(5)
-            server.close()
 
 
 @contextlib.contextmanager
-def rtsp_redirecting(location: str, host: str = "127.0.0.1") -> Iterator[int]:
-    """An RTSP server whose every reply is `302 Moved` to `location`; its port."""
-    server = socket.create_server((host, 0))
+def tcp_server(
+    host: str, port: int, on_connection: Callable[[socket.socket], None]
+) -> Iterator[int]:
+    """A TCP server on `host` handing each connection, one at a time, to `on_connection`
+    (which may read and answer; the connection is closed after); its port."""
+    server = socket.create_server((host, port))
     server.settimeout(0.2)
     stop = threading.Event()
 
@@ -108,16 +95,7 @@ def rtsp_redirecting(location: str, host: str = "127.0.0.1") -> Iterator[int]:
             except OSError:
                 continue
             with conn:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    request = conn.recv(4096).decode("latin-1")
-                    cseq = next(
-                        (line.split(":", 1)[1].strip() for line in request.split("\r\n")
-                         if line.lower().startswith("cseq:")),
-                        "1",
-                    )  # fmt: skip
-                    reply = f"RTSP/1.0 302 Moved\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n"
-                    conn.sendall(reply.encode())
+                on_connection(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -127,3 +105,23 @@ def rtsp_redirecting(location: str, host: str = "127.0.0.1") -> Iterator[int]:
         stop.set()
         thread.join(5)
         server.close()
+
+
+@contextlib.contextmanager
+def rtsp_redirecting(location: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """An RTSP server whose every reply is `302 Moved` to `location`; its port."""
+
+    def redirect(conn: socket.socket) -> None:
+        conn.settimeout(2)
+        with contextlib.suppress(OSError):
+            request = conn.recv(4096).decode("latin-1")
+            cseq = next(
+                (line.split(":", 1)[1].strip() for line in request.split("\r\n")
+                 if line.lower().startswith("cseq:")),
+                "1",
+            )  # fmt: skip
+            reply = f"RTSP/1.0 302 Moved\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n"
+            conn.sendall(reply.encode())
+
+    with tcp_server(host, 0, redirect) as port:
+        yield port
