@@ -140,30 +140,31 @@ def test_the_cli_reports_errors_plainly(gateway: Gateway, tmp_path: Path) -> Non
     assert result.returncode == 1 and "cannot reach" in result.stderr
 
 
-def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
-    exported: Path, tmp_path: Path
-) -> None:
-    port, grpc = free_port(), free_port()
-    args = [
-        "--profile",
-        "lite",
-        "--port",
-        str(port),
-        "--triton-grpc-port",
-        str(grpc),
-        "--triton-http-port",
-        str(free_port()),
-        "--triton-metrics-port",
-        str(free_port()),
-    ]
-    log = tmp_path / "run.log"
+def run_ports() -> dict[str, int]:
+    return {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+
+
+def make_run(ports: dict[str, int], log: Path, *extra: str) -> subprocess.Popen:
+    """`make run`'s launcher (lite) on `ports`, its output into `log`."""
+    args = ["--profile", "lite", "--port", str(ports["gateway"]), *extra]
+    for name in ("http", "grpc", "metrics"):
+        args += [f"--triton-{name}-port", str(ports[name])]
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "gateway.programs.local", *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def test_make_run_serves_the_gateway_over_a_local_triton_and_ctrl_c_stops_both(
+    exported: Path, tmp_path: Path
+) -> None:
+    ports = run_ports()
+    port, grpc = ports["gateway"], ports["grpc"]
+    log = tmp_path / "run.log"
+    process = make_run(ports, log)
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz", process, log, timeout=300)
         response = httpx.post(
@@ -226,19 +227,9 @@ def test_make_run_stops_triton_on_sigterm_and_sighup(
     """A supervisor's SIGTERM or a closed terminal's SIGHUP stops `make run` as Ctrl-C
     does: no tritonserver or backend stub of it left (they run in Triton's own session,
     out of the terminal's reach), and its ports free."""
-    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
-    args = ["--profile", "lite", "--port", str(ports["gateway"])]
-    args += ["--triton-repository", str(exported_repository)]
-    for name in ("http", "grpc", "metrics"):
-        args += [f"--triton-{name}-port", str(ports[name])]
+    ports = run_ports()
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.programs.local", *args],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = make_run(ports, log, "--triton-repository", str(exported_repository))
     session = None
     try:
         wait_for(f"http://127.0.0.1:{ports['gateway']}/readyz", process, log, timeout=300)
