@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ import httpx
 
 from gateway.server.jobs.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import MEDIA
-from tests.stack import ROOT, free_port, stop
+from tests.stack import ROOT, free_port, serve_http, stop
 
 TIMEOUT = httpx.Timeout(120.0)
 IMAGES = [
@@ -227,12 +227,6 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 return None
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serve_http(Handler) as port:
+            self.url = f"http://127.0.0.1:{port}/hook"
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()

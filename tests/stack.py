@@ -3,11 +3,13 @@ shared media: where ../shared is, the images and clips they share, how long a re
 the gateway's client, free ports, a local Triton and `python -m gateway` as processes."""
 
 import contextlib
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -216,3 +218,19 @@ def detect_at_once(
             return await asyncio.gather(*sends)
 
     return asyncio.run(burst())
+
+
+@contextlib.contextmanager
+def serve_http(
+    handler: Callable[..., http.server.BaseHTTPRequestHandler],
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> Iterator[int]:
+    """A threaded HTTP server with `handler` on loopback while the block runs; its port."""
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,7 +3,6 @@ first, sha256 always, real downloads over HTTP."""
 
 import functools
 import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from export.weights import weights_manifest
 from preprocess import assets
 from preprocess.faces import MANIFEST as DETECTORS
 from tests.conftest import ASSETS
+from tests.stack import serve_http
 
 MESO4 = ASSETS / "weights/mesonet/Meso4_DF.h5"
 
@@ -69,11 +69,8 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     served = tmp_path / "served"
     served.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", served
-    server.shutdown()
+    with serve_http(handler) as port:
+        yield f"http://127.0.0.1:{port}", served
 
 
 def test_download_verifies_sha256_into_the_cache(tmp_path: Path, http_server: tuple) -> None:

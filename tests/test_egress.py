@@ -5,7 +5,6 @@ connection goes to 127.0.0.2 (an allowed test network) or must not happen at all
 
 import contextlib
 import http.server
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -22,6 +21,7 @@ from preprocess.egress import (
     networks,
 )
 from tests.egress_support import Listener, StubDns
+from tests.stack import serve_http
 
 TEST_NET = networks(["127.0.0.2/32"])  # the only loopback address the policy may reach
 STREAMS = frozenset({"http", "https", "rtsp", "rtmp"})
@@ -147,13 +147,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def echo(host: str, port: int = 0) -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer((host, port), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(Echo, host, port) as bound:
+        yield bound
 
 
 def test_the_connection_goes_to_the_checked_address_not_a_second_answer() -> None:

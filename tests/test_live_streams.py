@@ -13,7 +13,6 @@ import contextlib
 import http.server
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -27,6 +26,7 @@ from model_repository.local_triton import TritonSettings
 from tests.conftest import ROOT, Gateway, free_port, start_gateway
 from tests.egress_support import Listener, StubDns, rtsp_redirecting
 from tests.live_client import FAKE_CLIP, LiveSocket, make_clip
+from tests.stack import serve_http
 
 SECONDS = 5  # of the source clip
 READ_S = 4  # the gateway reads this long
@@ -185,14 +185,8 @@ class Cloaking(Files):
 
 @contextlib.contextmanager
 def serve(handler: object, port: int, host: str = SOURCE) -> Iterator[None]:
-    server = http.server.ThreadingHTTPServer((host, port), handler)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(handler, host, port):  # type: ignore[arg-type]
         yield
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")

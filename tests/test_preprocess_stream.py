@@ -17,6 +17,7 @@ import pytest
 from preprocess.egress import BadUrl, Unreachable, networks
 from preprocess.stream import StreamPolicy, StreamRead, read_stream
 from tests.egress_support import Listener, rtsp_redirecting
+from tests.stack import serve_http
 
 ALLOWED = networks(["127.0.0.2/32"])
 READ = StreamRead(fps=2, max_s=3, timeout_s=5)
@@ -38,13 +39,8 @@ def hls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def serve(handler: object, host: str = "127.0.0.2") -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer((host, 0), handler)  # type: ignore[arg-type]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(handler, host) as port:  # type: ignore[arg-type]
+        yield port
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):

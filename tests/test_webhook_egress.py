@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -20,6 +20,7 @@ from model_repository.local_triton import TritonSettings
 from tests.conftest import Gateway, free_port, start_gateway
 from tests.egress_support import Listener, StubDns
 from tests.jobs_support import IMAGES, SECRET, submit
+from tests.stack import serve_http
 
 ALLOWED = "127.0.0.2"
 
@@ -60,13 +61,8 @@ class Hook:
             def log_message(self, *args: object) -> None:
                 return None
 
-        server = ThreadingHTTPServer((ALLOWED, self.port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
+        with serve_http(Handler, ALLOWED, self.port):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
 @pytest.fixture(scope="module")
