@@ -277,13 +277,37 @@ def test_stream_urls_are_checked(live: Gateway) -> None:
 def test_a_client_that_stops_reading_is_let_go(lite_triton: TritonSettings, tmp_path: Path) -> None:
     """A client that keeps sending but reads nothing: its answers back up until a send
     waits longer than live_send_timeout_s; then the session ends and its slot is free,
-    while the client is still connected. Nothing queues in the meantime."""
-    with start_gateway(lite_triton.grpc_url, tmp_path, live_send_timeout_s=1) as gateway:
-        small_window = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
-        stalled = LiveSocket.open(gateway.url, sockopt=small_window)
-        stalled.start()
-        blank = blank_jpeg(64, 64)  # no face: judged in milliseconds, answered all the same
-        sent, deadline = 0, time.monotonic() + 60
+    while the client is still connected. Nothing queues in the meantime. (The keepalive,
+    which would also let it go, is pushed out of the way.)"""
+    settings = {"live_send_timeout_s": 1, "live_ping_interval_s": 600}
+    with start_gateway(lite_triton.grpc_url, tmp_path, **settings) as gateway:
+        sent = stall_a_session(gateway.url)
+        assert metric(gateway.url, "gateway_live_sessions") == 0, f"still open after {sent} frames"
+        assert metric(gateway.url, "gateway_live_frames_total", fate="dropped") > 0
+        assert_serves_others(gateway)
+
+
+def test_a_client_that_answers_no_ping_is_let_go(
+    lite_triton: TritonSettings, tmp_path: Path
+) -> None:
+    """A client that keeps sending but neither reads nor answers the keepalive's pings is
+    closed by uvicorn after live_ping_timeout_s, whatever the scorer was sending at that
+    moment: its session ends cleanly (no 'internal error', no traceback), its slot is free."""
+    settings = {"live_send_timeout_s": 600, "live_ping_interval_s": 1, "live_ping_timeout_s": 1}
+    with start_gateway(lite_triton.grpc_url, tmp_path, **settings) as gateway:
+        sent = stall_a_session(gateway.url, within_s=15)  # uvicorn's default would be 40 s
+        assert metric(gateway.url, "gateway_live_sessions") == 0, f"still open after {sent} frames"
+        assert_serves_others(gateway)
+
+
+def stall_a_session(url: str, within_s: float = 60) -> int:
+    """Open a session with a small receive window and send frames without ever reading
+    until the gateway ends the session (or `within_s` pass); the frames sent."""
+    stalled = LiveSocket.open(url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    stalled.start()
+    blank = blank_jpeg(64, 64)  # no face: judged in milliseconds, answered all the same
+    sent, deadline = 0, time.monotonic() + within_s
+    try:
         while time.monotonic() < deadline:
             try:
                 stalled.ws.sock.settimeout(2)
@@ -292,14 +316,16 @@ def test_a_client_that_stops_reading_is_let_go(lite_triton: TritonSettings, tmp_
                     sent += 1
             except (OSError, websocket.WebSocketException):
                 break  # the gateway stopped reading this connection too
-            if metric(gateway.url, "gateway_live_sessions") == 0:
+            if metric(url, "gateway_live_sessions") == 0:
                 break
-        assert metric(gateway.url, "gateway_live_sessions") == 0, f"still open after {sent} frames"
-        assert metric(gateway.url, "gateway_live_frames_total", fate="dropped") > 0
-        log = gateway.log.read_text()
-        assert "Traceback" not in log
-        # the gateway goes on serving others
-        other = LiveSocket.open(gateway.url)
-        assert judge(other, jpeg_frames(FAKE_CLIP, 1))[0]["faces"]
-        other.close()
+    finally:
         stalled.ws.sock.close()
+    return sent
+
+
+def assert_serves_others(gateway: Gateway) -> None:
+    """No traceback in the gateway's log, and a new session is judged as usual."""
+    assert "Traceback" not in gateway.log.read_text()
+    other = LiveSocket.open(gateway.url)
+    assert judge(other, jpeg_frames(FAKE_CLIP, 1))[0]["faces"]
+    other.close()

@@ -291,6 +291,15 @@ class LiveSettings(BaseModel):
     live_send_timeout_s: float = Field(
         10.0, gt=0, description="a live client that reads no answer for this long is let go"
     )
+    live_ping_interval_s: float = Field(
+        20.0, gt=0, description="WebSocket keepalive: the server pings each socket this often"
+    )
+    live_ping_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="WebSocket keepalive: a socket whose client does not answer a ping within "
+        "this is closed (`1011`) and its session ends",
+    )
     live_max_frame_kb: int = Field(
         1024,
         ge=1,
@@ -616,6 +625,8 @@ class Settings(
             # A live message is refused (closed with 1009) as its header arrives when it is over
             # the frame cap plus a margin: never buffered whole (uvicorn's default is 16 MiB).
             "ws_max_size": self.live_max_message_bytes,
+            "ws_ping_interval": self.live_ping_interval_s,
+            "ws_ping_timeout": self.live_ping_timeout_s,
             "proxy_headers": bool(self.forwarded_allow_ips),
             "forwarded_allow_ips": self.forwarded_allow_ips or None,
         }

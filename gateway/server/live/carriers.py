@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.errors import ApiError, from_media_error
 from gateway.server.live.protocol import (
+    CLOSE_GONE,
     CLOSE_IDLE,
     CLOSE_NORMAL,
     CLOSE_SLOW_CLIENT,
@@ -61,6 +62,10 @@ async def serve_socket(
                 await websocket.send_text(compact(message))
         except TimeoutError:
             raise SlowClient from None
+        except RuntimeError:
+            # uvicorn closed the socket itself (the client missed the keepalive's pong) and
+            # refuses any later send: the client is gone, as after a disconnect.
+            raise WebSocketDisconnect(CLOSE_GONE) from None
 
     session = LiveSession(analyzer, settings, send, readers)
     scorer = asyncio.create_task(session.score_forever())

@@ -26,6 +26,9 @@ CLOSE_NORMAL = 1000  # after {"stop": true}, the stream's end or the session tim
 CLOSE_SLOW_CLIENT = 1008  # answers unread for live_send_timeout_s
 # 1009 (message too big): sent by uvicorn itself, as soon as a message's header announces
 # more than Settings.live_max_message_bytes; the message is never buffered.
+# 1011 (keepalive ping timeout): sent by uvicorn itself when a client does not answer a
+# ping within Settings.live_ping_timeout_s.
+CLOSE_GONE = 1006  # no close frame: the connection was lost (the session's record only)
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong API key: closed before any frame is read
 CLOSE_FORBIDDEN_ORIGIN = 4403  # a browser page of another origin (not in cors_origins)
 CLOSE_IDLE = 4408  # no message (and no stream being read) for live_idle_timeout_s
