@@ -28,6 +28,7 @@ With `proxy` set, HTTP(S) goes through that proxy, which resolves the names: its
 allow-list is then the guard, and only literal addresses are checked here.
 """
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -38,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import dns.exception
@@ -57,6 +59,7 @@ HLS_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mp
 # What inet_aton reads as an IPv4 address besides the dotted quad: 127.1, 0x7f.1, 2130706433.
 NUMERIC_HOST = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?")
 LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+QUERY = re.compile(r"\?[^\s'\"]*")  # a URL's query, up to the end of the URL in a message
 UNREACHABLE = "the source could not be reached, is not allowed, or is not media"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,7 +91,24 @@ class Unreachable(MediaError):
     def __init__(self, cause: str) -> None:
         super().__init__(UNREACHABLE)
         self.cause = cause
-        log.warning("egress refused or failed: %s", cause)
+        log.warning("egress refused or failed: %s", without_queries(cause))
+
+
+def without_queries(text: str) -> str:
+    """`text` with each URL's query cut: a presigned URL's query is a credential (its
+    signature), never written to a log."""
+    return QUERY.sub("?…", text)
+
+
+class QueriesCut(logging.Filter):
+    """httpx logs every request's URL (INFO): its query is cut there too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = without_queries(record.getMessage()), None
+        return True
+
+
+logging.getLogger("httpx").addFilter(QueriesCut())
 
 
 def is_public(address: str) -> bool:
@@ -222,6 +242,7 @@ class EgressPolicy:
     proxy: str = ""  # http(s) proxy for HTTP(S); it resolves names
     timeout_s: float = 10.0  # connecting, and each read
     user_agent: str = "deepfake-gateway"
+    ca_bundle: str = ""  # a PEM file of CAs trusted besides the default ones (TLS egress)
 
     def allowed(self, address: str) -> bool:
         ip = unmapped(address)
@@ -299,19 +320,36 @@ class EgressPolicy:
 
     # --- HTTP(S): pinned connections, redirects checked here ---------------------------------
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """httpx's default trust (certifi), and the operator's own CAs where `ca_bundle`
+        names some (a private object store; the tests' CA)."""
+        context = httpx.create_ssl_context()
+        if self.ca_bundle:
+            context.load_verify_locations(cafile=self.ca_bundle)
+        return context
+
+    def client_options(self) -> dict[str, Any]:
+        """No redirects of the client's own, no proxy from the environment."""
+        return {
+            "follow_redirects": False,
+            "timeout": self.timeout_s,
+            "proxy": self.proxy or None,
+            "trust_env": False,
+            "verify": self.ssl_context(),
+            "headers": {"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
+        }
+
     def client(self) -> httpx.Client:
-        """For `send`: no redirects of its own, no proxy from the environment."""
-        return httpx.Client(
-            follow_redirects=False,
-            timeout=self.timeout_s,
-            proxy=self.proxy or None,
-            trust_env=False,
-            headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
-        )
+        """For `send` and `get`."""
+        return httpx.Client(**self.client_options())
+
+    def async_client(self) -> httpx.AsyncClient:
+        """For `aget`: the same client, for the event loop."""
+        return httpx.AsyncClient(**self.client_options())
 
     def request(
         self,
-        client: httpx.Client,
+        client: httpx.Client | httpx.AsyncClient,
         method: str,
         target: Target,
         headers: dict[str, str] | None = None,
@@ -355,15 +393,34 @@ class EgressPolicy:
         and where it came from."""
         for _ in range(MAX_REDIRECTS + 1):
             response = self.send(client, "GET", target, headers)
-            if not response.is_redirect:
-                if not response.is_success:
-                    response.close()
-                    raise Unreachable(f"GET {target.url.url}: HTTP {response.status_code}")
+            if response.is_success:
                 return target, response
-            location = response.headers.get("location", "")
             response.close()
-            target = self.follow(urljoin(target.url.url, location), pins)
+            target = self.redirected(target, response, pins)
         raise Unreachable(f"more than {MAX_REDIRECTS} redirects")
+
+    async def aget(
+        self, client: httpx.AsyncClient, target: Target, pins: Pins | None = None
+    ) -> tuple[Target, httpx.Response]:
+        """`get` on the event loop (each hop's name resolved on a thread)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = await client.send(self.request(client, "GET", target), stream=True)
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
+                raise Unreachable(f"GET {target.url.url} ({target.address}): {exc!r}") from None
+            if response.is_success:
+                return target, response
+            await response.aclose()
+            target = await asyncio.to_thread(self.redirected, target, response, pins)
+        raise Unreachable(f"more than {MAX_REDIRECTS} redirects")
+
+    def redirected(self, target: Target, response: httpx.Response, pins: Pins | None) -> Target:
+        """Where a non-2xx answer sends the read next, checked as any URL met on the way;
+        Unreachable when it is no redirect."""
+        if not response.is_redirect:
+            raise Unreachable(f"GET {target.url.url}: HTTP {response.status_code}")
+        location = response.headers.get("location", "")
+        return self.follow(urljoin(target.url.url, location), pins)
 
     def read_all(
         self, client: httpx.Client, target: Target, cap: int, pins: Pins | None = None
@@ -619,9 +676,12 @@ class Relay:
     rtmps), RTSP replies read for redirects. FFmpeg so never resolves nor reaches an
     address itself. Close it after."""
 
-    def __init__(self, target: Target, timeout_s: float) -> None:
+    def __init__(
+        self, target: Target, timeout_s: float, context: ssl.SSLContext | None = None
+    ) -> None:
         assert target.address is not None
         self.target, self.timeout_s = target, timeout_s
+        self.context = context or ssl.create_default_context()
         self.rtsp = target.url.scheme.startswith("rtsp")
         self.tls = target.url.scheme in ("rtsps", "rtmps")
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -649,10 +709,9 @@ class Relay:
         outside = socket.create_connection(self.target.sockaddr, timeout=self.timeout_s)
         self.sockets.append(outside)
         if self.tls:
-            context = ssl.create_default_context()
             name = None if self.target.url.literal else self.target.url.host
-            context.check_hostname = name is not None
-            outside = context.wrap_socket(outside, server_hostname=name)
+            self.context.check_hostname = name is not None
+            outside = self.context.wrap_socket(outside, server_hostname=name)
             self.sockets.append(outside)
         outside.settimeout(None)
         return outside
@@ -720,7 +779,7 @@ def open_media(policy: EgressPolicy, target: Target, bound: Bound) -> Opened:
         except BaseException:
             client.close()
             raise
-    relay = Relay(target, policy.timeout_s)
+    relay = Relay(target, policy.timeout_s, policy.ssl_context())
     if scheme.startswith("rtsp"):
         # TCP only (RTP interleaved on the one connection), nothing but the relay's socket.
         options = {"rtsp_transport": "tcp", "protocol_whitelist": "rtsp,rtp,tcp"}

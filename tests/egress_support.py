@@ -1,16 +1,23 @@
 """Shared by the egress tests: a stub DNS server (rebinding on demand), a listener that
-records who connects, and a one-reply RTSP server. Everything on loopback: a "public"
-address is only ever an answer, never connected to."""
+records who connects, a one-reply RTSP server and a test CA for HTTPS. Everything on
+loopback: a "public" address is only ever an answer, never connected to."""
 
 import contextlib
+import datetime
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dns.message
 import dns.rcode
 import dns.rrset
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 @dataclass
@@ -125,3 +132,71 @@ def rtsp_redirecting(location: str, host: str = "127.0.0.1") -> Iterator[int]:
 
     with tcp_server(host, 0, redirect) as port:
         yield port
+
+
+class TestCa:
+    """A certificate authority made for one test (EC P-256, a day's validity) and the server
+    certificates it signs: HTTPS on loopback that only a client given `bundle`
+    (GATEWAY_EGRESS_CA_BUNDLE) trusts."""
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "deepfake tests CA")])
+        self.cert = (
+            self.builder(name, name, self.key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )  # fmt: skip
+        self.bundle = folder / "ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    @staticmethod
+    def builder(
+        subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey
+    ) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def server(self, *names: str) -> ssl.SSLContext:
+        """A server context whose certificate, signed by this CA, names `names` (DNS)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        cert = (
+            self.builder(subject, self.cert.subject, key.public_key())
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        pem = self.folder / f"{names[0]}.pem"
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            + cert.public_bytes(serialization.Encoding.PEM)
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem)
+        return context

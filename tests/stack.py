@@ -7,6 +7,7 @@ import http.server
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -225,9 +226,13 @@ def serve_http(
     handler: Callable[..., http.server.BaseHTTPRequestHandler],
     host: str = "127.0.0.1",
     port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[int]:
-    """A threaded HTTP server with `handler` on loopback while the block runs; its port."""
+    """A threaded HTTP server with `handler` on loopback while the block runs (HTTPS with
+    `tls`, a server context: tests/egress_support.py `TestCa`); its port."""
     server = http.server.ThreadingHTTPServer((host, port), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server.server_address[1]

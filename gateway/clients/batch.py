@@ -1,6 +1,7 @@
-"""`python -m gateway.programs.cli detect A B C` or `detect FOLDER`: many files as jobs, a progress
-bar, then a CSV and a JSON report (file, sha256, verdict, score, per-model scores, faces,
-error). The exit status is 1 when any file failed."""
+"""`python -m gateway.programs.cli detect A B C` or `detect FOLDER`: many files (or media URLs,
+which the gateway fetches itself) as jobs, a progress bar, then a CSV and a JSON report (file,
+sha256, verdict, score, per-model scores, faces, error). The exit status is 1 when any file
+failed."""
 
 import csv
 import hashlib
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from gateway.clients.client import TIMEOUT, raise_for_error
+from gateway.clients.client import TIMEOUT, Source, raise_for_error, source_name
 
 POLL_S = 0.5
 
@@ -45,17 +46,26 @@ def sha256(path: Path) -> str:
 
 
 class JobsClient:
-    """The /api/jobs routes over HTTP."""
+    """The /api/jobs routes over HTTP (through `http` where given: the tests' TestClient)."""
 
-    def __init__(self, url: str, api_key: str | None = None) -> None:
+    def __init__(
+        self, url: str, api_key: str | None = None, http: httpx.Client | None = None
+    ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=TIMEOUT, headers=headers)
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=TIMEOUT, headers=headers)
 
     def submit(self, files: list[Path], **options: object) -> dict:
         params = {k: v for k, v in options.items() if v is not None}
         with ExitStack() as stack:  # httpx streams each open file: none is read into memory
             parts = [("file", (p.name, stack.enter_context(p.open("rb")))) for p in files]
             response = self.http.post("/api/jobs", files=parts, params=params)
+        raise_for_error(response)
+        return response.json()
+
+    def submit_urls(self, urls: list[str], **options: object) -> dict:
+        """A job of media URLs: the gateway fetches each (nothing is uploaded)."""
+        params = {k: v for k, v in options.items() if v is not None}
+        response = self.http.post("/api/jobs", json={"urls": urls}, params=params)
         raise_for_error(response)
         return response.json()
 
@@ -70,7 +80,7 @@ class JobsClient:
 
 def run_batch(
     url: str,
-    paths: list[Path],
+    sources: list[Source],
     out: Path,
     *,
     models: str | None = None,
@@ -79,23 +89,27 @@ def run_batch(
     api_key: str | None = None,
     job_files: int = 50,
 ) -> int:
-    files = collect(paths)
-    if not files:
+    files = collect([s for s in sources if isinstance(s, Path)])
+    urls = [s for s in sources if isinstance(s, str)]
+    if not files and not urls:
         print("error: no files to analyse", file=sys.stderr)
         return 2
     client = JobsClient(url, api_key)
     options = {"models": models, "frames": frames, "threshold": threshold}
     try:
         # The gateway caps a job's files (GATEWAY_JOBS_MAX_FILES): a long list is several jobs.
-        batches = [files[i : i + job_files] for i in range(0, len(files), job_files)]
-        jobs = [(batch, client.submit(batch, **options)["id"]) for batch in batches]
-        finished = wait_all(client, [job_id for _, job_id in jobs], len(files))
+        batches: list[list[Source]] = [
+            files[i : i + job_files] for i in range(0, len(files), job_files)
+        ]
+        batches += [urls[i : i + job_files] for i in range(0, len(urls), job_files)]
+        jobs = [(batch, submit(client, batch, options)["id"]) for batch in batches]
+        finished = wait_all(client, [job_id for _, job_id in jobs], len(files) + len(urls))
     finally:
         client.close()
     rows = [
-        row(path, item)
+        row(source, item)
         for (batch, job_id) in jobs
-        for path, item in zip(batch, finished[job_id]["items"], strict=True)
+        for source, item in zip(batch, finished[job_id]["items"], strict=True)
     ]
     write_reports(rows, out)
     failed = [r for r in rows if r["error"]]
@@ -104,6 +118,14 @@ def run_batch(
         f"reports: {out.with_suffix('.csv')} {out.with_suffix('.json')}"
     )
     return 1 if failed else 0
+
+
+def submit(client: JobsClient, batch: list[Source], options: dict[str, object]) -> dict:
+    """One job: a batch of files uploaded, or of URLs the gateway fetches."""
+    urls = [s for s in batch if isinstance(s, str)]
+    if urls:
+        return client.submit_urls(urls, **options)
+    return client.submit([s for s in batch if isinstance(s, Path)], **options)
 
 
 def wait_all(client: JobsClient, job_ids: list[str], total: int) -> dict[str, dict]:
@@ -122,13 +144,14 @@ def wait_all(client: JobsClient, job_ids: list[str], total: int) -> dict[str, di
     return finished
 
 
-def row(path: Path, item: dict) -> dict:
+def row(source: Source, item: dict) -> dict:
+    """A report's row: a file's own sha256, a URL's as the gateway received it."""
     result, error = item.get("result"), item.get("error")
     if error is None and item["status"] != "done":
         error = {"code": item["status"], "message": f"the item was {item['status']}"}
     return {
-        "file": str(path),
-        "sha256": sha256(path),
+        "file": source_name(source),
+        "sha256": sha256(source) if isinstance(source, Path) else item.get("sha256"),
         "verdict": result["verdict"] if result else None,
         "score": result["score"] if result else None,
         "models": {m["name"]: m["score"] for m in result["models"]} if result else {},

@@ -33,6 +33,20 @@ from preprocess.media import MediaError
 
 TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 ReportFormat = Literal["html", "pdf"]
+URL_SCHEMES = ("https://", "http://")
+Source = Path | str  # a local file, or a media URL the gateway fetches itself
+
+
+def media_source(text: str) -> Source:
+    """A command line's argument: a URL (https://…, a presigned object-store URL) stays a
+    string, for the gateway to fetch; anything else is a local path."""
+    return text if text.lower().startswith(URL_SCHEMES) else Path(text)
+
+
+def source_name(source: Source) -> str:
+    """How a source is shown: a file's path; a URL without its query (a presigned URL's
+    query is its signature)."""
+    return str(source).split("?", 1)[0]
 
 
 class ClientError(RuntimeError):
@@ -82,24 +96,34 @@ class GatewayClient:
 
     def detect(
         self,
-        path: Path,
+        source: Source,
         models: str | None = None,
         frames: int | None = None,
         threshold: float | None = None,
         explain: bool = False,
         **params: object,
     ) -> dict:
-        """The answer to one file; a ClientError where the gateway refused it. `params` are
-        further query options (thumbnails="true"...)."""
-        response = self.detect_response(path, **query(models, frames, threshold, explain), **params)
+        """The answer to one file, or to the media a URL names (the gateway fetches it); a
+        ClientError where the gateway refused it. `params` are further query options
+        (thumbnails="true"...)."""
+        options = query(models, frames, threshold, explain) | params
+        if isinstance(source, str):
+            response = self.detect_url_response(source, **options)
+        else:
+            response = self.detect_response(source, **options)
         raise_for_error(response)
         return response.json()
 
     def detect_response(self, path: Path, **params: object) -> httpx.Response:
         """POST /api/detect of one file, `params` as its query, the response whatever its
-        status: the one place a detect request is built (tests read the refusals too)."""
+        status: the one place a detect upload is built (tests read the refusals too)."""
         with path.open("rb") as f:
             return self.http.post("/api/detect", files={"file": (path.name, f)}, params=params)
+
+    def detect_url_response(self, url: str, **params: object) -> httpx.Response:
+        """POST /api/detect of a media URL (a JSON body: nothing is uploaded, the gateway
+        fetches it), the response whatever its status."""
+        return self.http.post("/api/detect", json={"url": url}, params=params)
 
     def report(self, answer: dict, format: ReportFormat = "html") -> bytes:
         """The gateway's report of an answer (POST /api/report)."""

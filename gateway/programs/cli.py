@@ -1,6 +1,8 @@
 """Command line: analyse a file through the gateway, or straight through Triton.
 
 python -m gateway.programs.cli detect clip.mp4 [--url http://127.0.0.1:8080]
+python -m gateway.programs.cli detect 'https://bucket.s3.amazonaws.com/clip.mp4?X-Amz-…'  (fetched
+    by the gateway: nothing uploaded; several URLs: a job)
 python -m gateway.programs.cli detect a.mp4 b.jpg FOLDER/ --out report  (job: report.csv, .json)
 python -m gateway.programs.cli detect clip.mp4 --triton 127.0.0.1:8001
 python -m gateway.programs.cli detect clip.mp4 --report clip-report.html  (or .pdf)
@@ -15,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from gateway.clients.batch import run_batch
-from gateway.clients.client import ClientError, DirectClient, GatewayClient
+from gateway.clients.client import ClientError, DirectClient, GatewayClient, media_source
 from preprocess.assets import AssetError
 
 
@@ -64,7 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     detect = commands.add_parser("detect", help="analyse a video or image")
     detect.add_argument(
-        "file", type=Path, nargs="+", help="a file; several files or a folder: a job (report)"
+        "file",
+        type=media_source,
+        nargs="+",
+        help="a file, or an https:// URL the gateway fetches (a presigned object-store URL); "
+        "several, or a folder: a job (report)",
     )
     where = detect.add_mutually_exclusive_group()
     where.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway")
@@ -101,16 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             print(json.dumps(GatewayClient(args.url).models(), indent=2))
             return 0
-        if not args.triton and (len(args.file) > 1 or args.file[0].is_dir()):
+        urls = [s for s in args.file if isinstance(s, str)]
+        if args.triton and urls:
+            print("error: URLs are fetched by the gateway: drop --triton", file=sys.stderr)
+            return 2
+        one = args.file[0]
+        if not args.triton and (len(args.file) > 1 or (isinstance(one, Path) and one.is_dir())):
             options = {"models": args.models, "frames": args.frames, "threshold": args.threshold}
             return run_batch(args.url, args.file, args.out, api_key=args.api_key, **options)
-        (path,) = args.file
-        if not path.is_file():
-            print(f"error: no such file {path}", file=sys.stderr)
+        (source,) = args.file
+        if isinstance(source, Path) and not source.is_file():
+            print(f"error: no such file {source}", file=sys.stderr)
             return 2
-        client = DirectClient(args.triton) if args.triton else GatewayClient(args.url)
         explain = args.explain or args.report is not None
-        answer = client.detect(path, args.models, args.frames, args.threshold, explain)
+        if isinstance(source, Path) and args.triton:
+            client: DirectClient | GatewayClient = DirectClient(args.triton)
+        else:
+            client = GatewayClient(args.url)
+        answer = client.detect(source, args.models, args.frames, args.threshold, explain)
         if args.report is not None:
             kind = "pdf" if args.report.suffix.lower() == ".pdf" else "html"
             args.report.write_bytes(client.report(answer, kind))

@@ -10,6 +10,7 @@ Schemathesis against the document so it stays true.
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from gateway.server import schemas
 from gateway.server.errors import CATALOGUE
@@ -93,9 +94,10 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def upload_doc(many: bool = False) -> dict:
-    """The multipart request body of an upload route (its parser is hand-written, so
-    FastAPI cannot see it): one `file` part, or several for a job."""
+def upload_doc(urls: type[BaseModel], many: bool = False) -> dict:
+    """The request body of an upload route (its parser is hand-written, so FastAPI cannot
+    see it): multipart, one `file` part or several for a job; or JSON, `urls`' model, the
+    media URLs the gateway fetches instead (gateway/server/media_urls.py)."""
     binary = {"type": "string", "format": "binary"}
     schema = {"type": "array", "items": binary} if many else binary
     return {
@@ -108,7 +110,8 @@ def upload_doc(many: bool = False) -> dict:
                         "properties": {"file": schema},
                         "required": ["file"],
                     }
-                }
+                },
+                "application/json": {"schema": urls.model_json_schema()},
             },
         }
     }
@@ -116,7 +119,8 @@ def upload_doc(many: bool = False) -> dict:
 
 # The codes route groups share. What any route that asks Triton may answer besides its own:
 MODEL_SERVER_ERRORS = ("triton_error", "triton_unavailable", "model_unavailable", "triton_timeout")
-# What receiving an upload may answer (gateway/server/uploads.py), its upload slot included.
+# What receiving an upload may answer (gateway/server/uploads.py), its upload slot included,
+# and fetching media by URL instead (gateway/server/media_urls.py).
 UPLOAD_ERRORS = (
     "malformed_upload",
     "upload_timeout",
@@ -125,6 +129,10 @@ UPLOAD_ERRORS = (
     "unsupported_content_type",
     "missing_file",
     "too_many_uploads",
+    "invalid_request",
+    "bad_url",
+    "url_refused",
+    "stream_unreachable",
 )
 # What analysing an upload may answer: the media, the options, the admission, the deadline.
 ANALYSIS_ERRORS = (

@@ -125,8 +125,8 @@ class SkippedModel(BaseModel):
 class DetectAnswer(BaseModel):
     request_id: str
     filename: str
-    bytes: int | None = Field(None, description="size of the uploaded file")
-    sha256: str | None = Field(None, description="SHA-256 of the uploaded file, hex")
+    bytes: int | None = Field(None, description="size of the uploaded (or fetched) file")
+    sha256: str | None = Field(None, description="SHA-256 of the uploaded (or fetched) file, hex")
     verdict: Literal["fake", "real", "no_face"]
     score: float | None = Field(description="P(fake) of the video; null when no face was found")
     threshold: float

@@ -207,6 +207,26 @@ class UploadSettings(BaseModel):
         ge=1,
         description="frames x width x height decoded per request, counted as decoded (422 beyond)",
     )
+    # Media by URL (gateway/server/media_urls.py): fetched through preprocess/egress.py under
+    # the upload's caps, pace and slots; the egress_* settings say where it may connect.
+    media_url_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https"],
+        description="schemes of the media URLs `/api/detect` and `/api/jobs` fetch (a JSON body "
+        '`{"url"}` or `{"urls"}`); `https,http` lets plain HTTP in too (an object store on '
+        "the cluster's own network, say)",
+    )
+    media_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts media URLs may name (e.g. the bucket's `my-bucket.s3.amazonaws.com`); "
+        "empty: any public host",
+    )
+
+    @field_validator("media_url_schemes")
+    @classmethod
+    def web_schemes(cls, value: list[str]) -> list[str]:
+        if not value or not set(value) <= {"http", "https"}:
+            raise ValueError("media_url_schemes are https and/or http")
+        return value
 
     @property
     def max_upload_bytes(self) -> int:
@@ -359,8 +379,8 @@ class LiveSettings(BaseModel):
 
 
 class EgressSettings(BaseModel):
-    """Every URL the gateway fetches (stream URLs, webhooks; preprocess/egress.py): resolved
-    once, each address checked, the connection made to the checked address."""
+    """Every URL the gateway fetches (media and stream URLs, webhooks; preprocess/egress.py):
+    resolved once, each address checked, the connection made to the checked address."""
 
     egress_allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -379,6 +399,11 @@ class EgressSettings(BaseModel):
         "",
         description="`ip:port` of the DNS server egress names are resolved with (the tests' "
         "stub resolver); empty: the system's resolver",
+    )
+    egress_ca_bundle: Path | None = Field(
+        None,
+        description="a PEM file of CAs that HTTPS egress (media URLs, streams, webhooks) trusts "
+        "besides the default ones (a private object store's CA); unset: the default ones only",
     )
 
     @field_validator("egress_allow_networks")
@@ -404,6 +429,7 @@ class EgressSettings(BaseModel):
             "allowed_networks": networks(self.egress_allow_networks, everything=allow_private),
             "dns_server": self.egress_dns_server,
             "proxy": self.egress_proxy,
+            "ca_bundle": str(self.egress_ca_bundle or ""),
         }
 
 
@@ -601,6 +627,8 @@ class Settings(
         "live_url_schemes",
         "live_url_hosts",
         "egress_allow_networks",
+        "media_url_schemes",
+        "media_url_hosts",
         mode="before",
     )
     @classmethod

@@ -87,7 +87,7 @@ async def parse_body(
         async with asyncio.timeout(pace.timeout_s):
             while True:
                 try:
-                    chunk = await _next_chunk(body, start, received, pace)
+                    chunk = await next_chunk(body, start, received, pace)
                 except StopAsyncIteration:
                     break
                 received += len(chunk)
@@ -307,22 +307,7 @@ async def receive_files(
     return [Upload(f.path, f.filename, f.size, seconds, f.sha256) for f in parts.files]
 
 
-async def receive_upload(
-    chunks: AsyncIterator[bytes],
-    content_type: str | None,
-    content_length: str | None,
-    cap: int,
-    tmp_dir: Path | None,
-    pace: Pace,
-) -> Upload:
-    """/api/detect's one file, under `cap`, as a temporary file in `tmp_dir`."""
-    (upload,) = await receive_files(
-        chunks, content_type, content_length, Form(cap), TempFiles(tmp_dir), pace
-    )
-    return upload
-
-
-async def _next_chunk(body: AsyncIterator[bytes], start: float, received: int, pace: Pace) -> bytes:
+async def next_chunk(body: AsyncIterator[bytes], start: float, received: int, pace: Pace) -> bytes:
     """The next chunk, waited for only until the average rate would fall below the pace's."""
     if pace.min_bytes_per_s <= 0:
         return await anext(body)

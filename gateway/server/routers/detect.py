@@ -25,32 +25,36 @@ from gateway.server.deps import (
     UploadsDep,
 )
 from gateway.server.errors import ApiError, error_response, from_media_error
+from gateway.server.media_urls import MediaUrl, media_policy, receive_media
 from gateway.server.ndjson import line
 from gateway.server.openapi import ANALYSIS_ERRORS, UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.options import Options, options_for
 from gateway.server.settings import Settings
-from gateway.server.uploads import Pace, Upload, receive_upload
+from gateway.server.uploads import Form, Pace, TempFiles, Upload
 from preprocess.media import MediaError, sniff
 
 log = logging.getLogger("gateway")
 router = APIRouter()
-UPLOAD_DOC = upload_doc()
+UPLOAD_DOC = upload_doc(MediaUrl)
 ERRORS_DOC = errors_doc(*UPLOAD_ERRORS, *ANALYSIS_ERRORS)
 
 
 async def accept_upload(request: Request, settings: Settings, uploads: UploadSlots) -> Upload:
-    """The upload on disk, its content sniffed: only real media goes further. Receiving holds
-    an upload slot, never an analysis slot: a slow client cannot hold up the analyses."""
+    """The upload (or the file its JSON body's URL names, fetched) on disk, its content
+    sniffed: only real media goes further. Receiving holds an upload slot, never an analysis
+    slot: a slow client, or a slow source, cannot hold up the analyses."""
     async with uploads.held():
-        upload = await receive_upload(
+        (upload,) = await receive_media(
             request.stream(),
             request.headers.get("content-type"),
             request.headers.get("content-length"),
-            settings.max_upload_bytes,
-            settings.tmp_dir,
+            Form(settings.max_upload_bytes),
+            TempFiles(settings.tmp_dir),
             Pace(
                 settings.upload_timeout_s, settings.upload_min_bytes_per_s, settings.upload_grace_s
             ),
+            MediaUrl,
+            media_policy(settings),
         )
     try:
         await asyncio.get_running_loop().run_in_executor(None, sniff, upload.path)

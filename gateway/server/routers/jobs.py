@@ -26,16 +26,17 @@ from gateway.server.jobs.engine import Jobs
 from gateway.server.jobs.spool import JobFolder, discard, job_form
 from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
+from gateway.server.media_urls import MediaUrls, media_policy, receive_media
 from gateway.server.openapi import UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.security import key_id, presented_key
 from gateway.server.settings import MB, Settings
-from gateway.server.uploads import Form, Pace, Upload, receive_files
+from gateway.server.uploads import Form, Pace, Upload
 
 log = logging.getLogger("gateway.jobs")
 PUBLIC_OWNER = "public"  # without API keys every caller sees every job
 EVENTS_POLL_S = 0.5
 
-JOB_UPLOAD_DOC = upload_doc(many=True)
+JOB_UPLOAD_DOC = upload_doc(MediaUrls, many=True)
 # Every code each route answers besides its success (the access middleware's 401 and 429
 # are added to every /api operation by gateway/server/openapi.py).
 SUBMIT_ERRORS = errors_doc(
@@ -144,8 +145,9 @@ async def owned_job(jobs: Jobs, request: Request, job_id: str, settings: Setting
     response_model=JobAnswer,
     responses=SUBMIT_ERRORS,
     openapi_extra=JOB_UPLOAD_DOC,
-    description="Answers as soon as the files are on disk; poll links.self or links.events. "
-    "The job's place under the caps of unfinished jobs is taken before the upload is read.",
+    description="Answers as soon as the files are on disk (uploaded, or fetched from the "
+    "JSON body's `urls`); poll links.self or links.events. The job's place under the caps "
+    "of unfinished jobs is taken before the upload is read or a URL fetched.",
 )
 async def submit(
     request: Request,
@@ -179,13 +181,15 @@ async def submit(
             if full is not None:
                 raise too_many_jobs(full, settings)
             reserved = True
-            files = await receive_files(
+            files = await receive_media(
                 request.stream(),
                 request.headers.get("content-type"),
                 request.headers.get("content-length"),
                 form_for(settings),
                 JobFolder(jobs.folder(job_id)),
                 pace_for(settings),
+                MediaUrls,
+                media_policy(settings),
             )
     except BaseException:
         await release(jobs, job_id, owner, reserved, idempotency_key)
