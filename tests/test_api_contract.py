@@ -25,6 +25,7 @@ from gateway.server.app import create_app
 from gateway.server.jobs.engine import Jobs
 from gateway.server.routers import jobs as jobs_api
 from tests.conftest import gateway_settings
+from tests.egress_support import StubDns
 from tests.fake_triton import fake_triton
 from tests.stack import free_port
 
@@ -34,9 +35,13 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 @contextlib.contextmanager
 def serving(tmp: Path) -> Iterator[str]:
-    """The gateway's URL: uvicorn serving create_app in a thread of this process."""
-    with fake_triton("lite") as triton:
-        settings = gateway_settings(triton.url, tmp, chromium=str(tmp / "no-chromium"))
+    """The gateway's URL: uvicorn serving create_app in a thread of this process. The URLs
+    Schemathesis writes (media, streams, callbacks) resolve through a stub DNS server that
+    knows no name: no query leaves the machine."""
+    with fake_triton("lite") as triton, StubDns({}).serving() as dns:
+        settings = gateway_settings(
+            triton.url, tmp, chromium=str(tmp / "no-chromium"), egress_dns_server=dns.server
+        )
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="error")

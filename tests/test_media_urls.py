@@ -109,9 +109,7 @@ def egress(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Egress]:
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    egress: Egress, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InProcessGateway]:
+def gateway(egress: Egress, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     with inprocess_gateway(
         tmp_path_factory.mktemp("media-urls"),
         max_upload_mb=1,
@@ -172,9 +170,7 @@ def test_refused_urls_are_refused_before_any_connection(
     gateway: InProcessGateway, url: str, status: int, code: str
 ) -> None:
     with Listener("127.0.0.1").serving() as inside:
-        response = gateway.client.post(
-            "/api/detect", json={"url": url.format(port=inside.port)}
-        )
+        response = gateway.client.post("/api/detect", json={"url": url.format(port=inside.port)})
         assert refusal(response) == (status, code), response.text
     assert inside.received == []
 
