@@ -1,4 +1,5 @@
-"""Everything the service fetches from a URL it was given: stream URLs, webhooks.
+"""Everything the service fetches from a URL it was given: media URLs (the gateway's
+/api/detect and /api/jobs), stream URLs, webhooks.
 
 A URL a client names makes the service connect somewhere, so each one goes through here:
 
@@ -23,6 +24,9 @@ FFmpeg never resolves a name nor follows anything itself: HTTP(S) bytes (and eve
 playlist and segment) are fetched here and handed to it as a file (`http_media`); RTSP
 and RTMP go through a loopback `Relay` this module owns, which connects to the checked
 address and refuses an RTSP redirect (FFmpeg's RTSP client follows 3xx replies on its own).
+
+A URL's query is cut from every log line, this module's and httpx's (`without_queries`): a
+presigned object-store URL's query is its signature.
 
 With `proxy` set, HTTP(S) goes through that proxy, which resolves the names: its own
 allow-list is then the guard, and only literal addresses are checked here.

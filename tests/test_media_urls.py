@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from gateway.clients.batch import JobsClient
-from gateway.clients.client import GatewayClient
+from gateway.clients.client import GatewayClient, media_source
+from gateway.programs import cli
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway, start_gateway
 from tests.egress_support import Listener, StubDns, TestCa
@@ -317,6 +318,13 @@ def test_the_openapi_document_shows_the_url_bodies(gateway: InProcessGateway) ->
             assert status in post["responses"], (route, status)
 
 
+def test_the_cli_tells_urls_from_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert media_source(f"HTTPS://{HOST}/a.mp4?{PRESIGNED}") == f"HTTPS://{HOST}/a.mp4?{PRESIGNED}"
+    assert media_source("clips/https.mp4") == Path("clips/https.mp4")
+    assert cli.main(["detect", f"https://{HOST}/a.mp4", "--triton", "127.0.0.1:9"]) == 2
+    assert "drop --triton" in capsys.readouterr().err
+
+
 # --- the real gateway over a lite Triton ---------------------------------------------------
 
 
@@ -349,3 +357,58 @@ def test_the_real_gateway_runs_a_job_from_urls(real_gateway: str, egress: Egress
     verdicts = [(i["filename"], i["status"], i["result"]["verdict"]) for i in job["items"]]
     assert verdicts == [("fake.mp4", "done", "fake"), ("real.mp4", "done", "real")]
     assert time.monotonic() - started < 600
+
+
+def test_the_cli_detects_a_url_and_makes_a_job_of_several(
+    real_gateway: str, egress: Egress, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = egress.source.url(f"/fake.mp4?{PRESIGNED}")
+    assert cli.main(["detect", fake, "--url", real_gateway, "--frames", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["filename"] == "fake.mp4"
+    out = tmp_path / "report"
+    urls = [fake, egress.source.url("/real.mp4")]
+    assert (
+        cli.main(["detect", *urls, "--url", real_gateway, "--frames", "8", "--out", str(out)]) == 0
+    )
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["file"], r["verdict"]) for r in rows] == [
+        (egress.source.url("/fake.mp4"), "fake"),  # shown without the presigned query
+        (egress.source.url("/real.mp4"), "real"),
+    ]
+    assert all(len(r["sha256"]) == 64 for r in rows)
+
+
+def test_the_page_checks_a_link_and_a_batch_of_links(
+    real_gateway: str,
+    egress: Egress,
+    browser: "Browser",  # noqa: F821 — playwright's
+) -> None:
+    """The page's link field: one link is analysed as a dropped file is (its progress, its
+    verdict), several are a batch; the browser sends only the links to its own origin,
+    never a byte of the media, and never reaches the source itself."""
+    page = browser.new_page()
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(f"{request.method} {request.url}"))
+    page.goto(f"{real_gateway}/?frames=8")
+    page.wait_for_selector('#service:not([data-status="loading"])', state="attached")
+    page.fill("#media-url", egress.source.url(f"/fake.mp4?{PRESIGNED}"))
+    page.click("#url-form button")
+    page.wait_for_selector(
+        '#app[data-run="1"][data-state="done"]', state="attached", timeout=240_000
+    )
+    assert page.text_content("#verdict") == "Likely fake"
+    assert "fake.mp4" in (page.text_content("#media") or "")
+    page.fill("#media-url", f"{egress.source.url('/real.mp4')} {egress.source.url('/biden.jpg')}")
+    page.click("#url-form button")
+    page.wait_for_selector('#job[data-status="done"]', state="attached", timeout=240_000)
+    states = page.eval_on_selector_all(
+        "#job-table tbody tr", "rows => rows.map(r => r.dataset.status)"
+    )
+    assert states == ["done", "done"]
+    page.close()
+    posts = [a for a in asked if a.startswith("POST ")]
+    assert [p.split("?")[0] for p in posts] == [
+        f"POST {real_gateway}/api/detect/stream",
+        f"POST {real_gateway}/api/jobs",
+    ]
+    assert all(a.split(" ", 1)[1].startswith(real_gateway) for a in asked)

@@ -32,7 +32,9 @@ CATALOGUE: dict[str, Entry] = {
     # the request itself (FastAPI's validation, gateway/server/uploads.py)
     "invalid_request": Entry(422, "a bad query value, header or body field"),
     "malformed_upload": Entry(400, "a malformed multipart body or Content-Length"),
-    "unsupported_content_type": Entry(415, "the upload is not multipart/form-data"),
+    "unsupported_content_type": Entry(
+        415, "the upload is not multipart/form-data (nor JSON media URLs)"
+    ),
     "missing_file": Entry(422, "no file in the form (a field named 'file')"),
     "file_too_large": Entry(413, "a file over the upload cap (GATEWAY_MAX_UPLOAD_MB)"),
     "upload_timeout": Entry(408, "the upload passed its deadline"),
@@ -45,9 +47,9 @@ CATALOGUE: dict[str, Entry] = {
     "unsupported_media": Entry(415, "not a supported video or image"),
     "undecodable_media": Entry(422, "media that cannot be decoded"),
     "media_limit_exceeded": Entry(422, "media over the limits (size, decoded pixels, faces)"),
-    "bad_url": Entry(422, "not a stream URL this service reads"),
-    "url_refused": Entry(403, "a stream URL refused (scheme, host or private address)"),
-    "stream_unreachable": Entry(502, "the stream could not be reached or opened"),
+    "bad_url": Entry(422, "not a URL (media, stream) this service reads"),
+    "url_refused": Entry(403, "a media or stream URL refused (scheme, host or private address)"),
+    "stream_unreachable": Entry(502, "a media or stream URL could not be reached or read"),
     # the analysis
     "unknown_model": Entry(422, "a model this server does not have"),
     "no_voting_model": Entry(422, "none of the models asked for votes"),

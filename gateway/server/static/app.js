@@ -150,6 +150,13 @@ function refusal(file) {
 function humanError(status, error, retryAfter) {
   const detail = error && error.message ? ` (${error.message})` : "";
   const retry = retryAfter ? ` Try again in ${retryAfter} s.` : " Try again shortly.";
+  const code = error ? error.code : null;
+  if (code === "bad_url" || code === "url_refused") {
+    return `The service does not fetch this link${detail}.`;
+  }
+  if (code === "stream_unreachable") {
+    return "The link could not be fetched: it is unreachable, not allowed, or its server refused.";
+  }
   switch (status) {
     case 0:
       return "The gateway could not be reached; check that it is running, then try again.";
@@ -262,15 +269,31 @@ function start(file) {
     showError(reason, "client");
     return;
   }
+  begin(file);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  upload(file, form);
+}
+
+/** A link instead of a file: the gateway fetches it (POST {"url"}), no upload from here. */
+function startUrl(url) {
+  if (current) return;
+  clearError();
+  // Shown without its query: a presigned link's query is its signature.
+  const file = { name: url.split("?")[0].split("/").pop() || url.split("?")[0], size: 0 };
+  begin(file);
+  upload(file, JSON.stringify({ url }), "application/json");
+}
+
+function begin(file) {
   $("result").hidden = true;
   // A counter of analyses started: lets a watcher (and the tests) tell runs apart.
   $("app").dataset.run = String(Number($("app").dataset.run || 0) + 1);
   resetProgress(file);
   setState("uploading");
-  upload(file);
 }
 
-function upload(file) {
+function upload(file, body, contentType) {
   const xhr = new XMLHttpRequest();
   const query = new URLSearchParams({ thumbnails: "true", frames: String(framesWanted()) });
   if ($("explain").checked) query.set("explain", "true");
@@ -373,12 +396,11 @@ function upload(file) {
     finish("idle");
   });
 
-  const form = new FormData();
-  form.append("file", file, file.name);
   xhr.open("POST", `api/detect/stream?${query}`);
   xhr.setRequestHeader("Accept", "application/x-ndjson");
+  if (contentType) xhr.setRequestHeader("Content-Type", contentType);
   for (const [name, value] of Object.entries(keyHeaders())) xhr.setRequestHeader(name, value);
-  xhr.send(form);
+  xhr.send(body);
 }
 
 function describe(event) {
@@ -859,7 +881,7 @@ function renderTracks(answer) {
 function renderMedia(answer, file) {
   const m = answer.media;
   const facts = [
-    ["file", `${answer.filename || file.name} (${(file.size / MB).toFixed(2)} MB)`],
+    ["file", `${answer.filename || file.name} (${((answer.bytes ?? file.size) / MB).toFixed(2)} MB)`],
     ["kind", `${m.kind}, ${m.format}`],
     ["size", `${m.width} × ${m.height}`],
     [
@@ -960,6 +982,17 @@ function wire() {
       startJob(files); // jobs.js: a batch
     } else if (files.length) {
       start(files[0]);
+    }
+  });
+  $("url-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const urls = $("media-url").value.split(/\s+/).filter(Boolean);
+    if (current) {
+      showError("Please wait for the current file, or cancel it, before checking a link.", "busy");
+    } else if (urls.length > 1) {
+      startJobUrls(urls); // jobs.js: a batch
+    } else if (urls.length) {
+      startUrl(urls[0]);
     }
   });
   $("cancel").addEventListener("click", () => current && current.abort());

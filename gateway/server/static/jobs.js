@@ -1,4 +1,4 @@
-// Several files at once: one job (POST /api/jobs), a queue table that follows
+// Several files (or links) at once: one job (POST /api/jobs), a queue table that follows
 // GET /api/jobs/{id}; a row opens that file's full result (the same view as a
 // single upload). The job id is kept in the URL (?job=), so a reload brings the
 // batch back. Uses app.js's helpers ($, el, keyHeaders, showResult, errors).
@@ -33,23 +33,34 @@ async function startJob(files) {
     showError(`${names}: over the ${service.maxUploadMb} MB limit per file.`, "client");
     return;
   }
+  const form = new FormData();
+  for (const file of files) form.append("file", file, file.name);
+  await submitJob(form, {}, `Uploading ${files.length} files…`);
+}
+
+/** Links as one job: the gateway fetches each (POST {"urls"}); nothing is uploaded from here. */
+async function startJobUrls(urls) {
+  clearError();
+  const body = JSON.stringify({ urls });
+  await submitJob(body, { "Content-Type": "application/json" }, `Fetching ${urls.length} links…`);
+}
+
+async function submitJob(payload, headers, status) {
   stopWatching();
   $("result").hidden = true;
   $("progress").hidden = true;
   $("job").hidden = false;
   $("job").dataset.status = "uploading";
-  $("job-status").textContent = `Uploading ${files.length} files…`;
+  $("job-status").textContent = status;
   $("job-table").tBodies[0].replaceChildren();
-  const form = new FormData();
-  for (const file of files) form.append("file", file, file.name);
   const query = new URLSearchParams({ frames: String(framesWanted()) });
   let response;
   let body = null;
   try {
     response = await fetch(`api/jobs?${query}`, {
       method: "POST",
-      body: form,
-      headers: keyHeaders(),
+      body: payload,
+      headers: { ...headers, ...keyHeaders() },
     });
     body = await response.json();
   } catch {
