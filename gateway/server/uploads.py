@@ -42,7 +42,8 @@ def multipart_boundary(content_type: str | None) -> bytes:
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise ApiError(
             "unsupported_content_type",
-            "send the file as multipart/form-data in a field named 'file'",
+            "send the file as multipart/form-data in a field named 'file', or its URL as "
+            "application/json (gateway/README.md, Media by URL)",
         )
     return options[b"boundary"]
 
