@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         # (export/quantize.py), a trained bf16 member's check (export/runtimes.py).
         quantize.refresh(args.repository, name)
         runtimes.refresh(args.repository, name)
-    # The cpu_fast configs are derived from the cpu ones just written.
-    runtimes.write_fast_configs(args.repository)
+    # configs/cpu_fast.pbtxt is not written here: the Triton that serves it chooses each
+    # member's precision for its own CPU when it starts (export/runtimes.py).
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 (and every profile's ensemble and vote configs: export/profiles.py).
 
 A member's configs (config.pbtxt for the GPU with TensorRT, configs/cuda.pbtxt,
-configs/cpu.pbtxt; configs/cpu_fast.pbtxt is derived from cpu.pbtxt by
-export/runtimes.py) are `model_repository/templates/<runtime>.pbtxt` filled in with:
+configs/cpu.pbtxt; configs/cpu_fast.pbtxt, git-ignored, is derived from cpu.pbtxt for the
+CPU that serves when the local Triton starts, by export/runtimes.py) are
+`model_repository/templates/<runtime>.pbtxt` filled in with:
 
 - its runtime settings (templates/runtime.toml: batch cap, CPU threads), a manifest
   member its template's;
@@ -152,12 +153,11 @@ def sources(repo: Path) -> list[Source]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from export import members, profiles, runtimes
+    from export import members, profiles
 
     repo = Path(argv[0]) if argv else REPOSITORY
     for source in sources(repo):
         write_member_configs(repo, source)
-    runtimes.write_fast_configs(repo)
     manifests = members.discover(repo)
     for profile in profiles.read_profiles(repo):
         profiles.write_profile(repo, profile, manifests)

@@ -6,11 +6,14 @@ The wheel ships tritonserver (2.51, as the NGC 24.10 image) with the python
 backend but neither the ONNX Runtime nor the OpenVINO backend, so this assembles a
 backend directory in which `onnxruntime/model.py` and `openvino/model.py` are the
 project's Python-based ones, and serves the same repository the NGC image does with
-the CPU profiles (`--model-config-name=cpu`, or `cpu_fast`).
+the CPU profiles (`--model-config-name=cpu`, or `cpu_fast`). Under `cpu_fast` it first
+writes each member's configs/cpu_fast.pbtxt for the CPU it runs on (bf16 only where BF16
+units exist, int8 where VNNI does: export/runtimes.py, model_repository/cpu_features.py).
 
 The server runs from its own environment (`.venv-triton`: the wheel, ONNX
 Runtime, OpenVINO, numpy < 2 for the python backend stub), apart from the gateway's,
-which needs numpy 2; this launcher itself needs only the standard library.
+which needs numpy 2; this launcher itself needs only the standard library (cpu_fast's
+choice reads the graphs' checks with the export code, imported when it is made).
 """
 
 import argparse
@@ -45,6 +48,9 @@ class TritonSettings:
     repository: Path = REPOSITORY
     work_dir: Path = WORK_DIR
     python_env: Path = PYTHON_ENV
+    # The CPU flags cpu_fast chooses for; None: this CPU's (cpu_features.cpu_flags, which
+    # TRITON_CPU_FLAGS overrides).
+    cpu_flags: frozenset[str] | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -152,12 +158,24 @@ class LocalTriton:
         self.settings = settings
         self.log_path = log_path or settings.work_dir / f"triton-{settings.grpc_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # {member: (precision, why)} chosen at start under cpu_fast; {} under cpu (all fp32).
+        self.precisions: dict[str, tuple[str, str]] = {}
 
     def command(self, backends: Path) -> list[str]:
         """The command line (a test runs a Deployment's arguments through the same start)."""
         return command(self.settings, backends)
 
+    def choose_precisions(self) -> None:
+        """Under cpu_fast, each member's configs/cpu_fast.pbtxt for this CPU, before Triton
+        reads them (the choice is the CPU's that serves, never the one export ran on)."""
+        from export import runtimes
+
+        if self.settings.config_name == runtimes.CONFIG_NAME:
+            repo, flags = self.settings.repository, self.settings.cpu_flags
+            self.precisions = runtimes.write_fast_configs(repo, flags)
+
     def start(self) -> None:
+        self.choose_precisions()
         backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
@@ -243,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with server:
+        for member, (_, why) in server.precisions.items():
+            print(f"  {member}: {why}", flush=True)  # cpu_fast: each member's precision, why
         print(
             f"Triton ({settings.profile} profile) ready — gRPC {settings.grpc_url}, "
             f"HTTP {settings.http_url}, metrics http://{settings.host}:"

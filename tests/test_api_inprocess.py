@@ -41,6 +41,11 @@ def test_models_are_what_the_committed_configs_say(api: InProcessGateway) -> Non
         assert model.weights.sha256 == params["weights_sha256"] and len(model.weights.sha256) == 64
         assert model.weights.file.endswith(("_DF.h5", "_F2F.h5"))
         assert model.trained and model.weight == api.triton.models.vote_weights[model.name]
+        # the committed cpu configs: fp32 on every CPU, and saying so
+        assert (model.precision, model.precision_reason) == (
+            params["precision"],
+            "fp32: the cpu configuration, on every CPU",
+        )
 
 
 def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcessGateway) -> None:

@@ -98,6 +98,11 @@ def test_bench_measures_every_stage_on_the_same_faces(bench: tuple[str, dict, Pa
     assert all(v > 0 for v in cpu["floor"].values())
     assert cpu["gateway_cpu_s"] > 0 and cpu["triton_cpu_s"] > 0
     assert result["precision"] == {m: "fp32" for m in lite}
+    # the CPU's units, and why each member computed in what it did on them
+    units = result["machine"]["cpu_units"]
+    assert units["kind"] in {"bf16_units", "vnni_units", "none"} and units["why"]
+    assert set(result["precision_reason"]) == set(lite)
+    assert all(why.startswith("fp32: ") for why in result["precision_reason"].values())
 
 
 def test_bench_prints_the_ratios_and_draws_the_plots(bench: tuple[str, dict, Path]) -> None:

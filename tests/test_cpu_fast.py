@@ -1,5 +1,6 @@
 """The CPU configuration beside fp32 (--model-config-name=cpu_fast, export/runtimes.py):
-each member at the precision cpu_fast.toml chose, served by a real Triton within tolerance
+each member at the precision cpu_fast.toml chose for the CPU's units (injected here;
+tests/test_cpu_precision.py covers the choice), served by a real Triton within tolerance
 of its fp32 graph, with its precision reported; int8 files (export/quantize.py) quantized
 from the exported graph, validated against it, refused when they move the scores.
 
@@ -24,11 +25,15 @@ from export import quantize, runtimes, versions
 from export.repository import read_config
 from export.vote import write_vote
 from gateway.server.model_server import ModelServer
+from model_repository.cpu_features import BF16_UNITS, VNNI_UNITS, CpuUnits
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.assets import sha256_of
 from tests.conftest import ASSETS, MEDIA, REPOSITORY, free_port
 
 MEMBER = "xception"
+# The CPU each precision is served for (injected: this machine may have either or neither).
+UNITS = {BF16_UNITS: frozenset({"avx512_bf16"}), VNNI_UNITS: frozenset({"avx512_vnni"})}
+BF16_CPU = CpuUnits(BF16_UNITS, ("avx512_bf16",))
 SOLO_ENSEMBLE = """name: "deepfake_ensemble"
 platform: "ensemble"
 max_batch_size: 32
@@ -76,56 +81,23 @@ def solo_repository(exported: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return repo
 
 
-def test_the_committed_cpu_fast_configs_are_what_export_generates(tmp_path: Path) -> None:
-    copy = tmp_path / "repository"
-    ignored = shutil.ignore_patterns("1", "cpu_fast.pbtxt")  # written here, not copied
-    shutil.copytree(REPOSITORY / "members", copy / "members", ignore=ignored)
-    shutil.copy(REPOSITORY / runtimes.CHOICE_FILE, copy)
-    runtimes.write_fast_configs(copy)
-    chosen = runtimes.choice(REPOSITORY)
-    written = sorted((copy / "members").glob("*/configs/cpu_fast.pbtxt"))
-    committed = sorted(REPOSITORY.glob("members/*/configs/cpu_fast.pbtxt"))
-    assert [p.parent.parent.name for p in written] == [p.parent.parent.name for p in committed]
-    for config in written:
-        member = config.parent.parent.name
-        committed = REPOSITORY / "members" / member / "configs" / "cpu_fast.pbtxt"
-        assert committed.read_text() == config.read_text(), "run make export"
-        text = config.read_text()
-        precision = chosen.get(member, "fp32")
-        assert f'key: "precision" value: {{ string_value: "{precision}" }}' in text
-        assert ('backend: "openvino"' in text) is (precision == "bf16")
-
-
 def test_a_version_pin_survives_the_cpu_fast_configs_and_is_lifted_from_them(
     tmp_path: Path,
 ) -> None:
     """export.versions writes and removes its policy block in every config of a member;
-    cpu_fast.pbtxt, written again from cpu.pbtxt by each export, must keep that block
-    whole, or `serve latest` could not lift the pin there."""
+    cpu_fast.pbtxt, written again from cpu.pbtxt at each start of the local Triton, must keep
+    that block whole, or `serve latest` could not lift the pin there."""
     member = tmp_path / "members" / "meso4"
     shutil.copytree(REPOSITORY / "members" / "meso4", member, ignore=shutil.ignore_patterns("1"))
     for version in ("1", "2"):
         (member / version).mkdir()
     versions.serve(tmp_path, "meso4", "1")
-    runtimes.write_fast_configs(tmp_path)  # as export does after a pin
+    runtimes.write_fast_configs(tmp_path, frozenset())  # as the next start does after a pin
     fast = member / "configs" / "cpu_fast.pbtxt"
     assert list(read_config(fast).version_policy.specific.versions) == [1]
     versions.serve(tmp_path, "meso4", "latest")
     assert "version_policy" not in fast.read_text()
     assert not read_config(fast).HasField("version_policy")
-
-
-def test_a_choice_naming_no_member_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "members" / MEMBER).mkdir(parents=True)
-    (tmp_path / runtimes.CHOICE_FILE).write_text('[precision]\nxcepton = "bf16"\n')
-    with pytest.raises(ValueError, match="xcepton"):
-        runtimes.choice(tmp_path)
-
-
-def test_a_choice_outside_the_known_precisions_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / runtimes.CHOICE_FILE).write_text('[precision]\nxception = "fp8"\n')
-    with pytest.raises(ValueError, match="fp8"):
-        runtimes.choice(tmp_path)
 
 
 def test_an_int8_graph_that_moves_the_scores_is_refused(
@@ -151,12 +123,13 @@ def fast_triton(
     """Triton serving Xception under cpu_fast at a precision, its check against fp32, and
     the precision."""
     precision = request.param
-    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "{precision}"\n')
+    kind = {"bf16": BF16_UNITS, "int8": VNNI_UNITS}[precision]
+    choice = f'[{kind}]\n{MEMBER} = "{precision}"\n'
+    (solo_repository / runtimes.CHOICE_FILE).write_text(choice)
     if precision == "int8":
         check = quantize.quantize_member(solo_repository, MEMBER, crops)
     else:
         check = runtimes.check_bf16(solo_repository, MEMBER, crops)
-    runtimes.write_fast_configs(solo_repository)
     settings = TritonSettings(
         profile="solo",
         http_port=free_port(),
@@ -165,6 +138,7 @@ def fast_triton(
         config_name=runtimes.CONFIG_NAME,
         repository=solo_repository,
         work_dir=tmp_path_factory.mktemp(f"triton-{precision}"),
+        cpu_flags=UNITS[kind],  # a CPU with those units, whatever this one has
     )
     with LocalTriton(settings) as server:
         yield server.settings, check, precision
@@ -222,15 +196,21 @@ def test_the_gateway_reports_each_members_precision(
 ) -> None:
     settings, _, precision = fast_triton
 
-    async def read() -> dict[str, tuple[str, dict[str, str]]]:
+    async def read() -> dict[str, tuple[str, str, dict[str, str]]]:
         server = ModelServer(settings.grpc_url, "deepfake_ensemble", 30, 0, 32)
         try:
-            return {m.name: (m.precision, m.weights) for m in (await server.ensemble()).members}
+            members = (await server.ensemble()).members
+            return {m.name: (m.precision, m.precision_reason, m.weights) for m in members}
         finally:
             await server.close()
 
-    [(name, (served, weights))] = asyncio.run(read()).items()
+    [(name, (served, why, weights))] = asyncio.run(read()).items()
     assert (name, served) == (MEMBER, precision)
+    expected = {
+        "bf16": "bf16: avx512_bf16 present",
+        "int8": "int8: avx512_vnni present, no BF16 units",
+    }
+    assert why == expected[precision]
     # the provenance export wrote into the cpu config travels with the precision
     cpu = read_config(REPOSITORY / "members" / MEMBER / "configs" / "cpu.pbtxt").parameters
     assert weights == {k: cpu[f"weights_{k}"].string_value for k in weights}
@@ -245,7 +225,7 @@ def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
     bf16 through. The recorded difference is set, not measured: without BF16 units the
     CPU computes the bf16 hint in fp32 and the real difference is exactly 0."""
     monkeypatch.setattr(quantize, "is_trained", lambda repo, member: True)
-    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "bf16"\n')
+    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[bf16_units]\n{MEMBER} = "bf16"\n')
     runtimes.check_bf16(solo_repository, MEMBER, quantize.Crops(crops.images[:4], crops.clips[:4]))
     record = solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK
     measured = json.loads(record.read_text())
@@ -254,16 +234,19 @@ def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
         record.write_text(json.dumps({**measured, "max_delta": max_delta}))
 
     record_delta(quantize.MAX_DELTA * 2)
-    precision, why = runtimes.served_precision(solo_repository, MEMBER)
-    assert (precision, why.split(" by ")[0]) == ("fp32", "bf16 moved P_FAKE")
+    precision, why = runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)
+    assert (precision, why.split(" by ")[0]) == ("fp32", "fp32: bf16 moved P_FAKE")
     config = runtimes.fast_config('backend: "onnxruntime"\n', precision, why)
     assert 'backend: "onnxruntime"' in config and "bf16 moved P_FAKE" in config
     record_delta(quantize.MAX_DELTA)
-    assert runtimes.served_precision(solo_repository, MEMBER) == ("bf16", "")
+    assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU) == (
+        "bf16",
+        "bf16: avx512_bf16 present",
+    )
     record.unlink()
     assert (
-        runtimes.served_precision(solo_repository, MEMBER)[1]
-        == "bf16 not checked against this graph"
+        runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)[1]
+        == "fp32: bf16 not checked against this graph"
     )
 
 
@@ -275,19 +258,19 @@ def test_export_checks_a_trained_bf16_member_once_per_graph(
     cpu_fast serves it fp32."""
     monkeypatch.setattr(quantize, "is_trained", lambda repo, member: True)
     monkeypatch.setenv("DEEPFAKE_ASSETS", str(ASSETS))
-    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[precision]\n{MEMBER} = "bf16"\n')
+    (solo_repository / runtimes.CHOICE_FILE).write_text(f'[bf16_units]\n{MEMBER} = "bf16"\n')
     record = solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK
     record.unlink(missing_ok=True)
     runtimes.refresh(solo_repository, MEMBER, clips=tmp_path / "no clips")
     assert not record.exists()
-    assert runtimes.served_precision(solo_repository, MEMBER)[0] == "fp32"
+    assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)[0] == "fp32"
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "one.mp4").symlink_to(MEDIA / "videos" / "fake" / "cvprw2019_demo_fake.mp4")
     runtimes.refresh(solo_repository, MEMBER, clips=clips)
     checked = json.loads(record.read_text())
     assert checked["trained"] and checked["clips"] == 1 and checked["max_delta"] <= 0.02
-    assert runtimes.served_precision(solo_repository, MEMBER) == ("bf16", "")
+    assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)[0] == "bf16"
     written = record.stat().st_mtime_ns
     runtimes.refresh(solo_repository, MEMBER, clips=clips)  # the same graph: not again
     assert record.stat().st_mtime_ns == written

@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--triton-config",
         default="cpu",
-        help="cpu (fp32), or cpu_fast (model_repository/cpu_fast.toml)",
+        help="cpu (fp32 on every CPU), or cpu_fast (each member's precision chosen for this "
+        "CPU's units at start: model_repository/cpu_fast.toml)",
     )
     return parser.parse_args(argv)
 
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> None:
         flush=True,
     )
     with LocalTriton(triton) as server:
+        for member, (_, why) in server.precisions.items():
+            print(f"  {member}: {why}", flush=True)  # cpu_fast: each member's precision, why
         print(
             f"Triton ready (log {server.log_path}). Gateway on "
             f"http://{settings.host}:{settings.port}/ — Ctrl-C stops both.",

@@ -41,6 +41,7 @@ class ModelInfo:
     weights: dict[str, str]
     max_batch_size: int
     precision: str = "fp32"  # the config's `precision`: bf16 or int8 under cpu_fast
+    precision_reason: str = ""  # the config's `precision_reason`: why, on the serving CPU
     trained_on: str = ""  # what the weights were trained on (a member manifest says)
     versions: dict[str, dict] = field(default_factory=dict)  # fine-tuned versions' provenance
     group: str = ""  # its specialist group, for the vote rule max_of_groups
@@ -209,6 +210,7 @@ class ModelServer:
             weights=provenance,
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
             precision=params.get("precision", "fp32"),
+            precision_reason=params.get("precision_reason", ""),
             trained_on=params.get("trained_on", ""),
             versions=versions,
             group=group,

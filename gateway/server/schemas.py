@@ -22,7 +22,14 @@ class ModelSummary(BaseModel):
     precision: str = Field(
         "fp32",
         description="what the member computes in: fp32, or under the cpu_fast configuration "
-        "bf16 (OpenVINO) or int8 (ONNX Runtime), as model_repository/cpu_fast.toml chose",
+        "bf16 (OpenVINO) or int8 (ONNX Runtime), as model_repository/cpu_fast.toml chose for "
+        "the serving CPU's units",
+    )
+    precision_reason: str = Field(
+        "",
+        description='why, as Triton chose it at start: "bf16: avx512_bf16, amx_bf16 present", '
+        '"int8: avx512_vnni present, no BF16 units", "fp32: no BF16 or VNNI units", '
+        '"fp32: the cpu configuration, on every CPU" (empty where the config says nothing)',
     )
     weights: Provenance
     trained_on: str = Field("", description="what the weights were trained on, if stated")

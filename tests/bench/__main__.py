@@ -16,6 +16,7 @@ from tests.bench.floor import run_floor
 from tests.bench.inputs import (
     all_crops,
     check_exported,
+    choose_precisions,
     load_clips,
     machine_facts,
     members_of,
@@ -83,14 +84,16 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     check_exported(config.profiles)
+    choose_precisions(config.triton_config)
     started = time.perf_counter()
+    members = needed_members(config.profiles)
+    said = {m: precision(m, config.triton_config) for m in members}
     result: dict = {
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(),
         "config": config.to_json(),
-        "precision": {
-            m: precision(m, config.triton_config) for p in config.profiles for m in members_of(p)
-        },
+        "precision": {m: p for m, (p, _) in said.items()},
+        "precision_reason": {m: why for m, (_, why) in said.items()},
     }
     print(
         f"bench: profiles {config.profiles}, stages {config.stages}, {config.frames} frames, "
@@ -98,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.repeats}; results in {config.out}",
         flush=True,
     )
-    served = ", ".join(f"{m} {p}" for m, p in result["precision"].items())
-    print(f"  {config.triton_config}: {served}", flush=True)
+    print(f"  CPU: {result['machine']['cpu_units']['why']}", flush=True)
+    for member, why in result["precision_reason"].items():
+        print(f"  {config.triton_config} {member}: {why}", flush=True)
     clips = load_clips(config)
     result["clips"] = [
         {

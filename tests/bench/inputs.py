@@ -12,14 +12,18 @@ import cv2
 import numpy as np
 import psutil
 
+from export import runtimes
 from export.repository import profile_members, read_config
 from gateway.server.settings import Settings
+from model_repository import cpu_features
 from preprocess.faces import load_detector
 from preprocess.media import MediaInfo, MediaReader
 from preprocess.pipeline import FaceExtractor
 from tests.bench.config import ROOT, BenchConfig
 
 REPOSITORY = ROOT / "model_repository"
+# Beside the units cpu_fast decides by: the vector widths that bound fp32 speed.
+WIDTH_FLAGS = ("avx2", "avx512f", "amx_tile", "amx_int8")
 PACKAGES = (
     "onnxruntime",
     "openvino",
@@ -90,11 +94,33 @@ def model_path(member: str, config: str = "cpu") -> Path:
     return member_dir / "1" / (name or "model.onnx")
 
 
-def precision(member: str, config: str) -> str:
-    """What `member` computes in under --model-config-name=`config` (its `precision`)."""
+def precision(member: str, config: str) -> tuple[str, str]:
+    """What `member` computes in under --model-config-name=`config`, and why (its
+    `precision` and `precision_reason`; cpu_fast's are written by choose_precisions)."""
     configured = REPOSITORY / "members" / member / "configs" / f"{config}.pbtxt"
     params = read_config(configured).parameters if configured.exists() else {}
-    return params["precision"].string_value if "precision" in params else "fp32"
+    said = {k: params[k].string_value for k in ("precision", "precision_reason") if k in params}
+    return said.get("precision", "fp32"), said.get("precision_reason", "")
+
+
+def choose_precisions(config: str) -> None:
+    """Under cpu_fast, each member's configs/cpu_fast.pbtxt for this CPU, as the local
+    Triton writes them when it starts: the floor runs what Triton will serve."""
+    if config == runtimes.CONFIG_NAME:
+        runtimes.write_fast_configs(REPOSITORY)
+
+
+def cpu_units() -> dict:
+    """The flags that decide cpu_fast's precisions (TRITON_CPU_FLAGS stands for them) and
+    the kind of CPU they make: a bench on a CPU without BF16 units is not one with them."""
+    flags = cpu_features.cpu_flags()
+    units = cpu_features.cpu_units(flags)
+    decisive = [f for kind in cpu_features.UNIT_FLAGS.values() for f in kind]
+    return {
+        "kind": units.kind,
+        "why": units.describe(),
+        "flags": sorted(f for f in flags if f in {*decisive, *WIDTH_FLAGS}),
+    }
 
 
 def check_exported(profiles: tuple[str, ...]) -> None:
@@ -136,6 +162,7 @@ def machine_facts() -> dict:
             versions[name] = None
     return {
         "cpu": cpu_model(),
+        "cpu_units": cpu_units(),
         "logical_cores": psutil.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

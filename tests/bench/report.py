@@ -243,13 +243,25 @@ def plot_service(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def precision_lines(result: dict, config: BenchConfig) -> str:
+    """The CPU's units and what each member computed in: figures from a CPU without BF16
+    units are not comparable with figures from one with them."""
+    units = result["machine"]["cpu_units"]
+    lines = [f"CPU: {units['why']} (flags {' '.join(units['flags']) or 'none of note'})"]
+    lines += [
+        f"  {config.triton_config} {member}: {why or result['precision'][member]}"
+        for member, why in result.get("precision_reason", {}).items()
+    ]
+    return "\n".join(lines)
+
+
 def finish(result: dict, config: BenchConfig) -> dict[str, float]:
     """Print the table and ratios, write JSON and plots; returns the ratios."""
     values = {k: v for k, v in ratios(result, config).items() if math.isfinite(v)}
     result["ratios"] = values
     result["targets"] = {k: target_status(k, v) for k, v in values.items() if k in TARGETS}
     result["cpu_per_clip"] = cpu_per_clip(result, config)
-    text = table(result, config)
+    text = precision_lines(result, config) + "\n" + table(result, config)
     if result["cpu_per_clip"]:
         text += "\n\n" + cpu_table(result["cpu_per_clip"])
     config.out.mkdir(parents=True, exist_ok=True)
