@@ -19,7 +19,9 @@ TRITON_HOST ?= 127.0.0.1
 TRITON_HTTP_PORT ?= 8000
 TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
-# The members' CPU configs: cpu (fp32), or cpu_fast (model_repository/cpu_fast.toml).
+# The members' CPU configs: cpu (fp32 on every CPU), or cpu_fast (each member's precision
+# chosen for this CPU's units at start: model_repository/cpu_fast.toml; TRITON_CPU_FLAGS,
+# space-separated, stands for the CPU's flags).
 TRITON_CONFIG ?= cpu
 export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
