@@ -15,9 +15,10 @@ trained member, the same verdict (the gateway's confident strategy over each cli
 faces, cut where the gateway cuts: preprocess/tensors.py's is_fake) on every clip. For
 random weights only the speed means something; the check runs again (`python -m export`
 calls `refresh`) when real weights come.
-A member that `model_repository/cpu_fast.toml` sets to "int8" serves this file under
-`--model-config-name=cpu_fast` (export/runtimes.py writes the configs). OpenVINO's bf16
-beat it for Xception here (`python -m export.runtimes` compares every runtime).
+A member that `model_repository/cpu_fast.toml` sets to "int8" for the serving CPU's kind
+(`vnni_units`: VNNI, no BF16 units) serves this file under `--model-config-name=cpu_fast`
+(export/runtimes.py writes the configs when the local Triton starts). Where BF16 units
+exist, OpenVINO's bf16 beat it for Xception (`python -m export.runtimes` compares them).
 
 What int8 saves per member (only Xception gains: EfficientNet-B7's depthwise convolutions
 and SiLU/sigmoid gates stay fp32 between quantize/dequantize pairs, the MesoNets'
