@@ -236,8 +236,10 @@ def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
     record_delta(quantize.MAX_DELTA * 2)
     precision, why = runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)
     assert (precision, why.split(" by ")[0]) == ("fp32", "fp32: bf16 moved P_FAKE")
-    config = runtimes.fast_config('backend: "onnxruntime"\n', precision, why)
-    assert 'backend: "onnxruntime"' in config and "bf16 moved P_FAKE" in config
+    cpu = (solo_repository / "members" / MEMBER / "configs" / "cpu.pbtxt").read_text()
+    config = runtimes.fast_config(cpu, precision, why)
+    assert 'backend: "onnxruntime"' in config
+    assert f'key: "precision_reason" value: {{ string_value: "{why}" }}' in config
     record_delta(quantize.MAX_DELTA)
     assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU) == (
         "bf16",
