@@ -21,7 +21,8 @@ from gateway.server.verdict.aggregate import (
     voting_weights,
     weighted_mean,
 )
-from gateway.server.verdict.judge import Judge, Judgement, Running, verdict_of
+from gateway.server.verdict.judge import Judge, Judgement, Running
+from gateway.server.verdict.rules import Evidence, no_face, verdict_of
 from gateway.server.verdict.selection import Selection
 from preprocess.faces import Face
 from preprocess.tensors import FAKE_AT, is_fake
@@ -144,9 +145,8 @@ def test_the_cut_is_one_fact() -> None:
     """Settings' default, the verdict, `make eval`, quantize's check and training's figures
     read one cut."""
     assert Settings.model_fields["threshold"].default == FAKE_AT
-    assert verdict_of(FAKE_AT, FAKE_AT) == "fake" and is_fake(FAKE_AT)
-    assert verdict_of(np.nextafter(FAKE_AT, 0), FAKE_AT) == "real"
-    assert verdict_of(None, FAKE_AT) == "no_face"
+    assert verdict_of(FAKE_AT, FAKE_AT, []) == "fake" and is_fake(FAKE_AT)
+    assert verdict_of(np.nextafter(FAKE_AT, 0), FAKE_AT, []) == "real"
     scores = np.array([FAKE_AT, FAKE_AT, 0.1, 0.1])
     assert clip_verdicts(scores, ["a", "a", "b", "b"]) == {"a": True, "b": False}
     train = (Path(__file__).resolve().parent.parent / "export/train.py").read_text()
@@ -167,9 +167,11 @@ def test_a_file_and_a_live_session_judge_the_same_faces_alike(rule: str) -> None
     running = Running(judge, window=6)
     for f, faces in enumerate(frames):
         answer = running.judge_frame(f, faces, {m: s[2 * f : 2 * f + 2] for m, s in scores.items()})
-    filed = judge.tracks([list(range(0, 12, 2)), list(range(1, 12, 2))], scores, 6, 1 / 3)
+    evidence = Evidence(6, 6, 6, [50.0] * 12, 1 / 3)
+    filed = judge.tracks([list(range(0, 12, 2)), list(range(1, 12, 2))], scores, evidence)
     assert [t["score"] for t in answer["tracks"]] == pytest.approx([t.score for t in filed.tracks])
     assert answer["verdict"] == filed.verdict and answer["score"] == pytest.approx(filed.score)
+    assert answer["reasons"] == [r.model_dump() for r in filed.reasons]
     assert [t["frames"] for t in answer["tracks"]] == [list(range(6))] * 2
     face = answer["faces"][0]
     assert face["p_fake"] == pytest.approx(float(judge.vote(scores, None)[10]))
@@ -183,8 +185,10 @@ def test_a_live_window_forgets_older_frames_and_an_empty_one_has_no_verdict() ->
         answer = running.judge_frame(f, face, dict.fromkeys(judge.selection.members, np.array([p])))
     (track,) = answer["tracks"]
     assert track["frames"] == [1, 2] and track["score"] == pytest.approx(0.15)
-    assert answer["verdict"] == "real"
+    assert answer["verdict"] == "uncertain"  # 50 px faces: under half the members' 256 px
+    assert [r["code"] for r in answer["reasons"]] == ["small_faces"]
     for f in range(3, 8):  # the person gone: their track closes, nothing is left to judge
         answer = running.judge_frame(f, [], {})
     assert (answer["tracks"], answer["verdict"], answer["score"]) == ([], "no_face", None)
-    assert judge.tracks([], {}) == Judgement([], None, "no_face")
+    assert answer["reasons"] == [no_face(2).model_dump()]
+    assert judge.tracks([], {}, Evidence(3)) == Judgement([], None, "no_face", [no_face(3)])

@@ -4,6 +4,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# fake/real: the cut at the request's threshold; uncertain: too close to call or too little
+# to go on (its reasons say which); no_face: nothing to judge. gateway/server/verdict/rules.py.
+Verdict = Literal["fake", "real", "uncertain", "no_face"]
+
+
+class Reason(BaseModel):
+    code: str = Field(
+        description="from the catalogue (gateway/README.md, Verdicts and their reasons)"
+    )
+    message: str = Field(description="the same, for a person, with this answer's figures")
+
 
 class Provenance(BaseModel):
     file: str
@@ -134,7 +145,12 @@ class DetectAnswer(BaseModel):
     filename: str
     bytes: int | None = Field(None, description="size of the uploaded (or fetched) file")
     sha256: str | None = Field(None, description="SHA-256 of the uploaded (or fetched) file, hex")
-    verdict: Literal["fake", "real", "no_face"]
+    verdict: Verdict
+    reasons: list[Reason] = Field(
+        default_factory=list,
+        description="why the verdict is not plainly fake or real: always some for uncertain "
+        "and no_face; for fake and real, what weakened them",
+    )
     score: float | None = Field(description="P(fake) of the video; null when no face was found")
     threshold: float
     ensemble: str | None = Field(description="the Triton ensemble called, or null for members")

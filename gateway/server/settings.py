@@ -251,6 +251,34 @@ class AnalysisSettings(BaseModel):
     threshold: float = Field(
         FAKE_AT, ge=0.0, le=1.0, description="P(fake) at or above which the verdict is `fake`"
     )
+    uncertain_band: float | None = Field(
+        None,
+        ge=0.0,
+        le=0.5,
+        description="half-width of the band around the threshold inside which the verdict is "
+        "`uncertain` (`near_threshold`); unset: the one gateway/server/verdict/rules.py "
+        "`default_band` gives (the calibration's measured band)",
+    )
+    uncertain_group_margin: float = Field(
+        0.75,
+        gt=0.0,
+        le=1.0,
+        description="`uncertain` (`groups_disagree`) when the vote's groups (rule "
+        "max_of_groups) score the deciding person further apart than this",
+    )
+    uncertain_min_face_frames: int = Field(
+        4,
+        ge=1,
+        description="`uncertain` (`few_face_frames`) when faces are in fewer sampled frames "
+        "than this (or than the file has: an image needs one)",
+    )
+    uncertain_min_face_scale: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="`uncertain` (`small_faces`) when the deciding person's median face crop "
+        "(box and margin) is under this share of the smallest voting member's input side",
+    )
     detector: Literal["scrfd", "yunet"] = Field(
         DetectorConfig.name, description="`scrfd` (insightface) or `yunet` (OpenCV)"
     )

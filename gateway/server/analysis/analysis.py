@@ -28,6 +28,7 @@ from gateway.server.verdict.aggregate import (
 )
 from gateway.server.verdict.answer import Clock, Report, media_facts
 from gateway.server.verdict.explain import explain
+from gateway.server.verdict.rules import Doubts
 from gateway.server.verdict.selection import Selection, select_models
 from preprocess.faces import load_detector
 from preprocess.media import MediaReader
@@ -55,6 +56,7 @@ class Analyzer:
         max_faces: int = 512,
         frames_ahead: int = 2,
         sparse: SparseConfig = EVERY_FRAME,
+        doubts: Doubts | None = None,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -66,6 +68,7 @@ class Analyzer:
         self.max_faces = max_faces  # faces one request may hold: 422 beyond
         self.frames_ahead = frames_ahead  # decoded frames waiting for detection, per request
         self.sparse = sparse  # which sampled frames the detector runs on
+        self.doubts = doubts or Doubts()  # when a verdict is uncertain (verdict/rules.py)
 
     @classmethod
     def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
@@ -90,6 +93,7 @@ class Analyzer:
             max_faces=settings.max_request_faces,
             frames_ahead=settings.workers,
             sparse=SparseConfig(every=settings.detect_every),
+            doubts=Doubts.from_settings(settings),
         )
 
     async def analyze(
@@ -124,7 +128,7 @@ class Analyzer:
             found = await early.faces(scan.indices)
             tracks = link_tracks([f.faces for f in found])
             t = clock.stage("detect", t)
-            report = Report(selection, options, scan.info, found, early.thumbnails)
+            report = Report(selection, options, scan.info, found, early.thumbnails, self.doubts)
             metrics.FACES.observe(len(report.faces))
             await emit({"event": "faces", "faces": len(report.faces), "tracks": len(tracks)})
             if not report.faces:

@@ -149,7 +149,7 @@ class LiveSession:
         slot = None if url is None else await self.claim_reader()
         self.scores = lambda crops: score(crops, selection.members)
         self.running = Running(
-            Judge(selection, self.analyzer.strategy, asked.threshold),
+            Judge(selection, self.analyzer.strategy, asked.threshold, self.analyzer.doubts),
             options.window or self.settings.live_window,
         )
         started = {

@@ -73,11 +73,19 @@ def vote(
     groups without weight left out. Works on floats and on arrays alike."""
     if not groups:
         return weighted_mean(scores, weights)
-    means = [
-        weighted_mean({m: s for m, s in scores.items() if groups[m] == g}, weights)
-        for g in dict.fromkeys(groups[m] for m in scores if weights[m] > 0)
-    ]
+    means = list(group_means(scores, weights, groups).values())
     return np.maximum.reduce(means) if len(means) > 1 else means[0]
+
+
+def group_means(
+    scores: Mapping[str, float], weights: Mapping[str, float], groups: Mapping[str, str]
+) -> dict[str, float]:
+    """Each group's weighted mean, the groups without weight left out (what max_of_groups
+    takes the most fake of)."""
+    return {
+        g: weighted_mean({m: s for m, s in scores.items() if groups[m] == g}, weights)
+        for g in dict.fromkeys(groups[m] for m in scores if weights[m] > 0)
+    }
 
 
 def score_tracks(

@@ -4,7 +4,7 @@ media facts, stage timings (Clock) and face thumbnails."""
 import base64
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import cv2
@@ -12,8 +12,10 @@ import numpy as np
 
 from gateway.server import metrics, schemas
 from gateway.server.options import Options
+from gateway.server.schemas import Verdict
 from gateway.server.verdict.aggregate import Strategy, is_short
-from gateway.server.verdict.judge import Judge, Verdict
+from gateway.server.verdict.judge import Judge
+from gateway.server.verdict.rules import Credentials, Doubts, Evidence, no_face, with_credentials
 from gateway.server.verdict.selection import Selection, model_summary, notes
 from preprocess.faces import Face
 from preprocess.media import MediaInfo
@@ -50,6 +52,9 @@ class Report:
     info: MediaInfo
     found: Sequence[FrameFaces]
     thumbnails: dict[tuple[int, int], str]  # (frame index, face number): only if asked for
+    doubts: Doubts = field(default_factory=Doubts)
+    # The file's content credentials, when read: they may override the faces' verdict.
+    credentials: Credentials | None = None
 
     @cached_property
     def faces(self) -> list[tuple[int, int]]:
@@ -61,7 +66,17 @@ class Report:
             schemas.FrameResult(index=f.index, timestamp_s=f.timestamp_s, faces=[])
             for f in self.found
         ]
-        return self.answer(clock, "no_face", None, {}, [], frames)
+        return self.answer(clock, ("no_face", [no_face(len(frames))]), None, {}, [], frames)
+
+    def evidence(self, min_share: float) -> Evidence:
+        """The frames sampled and with faces, the frames the file has, each face's size."""
+        return Evidence(
+            sampled_frames=len(self.found),
+            face_frames=sum(1 for frame in self.found if frame.faces),
+            available_frames=self.info.frame_count,
+            sides=[max(f.width, f.height) for frame in self.found for f in frame.faces],
+            min_share=min_share,
+        )
 
     def scored(
         self,
@@ -71,13 +86,13 @@ class Report:
         clock: Clock,
     ) -> schemas.DetectAnswer:
         members = self.selection.members
-        judge = Judge(self.selection, strategy, self.options.threshold)
+        judge = Judge(self.selection, strategy, self.options.threshold, self.doubts)
         position = {face: n for n, face in enumerate(self.faces)}
         track_faces = [[position[link] for link in t.links] for t in tracks]
         track_of = {n: tid for tid, ns in enumerate(track_faces) for n in ns}
         model_scores = {m: scores[m] for m in members}
         sampled = len(self.found)
-        judged = judge.tracks(track_faces, model_scores, sampled, strategy.min_track_share)
+        judged = judge.tracks(track_faces, model_scores, self.evidence(strategy.min_track_share))
         decisive = judged.decisive
         assert decisive is not None  # faces, so tracks: faceless() answers the rest
         face_vote = judge.vote(model_scores, scores.get("ensemble"))
@@ -114,17 +129,19 @@ class Report:
             )
             for t in judged.tracks
         ]
-        return self.answer(clock, judged.verdict, decisive.score, decisive.models, results, frames)
+        judgement = (judged.verdict, judged.reasons)
+        return self.answer(clock, judgement, decisive.score, decisive.models, results, frames)
 
     def answer(
         self,
         clock: Clock,
-        verdict: Verdict,
+        judged: tuple[Verdict, list[schemas.Reason]],
         score: float | None,
         model_scores: dict[str, float],
         tracks: list[schemas.TrackResult],
         frames: list[schemas.FrameResult],
     ) -> schemas.DetectAnswer:
+        verdict, reasons = with_credentials(*judged, self.credentials)
         metrics.VERDICTS.labels(verdict).inc()
         ensemble, weights = self.selection.ensemble, self.selection.weights
         models = [
@@ -142,6 +159,7 @@ class Report:
             bytes=self.options.size,
             sha256=self.options.sha256,
             verdict=verdict,
+            reasons=reasons,
             score=score,
             threshold=self.options.threshold,
             ensemble=ensemble.name if self.selection.via_ensemble else None,

@@ -2,42 +2,40 @@
 verdict, for a file, a job and a live session alike (aggregate.py states the rules).
 
 A file is judged once, over all its sampled frames (Report.scored); a live session judges
-every frame again over each person's last `window` frames (Running). Both call Judge.tracks.
+every frame again over each person's last `window` frames (Running). Both call Judge.tracks,
+which weighs the decisive score with rules.py's doubts: fake, real, uncertain or no_face,
+with the reasons (reasons.py).
 """
 
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
+from gateway.server import schemas
+from gateway.server.schemas import Verdict
 from gateway.server.verdict.aggregate import Strategy, TrackScore, decisive_track, score_tracks
 from gateway.server.verdict.aggregate import vote as vote_rule
+from gateway.server.verdict.rules import Doubts, Evidence, doubts_of, no_face, verdict_of
 from gateway.server.verdict.selection import Selection
 from preprocess.faces import Face
-from preprocess.tensors import is_fake
 from preprocess.tracks import Tracker
 
-Verdict = Literal["fake", "real", "no_face"]
 Score = TypeVar("Score", float, np.ndarray)
-
-
-def verdict_of(score: float | None, threshold: float) -> Verdict:
-    """No score (no face, no track): no_face; else the cut at the request's threshold."""
-    if score is None:
-        return "no_face"
-    return "fake" if is_fake(score, threshold) else "real"
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """Every track's scores, the one that decides (None without tracks) and the verdict."""
+    """Every track's scores, the one that decides (None without tracks), the verdict and
+    its reasons."""
 
     tracks: list[TrackScore]
     decisive: TrackScore | None
     verdict: Verdict
+    reasons: list[schemas.Reason] = field(default_factory=list)
 
     @property
     def score(self) -> float | None:
@@ -47,11 +45,12 @@ class Judgement:
 @dataclass(frozen=True)
 class Judge:
     """One request's judging: its models (their weights and groups), the strategy, the
-    threshold."""
+    threshold, the rules that make a verdict uncertain."""
 
     selection: Selection
     strategy: Strategy
     threshold: float
+    doubts: Doubts = field(default_factory=Doubts)
 
     def vote(self, models: Mapping[str, Score], ensemble: Score | None = None) -> Score:
         """Per face: the ensemble's own vote when Triton answered it, else the same rule
@@ -64,28 +63,32 @@ class Judge:
         self,
         tracks: Sequence[Sequence[int]],
         scores: Mapping[str, np.ndarray],
-        sampled_frames: int = 0,
-        min_share: float = 0.0,
+        evidence: Evidence,
     ) -> Judgement:
         """Each track (positions in `scores`) scored per model and voted; the most fake of
-        the tracks seen in at least `min_share` of `sampled_frames` decides."""
+        the tracks seen in at least `evidence.min_share` of the sampled frames decides, and
+        the doubts weigh its score."""
         scored = score_tracks(
             tracks, scores, self.selection.weights, self.strategy, self.selection.groups
         )
         if not scored:
-            return Judgement([], None, "no_face")
-        decisive = decisive_track(scored, sampled_frames, min_share)
-        return Judgement(scored, decisive, verdict_of(decisive.score, self.threshold))
+            return Judgement([], None, "no_face", [no_face(evidence.sampled_frames)])
+        decisive = decisive_track(scored, evidence.sampled_frames, evidence.min_share)
+        reasons = doubts_of(decisive, self.selection, self.threshold, evidence, self.doubts)
+        verdict = verdict_of(decisive.score, self.threshold, reasons)
+        return Judgement(scored, decisive, verdict, reasons)
 
 
-Window = deque[tuple[int, dict[str, float]]]  # (frame, each model's score), oldest first
+# (frame, each model's score, the face's box long side in pixels), oldest first
+Window = deque[tuple[int, dict[str, float], float]]
 
 
 @dataclass
 class Running:
     """A live session's running verdict: per person, their last `window` frames, judged
     again on every frame by Judge.tracks. No track is short here: every open one may
-    decide (the window is what a live verdict looks at)."""
+    decide (the window is what a live verdict looks at); the view holds `window` frames, so
+    few_face_frames asks for no more than that."""
 
     judge: Judge
     window: int
@@ -105,27 +108,41 @@ class Running:
             models = {m: float(scores[m][n]) for m in self.judge.selection.members}
             ensemble = scores.get("ensemble")
             p_fake = self.judge.vote(models, None if ensemble is None else float(ensemble[n]))
-            self.windows.setdefault(track, deque(maxlen=self.window)).append((frame, models))
+            side = max(face.width, face.height)
+            self.windows.setdefault(track, deque(maxlen=self.window)).append((frame, models, side))
             box = [round(float(v), 1) for v in face.box]
             answered.append({"box": box, "track": track, "p_fake": p_fake, "models": models})
         return {"faces": answered, **self.verdict()}
 
     def verdict(self) -> dict:
-        """Every open track over its window, and the running verdict."""
+        """Every open track over its window, and the running verdict with its reasons."""
         ids = sorted(self.windows)
-        rows = [models for i in ids for _, models in self.windows[i]]
-        scores = {m: np.array([r[m] for r in rows]) for m in self.judge.selection.members}
-        judged = self.judge.tracks(consecutive([len(self.windows[i]) for i in ids]), scores)
+        rows = [row for i in ids for row in self.windows[i]]
+        scores = {m: np.array([r[1][m] for r in rows]) for m in self.judge.selection.members}
+        evidence = Evidence(
+            sampled_frames=min(self.position, self.window),
+            face_frames=min(len({frame for frame, _, _ in rows}), self.position, self.window),
+            available_frames=self.window,
+            sides=[side for _, _, side in rows],
+        )
+        sizes = consecutive([len(self.windows[i]) for i in ids])
+        judged = self.judge.tracks(sizes, scores, evidence)
         tracks = [
             {
                 "id": ids[t.track],
                 "score": t.score,
                 "models": t.models,
-                "frames": [f for f, _ in self.windows[ids[t.track]]],
+                "frames": [f for f, _, _ in self.windows[ids[t.track]]],
             }
             for t in judged.tracks
         ]
-        return {"tracks": tracks, "verdict": judged.verdict, "score": judged.score}
+        reasons = [r.model_dump() for r in judged.reasons]
+        return {
+            "tracks": tracks,
+            "verdict": judged.verdict,
+            "reasons": reasons,
+            "score": judged.score,
+        }
 
 
 def consecutive(sizes: Sequence[int]) -> list[list[int]]:
