@@ -1,7 +1,7 @@
 """`python -m gateway.programs.cli detect A B C` or `detect FOLDER`: many files (or media URLs,
 which the gateway fetches itself) as jobs, a progress bar, then a CSV and a JSON report (file,
-sha256, verdict, score, per-model scores, faces, error). The exit status is 1 when any file
-failed."""
+sha256, verdict, its reason codes, score, per-model scores, faces, error). The exit status is 1
+when any file failed, whatever the verdicts."""
 
 import csv
 import hashlib
@@ -153,6 +153,7 @@ def row(source: Source, item: dict) -> dict:
         "file": source_name(source),
         "sha256": sha256(source) if isinstance(source, Path) else item.get("sha256"),
         "verdict": result["verdict"] if result else None,
+        "reasons": [r["code"] for r in result.get("reasons", [])] if result else [],
         "score": result["score"] if result else None,
         "models": {m["name"]: m["score"] for m in result["models"]} if result else {},
         "faces": sum(len(f["faces"]) for f in result["frames"]) if result else None,
@@ -166,9 +167,8 @@ def write_reports(rows: list[dict], out: Path) -> None:
     names = sorted({name for r in rows for name in r["models"]})
     with out.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "sha256", "verdict", "score", *names, "faces", "error"])
+        writer.writerow(["file", "sha256", "verdict", "reasons", "score", *names, "faces", "error"])
         for r in rows:
             scores = [r["models"].get(name) for name in names]
-            writer.writerow(
-                [r["file"], r["sha256"], r["verdict"], r["score"], *scores, r["faces"], r["error"]]
-            )
+            facts = [r["file"], r["sha256"], r["verdict"], " ".join(r["reasons"]), r["score"]]
+            writer.writerow([*facts, *scores, r["faces"], r["error"]])

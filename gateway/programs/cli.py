@@ -27,6 +27,7 @@ def summary(answer: dict) -> str:
     lines = [
         f"{answer['filename']}: {answer['verdict'].upper()}  "
         f"P(fake) {score}  (threshold {answer['threshold']})",
+        *(f"  why: {r['code']}: {r['message']}" for r in answer.get("reasons", [])),
         f"media: {media['kind']} {media['format']} {media['width']}x{media['height']}"
         + (f", {media['duration_s']:.1f} s @ {media['fps']:.2f} fps" if media["fps"] else ""),
         "",

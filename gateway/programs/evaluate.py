@@ -13,18 +13,22 @@ these figures go to results/eval.json.
 import argparse
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from sklearn.metrics import roc_auc_score
 
 from gateway.clients.client import ClientError, GatewayClient
 from gateway.server import Strategy, TrackScore, decisive_track, vote
+from gateway.server.schemas import Verdict
 from preprocess.tensors import is_fake
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDIA = ROOT.parent / "shared" / "media" / "videos"
 LABELS = {"real": 0, "fake": 1}
+VERDICTS = get_args(Verdict)
 
 
 # What a clip's name says it is (../shared/media/README: the clips' sources).
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     client = GatewayClient(args.url)
     rows, answers = [], {}
-    print(f"{'clip':<58}{'label':>6}{'score':>8}{'verdict':>9}{'faces':>7}{'s':>7}")
+    print(f"{'clip':<58}{'label':>6}{'score':>8}{'verdict':>11}{'faces':>7}{'s':>7}  why")
     for label, path in clips(args.media):
         start = time.perf_counter()
         try:
@@ -147,22 +151,26 @@ def main(argv: list[str] | None = None) -> int:
         score = answer["score"]
         shown = "-" if score is None else f"{score:.3f}"
         print(
-            f"{path.name[:57]:<58}{label:>6}{shown:>8}{answer['verdict']:>9}{faces:>7}"
-            f"{seconds:>7.1f}"
+            f"{path.name[:57]:<58}{label:>6}{shown:>8}{answer['verdict']:>11}{faces:>7}"
+            f"{seconds:>7.1f}  {' '.join(r['code'] for r in answer.get('reasons', []))}"
         )
         rows.append((LABELS[label], score, answer["verdict"], seconds))
         answers[f"{label}/{path.name}"] = answer
     scored = [(y, s) for y, s, _, _ in rows if s is not None]
     labels = {y for y, _ in scored}
     auc = roc_auc_score(*zip(*scored, strict=True)) if len(labels) == 2 else float("nan")
-    correct = sum((v == "fake") == bool(y) for y, _, v, _ in rows if v != "no_face")
+    # Accuracy over the clips judged fake or real; uncertain and no_face ones are counted apart.
+    decided = [(y, v) for y, _, v, _ in rows if v in ("fake", "real")]
+    correct = sum((v == "fake") == bool(y) for y, v in decided)
+    counts = Counter(v for _, _, v, _ in rows)
     models = answers and next(iter(answers.values()))["models"]
     voting = ", ".join(m["name"] for m in models if m["voting"]) if models else "?"
     print(
         f"\n{len(rows)} clips, ROC AUC {auc:.3f}, accuracy at threshold "
-        f"{correct}/{len(scored)}, voting: {voting}, median "
+        f"{correct}/{len(decided)} judged fake or real, voting: {voting}, median "
         f"{sorted(r[3] for r in rows)[len(rows) // 2]:.1f} s per clip"
     )
+    print("verdicts: " + ", ".join(f"{v} {counts[v]}" for v in VERDICTS))
     figures = {}
     if answers and any(a["tracks"] for a in answers.values()):
         share = Strategy().min_track_share
@@ -173,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         print_comparison(figures)
         print_short_track_effect(*figures.values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    verdicts = {v: counts[v] for v in VERDICTS}
     args.out.write_text(
-        json.dumps({"auc": auc, "answers": answers, "comparison": figures}, indent=1)
+        json.dumps(
+            {"auc": auc, "verdicts": verdicts, "answers": answers, "comparison": figures},
+            indent=1,
+        )
     )
     return 0
 

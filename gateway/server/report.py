@@ -41,7 +41,12 @@ IMAGE_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 IMAGE_MAX_SIDE = 2048
 # The timeline's geometry, in SVG user units (it scales with the page).
 PLOT_W, PLOT_H, PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 720, 220, 44, 12, 12, 34
-VERDICT_WORDS = {"fake": "Likely fake", "real": "Likely real", "no_face": "No face found"}
+VERDICT_WORDS = {
+    "fake": "Likely fake",
+    "real": "Likely real",
+    "uncertain": "Uncertain",
+    "no_face": "No face found",
+}
 
 _env = Environment(
     loader=FileSystemLoader(TEMPLATES),

@@ -18,6 +18,7 @@ const PLOT = { left: 40, right: 12, top: 12, bottom: 32, minWidth: 280, maxHeigh
 const VERDICT_WORDS = {
   fake: "Likely fake",
   real: "Likely real",
+  uncertain: "Uncertain",
   no_face: "No face found",
 };
 
@@ -103,6 +104,7 @@ async function loadService() {
     status.textContent = "The gateway does not answer; is it running?";
   } finally {
     if (!$("frames").value) $("frames").value = fromUrl || service.frames;
+    if (!$("threshold").value) $("threshold").value = service.threshold;
   }
 }
 
@@ -237,6 +239,7 @@ function setState(state) {
   const busy = state === "uploading" || state === "analysing";
   $("pick").disabled = busy;
   $("frames").disabled = busy;
+  $("threshold").disabled = busy;
   $("explain").disabled = busy;
   $("all-models").disabled = busy;
   $("cancel").hidden = !busy;
@@ -259,6 +262,12 @@ function resetProgress(file) {
 function framesWanted() {
   const value = Number.parseInt($("frames").value, 10);
   return Number.isFinite(value) ? Math.min(300, Math.max(1, value)) : service.frames;
+}
+
+/** The operating point this request asks for: the field's, else the gateway's own. */
+function thresholdWanted() {
+  const value = Number.parseFloat($("threshold").value);
+  return Number.isFinite(value) ? Math.min(1, Math.max(0, value)) : service.threshold;
 }
 
 function start(file) {
@@ -295,7 +304,11 @@ function begin(file) {
 
 function upload(file, body, contentType) {
   const xhr = new XMLHttpRequest();
-  const query = new URLSearchParams({ thumbnails: "true", frames: String(framesWanted()) });
+  const query = new URLSearchParams({
+    thumbnails: "true",
+    frames: String(framesWanted()),
+    threshold: String(thresholdWanted()),
+  });
   if ($("explain").checked) query.set("explain", "true");
   if ($("all-models").checked) query.set("models", "all");
   let seen = 0; // characters of responseText already parsed
@@ -449,6 +462,7 @@ function renderVerdict(answer) {
   const gauge = $("gauge-fill");
   const mark = $("gauge-threshold");
   mark.style.left = `${answer.threshold * 100}%`;
+  renderReasons(answer.reasons || []);
   if (answer.score == null) {
     $("verdict-detail").textContent =
       "No face was found in any sampled frame, so there is nothing to judge. " +
@@ -458,9 +472,21 @@ function renderVerdict(answer) {
   }
   $("verdict-detail").textContent =
     `P(fake) ${pct(answer.score)} · threshold ${pct(answer.threshold)} — ` +
-    (answer.verdict === "fake" ? "at or above the threshold." : "below the threshold.");
+    (answer.score >= answer.threshold ? "at or above the threshold" : "below the threshold") +
+    (answer.verdict === "uncertain" ? ", but too close to call or on too little evidence." : ".");
   gauge.parentElement.hidden = false;
   gauge.style.width = `${answer.score * 100}%`;
+}
+
+/** Why the verdict is not plainly fake or real: each reason's code and message. */
+function renderReasons(reasons) {
+  const list = $("reasons");
+  list.replaceChildren(
+    ...reasons.map((r) =>
+      el("li", { "data-code": r.code }, el("code", { text: r.code }), `: ${r.message}`),
+    ),
+  );
+  list.hidden = reasons.length === 0;
 }
 
 /** Where a model's weights come from; fields the export left empty are skipped. */

@@ -8,7 +8,12 @@ const KEY_STORE = "deepfake-api-key"; // the same tab-only key as the file page
 const MAX_WAITING = 2; // frames sent and not yet answered: beyond, skip (no queue here)
 const CHART_POINTS = 90; // per person
 const PALETTE = ["#0b63b6", "#b35c00", "#7b3fa0", "#00786f", "#a8326a", "#4d6b00"];
-const VERDICT_WORDS = { fake: "Likely fake", real: "Likely real", no_face: "No face in view" };
+const VERDICT_WORDS = {
+  fake: "Likely fake",
+  real: "Likely real",
+  uncertain: "Uncertain",
+  no_face: "No face in view",
+};
 const CLOSE_WORDS = {
   4401: "An API key is needed, or the one given was refused.",
   4408: "Closed after a while without frames.",
@@ -81,7 +86,7 @@ function reset() {
   $("live").dataset.answered = "0";
   for (const id of ["sent", "judged", "dropped"]) $(id).textContent = "0";
   $("lag").textContent = "—";
-  showVerdict(null, null);
+  showVerdict(null, null, []);
 }
 
 function connect() {
@@ -116,7 +121,7 @@ function answer(message) {
     $("dropped").textContent = String(message.dropped);
     $("lag").textContent = `${Math.round(message.lag_ms)} ms`;
     drawBoxes(message);
-    showVerdict(message.verdict, message.score);
+    showVerdict(message.verdict, message.score, message.reasons || []);
     chart(message.tracks);
   } else if (message.event === "error") {
     if (message.frame !== undefined) live.answered = Math.max(live.answered, message.frame);
@@ -175,7 +180,7 @@ function drawBoxes(message) {
   canvas.dataset.faces = String(message.faces.length);
 }
 
-function showVerdict(verdict, score) {
+function showVerdict(verdict, score, reasons) {
   const kind = verdict || "none";
   $("verdict").dataset.verdict = kind;
   $("verdict-box").dataset.verdict = kind;
@@ -185,6 +190,17 @@ function showVerdict(verdict, score) {
     score === null || score === undefined
       ? "P(fake) —"
       : `P(fake) ${(score * 100).toFixed(1)}% (threshold ${Math.round(live.threshold * 100)}%)`;
+  // Why the running verdict is not plainly fake or real (the same reasons as a file's).
+  const list = $("reasons");
+  list.replaceChildren(
+    ...reasons.map((r) => {
+      const item = document.createElement("li");
+      item.dataset.code = r.code;
+      item.textContent = `${r.code}: ${r.message}`;
+      return item;
+    }),
+  );
+  list.hidden = reasons.length === 0;
 }
 
 function chart(tracks) {
