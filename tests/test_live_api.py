@@ -18,6 +18,7 @@ from export.repository import profile_members
 from gateway.server.model_server import Ensemble, ModelInfo
 from gateway.server.verdict.aggregate import Strategy
 from gateway.server.verdict.judge import Judge, consecutive
+from gateway.server.verdict.rules import Evidence
 from gateway.server.verdict.selection import select_models
 from model_repository.local_triton import TritonSettings
 from tests.conftest import REPOSITORY, Gateway, InProcessGateway, start_gateway
@@ -69,23 +70,35 @@ def claimed_size(jpeg: bytes, width: int, height: int) -> bytes:
 
 
 def judged_again(answers: list[dict], models: dict, started: dict) -> list[dict]:
-    """Each frame's tracks and verdict judged again by verdict/judge.py (the files' path)
-    from what the session answered: every face's model scores, per track over the frames
-    its window names. `models` is GET /api/models, `started` the session's start answer."""
+    """Each frame's tracks, verdict and reasons judged again by verdict/judge.py (the files'
+    path) from what the session answered: every face's model scores and box, per track over
+    the frames its window names, the window standing for a file's sampled frames. `models`
+    is GET /api/models, `started` the session's start answer."""
     infos = [
-        ModelInfo(m["name"], "1", True, None, m["trained"], m["weight"], {}, 8, group=m["group"])
+        ModelInfo(
+            *(m["name"], "1", True, m["input_size"], m["trained"], m["weight"], {}, 8),
+            group=m["group"],
+        )
         for m in models["models"]
     ]
     ensemble = Ensemble(models["ensemble"], models["profile"], infos, True, 8, models["vote_rule"])
     judge = Judge(select_models(ensemble, started["models"]), Strategy(), started["threshold"])
-    seen = {(a["frame"], f["track"]): f["models"] for a in answers for f in a["faces"]}
+    seen = {(a["frame"], f["track"]): f for a in answers for f in a["faces"]}
+    window = started["window"]
     again = []
-    for answer in answers:
+    for judged_frames, answer in enumerate(answers, start=1):
         rows = [seen[f, t["id"]] for t in answer["tracks"] for f in t["frames"]]
-        scores = {m: np.array([r[m] for r in rows]) for m in started["models"]}
-        judged = judge.tracks(consecutive([len(t["frames"]) for t in answer["tracks"]]), scores)
+        scores = {m: np.array([r["models"][m] for r in rows]) for m in started["models"]}
+        sampled = min(judged_frames, window)
+        frames = {f for t in answer["tracks"] for f in t["frames"]}
+        sides = [max(r["box"][2] - r["box"][0], r["box"][3] - r["box"][1]) for r in rows]
+        evidence = Evidence(sampled, min(len(frames), sampled), window, sides)
+        sizes = consecutive([len(t["frames"]) for t in answer["tracks"]])
+        judged = judge.tracks(sizes, scores, evidence)
         tracks = [{"score": t.score, "models": t.models} for t in judged.tracks]
-        again.append({"tracks": tracks, "verdict": judged.verdict, "score": judged.score})
+        reasons = [r.model_dump() for r in judged.reasons]
+        verdict = {"verdict": judged.verdict, "reasons": reasons, "score": judged.score}
+        again.append({"tracks": tracks, **verdict})
     return again
 
 
@@ -95,6 +108,7 @@ def as_judged(answers: list[dict]) -> list[dict]:
         {
             "tracks": [{"score": t["score"], "models": t["models"]} for t in a["tracks"]],
             "verdict": a["verdict"],
+            "reasons": a["reasons"],
             "score": a["score"],
         }
         for a in answers
@@ -141,7 +155,8 @@ def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> 
             # the sliding window: at most `window` frames, the newest last
             assert 1 <= len(track["frames"]) <= 8 and track["frames"][-1] <= answer["frame"]
         assert answer["score"] == max(t["score"] for t in answer["tracks"])
-        assert answer["verdict"] == ("fake" if answer["score"] >= 0.5 else "real")
+        cut = "fake" if answer["score"] >= 0.5 else "real"
+        assert answer["verdict"] == ("uncertain" if answer["reasons"] else cut), answer
     models = httpx.get(f"{live.url}/api/models", headers={"X-API-Key": API_KEY}).json()
     assert as_judged(answers) == judged_again(answers, models, started)  # the files' path
     last = answers[-1]

@@ -108,9 +108,9 @@ class Running:
             models = {m: float(scores[m][n]) for m in self.judge.selection.members}
             ensemble = scores.get("ensemble")
             p_fake = self.judge.vote(models, None if ensemble is None else float(ensemble[n]))
-            side = max(face.width, face.height)
-            self.windows.setdefault(track, deque(maxlen=self.window)).append((frame, models, side))
             box = [round(float(v), 1) for v in face.box]
+            side = max(box[2] - box[0], box[3] - box[1])  # as answered: a client can check it
+            self.windows.setdefault(track, deque(maxlen=self.window)).append((frame, models, side))
             answered.append({"box": box, "track": track, "p_fake": p_fake, "models": models})
         return {"faces": answered, **self.verdict()}
 
