@@ -54,7 +54,10 @@ def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcess
     assert response.status_code == 200, response.text
     answer = DetectAnswer.model_validate(response.json())
     faces = [face for frame in answer.frames for face in frame.faces]
-    assert len(faces) == 2 and answer.verdict in ("fake", "real")
+    assert len(faces) == 2
+    # The colour-mean scores lie near 0.5: the cut, or uncertain with its reason.
+    cut = "fake" if answer.score is not None and answer.score >= answer.threshold else "real"
+    assert answer.verdict == ("uncertain" if answer.reasons else cut), answer.reasons
     assert api.triton.service.infer_calls > calls
     weights, groups = api.triton.models.vote_weights, api.triton.models.vote_groups
     for face in faces:
