@@ -185,7 +185,7 @@ FILE_CASES: dict[str, tuple[str, Build, set[int], str]] = {
         "noise.mp4",
         lambda _: patched(CLIP, MDAT + 5000, random_bytes(60_000)),
         {200, 422},  # a decoder may conceal the damage; either answer is honest
-        "undecodable_media|real|fake|no_face",
+        "undecodable_media|real|fake|uncertain|no_face",
     ),
     "mp4 without a video stream": ("audio.mp4", lambda _: audio_only(CLIP), {422}, UNDECODABLE),
     "random bytes behind an mp4 ftyp": (
@@ -262,7 +262,12 @@ FILE_CASES: dict[str, tuple[str, Build, set[int], str]] = {
         {200},
         "no_face",
     ),
-    "thousands of tiny faces": ("crowd.jpg", lambda _: tiny_faces(), {200}, "real|fake|no_face"),
+    "thousands of tiny faces": (
+        "crowd.jpg",
+        lambda _: tiny_faces(),
+        {200},
+        "real|fake|uncertain|no_face",
+    ),
 }
 
 

@@ -96,7 +96,7 @@ def test_a_ten_file_job_mixing_good_and_bad_files(gateway: Gateway) -> None:
     for item in job["items"][:7]:
         assert item["status"] == "done" and item["error"] is None
         assert item["result"]["filename"] == item["filename"]
-        assert item["result"]["verdict"] in ("real", "fake", "no_face")
+        assert item["result"]["verdict"] in ("real", "fake", "uncertain", "no_face")
     errors = {i["filename"]: i["error"]["code"] for i in job["items"][7:]}
     assert errors == {
         "notes.mp4": "unsupported_media",
@@ -355,7 +355,8 @@ def test_the_cli_sends_a_folder_as_a_job_and_writes_reports(
     expected = [*sorted(p.name for p in IMAGES[:2]), "notes.mp4"]
     assert [Path(r["file"]).name for r in rows] == expected
     for r in rows[:2]:
-        assert r["verdict"] in ("real", "fake") and r["error"] is None
+        assert r["verdict"] in ("real", "fake", "uncertain") and r["error"] is None
+        assert isinstance(r["reasons"], list)
         assert r["sha256"] == hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest()
         assert set(r["models"]) == set(LITE) and r["faces"] >= 1
     assert rows[2]["error"].startswith("unsupported_media") and rows[2]["verdict"] is None
@@ -363,6 +364,7 @@ def test_the_cli_sends_a_folder_as_a_job_and_writes_reports(
         table = list(csv.DictReader(f))
     assert [t["sha256"] for t in table] == [r["sha256"] for r in rows]
     assert "meso4" in table[0] and table[2]["error"].startswith("unsupported_media")
+    assert [t["reasons"] for t in table] == [" ".join(r["reasons"]) for r in rows]
 
 
 def test_a_full_redis_refuses_new_jobs_with_503_and_recovers(

@@ -28,7 +28,12 @@ FRAMES = 8  # few frames keep the browser tests quick; the page passes ?frames= 
 FAKE_CLIP = MEDIA / "videos/fake/ffpp_deepfakes_003_000.mp4"
 PHOTO = MEDIA / "images/real/face_recognition_obama.jpg"
 STAGES = ["upload", "uploaded", "accepted", "decoded", "faces", "inference", "result"]
-VERDICT_WORDS = {"fake": "Likely fake", "real": "Likely real", "no_face": "No face found"}
+VERDICT_WORDS = {
+    "fake": "Likely fake",
+    "real": "Likely real",
+    "uncertain": "Uncertain",
+    "no_face": "No face found",
+}
 ANALYSIS_TIMEOUT_MS = 240_000
 DESKTOP = {"width": 1200, "height": 900}
 PHONE = {"width": 375, "height": 740}
@@ -455,3 +460,33 @@ def test_the_api_docs_render_offline_under_the_pages_csp(
         screenshot(page, "docs")
     assert seen.requests and all(r.split(" ", 1)[1].startswith(gateway.url) for r in seen.requests)
     assert seen.errors == []
+
+
+def test_an_uncertain_verdict_is_shown_with_its_reasons(
+    lite_gateway: Gateway, browser: Browser, seen: Seen
+) -> None:
+    """The page's threshold field placed at the photo's own score (the lite models): the
+    request is uncertain (near_threshold), and the page says so and why."""
+    score = lite_gateway.client.detect(PHOTO)["score"]
+    page = open_page(browser, lite_gateway.url, seen, DESKTOP)
+    page.fill("#threshold", f"{score:.6f}")
+    page.set_input_files("#file", PHOTO)
+    assert settle(page, run=1) == "done", page.text_content("#error")
+    answer = shown_answer(page)
+    assert answer["threshold"] == pytest.approx(score, abs=1e-6)
+    assert answer["verdict"] == "uncertain"
+    assert "verdict-uncertain" in (page.get_attribute("#verdict-box", "class") or "")
+    assert page.text_content("#verdict") == "Uncertain"
+    assert "too close to call" in page.inner_text("#verdict-detail")
+    items = page.locator("#reasons li")
+    assert page.locator("#reasons").is_visible()
+    shown = [
+        (items.nth(n).get_attribute("data-code"), items.nth(n).inner_text())
+        for n in range(items.count())
+    ]
+    assert shown == [(r["code"], f"{r['code']}: {r['message']}") for r in answer["reasons"]]
+    assert shown[0][0] == "near_threshold"
+    assert contrast(page, "#reasons li") >= 4.5
+    screenshot(page, "uncertain")
+    assert not seen.errors, seen.errors
+    page.close()

@@ -53,7 +53,10 @@ async function submitJob(payload, headers, status) {
   $("job").dataset.status = "uploading";
   $("job-status").textContent = status;
   $("job-table").tBodies[0].replaceChildren();
-  const query = new URLSearchParams({ frames: String(framesWanted()) });
+  const query = new URLSearchParams({
+    frames: String(framesWanted()),
+    threshold: String(thresholdWanted()),
+  });
   let response;
   let body = null;
   try {
@@ -138,8 +141,11 @@ function jobRow(job, item) {
     });
   }
   let verdict = "—";
+  const reasons = result ? result.reasons || [] : [];
   if (result) verdict = VERDICT_WORDS[result.verdict];
   else if (item.error) verdict = `${item.error.code}: ${item.error.message}`;
+  // The reasons' codes beside the verdict; their messages when the row opens.
+  if (reasons.length) verdict += ` (${reasons.map((r) => r.code).join(", ")})`;
   return el(
     "tr",
     { "data-item": String(item.id), "data-status": item.status },
