@@ -43,6 +43,7 @@ def summarise(answer: dict) -> dict:
     """The parts of an answer that the models and the pipeline decide."""
     return {
         "verdict": answer["verdict"],
+        "reasons": [r["code"] for r in answer["reasons"]],
         "score": answer["score"],
         "models": {m["name"]: m["score"] for m in answer["models"]},
         "tracks": [
