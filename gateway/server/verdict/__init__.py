@@ -1,2 +1,3 @@
-"""The judging path: scores to a verdict (aggregate), the answer (answer), which models judge
-(selection), where they saw a fake (explain)."""
+"""The judging path: scores to a verdict (aggregate, judge), when it is uncertain and why
+(rules, reasons), the answer (answer), which models judge (selection), where they saw a fake
+(explain)."""
