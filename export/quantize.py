@@ -101,8 +101,9 @@ class Check:
         member's JSON) if it was made against `fp32` as it is now."""
         if not path.exists():
             return None
-        if path.suffix == ".json":
-            fields = json.loads(path.read_text())
+        if path.suffix == ".json":  # a bf16 check: the check's fields, and where it ran
+            kept = json.loads(path.read_text())
+            fields = {k: v for k, v in kept.items() if k in cls.__annotations__}
         else:
             props = onnx.load(str(path), load_external_data=False).metadata_props
             fields = {p.key: json.loads(p.value) for p in props if p.key in cls.__annotations__}

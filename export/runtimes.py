@@ -63,6 +63,7 @@ PRECISIONS = ("fp32", "int8", "bf16")
 # What each table of cpu_fast.toml may choose: bf16 only where BF16 units exist.
 ALLOWED = {BF16_UNITS: PRECISIONS, VNNI_UNITS: ("fp32", "int8")}
 BF16_CHECK = "model.bf16.json"
+CHECKED_ON = "checked_on"  # the kind of CPU a bf16 check ran on (model.bf16.json)
 RESULTS = quantize.ROOT / "results" / "runtimes.json"
 CONFIG_HEADER = (
     "# Written for this CPU when the local Triton starts (export/runtimes.py), from\n"
@@ -128,24 +129,45 @@ def served_runner(member_dir: Path, config_name: str, threads: int = 2) -> quant
     return quantize.onnxruntime_runner(path, threads)
 
 
-def check_bf16(repo: Path, member: str, crops: quantize.Crops) -> quantize.Check:
-    """OpenVINO bf16 against ONNX Runtime fp32 on `crops`, kept as 1/model.bf16.json."""
+def check_bf16(
+    repo: Path, member: str, crops: quantize.Crops, units: CpuUnits | None = None
+) -> quantize.Check:
+    """OpenVINO bf16 against ONNX Runtime fp32 on `crops`, kept as 1/model.bf16.json with
+    the kind of CPU it ran on (`units`, default this one's)."""
+    units = units or cpu_units(cpu_flags())
     fp32 = repo / "members" / member / "1" / "model.onnx"
     reference = quantize.onnxruntime_runner(fp32)
     candidate = ("bf16", openvino_runner(fp32, bf16=True))
     check = quantize.compare(fp32, reference, candidate, crops, quantize.is_trained(repo, member))
-    fp32.with_name(BF16_CHECK).write_text(json.dumps(asdict(check), indent=1) + "\n")
-    log.info("%s: bf16 %s", member, json.dumps(asdict(check)))
+    record = asdict(check) | {CHECKED_ON: units.kind}
+    fp32.with_name(BF16_CHECK).write_text(json.dumps(record, indent=1) + "\n")
+    log.info("%s: bf16 %s", member, json.dumps(record))
     return check
 
 
-def refresh(repo: Path, member: str, clips: Path = quantize.CLIPS) -> None:
-    """After export: a trained member some kind of CPU serves in bf16, without a check of
-    its graph as it is now, is checked (cpu_fast serves it fp32 where that cannot be done)."""
+def checked_on(record: Path) -> str | None:
+    """The kind of CPU a bf16 check ran on (None: unknown, a record from before it was kept).
+    Only a check on a CPU with BF16 units is evidence: elsewhere the bf16 hint computes fp32
+    and the difference is 0 whatever bf16 would do to the scores."""
+    try:
+        return json.loads(record.read_text()).get(CHECKED_ON)
+    except (OSError, ValueError):
+        return None
+
+
+def refresh(
+    repo: Path, member: str, clips: Path = quantize.CLIPS, units: CpuUnits | None = None
+) -> None:
+    """After export, on a CPU with BF16 units (`units`, default this one's): a trained member
+    some kind of CPU serves in bf16, without a check of its graph as it is now made on such
+    a CPU, is checked (cpu_fast serves it fp32 where that cannot be done)."""
+    units = units or cpu_units(cpu_flags())
     fp32 = repo / "members" / member / "1" / "model.onnx"
+    record = fp32.with_name(BF16_CHECK)
     bf16 = any(table.get(member) == "bf16" for table in choices(repo).values())
-    needed = bf16 and quantize.is_trained(repo, member)
-    if not needed or quantize.Check.kept_with(fp32.with_name(BF16_CHECK), fp32):
+    needed = bf16 and quantize.is_trained(repo, member) and units.kind == BF16_UNITS
+    kept = quantize.Check.kept_with(record, fp32) and checked_on(record) == BF16_UNITS
+    if not needed or kept:
         return
     if not clips.is_dir():
         log.warning("%s: no clips to check bf16 against fp32; cpu_fast serves fp32", member)
@@ -173,6 +195,8 @@ def served_precision(repo: Path, member: str, units: CpuUnits) -> tuple[str, str
     check = quantize.Check.kept_with(evidence, fp32)
     if check is None:
         return "fp32", f"fp32: {chosen} not checked against this graph"
+    if chosen == "bf16" and checked_on(evidence) != BF16_UNITS:
+        return "fp32", "fp32: bf16 checked on a CPU without BF16 units (export checks it again)"
     if not quantize.keeps_the_scores(check):
         return "fp32", f"fp32: {chosen} moved P_FAKE by up to {check.max_delta:.4f}"
     return served

@@ -25,7 +25,7 @@ from export import quantize, runtimes, versions
 from export.repository import read_config
 from export.vote import write_vote
 from gateway.server.model_server import ModelServer
-from model_repository.cpu_features import BF16_UNITS, VNNI_UNITS, CpuUnits
+from model_repository.cpu_features import BF16_UNITS, NO_UNITS, VNNI_UNITS, CpuUnits
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.assets import sha256_of
 from tests.conftest import ASSETS, MEDIA, REPOSITORY, free_port
@@ -34,6 +34,7 @@ MEMBER = "xception"
 # The CPU each precision is served for (injected: this machine may have either or neither).
 UNITS = {BF16_UNITS: frozenset({"avx512_bf16"}), VNNI_UNITS: frozenset({"avx512_vnni"})}
 BF16_CPU = CpuUnits(BF16_UNITS, ("avx512_bf16",))
+NO_CPU = CpuUnits(NO_UNITS, ())
 SOLO_ENSEMBLE = """name: "deepfake_ensemble"
 platform: "ensemble"
 max_batch_size: 32
@@ -226,7 +227,8 @@ def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
     CPU computes the bf16 hint in fp32 and the real difference is exactly 0."""
     monkeypatch.setattr(quantize, "is_trained", lambda repo, member: True)
     (solo_repository / runtimes.CHOICE_FILE).write_text(f'[bf16_units]\n{MEMBER} = "bf16"\n')
-    runtimes.check_bf16(solo_repository, MEMBER, quantize.Crops(crops.images[:4], crops.clips[:4]))
+    four = quantize.Crops(crops.images[:4], crops.clips[:4])
+    runtimes.check_bf16(solo_repository, MEMBER, four, BF16_CPU)
     record = solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK
     measured = json.loads(record.read_text())
 
@@ -244,6 +246,12 @@ def test_a_trained_member_whose_bf16_check_fails_is_served_fp32(
     assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU) == (
         "bf16",
         "bf16: avx512_bf16 present",
+    )
+    # a check made where the bf16 hint computes fp32 (a difference of 0) is no evidence
+    record.write_text(json.dumps({**measured, runtimes.CHECKED_ON: NO_UNITS}))
+    assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU) == (
+        "fp32",
+        "fp32: bf16 checked on a CPU without BF16 units (export checks it again)",
     )
     record.unlink()
     assert (
@@ -263,19 +271,25 @@ def test_export_checks_a_trained_bf16_member_once_per_graph(
     (solo_repository / runtimes.CHOICE_FILE).write_text(f'[bf16_units]\n{MEMBER} = "bf16"\n')
     record = solo_repository / "members" / MEMBER / "1" / runtimes.BF16_CHECK
     record.unlink(missing_ok=True)
-    runtimes.refresh(solo_repository, MEMBER, clips=tmp_path / "no clips")
+    runtimes.refresh(solo_repository, MEMBER, clips=tmp_path / "no clips", units=BF16_CPU)
     assert not record.exists()
     assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)[0] == "fp32"
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "one.mp4").symlink_to(MEDIA / "videos" / "fake" / "cvprw2019_demo_fake.mp4")
-    runtimes.refresh(solo_repository, MEMBER, clips=clips)
+    runtimes.refresh(solo_repository, MEMBER, clips=clips, units=NO_CPU)  # no evidence there
+    assert not record.exists()
+    runtimes.refresh(solo_repository, MEMBER, clips=clips, units=BF16_CPU)
     checked = json.loads(record.read_text())
     assert checked["trained"] and checked["clips"] == 1 and checked["max_delta"] <= 0.02
+    assert checked[runtimes.CHECKED_ON] == BF16_UNITS
     assert runtimes.served_precision(solo_repository, MEMBER, BF16_CPU)[0] == "bf16"
     written = record.stat().st_mtime_ns
-    runtimes.refresh(solo_repository, MEMBER, clips=clips)  # the same graph: not again
+    runtimes.refresh(solo_repository, MEMBER, clips=clips, units=BF16_CPU)  # not again
     assert record.stat().st_mtime_ns == written
+    record.write_text(json.dumps({**checked, runtimes.CHECKED_ON: NO_UNITS}))
+    runtimes.refresh(solo_repository, MEMBER, clips=clips, units=BF16_CPU)  # checked anew
+    assert json.loads(record.read_text())[runtimes.CHECKED_ON] == BF16_UNITS
 
 
 def test_export_drops_an_int8_file_made_from_other_weights(tmp_path: Path) -> None:
