@@ -21,7 +21,7 @@ import yaml
 
 from deploy import validate
 from gateway.programs.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
-from gateway.server.jobs.running import QUEUED
+from gateway.server.metrics import JOBS_QUEUED as QUEUED
 from gateway.server.settings import Settings
 from tests.manifests import Rendering, container_port, expand, quantity
 from tests.stack import free_port
@@ -244,7 +244,7 @@ def test_workers_scale_on_the_queue_length_the_gateway_exports(overlay: str) -> 
     assert quantity(metric["external"]["target"]["averageValue"]) > 0
     rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["external"]
     [rule] = [rule for rule in rules if rule["name"]["as"] == name]
-    exported = QUEUED._name  # the gauge gateway/server/jobs/running.py serves at /metrics
+    exported = QUEUED._name  # the gauge the gateway (and each worker) serves at /metrics
     assert re.match(rf"\^?{exported}\$?$", rule["name"]["matches"])
     assert rule["seriesQuery"].startswith(exported + "{")
     assert f"{exported}{{<<.LabelMatchers>>}}" in rule["metricsQuery"]

@@ -496,6 +496,14 @@ class JobsSettings(BaseModel):
         description="items analysed at once by this process (the gateway; `python -m "
         "gateway.programs.worker`); `0`: the gateway only queues",
     )
+    jobs_metrics_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="port `python -m gateway.programs.worker` serves Prometheus `/metrics` on "
+        "(at `GATEWAY_HOST`; items by outcome, their time, the queue, whether it is up); `0`: "
+        "none. The gateway's own are at its `/metrics`",
+    )
     jobs_max_files: int = Field(50, ge=1, description="files per job (413 beyond)")
     jobs_max_mb: int = Field(2048, ge=1, description="a job's files together (413 beyond)")
     jobs_max_active_per_key: int = Field(
