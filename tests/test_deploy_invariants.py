@@ -886,6 +886,9 @@ def test_service_monitors_scrape_named_metrics_ports(overlay: str) -> None:
         "triton": int(one(triton(overlay)[3]["--metrics-port"])),
         "gateway": int(gateway(overlay)[3]["GATEWAY_PORT"]),
     }
+    if overlay in JOBS_OVERLAYS:  # components/jobs: each worker's own /metrics
+        worker = r.workload("jobs-worker").container("worker")
+        expected["jobs-worker"] = int(r.env(worker)["GATEWAY_JOBS_METRICS_PORT"])
     # The DCGM exporter's (components/dcgm-monitoring) is in another namespace.
     monitors = [m for m in r.all("ServiceMonitor") if "namespaceSelector" not in m["spec"]]
     assert {m["metadata"]["name"] for m in monitors} == set(expected)
@@ -1164,12 +1167,16 @@ ALERTS = {
     "DeepfakeScrapeTargetDown": "up",
     "TritonGPUMemoryHigh": "nv_gpu_memory_used_bytes",
 }
-# components/jobs' alerts (Redis, the queue; the workers export no metrics of their own)
-# and components/dcgm-monitoring's (GPU faults).
+# components/jobs' alerts (Redis, the queue, the workers' own metrics) and
+# components/dcgm-monitoring's (GPU faults).
 JOBS_ALERTS = {
     "DeepfakeJobsRedisDown": "kube_deployment_status_replicas_available",
     "DeepfakeJobsNoWorker": "gateway_jobs_queued",
     "DeepfakeJobsBacklog": "gateway_jobs_queued",
+    "DeepfakeJobsWorkersDown": "gateway_jobs_worker_up",
+    "DeepfakeJobsStalled": "gateway_jobs_items_running",
+    "DeepfakeJobsBacklogGrowing": "gateway_jobs_queued",
+    "DeepfakeJobsItemsFailing": "gateway_jobs_items_total",
 }
 DCGM_ALERTS = {"DeepfakeGPUXidError": "DCGM_FI_DEV_XID_ERRORS"}
 DCGM_OVERLAYS = ("gpu-cluster",)
