@@ -33,7 +33,11 @@ REPOSITORY = Path(__file__).resolve().parent
 WORK_DIR = REPOSITORY.parent / ".build" / "triton"
 # The backends the wheel lacks, as Python-based ones (model_repository/backends/<name>/).
 PYTHON_BASED = ("onnxruntime", "openvino")
-SHARED_BACKEND_CODE = REPOSITORY / "backends" / "joined.py"  # linked beside each model.py
+# Linked beside each model.py: the batching they share, the providers a config asks for.
+SHARED_BACKEND_CODE = (
+    REPOSITORY / "backends" / "joined.py",
+    REPOSITORY / "backends" / "accelerators.py",
+)
 PYTHON_ENV = Path(os.environ.get("TRITON_PYTHON_ENV", REPOSITORY.parent / ".venv-triton"))
 
 
@@ -87,7 +91,7 @@ def prepare_backends(work_dir: Path, python_env: Path) -> Path:
     for name in PYTHON_BASED:
         folder = backends / name
         folder.mkdir(exist_ok=True)
-        for source in (REPOSITORY / "backends" / name / "model.py", SHARED_BACKEND_CODE):
+        for source in (REPOSITORY / "backends" / name / "model.py", *SHARED_BACKEND_CODE):
             link = folder / source.name
             link.unlink(missing_ok=True)
             link.symlink_to(source)

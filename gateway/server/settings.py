@@ -247,6 +247,12 @@ class AnalysisSettings(BaseModel):
     and what one request may cost."""
 
     workers: int = Field(2, ge=1, description="threads for decoding and face detection")
+    video_hwaccel: Literal["", "cuda"] = Field(
+        "",
+        description="`cuda`: uploaded videos decoded by NVDEC on an NVIDIA GPU, where PyAV's "
+        "FFmpeg offers it (the CPU where the device cannot be opened, with a warning); "
+        "empty: the CPU",
+    )
     frames: int = Field(32, ge=1, le=300, description="frames sampled per video")
     threshold: float = Field(
         FAKE_AT, ge=0.0, le=1.0, description="P(fake) at or above which the verdict is `fake`"
