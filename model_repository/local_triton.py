@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from model_repository.backends.accelerators import CACHE_ROOT_ENV
+
 REPOSITORY = Path(__file__).resolve().parent
 WORK_DIR = REPOSITORY.parent / ".build" / "triton"
 # The backends the wheel lacks, as Python-based ones (model_repository/backends/<name>/).
@@ -183,9 +185,12 @@ class LocalTriton:
         backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
+            # A GPU config's TensorRT engines: under the work dir, not config.pbtxt's
+            # /trt-cache (the Kubernetes volume), keyed by weights all the same.
+            cache = {CACHE_ROOT_ENV: str(self.settings.work_dir / "trt-cache")}
             self.process = subprocess.Popen(
                 self.command(backends),
-                env=environment(self.settings.python_env),
+                env=environment(self.settings.python_env) | cache,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
