@@ -18,7 +18,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deploy import validate
+from deploy import bases, validate
 from tests.conftest import MEMBERS
 from tests.dockerfile import args_of, env_of, final_user, instruction
 from tests.manifests import (
@@ -393,7 +393,8 @@ def test_model_repository_location_matches_the_image(overlay: str) -> None:
         assert (REPOSITORY / env["MODEL_PROFILE"] / "deepfake_ensemble").is_dir()
         # Triton's own remote repositories, on the stock image it is built on.
         assert re.match(r"(s3|gs)://", env["MODEL_REPOSITORY"])
-        assert container["image"] == TRITON_IMAGE == one(instruction(TRITON_DOCKERFILE, "FROM"))
+        triton_base = bases.base_of(TRITON_DOCKERFILE)
+        assert container["image"] == triton_base.reference and triton_base.tagged == TRITON_IMAGE
     else:
         # The cpu overlay runs the CPU image (the wheel's server), the others NGC's.
         dockerfile = TRITON_CPU_DOCKERFILE if overlay == "cpu" else TRITON_DOCKERFILE
