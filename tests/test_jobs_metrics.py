@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gateway.server.jobs.engine import Jobs
+from gateway.server.metrics import JOB_OUTCOMES
 from tests.conftest import gateway_settings
 from tests.jobs_support import BAD, IMAGES, submit, wait_job, worker_process
 from tests.stack import free_port, gateway_process, metric, wait_until
@@ -52,6 +53,10 @@ def test_a_worker_serves_its_metrics_after_a_job(tmp_path: Path) -> None:
     ):
         wait_until(lambda: up(worker.metrics_url), 120, "the worker never said it was up")
         assert metric(worker.metrics_url, "gateway_jobs_worker_threads") == 2
+        # Before any item: every outcome's series, at 0 (what the stalled alert's increase() reads).
+        fresh = httpx.get(worker.metrics_url, timeout=10).text
+        for outcome in JOB_OUTCOMES:
+            assert f'gateway_jobs_items_total{{outcome="{outcome}"}} 0.0' in fresh, outcome
         job = wait_job(gw.url, submit(gw.url, files, frames=4).json()["id"], timeout=180)
         assert [i["status"] for i in job["items"]] == ["done", "done", "failed"], job
         url = worker.metrics_url

@@ -51,6 +51,7 @@ LIVE_LAG = Histogram(
 # gateway.programs.worker` (served on GATEWAY_JOBS_METRICS_PORT) count the items they run.
 # The queue is shared: every process reports the same length, what the workers' HPA scales on.
 JOBS_QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
+JOB_OUTCOMES = ("done", "failed", "cancelled", "given_back", "lost")
 JOB_ITEMS = Counter(
     "gateway_jobs_items_total",
     "Job items this process analysed, by outcome: done, failed, cancelled, given_back "
@@ -63,6 +64,11 @@ JOB_ITEM_SECONDS = Histogram(
     ["outcome"],
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+# Each outcome exported from the start, at 0: a worker that never ends an item still has the
+# series an alert's increase() needs (DeepfakeJobsStalled).
+for _outcome in JOB_OUTCOMES:
+    JOB_ITEMS.labels(_outcome)
+    JOB_ITEM_SECONDS.labels(_outcome)
 JOB_ITEMS_RUNNING = Gauge("gateway_jobs_items_running", "Job items being analysed by this process")
 JOB_WORKER_THREADS = Gauge("gateway_jobs_worker_threads", "Job worker threads in this process")
 JOB_WORKER_UP = Gauge(
