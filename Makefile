@@ -27,7 +27,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval train bench loadtest k8s images images-test test test-fast lint rooms settings-doc clean
+.PHONY: help setup system-packages export triton run eval train bench bench-gpu loadtest k8s images images-test test test-fast lint rooms settings-doc clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -39,6 +39,7 @@ help:
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
 	@echo "make train    fine-tune MEMBER (meso4) on DATA (a folder with real/ and fake/): a new model version"
 	@echo "make bench    in-process floor vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
+	@echo "make bench-gpu  make bench on an NVIDIA GPU (TensorRT FP16, NVDEC): faces/s, videos/min in results/bench-gpu/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
 	@echo "make k8s      render + validate the Kubernetes overlays offline, lint the Dockerfiles"
 	@echo "make images   build the gateway and CPU Triton images with podman (IMAGES_PROFILE=$(IMAGES_PROFILE), root)"
@@ -122,6 +123,12 @@ bench: $(TRITON_VENV)/.installed $(VENV)/.installed
 	$(PY) -m export --profile lite $(EXPORT_FLAGS)
 	$(PY) -m export --profile full $(EXPORT_FLAGS)
 	$(PY) -m tests.bench $(BENCH_ARGS)
+
+# make bench on an NVIDIA GPU as production serves (each config.pbtxt: TensorRT FP16; NVDEC
+# where PyAV offers it), faces/s and videos/min in results/bench-gpu/gpu.json; refuses with
+# the reason where there is no GPU or onnxruntime-gpu (tests/bench/gpu.py).
+bench-gpu: $(VENV)/.installed
+	$(PY) -m tests.bench.gpu $(BENCH_ARGS)
 
 # Locust, headless, in a steady and an overload phase, with the gateway's and Triton's
 # memory sampled; its own local stack unless LOADTEST_ARGS="--url http://127.0.0.1:8080

@@ -29,11 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from model_repository.backends.accelerators import CACHE_ROOT_ENV
+
 REPOSITORY = Path(__file__).resolve().parent
 WORK_DIR = REPOSITORY.parent / ".build" / "triton"
 # The backends the wheel lacks, as Python-based ones (model_repository/backends/<name>/).
 PYTHON_BASED = ("onnxruntime", "openvino")
-SHARED_BACKEND_CODE = REPOSITORY / "backends" / "joined.py"  # linked beside each model.py
+# Linked beside each model.py: the batching they share, the providers a config asks for.
+SHARED_BACKEND_CODE = (
+    REPOSITORY / "backends" / "joined.py",
+    REPOSITORY / "backends" / "accelerators.py",
+)
 PYTHON_ENV = Path(os.environ.get("TRITON_PYTHON_ENV", REPOSITORY.parent / ".venv-triton"))
 
 
@@ -87,7 +93,7 @@ def prepare_backends(work_dir: Path, python_env: Path) -> Path:
     for name in PYTHON_BASED:
         folder = backends / name
         folder.mkdir(exist_ok=True)
-        for source in (REPOSITORY / "backends" / name / "model.py", SHARED_BACKEND_CODE):
+        for source in (REPOSITORY / "backends" / name / "model.py", *SHARED_BACKEND_CODE):
             link = folder / source.name
             link.unlink(missing_ok=True)
             link.symlink_to(source)
@@ -179,9 +185,12 @@ class LocalTriton:
         backends = prepare_backends(self.settings.work_dir, self.settings.python_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
+            # A GPU config's TensorRT engines: under the work dir, not config.pbtxt's
+            # /trt-cache (the Kubernetes volume), keyed by weights all the same.
+            cache = {CACHE_ROOT_ENV: str(self.settings.work_dir / "trt-cache")}
             self.process = subprocess.Popen(
                 self.command(backends),
-                env=environment(self.settings.python_env),
+                env=environment(self.settings.python_env) | cache,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

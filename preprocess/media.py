@@ -279,8 +279,9 @@ class MediaReader:
     Stateless apart from its limits, so one reader may serve many threads.
     """
 
-    def __init__(self, limits: MediaLimits = MediaLimits()) -> None:
+    def __init__(self, limits: MediaLimits = MediaLimits(), hwaccel: str = "") -> None:
         self.limits = limits
+        self.hwaccel = hwaccel  # FFmpeg's hardware video decoder (`cuda`: NVDEC); "": the CPU
 
     def read(self, path: Path, n_frames: int) -> Media:
         """The file's info and its sampled frames, all kept: for tools and tests. A server
@@ -425,7 +426,8 @@ class MediaReader:
     @contextmanager
     def _open_video(self, path: Path, fmt: str) -> Iterator[VideoFile]:
         try:
-            with open_video(path, DEMUXERS[fmt], self.limits.ffmpeg_max_pixels) as video:
+            opened = open_video(path, DEMUXERS[fmt], self.limits.ffmpeg_max_pixels, self.hwaccel)
+            with opened as video:
                 yield video
         except DecodeError as exc:
             raise UndecodableMedia(f"the {fmt} video: {exc}") from exc

@@ -9,6 +9,7 @@ they are never decoded at all: a 10-s 1080p H.264 clip costs ~40 % less CPU. Eac
 frame is then the first decoded frame at or after it, a frame or two later at most.
 """
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +18,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.sidedata.sidedata import Type as SideDataType
 
 from preprocess.orientation import UPRIGHT, Orientation, from_display_matrix, from_rotate_tag
+
+_log = logging.getLogger("preprocess.video")
+_fell_back: set[str] = set()  # the hardware decoders that could not be opened here
 
 # Skip non-reference frames only when there are at least this many frames per frame wanted,
 # so the reference frames left are still dense enough to sample evenly.
@@ -168,27 +173,49 @@ def count_packets(video: VideoFile, max_frames: int, watch: Callable[[], None]) 
     return count
 
 
+def hwaccel_offered(device: str) -> bool:
+    """Whether this PyAV's FFmpeg was built with the hardware decoder `device` (`cuda`:
+    NVDEC); whether a device of that kind is present is known only on opening."""
+    return device in hwdevices_available()
+
+
 @contextmanager
 def open_video(
-    path: Path, format: str | None = None, max_pixels: int | None = None
+    path: Path, format: str | None = None, max_pixels: int | None = None, hwaccel: str = ""
 ) -> Iterator[VideoFile]:
-    """`format`: FFmpeg's demuxer, as sniffed (never probed again); local files only."""
+    """`format`: FFmpeg's demuxer, as sniffed (never probed again); local files only.
+    `hwaccel`: FFmpeg's hardware decoder (`cuda`: NVDEC), decoding on the CPU where the
+    device cannot be opened or a stream's codec has none."""
     try:
-        # Metadata are only shown, never trusted: undecodable text must not fail the file.
-        container = av.open(
-            str(path),
-            mode="r",
-            format=format,
-            # No network or nested protocols, whatever a playlist or reference inside says.
-            container_options={"protocol_whitelist": "file"},
-            metadata_errors="replace",
-        )
+        container = _open(path, format, hwaccel)
     except av.FFmpegError as exc:
-        raise DecodeError(f"could not open the video: {exc}") from exc
+        if not hwaccel:
+            raise DecodeError(f"could not open the video: {exc}") from exc
+        if hwaccel not in _fell_back:  # once a process: every file would say the same
+            _fell_back.add(hwaccel)
+            _log.warning("no %s decoder (%s): decoding on the CPU", hwaccel, exc)
+        try:
+            container = _open(path, format, "")
+        except av.FFmpegError as again:
+            raise DecodeError(f"could not open the video: {again}") from again
     try:
         yield VideoFile(container, max_pixels)
     finally:
         container.close()
+
+
+def _open(path: Path, format: str | None, hwaccel: str) -> av.container.InputContainer:
+    return av.open(
+        str(path),
+        mode="r",
+        format=format,
+        # No network or nested protocols, whatever a playlist or reference inside says.
+        container_options={"protocol_whitelist": "file"},
+        # Metadata are only shown, never trusted: undecodable text must not fail the file.
+        metadata_errors="replace",
+        # Frames come back in system memory (is_hw_owned false), as software-decoded ones.
+        hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True) if hwaccel else None,
+    )
 
 
 def rgb(frame: av.VideoFrame) -> np.ndarray:

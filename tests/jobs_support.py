@@ -74,11 +74,15 @@ def redis_server(tmp: Path) -> Iterator[str]:
 class WorkerRun:
     process: subprocess.Popen
     log: Path
+    metrics_url: str  # its Prometheus endpoint (GATEWAY_JOBS_METRICS_PORT on loopback)
 
 
 @contextlib.contextmanager
 def worker_process(triton_url: str, work_dir: Path, **settings: object) -> Iterator[WorkerRun]:
-    """`python -m gateway.programs.worker`, configured only by `settings`; SIGTERM after."""
+    """`python -m gateway.programs.worker`, configured only by `settings`; SIGTERM after.
+    Its /metrics on a free loopback port unless `settings` names one (two at once, or
+    another test's, must not meet on the default)."""
+    settings = {"jobs_metrics_port": free_port()} | settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env |= {"GATEWAY_TRITON_URL": triton_url, "GATEWAY_TRITON_RETRIES": "1"}
     env |= {f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}
@@ -92,7 +96,7 @@ def worker_process(triton_url: str, work_dir: Path, **settings: object) -> Itera
             stderr=log,
         )
     try:
-        yield WorkerRun(process, log_path)
+        yield WorkerRun(process, log_path, f"http://127.0.0.1:{settings['jobs_metrics_port']}")
     finally:
         stop(process)
 

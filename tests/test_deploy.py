@@ -11,12 +11,13 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deploy import validate
+from deploy import bases, validate
 from tests.conftest import MEMBERS
 from tests.dockerfile import (
     args_of,
@@ -194,6 +195,79 @@ def test_hadolint_passes(dockerfile: Path) -> None:
     assert lint.returncode == 0, lint.output
 
 
+def test_every_base_is_an_argument_pinned_by_tag_or_digest() -> None:
+    """Each Dockerfile starts from ${BASE_IMAGE} (or its own stages), whose default is
+    name:tag[@sha256:…], never `latest`; the remote-repository Triton is the same image."""
+    assert [p.name for p in bases.dockerfiles()] == sorted(p.name for p in DOCKERFILES)
+    assert bases.check() == []
+    assert bases.main([]) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda t: t.replace("FROM ${BASE_IMAGE}", "FROM python:3.11-slim"), "FROM python"),
+        (lambda t: t.replace("=python:3.11-slim", "=python:latest"), "moves (`latest`)"),
+        (lambda t: t.replace("=python:3.11-slim", "=python"), "is not name:tag"),
+        (lambda t: t.replace("=python:3.11-slim", "=python:3.11-slim@sha256:abc"), "not name"),
+        (lambda t: t.replace("ARG BASE_IMAGE=", "ARG BASE=", 1), "one `ARG BASE_IMAGE"),
+    ],
+)
+def test_the_base_rules_refuse_what_they_should(
+    tmp_path: Path, change: Callable[[str], str], said: str
+) -> None:
+    broken = tmp_path / "gateway.Dockerfile"
+    broken.write_text(change(GATEWAY_DOCKERFILE.read_text()))
+    assert bases.problems(GATEWAY_DOCKERFILE) == []
+    found = bases.problems(broken)
+    assert found and said in " ".join(found), found
+
+
+FAKE_SKOPEO = """#!/bin/sh
+# skopeo inspect --format {{{{.Digest}}}} docker://REF: a registry that knows {known}
+case "$4" in {known}) echo "sha256:{digest}";; *) exit 1;; esac
+"""
+
+
+def test_pin_writes_each_registrys_digest_into_the_arguments_and_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m deploy.bases pin` against a registry (a skopeo stand-in): every base
+    pinned to its digest, the manifest's Triton with it, the rules and hadolint still
+    pass; pinned again, the new digest replaces the old; unanswered, nothing changes."""
+    docker, manifest = tmp_path / "docker", tmp_path / "triton-remote.yaml"
+    shutil.copytree(bases.DOCKERFILES, docker)
+    shutil.copy(bases.REMOTE_TRITON, manifest)
+    monkeypatch.setattr(bases, "DOCKERFILES", docker)
+    monkeypatch.setattr(bases, "TRITON_DOCKERFILE", docker / "triton.Dockerfile")
+    monkeypatch.setattr(bases, "REMOTE_TRITON", manifest)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
+
+    def registry(known: str, digest: str) -> None:
+        (tools / "skopeo").write_text(FAKE_SKOPEO.format(known=known, digest=digest))
+        (tools / "skopeo").chmod(0o755)
+
+    first, second = "1" * 64, "2" * 64
+    registry("docker://*", first)
+    assert bases.pin() == 0
+    for dockerfile in bases.dockerfiles():
+        base = bases.base_of(dockerfile)
+        assert base.digest == f"sha256:{first}" and "@" not in base.tagged
+        assert validate.hadolint(dockerfile, validate.HADOLINT_CONFIG).returncode == 0
+    triton = bases.base_of(docker / "triton.Dockerfile")
+    assert triton.tagged == TRITON_IMAGE and bases.remote_reference() == triton.reference
+    assert bases.check() == []
+    registry("docker://*", second)
+    assert bases.pin() == 0
+    assert {bases.base_of(d).digest for d in bases.dockerfiles()} == {f"sha256:{second}"}
+    before = {d: d.read_text() for d in bases.dockerfiles()}
+    registry("docker://nowhere", first)  # the registry knows none of them
+    assert bases.pin() == 1
+    assert {d: d.read_text() for d in bases.dockerfiles()} == before
+
+
 def test_every_dockerfile_is_linted() -> None:
     assert validate.dockerfiles() == sorted(DOCKERFILES)
 
@@ -224,7 +298,8 @@ def test_image_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
 
 
 def test_triton_image_is_ngc_24_10_with_the_model_repository() -> None:
-    assert instruction(TRITON_DOCKERFILE, "FROM") == [TRITON_IMAGE]
+    assert instruction(TRITON_DOCKERFILE, "FROM") == ["${BASE_IMAGE}"]
+    assert bases.base_of(TRITON_DOCKERFILE).tagged == TRITON_IMAGE
     profile = args_of(TRITON_DOCKERFILE)["PROFILE"]
     assert (ROOT / "model_repository" / profile / "deepfake_ensemble" / "config.pbtxt").is_file()
     # Only the members and one profile: not the local server's Python backend
@@ -302,7 +377,7 @@ def test_cpu_triton_image_serves_the_cpu_overlay_from_the_wheels_server() -> Non
     images), its environment from model_repository/requirements.txt, the backends assembled
     by local_triton's code, the same exported-models check and user as the NGC image's."""
     assert instruction(TRITON_CPU_DOCKERFILE, "FROM") == ["${BASE_IMAGE}"]
-    assert args_of(TRITON_CPU_DOCKERFILE)["BASE_IMAGE"] == "python:3.11-slim"
+    assert bases.base_of(TRITON_CPU_DOCKERFILE).tagged == "python:3.11-slim"
     runs = instruction(TRITON_CPU_DOCKERFILE, "RUN")
     assert any(
         "-r /opt/deepfake/model_repository/requirements.txt" in r and "--only-binary=:all:" in r
@@ -377,7 +452,7 @@ def requirement_names(path: Path) -> list[str]:
 
 def test_gateway_image_is_slim_python_with_only_the_gateway_dependencies() -> None:
     assert instruction(GATEWAY_DOCKERFILE, "FROM")[-1] == "${BASE_IMAGE}"
-    assert args_of(GATEWAY_DOCKERFILE)["BASE_IMAGE"] == "python:3.11-slim"
+    assert bases.base_of(GATEWAY_DOCKERFILE).tagged == "python:3.11-slim"
     runs = instruction(GATEWAY_DOCKERFILE, "RUN")
     installs = [r for r in runs if "pip install" in r and " -r " in r]
     assert len(installs) == 1

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deploy import validate
+from deploy import bases, validate
 from tests.conftest import MEMBERS
 from tests.dockerfile import args_of, env_of, final_user, instruction
 from tests.manifests import (
@@ -393,7 +393,8 @@ def test_model_repository_location_matches_the_image(overlay: str) -> None:
         assert (REPOSITORY / env["MODEL_PROFILE"] / "deepfake_ensemble").is_dir()
         # Triton's own remote repositories, on the stock image it is built on.
         assert re.match(r"(s3|gs)://", env["MODEL_REPOSITORY"])
-        assert container["image"] == TRITON_IMAGE == one(instruction(TRITON_DOCKERFILE, "FROM"))
+        triton_base = bases.base_of(TRITON_DOCKERFILE)
+        assert container["image"] == triton_base.reference and triton_base.tagged == TRITON_IMAGE
     else:
         # The cpu overlay runs the CPU image (the wheel's server), the others NGC's.
         dockerfile = TRITON_CPU_DOCKERFILE if overlay == "cpu" else TRITON_DOCKERFILE
@@ -886,6 +887,9 @@ def test_service_monitors_scrape_named_metrics_ports(overlay: str) -> None:
         "triton": int(one(triton(overlay)[3]["--metrics-port"])),
         "gateway": int(gateway(overlay)[3]["GATEWAY_PORT"]),
     }
+    if overlay in JOBS_OVERLAYS:  # components/jobs: each worker's own /metrics
+        worker = r.workload("jobs-worker").container("worker")
+        expected["jobs-worker"] = int(r.env(worker)["GATEWAY_JOBS_METRICS_PORT"])
     # The DCGM exporter's (components/dcgm-monitoring) is in another namespace.
     monitors = [m for m in r.all("ServiceMonitor") if "namespaceSelector" not in m["spec"]]
     assert {m["metadata"]["name"] for m in monitors} == set(expected)
@@ -1164,12 +1168,16 @@ ALERTS = {
     "DeepfakeScrapeTargetDown": "up",
     "TritonGPUMemoryHigh": "nv_gpu_memory_used_bytes",
 }
-# components/jobs' alerts (Redis, the queue; the workers export no metrics of their own)
-# and components/dcgm-monitoring's (GPU faults).
+# components/jobs' alerts (Redis, the queue, the workers' own metrics) and
+# components/dcgm-monitoring's (GPU faults).
 JOBS_ALERTS = {
     "DeepfakeJobsRedisDown": "kube_deployment_status_replicas_available",
     "DeepfakeJobsNoWorker": "gateway_jobs_queued",
     "DeepfakeJobsBacklog": "gateway_jobs_queued",
+    "DeepfakeJobsWorkersDown": "gateway_jobs_worker_up",
+    "DeepfakeJobsStalled": "gateway_jobs_items_running",
+    "DeepfakeJobsBacklogGrowing": "gateway_jobs_queued",
+    "DeepfakeJobsItemsFailing": "gateway_jobs_items_total",
 }
 DCGM_ALERTS = {"DeepfakeGPUXidError": "DCGM_FI_DEV_XID_ERRORS"}
 DCGM_OVERLAYS = ("gpu-cluster",)

@@ -303,7 +303,7 @@ def test_cli_writes_the_report_through_the_gateway_and_straight_through_triton(
 def test_reports_of_a_faceless_answer_and_without_chromium(
     lite_triton: TritonSettings, tmp_path: Path
 ) -> None:
-    """A gateway that has no Chromium still gives the HTML report; the PDF is a clear 503."""
+    """A gateway that has no Chromium still gives the HTML report; the PDF is a clear 406."""
     sky = tmp_path / "sky.png"
     gradient = np.linspace(40, 220, 320, dtype=np.uint8)
     cv2.imwrite(str(sky), np.dstack([np.tile(gradient, (240, 1))] * 3))
@@ -315,7 +315,7 @@ def test_reports_of_a_faceless_answer_and_without_chromium(
         assert html.status_code == 200
         assert "No face found" in html.text and "nothing to plot" in html.text
         pdf = httpx.post(f"{gw.url}/api/report", params={"format": "pdf"}, json=answer, timeout=60)
-        assert pdf.status_code == 503 and pdf.json()["error"]["code"] == "pdf_unavailable"
+        assert pdf.status_code == 406 and pdf.json()["error"]["code"] == "pdf_unavailable"
         huge = httpx.post(
             f"{gw.url}/api/report",
             content=b"[" + b"0," * (11 << 20) + b"0]",

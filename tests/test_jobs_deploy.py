@@ -21,9 +21,9 @@ import yaml
 
 from deploy import validate
 from gateway.programs.worker import ALIVE_INTERVAL_S, alive_file, keep_alive
-from gateway.server.jobs.running import QUEUED
+from gateway.server.metrics import JOBS_QUEUED as QUEUED
 from gateway.server.settings import Settings
-from tests.manifests import Rendering, container_port, expand, quantity
+from tests.manifests import Rendering, container_port, expand, quantity, selector_matches
 from tests.stack import free_port
 from tests.test_deploy_invariants import (
     ADAPTER_VALUES,
@@ -244,7 +244,7 @@ def test_workers_scale_on_the_queue_length_the_gateway_exports(overlay: str) -> 
     assert quantity(metric["external"]["target"]["averageValue"]) > 0
     rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["external"]
     [rule] = [rule for rule in rules if rule["name"]["as"] == name]
-    exported = QUEUED._name  # the gauge gateway/server/jobs/running.py serves at /metrics
+    exported = QUEUED._name  # the gauge the gateway (and each worker) serves at /metrics
     assert re.match(rf"\^?{exported}\$?$", rule["name"]["matches"])
     assert rule["seriesQuery"].startswith(exported + "{")
     assert f"{exported}{{<<.LabelMatchers>>}}" in rule["metricsQuery"]
@@ -297,9 +297,13 @@ def test_egress_of_the_jobs_pods(overlay: str) -> None:
         assert not r.egress_allowed(worker, web, {}, "default")
     assert not r.egress_allowed(redis, 53, dns_labels, dns_ns, "UDP")
     assert not r.egress_allowed(redis, 443, {}, "", to_ip=PUBLIC[0])
-    # Nothing calls a worker.
+    # Nothing calls a worker; Prometheus scrapes its metrics port, and nothing else does.
+    metrics = container_port(worker.container("worker"), "metrics")
     for labels, namespace in ((gateway.labels, ns), ({}, "ingress-nginx"), ({}, "monitoring")):
         assert not r.ingress_allowed(worker, 8080, labels, namespace)
+    assert r.ingress_allowed(worker, metrics, {}, "monitoring")
+    for labels, namespace in ((gateway.labels, ns), ({}, "ingress-nginx"), ({}, "default")):
+        assert not r.ingress_allowed(worker, metrics, labels, namespace)
 
 
 def probe_command(container: dict, probe: str, alive: Path) -> list[str]:
@@ -376,3 +380,47 @@ def test_the_readmes_patch_drops_only_the_webhook_egress(overlay: str, tmp_path:
         assert not r.egress_allowed(worker, 443, {}, "", to_ip=ip)
     assert r.egress_allowed(worker, 6379, redis.labels, worker.namespace, to=redis)
     assert r.egress_allowed(worker, 53, *DNS, "UDP")
+
+
+# What only a worker exports (gateway/server/metrics.py; the gateway runs no workers here).
+WORKER_METRICS = {
+    "gateway_jobs_items_total",
+    "gateway_jobs_item_seconds",
+    "gateway_jobs_items_running",
+    "gateway_jobs_worker_up",
+    "gateway_jobs_worker_threads",
+}
+
+
+def test_the_jobs_alerts_read_each_metric_from_the_pods_that_export_it(overlay: str) -> None:
+    """Prometheus names a ServiceMonitor's targets job="<Service name>": each `job` an alert
+    selects is a scraped Service, and the workers' own metrics are read from the workers'
+    (job="jobs-worker", their metrics port), the queue from the gateway's."""
+    r = rendering(overlay)
+    scraped = {
+        s["metadata"]["name"]
+        for m in r.all("ServiceMonitor")
+        for s in r.all("Service")
+        if "namespaceSelector" not in m["spec"]
+        and selector_matches(m["spec"]["selector"], s["metadata"].get("labels", {}))
+    }
+    assert {"gateway", "jobs-worker"} <= scraped
+    [rule] = [x for x in r.all("PrometheusRule") if x["metadata"]["name"] == "deepfake-detect-jobs"]
+    read: dict[str, set[str]] = {}
+    for alert in rule["spec"]["groups"][0]["rules"]:
+        for name, job in re.findall(r'\b(gateway_\w+|up)\{[^}]*\bjob="([^"]+)"', alert["expr"]):
+            read.setdefault(name.removesuffix("_bucket"), set()).add(job)
+    assert set(read) >= {"gateway_jobs_queued", "gateway_jobs_items_total", "up"}
+    for name, jobs in read.items():
+        assert jobs <= scraped, (name, jobs)
+        expected = {"jobs-worker"} if name in WORKER_METRICS | {"up"} else {"gateway"}
+        assert jobs == expected, (name, jobs)
+    # The worker's Service selects the worker pods, by the port the worker serves on.
+    service = r.get("Service", "jobs-worker")
+    [backend] = r.backends(service)
+    [port] = service["spec"]["ports"]
+    env = r.env(backend.container("worker"))
+    assert backend.name == "jobs-worker" and service["spec"]["clusterIP"] == "None"
+    assert container_port(backend.container("worker"), port["targetPort"]) == int(
+        env["GATEWAY_JOBS_METRICS_PORT"]
+    )

@@ -419,3 +419,29 @@ def test_image_limits() -> None:
 def test_n_frames_must_be_positive() -> None:
     with pytest.raises(ValueError):
         MediaReader().read(CLIPS[0], 0)
+
+
+def test_a_hardware_decoder_that_cannot_open_falls_back_to_the_same_frames(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """GATEWAY_VIDEO_HWACCEL=cuda (NVDEC) on a machine without the device: every video is
+    still read, frame for frame as on the CPU, and the fallback is said once."""
+    from preprocess import video
+
+    if not video.hwaccel_offered("cuda"):
+        pytest.skip("this PyAV's FFmpeg has no CUDA hardware decoder to try")
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("an NVIDIA device is present: NVDEC opens (the GPU bench measures it)")
+    video._fell_back.discard("cuda")
+    clip = CLIPS[0]
+    plain = MediaReader().read(clip, 4)
+    with caplog.at_level("WARNING", logger="preprocess.video"):
+        hardware = MediaReader(hwaccel="cuda").read(clip, 4)
+        MediaReader(hwaccel="cuda").read(clip, 4)
+    assert hardware.info == plain.info
+    assert [f.index for f in hardware.frames] == [f.index for f in plain.frames]
+    assert all(
+        np.array_equal(a.image, b.image) for a, b in zip(hardware.frames, plain.frames, strict=True)
+    )
+    said = [r.getMessage() for r in caplog.records if "decoding on the CPU" in r.getMessage()]
+    assert len(said) == 1, said  # two readers, each opening the file more than once: said once

@@ -199,6 +199,51 @@ def answered(call: Callable[[], httpx.Response], deadline: float = HANG_S) -> ht
     return replies[0]
 
 
+# --- a PDF where the gateway can print one, a clear 4xx where it cannot ----------------------
+
+# Chromium stand-ins (the fast tier runs no browser): one prints, one runs and prints nothing.
+PRINTING_CHROMIUM = """#!/bin/sh
+for arg in "$@"; do
+  case "$arg" in --print-to-pdf=*) printf '%%PDF-1.4 printed\\n' > "${arg#--print-to-pdf=}";; esac
+done
+"""
+FAILING_CHROMIUM = "#!/bin/sh\nexit 1\n"
+PRINTERS = {
+    # chromium -> (GET /api's pdf_reports, the PDF's status, its error code)
+    "none": (None, False, 406, "pdf_unavailable"),
+    "printing": (PRINTING_CHROMIUM, True, 200, None),
+    "failing": (FAILING_CHROMIUM, True, 500, "pdf_failed"),
+}
+
+
+@pytest.mark.parametrize(("script", "reports", "status", "code"), PRINTERS.values(), ids=PRINTERS)
+def test_the_gateway_states_whether_it_prints_pdfs_and_refuses_them_with_a_4xx(
+    tmp_path: Path, answer: dict, script: str | None, reports: bool, status: int, code: str | None
+) -> None:
+    """Whether a PDF can be made is known at start-up and said in GET /api; without a
+    Chromium a PDF is a 406 pdf_unavailable (a 4xx: no click feeds the 5xx alert), refused
+    before the body is read; only a Chromium that fails to print is a 5xx."""
+    chromium = tmp_path / "chromium"
+    if script is not None:
+        chromium.write_text(script)
+        chromium.chmod(0o755)
+    with inprocess_gateway(tmp_path / "gw", chromium=str(chromium)) as gw:
+        assert gw.client.get("/api").json()["pdf_reports"] is reports
+        pdf = gw.client.post("/api/report", params={"format": "pdf"}, json=answer)
+        assert pdf.status_code == status, pdf.text[:300]
+        if code is None:
+            assert pdf.content.startswith(b"%PDF") and pdf.headers["content-type"] == (
+                "application/pdf"
+            )
+        else:
+            assert pdf.json()["error"]["code"] == code
+        html = gw.client.post("/api/report", json=answer)
+        assert html.status_code == 200 and "Decisive faces" in html.text
+        if not reports:  # refused up front: not even a body that is no answer is read
+            junk = gw.client.post("/api/report", params={"format": "pdf"}, content=b"[")
+            assert junk.status_code == 406
+
+
 # --- the real gateway process -----------------------------------------------------------
 
 BLOCKING_CHROMIUM = """#!/bin/sh

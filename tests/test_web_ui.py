@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Request
 
 from tests.conftest import MEDIA, MEMBERS, ROOT, Gateway, free_port, start_gateway
-from tests.stack import BIG_CLIP, REAL_CLIP
+from tests.stack import BIG_CLIP, CHROMIUM, REAL_CLIP
 
 # The full tier only (make test): a browser and gateway processes.
 pytestmark = pytest.mark.stack
@@ -396,6 +396,26 @@ def test_locked_down_gateway_key_cap_and_triton_unavailable(
     assert "The gateway could not be reached" in page.inner_text("#error")
     assert page.locator("#pick").is_enabled()
     page.close()
+
+
+@pytest.mark.parametrize("printer", ["none", "chromium"])
+def test_the_pdf_button_is_there_only_where_the_gateway_prints_pdfs(
+    browser: Browser, seen: Seen, tmp_path: Path, printer: str
+) -> None:
+    """GET /api's pdf_reports (a Chromium found as the gateway started) shows the page's PDF
+    button; a gateway without one (the image) hides it rather than offer a 406."""
+    chromium = CHROMIUM if printer == "chromium" else str(tmp_path / "no-chromium")
+    dead_triton = f"127.0.0.1:{free_port()}"  # GET /api answers without Triton
+    with start_gateway(dead_triton, tmp_path, chromium=chromium) as gw:
+        assert httpx.get(f"{gw.url}/api", timeout=30).json()["pdf_reports"] is (
+            printer == "chromium"
+        )
+        page = open_page(browser, gw.url, seen, DESKTOP)
+        hidden = page.locator("#report-pdf[hidden]").count() == 1
+        assert hidden is (printer == "none")
+        assert page.locator("#report-html[hidden]").count() == 0  # HTML reports always work
+        assert seen.errors == []
+        page.close()
 
 
 def test_keyboard_alone_opens_the_picker_and_uploads(

@@ -6,6 +6,7 @@
 # and GitHub's are out of reach: --build-arg BASE_IMAGE=... YUNET_FROM=yunet-context.
 
 # The Python 3.11 base: the registry's slim image, or a stand-in with `python` and `pip`.
+# Pinned by digest where one was resolved: python -m deploy.bases pin (deploy/README.md).
 ARG BASE_IMAGE=python:3.11-slim
 # Where YuNet comes from: yunet-url (downloaded and checked against its sha256) or
 # yunet-context (.build/images/yunet/, copied there by deploy/images/build.sh after the

@@ -14,6 +14,7 @@
 
 # The Python 3.11 base: the registry's slim image, or a stand-in with `python` and `pip`
 # (make images: deploy/images/build.sh).
+# Pinned by digest where one was resolved: python -m deploy.bases pin (deploy/README.md).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 

@@ -5,8 +5,10 @@
 #   make export PROFILE=full
 #   docker build -f deploy/docker/triton.Dockerfile -t REGISTRY/deepfake/triton:TAG .
 # (--build-arg PROFILE=lite after `make export PROFILE=lite` for the lite one.)
-# NGC 24.10 = Triton 2.51, the version the local server (make triton) runs.
-FROM nvcr.io/nvidia/tritonserver:24.10-py3
+# NGC 24.10 = Triton 2.51, the version the local server (make triton) runs. The base is
+# an argument, pinned by digest where one was resolved (python -m deploy.bases pin).
+ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+FROM ${BASE_IMAGE}
 
 ARG PROFILE=full
 # `profile` is a link to the profile built in (below): the Kubernetes

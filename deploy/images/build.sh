@@ -18,7 +18,8 @@ DEEPFAKE_ASSETS=${DEEPFAKE_ASSETS:-$ROOT/../shared/assets}
 WORK=$ROOT/.build/images
 GATEWAY_IMAGE=${GATEWAY_IMAGE:-localhost/deepfake/gateway:$TAG}
 TRITON_IMAGE=${TRITON_IMAGE:-localhost/deepfake/triton-cpu:$TAG-$PROFILE}
-REGISTRY_BASE=docker.io/library/python:3.11-slim
+# The gateway Dockerfile's own default (python:3.11-slim, or pinned: deploy/bases.py).
+REGISTRY_BASE=docker.io/library/$(sed -n 's/^ARG BASE_IMAGE=//p' "$ROOT/deploy/docker/gateway.Dockerfile")
 LOCAL_BASE=localhost/deepfake/base:bookworm
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 DEFAULT_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -53,7 +54,8 @@ ensure_base() {
     if [[ -n ${BASE_IMAGE:-} ]]; then
         echo "$BASE_IMAGE"
     elif timeout 60 podman pull -q "$REGISTRY_BASE" >/dev/null 2>&1; then
-        echo "$REGISTRY_BASE"
+        # Built from the digest just pulled, not the tag (which moves): what was built from.
+        echo "${REGISTRY_BASE%@*}@$(podman image inspect --format '{{.Digest}}' "$REGISTRY_BASE")"
     else
         if ! podman image exists "$LOCAL_BASE"; then
             log "no $REGISTRY_BASE: a Debian bookworm base with mmdebstrap"

@@ -188,7 +188,8 @@ class DirectClient:
         try:
             return print_pdf(html, find_chromium(self.settings.chromium))
         except ReportError as exc:
-            raise ClientError(503, "pdf_unavailable", str(exc)) from None
+            error = ApiError("pdf_unavailable", str(exc))  # the gateway's code and status
+            raise ClientError(error.status, error.code, error.message) from None
 
     async def _detect(
         self,

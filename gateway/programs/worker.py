@@ -7,6 +7,8 @@ then go back to the queue; SIGINT stops at once (the sweep requeues them).
 Settings: the gateway's GATEWAY_* variables; jobs_workers is the thread count.
 While the analysis loop answers, the worker touches ALIVE_FILE in its temp
 dir: Kubernetes' probes (deploy/k8s/components/jobs/worker.yaml) read its age.
+Prometheus' /metrics at GATEWAY_HOST:GATEWAY_JOBS_METRICS_PORT: items by outcome and their
+time, the queue's length, whether the analysis loop answers (gateway_jobs_*).
 A Redis that refuses the worker's password stops it at once (exit 2).
 
 python -m gateway.programs.worker webhook-secret < keys.txt: the webhook secret of each API key
@@ -23,6 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import prometheus_client
 from redis import AuthenticationError, RedisError
 
 from gateway.server import (
@@ -33,6 +36,7 @@ from gateway.server import (
     WorkerPool,
     configure_logging,
     key_id,
+    metrics,
     webhook_secret_for_key,
 )
 
@@ -58,7 +62,9 @@ def keep_alive(
             loop.call_soon_threadsafe(answered.set)
         if answered.wait(interval_s):
             path.touch()
+            metrics.JOB_WORKER_UP.set(1)
         else:
+            metrics.JOB_WORKER_UP.set(0)
             log.warning("analysis loop did not answer within %.0f s", interval_s)
         if stop.wait(interval_s):
             return
@@ -77,6 +83,25 @@ def check_queue(jobs: Jobs) -> None:
         raise SystemExit(2) from None
     except RedisError as exc:
         log.warning("the job queue's Redis does not answer yet: %s", exc)
+
+
+def serve_metrics(settings: Settings, jobs: Jobs) -> None:
+    """/metrics for Prometheus (deploy/k8s/components/jobs: the jobs-worker ServiceMonitor),
+    on a thread of prometheus_client's; a port taken stops the worker with the reason."""
+    if settings.jobs_metrics_port == 0:
+        return
+    metrics.JOBS_QUEUED.set_function(jobs.queued_gauge)
+    try:
+        prometheus_client.start_http_server(settings.jobs_metrics_port, addr=settings.host)
+    except OSError as exc:
+        log.critical(
+            "cannot serve /metrics on %s:%d (%s): set GATEWAY_JOBS_METRICS_PORT, 0 for none",
+            settings.host,
+            settings.jobs_metrics_port,
+            exc,
+        )
+        raise SystemExit(2) from None
+    log.info("metrics at http://%s:%d/metrics", settings.host, settings.jobs_metrics_port)
 
 
 def print_webhook_secrets(settings: Settings, keys: list[str]) -> None:
@@ -104,6 +129,7 @@ def main() -> None:
     alive_file(settings).unlink(missing_ok=True)
     jobs = Jobs(settings)
     check_queue(jobs)  # before the analyser is built: a refused password stops at once
+    serve_metrics(settings, jobs)  # from here on: a worker still starting reads as not up
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="analysis-loop", daemon=True)
     thread.start()
@@ -126,6 +152,7 @@ def main() -> None:
     finally:
         stop.set()
         toucher.join(timeout=ALIVE_INTERVAL_S + 1)
+        metrics.JOB_WORKER_UP.set(0)
         alive_file(settings).unlink(missing_ok=True)  # no litter in a shared temp dir
         asyncio.run_coroutine_threadsafe(analyzer.server.close(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)

@@ -4,7 +4,7 @@ verdict, then the parts every room uses (settings, errors, schemas, metrics, tra
 
 # What the programs and the clients use of the server, imported from here (gateway.server), so
 # that a move inside the server changes this list and nothing outside it.
-from gateway.server import schemas
+from gateway.server import metrics, schemas
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.app import create_app
 from gateway.server.errors import ApiError, from_media_error
@@ -33,6 +33,7 @@ __all__ = [
     "find_chromium",
     "from_media_error",
     "key_id",
+    "metrics",
     "new_request_id",
     "options_for",
     "print_pdf",

@@ -17,6 +17,7 @@ from gateway.server.errors import install_handlers
 from gateway.server.jobs.running import running_jobs
 from gateway.server.live.readers import StreamReaders
 from gateway.server.openapi import install_openapi
+from gateway.server.report import PdfPrinter
 from gateway.server.requests import add_request_middleware
 from gateway.server.routers import detect, health, jobs, live, models, pages, report
 from gateway.server.security import install_access, install_cors
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def add_state(app: FastAPI, settings: Settings) -> None:
     """What lives as long as the app (the lifespan adds the Analyzer and the jobs)."""
     app.state.settings = settings
+    # Looked for once: GET /api states it, the page hides its PDF button without it.
+    app.state.pdf_printer = PdfPrinter.find(settings.chromium)
     app.state.admission = Admission(
         settings.max_in_flight, settings.max_queue, settings.queue_timeout_s
     )

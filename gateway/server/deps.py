@@ -16,6 +16,7 @@ from gateway.server.errors import ApiError
 from gateway.server.jobs.engine import Jobs
 from gateway.server.live.readers import StreamReaders
 from gateway.server.model_server import ModelServer
+from gateway.server.report import PdfPrinter
 from gateway.server.settings import Settings
 
 
@@ -50,6 +51,10 @@ def get_jobs(connection: HTTPConnection) -> Jobs:
     return jobs
 
 
+def get_pdf_printer(connection: HTTPConnection) -> PdfPrinter:
+    return connection.app.state.pdf_printer
+
+
 def get_live_sessions(connection: HTTPConnection) -> LiveSessions:
     return connection.app.state.live_sessions
 
@@ -75,6 +80,7 @@ ExecutorDep = Annotated[Executor, Depends(get_executor)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
+PdfPrinterDep = Annotated[PdfPrinter, Depends(get_pdf_printer)]
 LiveSessionsDep = Annotated[LiveSessions, Depends(get_live_sessions)]
 StreamReadersDep = Annotated[StreamReaders, Depends(get_stream_readers)]
 # Given back as the route returns (before the answer is sent: the next request of the same

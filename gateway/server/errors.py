@@ -83,7 +83,13 @@ CATALOGUE: dict[str, Entry] = {
     "invalid_answer": Entry(422, "not a detect answer"),
     "invalid_report": Entry(422, "references the answer lacks"),
     "report_over_limits": Entry(422, "over the report's limits"),
-    "pdf_unavailable": Entry(503, "no Chromium to print the PDF"),
+    # 406, not 503: the PDF is a representation this gateway never makes (no Chromium at
+    # start-up, `pdf_reports` false in GET /api), as a format it lacks, not an outage; a
+    # 5xx would feed the error-rate alert at each click. The HTML report is there.
+    "pdf_unavailable": Entry(
+        406, "no Chromium here to print PDFs (`pdf_reports` false in GET /api): ask for HTML"
+    ),
+    "pdf_failed": Entry(500, "the gateway's Chromium failed to print the PDF (see the logs)"),
     # live
     "frame_too_large": Entry(413, "a frame over the cap"),
     "not_jpeg": Entry(415, "a binary message that is not a JPEG frame"),

@@ -46,3 +46,32 @@ LIVE_LAG = Histogram(
     "From a live frame's arrival to its score being sent",
     buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2.5, 5, 10),
 )
+
+# Jobs (gateway/server/jobs/): the gateway's embedded workers and each `python -m
+# gateway.programs.worker` (served on GATEWAY_JOBS_METRICS_PORT) count the items they run.
+# The queue is shared: every process reports the same length, what the workers' HPA scales on.
+JOBS_QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
+JOB_OUTCOMES = ("done", "failed", "cancelled", "given_back", "lost")
+JOB_ITEMS = Counter(
+    "gateway_jobs_items_total",
+    "Job items this process analysed, by outcome: done, failed, cancelled, given_back "
+    "(stopping: back on the queue), lost (taken over after a missed heartbeat)",
+    ["outcome"],
+)
+JOB_ITEM_SECONDS = Histogram(
+    "gateway_jobs_item_seconds",
+    "Time one job item was analysed by this process, by outcome",
+    ["outcome"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+# Each outcome exported from the start, at 0: a worker that never ends an item still has the
+# series an alert's increase() needs (DeepfakeJobsStalled).
+for _outcome in JOB_OUTCOMES:
+    JOB_ITEMS.labels(_outcome)
+    JOB_ITEM_SECONDS.labels(_outcome)
+JOB_ITEMS_RUNNING = Gauge("gateway_jobs_items_running", "Job items being analysed by this process")
+JOB_WORKER_THREADS = Gauge("gateway_jobs_worker_threads", "Job worker threads in this process")
+JOB_WORKER_UP = Gauge(
+    "gateway_jobs_worker_up",
+    "1 while the job worker's analysis loop answers (what its liveness probe reads), else 0",
+)

@@ -284,6 +284,22 @@ def find_chromium(configured: str | None = None) -> str | None:
     return next((found for n in CHROMIUM_NAMES if (found := shutil.which(n))), None)
 
 
+@dataclass(frozen=True)
+class PdfPrinter:
+    """What prints PDF reports here, found once as the gateway starts: the page hides its PDF
+    button and POST /api/report?format=pdf is refused up front where `chromium` is None."""
+
+    chromium: str | None
+
+    @classmethod
+    def find(cls, configured: str | None = None) -> "PdfPrinter":
+        return cls(find_chromium(configured))
+
+    @property
+    def available(self) -> bool:
+        return self.chromium is not None
+
+
 def print_pdf(html: str, chromium: str | None, timeout_s: float = PDF_TIMEOUT_S) -> bytes:
     """The report printed to PDF by headless Chromium, in a throwaway profile.
 

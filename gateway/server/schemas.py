@@ -191,4 +191,8 @@ class ServiceInfo(BaseModel):
     threshold: float
     max_upload_mb: int
     formats: list[str]
+    pdf_reports: bool = Field(
+        description="whether POST /api/report?format=pdf can print here (a Chromium found as "
+        "the gateway started); false: 406 pdf_unavailable, the HTML report only"
+    )
     endpoints: dict[str, str]

@@ -247,6 +247,12 @@ class AnalysisSettings(BaseModel):
     and what one request may cost."""
 
     workers: int = Field(2, ge=1, description="threads for decoding and face detection")
+    video_hwaccel: Literal["", "cuda"] = Field(
+        "",
+        description="`cuda`: uploaded videos decoded by NVDEC on an NVIDIA GPU, where PyAV's "
+        "FFmpeg offers it (the CPU where the device cannot be opened, with a warning); "
+        "empty: the CPU",
+    )
     frames: int = Field(32, ge=1, le=300, description="frames sampled per video")
     threshold: float = Field(
         FAKE_AT, ge=0.0, le=1.0, description="P(fake) at or above which the verdict is `fake`"
@@ -495,6 +501,14 @@ class JobsSettings(BaseModel):
         ge=0,
         description="items analysed at once by this process (the gateway; `python -m "
         "gateway.programs.worker`); `0`: the gateway only queues",
+    )
+    jobs_metrics_port: int = Field(
+        9102,
+        ge=0,
+        le=65535,
+        description="port `python -m gateway.programs.worker` serves Prometheus `/metrics` on "
+        "(at `GATEWAY_HOST`; items by outcome, their time, the queue, whether it is up); `0`: "
+        "none. The gateway's own are at its `/metrics`",
     )
     jobs_max_files: int = Field(50, ge=1, description="files per job (413 beyond)")
     jobs_max_mb: int = Field(2048, ge=1, description="a job's files together (413 beyond)")

@@ -60,6 +60,7 @@ def run_served(config: BenchConfig, result: dict, crops: np.ndarray, work: Path)
                     frames=config.frames,
                     max_in_flight=in_flight,
                     detector=config.detector,
+                    video_hwaccel=config.hwaccel,
                 ) as gw:
                     if "service" in config.stages:
                         processes = (gw.process, psutil.Process(server.process.pid))

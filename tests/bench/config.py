@@ -37,8 +37,11 @@ class BenchConfig:
     p50_runs: int = 5
     detector: str = "scrfd"
     # --model-config-name: cpu_fast (each member at the precision model_repository/cpu_fast.toml
-    # chose: the service's CPU configuration), or cpu (all fp32)
+    # chose: the service's CPU configuration), cpu (all fp32); on a GPU (tests/bench/gpu.py)
+    # config (each member's config.pbtxt: TensorRT FP16) or cuda (fp32, no TensorRT)
     triton_config: str = "cpu_fast"
+    # The gateway's GATEWAY_VIDEO_HWACCEL: cuda decodes on NVDEC; "" on the CPU.
+    hwaccel: str = ""
     # Live: frames sent on /api/live at each rate (the page's default range), lite only.
     live_clip: Path = FAKE_CLIP
     live_rates: tuple[float, ...] = (2.0, 5.0)
@@ -73,7 +76,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--p50-frames", type=int, default=d.p50_frames, help="its frame count")
     p.add_argument("--p50-runs", type=int, default=d.p50_runs, help="0 skips the lite p50")
     p.add_argument("--detector", choices=["scrfd", "yunet"], default=d.detector)
-    p.add_argument("--triton-config", default=d.triton_config, help="cpu_fast, or cpu (all fp32)")
+    p.add_argument(
+        "--triton-config",
+        default=d.triton_config,
+        help="cpu_fast, cpu (all fp32); on a GPU: config (TensorRT FP16), cuda",
+    )
+    p.add_argument("--hwaccel", choices=["", "cuda"], default=d.hwaccel, help="cuda: NVDEC")
     p.add_argument("--live-clip", type=Path, default=d.live_clip, help="live: frames of")
     p.add_argument(
         "--live-rates", type=_csv, default=[f"{r:g}" for r in d.live_rates], help="frames/s"
@@ -99,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         p50_runs=a.p50_runs,
         detector=a.detector,
         triton_config=a.triton_config,
+        hwaccel=a.hwaccel,
         live_clip=a.live_clip,
         live_rates=tuple(float(r) for r in a.live_rates),
         live_seconds=a.live_seconds,

@@ -96,10 +96,19 @@ def model_path(member: str, config: str = "cpu") -> Path:
 
 def precision(member: str, config: str) -> tuple[str, str]:
     """What `member` computes in under --model-config-name=`config`, and why (its
-    `precision` and `precision_reason`; cpu_fast's are written by choose_precisions)."""
-    configured = REPOSITORY / "members" / member / "configs" / f"{config}.pbtxt"
-    params = read_config(configured).parameters if configured.exists() else {}
+    `precision` and `precision_reason`, cpu_fast's written by choose_precisions; a GPU
+    config's TensorRT precision_mode), Triton's way: configs/<config>.pbtxt, else
+    config.pbtxt."""
+    member_dir = REPOSITORY / "members" / member
+    configured = member_dir / "configs" / f"{config}.pbtxt"
+    served = read_config(configured if configured.exists() else member_dir / "config.pbtxt")
+    params = served.parameters
     said = {k: params[k].string_value for k in ("precision", "precision_reason") if k in params}
+    if "precision" not in said:
+        for accelerator in served.optimization.execution_accelerators.gpu_execution_accelerator:
+            if "precision_mode" in accelerator.parameters:
+                mode = accelerator.parameters["precision_mode"].lower()
+                return f"{mode} ({accelerator.name})", "the config's TensorRT precision_mode"
     return said.get("precision", "fp32"), said.get("precision_reason", "")
 
 

@@ -84,7 +84,7 @@ class Analyzer:
         )
         extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
         return cls(
-            MediaReader(settings.media_limits()),
+            MediaReader(settings.media_limits(), settings.video_hwaccel),
             extractor,
             server,
             executor,

@@ -15,9 +15,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -27,6 +29,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from huey import RedisHuey, SqliteHuey
 from huey.api import Huey
 from huey.consumer import Consumer
+from redis import RedisError
 
 from gateway.server.analysis.analysis import Analyzer
 from gateway.server.errors import ApiError, from_media_error
@@ -34,6 +37,12 @@ from gateway.server.jobs import webhook
 from gateway.server.jobs.codec import JsonSerializer
 from gateway.server.jobs.store import TERMINAL, Doc, JobStore, RedisJobStore, SqliteJobStore
 from gateway.server.jobs.views import job_status, job_view
+from gateway.server.metrics import (
+    JOB_ITEM_SECONDS,
+    JOB_ITEMS,
+    JOB_ITEMS_RUNNING,
+    JOB_WORKER_THREADS,
+)
 from gateway.server.options import options_for
 from gateway.server.security import key_id
 from gateway.server.settings import Settings
@@ -133,6 +142,14 @@ class Jobs:
 
     def queued(self) -> int:
         return self.huey.pending_count()
+
+    def queued_gauge(self) -> float:
+        """The queue's length for /metrics: NaN while the queue does not answer, so one
+        unreachable Redis loses that value, not the whole scrape (the target stays up)."""
+        try:
+            return float(self.queued())
+        except (RedisError, sqlite3.Error, OSError):
+            return math.nan
 
     def cancel(self, job_id: str) -> None:
         """Queued items end now; running ones stop at their next heartbeat. A finished
@@ -278,7 +295,7 @@ class ItemRunner:
         future = asyncio.run_coroutine_threadsafe(
             self.analyzer.analyze(Path(claimed["path"]), options), self.loop
         )
-        outcome = self._wait(job_id, n, attempt, future)
+        outcome = self._measured_wait(job_id, n, attempt, future)
         if outcome is None:
             return  # the process is stopping or the item was taken over: not ours to finish
         finished = store.update_item(job_id, n, lambda doc: _finish(doc, attempt, outcome))
@@ -299,6 +316,21 @@ class ItemRunner:
             "started": time.time(),
             "worker": self.worker,
         }
+
+    def _measured_wait(
+        self, job_id: str, n: int, attempt: int, future: concurrent.futures.Future
+    ) -> Doc | None:
+        """_wait, counted: the item's outcome and time in this process's metrics."""
+        started = time.monotonic()
+        with JOB_ITEMS_RUNNING.track_inprogress():
+            outcome = self._wait(job_id, n, attempt, future)
+        if outcome is not None:
+            label = outcome["status"]
+        else:  # not ours to finish: handed back on a stop, or taken over by the sweep
+            label = "given_back" if self.stopping.is_set() else "lost"
+        JOB_ITEMS.labels(label).inc()
+        JOB_ITEM_SECONDS.labels(label).observe(time.monotonic() - started)
+        return outcome
 
     def _wait(
         self, job_id: str, n: int, attempt: int, future: concurrent.futures.Future
@@ -377,6 +409,7 @@ class WorkerPool:
             graceful_signal="TERM",
             shutdown_timeout=jobs.settings.shutdown_timeout_s,
         )
+        JOB_WORKER_THREADS.set(workers)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="job-sweep", daemon=True)
 

@@ -6,13 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from prometheus_client import Gauge
 
 from gateway.server.jobs.engine import ItemRunner, Jobs, WorkerPool
+from gateway.server.metrics import JOBS_QUEUED
 from gateway.server.settings import Settings
-
-# The queue is shared: every gateway reports the same length, what the workers' HPA scales on.
-QUEUED = Gauge("gateway_jobs_queued", "Job items waiting in the queue for a worker")
 
 
 @contextlib.asynccontextmanager
@@ -25,7 +22,7 @@ async def running_jobs(app: FastAPI) -> AsyncIterator[None]:
         return
     jobs = Jobs(settings)
     app.state.jobs = jobs
-    QUEUED.set_function(jobs.queued)
+    JOBS_QUEUED.set_function(jobs.queued_gauge)
     pool = None
     if settings.jobs_workers > 0:
         runner = ItemRunner(jobs, app.state.analyzer, asyncio.get_running_loop())

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from gateway import VERSION
 from gateway.server import schemas
-from gateway.server.deps import ServerDep, SettingsDep
+from gateway.server.deps import PdfPrinterDep, ServerDep, SettingsDep
 from gateway.server.errors import ApiError
 from gateway.server.openapi import MODEL_SERVER_ERRORS, errors_doc
 from gateway.server.verdict.selection import model_summary
@@ -16,7 +16,9 @@ router = APIRouter()
 
 
 @router.get("/api", response_model=schemas.ServiceInfo)
-async def info(server: ServerDep, settings: SettingsDep) -> schemas.ServiceInfo:
+async def info(
+    server: ServerDep, settings: SettingsDep, printer: PdfPrinterDep
+) -> schemas.ServiceInfo:
     ready = await server.ready()
     profile = None
     if ready:
@@ -34,6 +36,7 @@ async def info(server: ServerDep, settings: SettingsDep) -> schemas.ServiceInfo:
         threshold=settings.threshold,
         max_upload_mb=settings.max_upload_mb,
         formats=list(FORMATS),
+        pdf_reports=printer.available,
         endpoints={
             "detect": "POST /api/detect",
             "stream": "POST /api/detect/stream",

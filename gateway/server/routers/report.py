@@ -13,16 +13,22 @@ from pydantic import ValidationError
 
 from gateway import VERSION
 from gateway.server import schemas
-from gateway.server.deps import AdmissionDep, ExecutorDep, HeldUntilReturn, SettingsDep
+from gateway.server.deps import (
+    AdmissionDep,
+    ExecutorDep,
+    HeldUntilReturn,
+    PdfPrinterDep,
+    SettingsDep,
+)
 from gateway.server.errors import ApiError
 from gateway.server.openapi import errors_doc
 from gateway.server.report import (
     AnswerError,
+    PdfPrinter,
     ReportError,
     ReportLimits,
     check_answer,
     check_size,
-    find_chromium,
     print_pdf,
     render_html,
 )
@@ -37,6 +43,7 @@ REPORT_ERRORS_DOC = errors_doc(
     "report_over_limits",
     "too_many_requests",
     "pdf_unavailable",
+    "pdf_failed",
 )
 
 
@@ -53,7 +60,8 @@ REPORT_ERRORS_DOC = errors_doc(
         }
     },
     description="A detect answer (JSON, as /api/detect returned it) as a self-contained "
-    "HTML report, or a PDF printed by headless Chromium where the gateway has one.",
+    "HTML report, or a PDF printed by headless Chromium where the gateway has one "
+    "(`pdf_reports` in GET /api; elsewhere a PDF is refused at once, 406 pdf_unavailable).",
 )
 async def report(
     request: Request,
@@ -61,18 +69,25 @@ async def report(
     executor: ExecutorDep,
     settings: SettingsDep,
     held: HeldUntilReturn,
+    printer: PdfPrinterDep,
     format: Annotated[Literal["html", "pdf"], Query(description="html or pdf")] = "html",
 ) -> Response:
+    if format == "pdf" and not printer.available:
+        # Known since start-up: refused before a byte is read or a slot taken.
+        raise ApiError(
+            "pdf_unavailable",
+            "this gateway has no Chromium to print PDFs (GATEWAY_CHROMIUM); "
+            "ask for the HTML report (format=html) and print it",
+        )
     body = await read_body(request, settings.report_max_mb << 20)
     limits = ReportLimits(
         settings.report_max_values, int(settings.report_max_image_mpx * 1_000_000)
     )
-    chromium = find_chromium(settings.chromium) if format == "pdf" else None
     # Parsing, checking, rendering and printing: CPU work on a worker thread (never the
     # event loop), bounded like an analysis by the same admission.
     await held.take(admission)  # given back as the route returns
     future = asyncio.get_running_loop().run_in_executor(
-        executor, make_report, body, format, limits, chromium
+        executor, make_report, body, format, limits, printer
     )
     try:
         name, content = await asyncio.shield(future)
@@ -112,7 +127,7 @@ def parse_answer(body: bytes) -> schemas.DetectAnswer:
 
 
 def make_report(
-    body: bytes, format: str, limits: ReportLimits, chromium: str | None
+    body: bytes, format: str, limits: ReportLimits, printer: PdfPrinter
 ) -> tuple[str, str | bytes]:
     """The report's file name and its HTML or PDF (on a worker thread: it is CPU work)."""
     try:
@@ -125,9 +140,10 @@ def make_report(
     if format == "html":
         return report_name(answer.filename), html
     try:
-        return report_name(answer.filename), print_pdf(html, chromium)
+        return report_name(answer.filename), print_pdf(html, printer.chromium)
     except ReportError as exc:
-        raise ApiError("pdf_unavailable", str(exc)) from None
+        # The Chromium found at start-up failed: the server's fault, a 5xx.
+        raise ApiError("pdf_failed", str(exc)) from None
 
 
 def report_name(filename: str) -> str:

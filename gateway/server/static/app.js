@@ -93,6 +93,8 @@ async function loadService() {
       threshold: info.threshold,
       ready: info.status === "ready",
     });
+    // No Chromium on the gateway: no PDF button, rather than one that always fails.
+    $("report-pdf").hidden = !info.pdf_reports;
     status.dataset.status = info.status;
     status.textContent = service.ready
       ? `Ready · ${info.profile} profile · threshold ${info.threshold}`
@@ -828,7 +830,7 @@ async function downloadReport(format) {
         // not the gateway's JSON
       }
       status.textContent =
-        response.status === 503 && format === "pdf"
+        error?.code === "pdf_unavailable"
           ? "This gateway cannot print PDFs (no Chromium); download the HTML report and print it."
           : humanError(response.status, error);
       return;

@@ -1,14 +1,17 @@
-"""ONNX Runtime as a Python-based Triton backend, for the local CPU profile.
+"""ONNX Runtime as a Python-based Triton backend, for the local profiles.
 
 The NGC image serves `backend: "onnxruntime"` with its native C++ backend. The
 pytriton wheel ships no such backend, so Triton finds this file as
 `<backend-directory>/onnxruntime/model.py` and runs it through the python
-backend instead: the same model repository serves in both places.
+backend instead: the same model repository serves in both places. A GPU config
+(config.pbtxt: TensorRT FP16; configs/cuda.pbtxt) runs on the providers it names
+(accelerators.py), on a machine whose onnxruntime has them (onnxruntime-gpu).
 """
 
 import json
 import os
 
+import accelerators
 import joined
 import onnxruntime as ort
 
@@ -30,7 +33,13 @@ class TritonPythonModel:
         self.chunk = int(params.get("max_session_batch", 0))
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        device = int(args.get("model_instance_device_id", 0))
+        cache_root = os.environ.get(accelerators.CACHE_ROOT_ENV)
+        providers = accelerators.providers(config, device, cache_root)
+        lacking = accelerators.missing(providers, ort.get_available_providers())
+        if lacking:  # never a silent fall back to the CPU under a GPU config
+            raise RuntimeError(f"this onnxruntime lacks {lacking}: install onnxruntime-gpu")
+        self.session = ort.InferenceSession(path, options, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o["name"] for o in config["output"]]
 
