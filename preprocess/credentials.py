@@ -35,6 +35,7 @@ ACTIONS_LABELS = frozenset({"c2pa.actions", "c2pa.actions.v2"})
 # a bounded part of it (ai_generated is still computed over every action).
 MAX_ACTIONS = 32
 MAX_TEXT = 200
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 STATES: dict[str, "State"] = {"Invalid": "invalid", "Valid": "valid", "Trusted": "trusted"}
 
 State = Literal["invalid", "valid", "trusted"]
@@ -77,11 +78,17 @@ class CredentialPolicy:
         return {"verify": verify, "trust": {"trust_anchors": self.trust_anchors}}
 
     def check(self) -> None:
-        """Raise ValueError when the library refuses these settings (a bad PEM bundle)."""
+        """Raise ValueError when the library refuses these settings (a bad PEM bundle), or
+        when anchors were given that hold no certificate at all."""
+        if self.trust_anchors is not None and PEM_CERTIFICATE not in self.trust_anchors:
+            raise ValueError("content credentials' trust anchors: no PEM certificate found")
         try:
             c2pa.Context.from_dict(self.library_settings()).close()
         except c2pa.C2paError as error:
             raise ValueError(f"content credentials' trust anchors refused: {error}") from None
+
+
+UNTRUSTED = CredentialPolicy()  # no trust anchors: `valid` at most
 
 
 def read_credentials(path: Path, fmt: str, policy: CredentialPolicy) -> ContentCredentials | None:

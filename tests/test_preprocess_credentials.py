@@ -9,6 +9,7 @@ import pytest
 
 from preprocess.credentials import (
     MAX_ACTIONS,
+    UNTRUSTED,
     ContentCredentials,
     CredentialPolicy,
     read_credentials,
@@ -25,8 +26,6 @@ from tests.credentials_support import (
     write,
 )
 from tests.stack import REAL_CLIP, serve_http
-
-UNTRUSTED = CredentialPolicy()
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +83,8 @@ def test_trust_anchors_make_it_trusted_and_only_theirs(authority: Authority, tmp
 
 def test_bad_trust_anchors_are_refused_at_startup() -> None:
     CredentialPolicy().check()
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        CredentialPolicy("junk").check()
     with pytest.raises(ValueError, match="trust anchors"):
         CredentialPolicy(
             "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"

@@ -125,6 +125,40 @@ class Explanation(BaseModel):
     heatmap: str = Field(description="data: URL of a PNG, the map over the face crop")
 
 
+class CredentialAction(BaseModel):
+    action: str = Field(description="what was done: c2pa.created, c2pa.edited…")
+    digital_source_type: str | None = Field(
+        description="the IPTC digital source type it declares (…/digitalCapture, "
+        "…/trainedAlgorithmicMedia), if any"
+    )
+
+
+class ContentCredentials(BaseModel):
+    """The file's C2PA content credentials (its active manifest), read and validated offline
+    by the C2PA library (preprocess/credentials.py)."""
+
+    state: Literal["invalid", "valid", "trusted"] = Field(
+        description="the library's validation: invalid (a signature or hash fails: edited "
+        "after signing), valid (intact, signer not anchored), trusted (intact, its chain ends "
+        "at one of GATEWAY_CREDENTIALS_TRUST_ANCHORS)"
+    )
+    signer: str | None = Field(description="the signing certificate's common name")
+    issuer: str | None = Field(description="the organisation that issued that certificate")
+    claim_generator: str | None = Field(description="the software that wrote the manifest")
+    created: str | None = Field(
+        description="when the content was created (its c2pa.created action), else the "
+        "signature's time stamp, as the manifest states it"
+    )
+    actions: list[CredentialAction] = Field(description="the manifest's actions (at most 32)")
+    ai_generated: bool = Field(
+        description="an action declares trainedAlgorithmicMedia or "
+        "compositeWithTrainedAlgorithmicMedia"
+    )
+    failures: list[str] = Field(
+        default_factory=list, description="the library's validation failure codes, if invalid"
+    )
+
+
 class Timings(BaseModel):
     upload: float = 0.0
     decode: float = 0.0
@@ -167,6 +201,12 @@ class DetectAnswer(BaseModel):
     explanations: list[Explanation] = Field(
         default_factory=list,
         description="with explain=true: saliency maps of the decisive faces, per voting model",
+    )
+    content_credentials: ContentCredentials | None = Field(
+        None,
+        # absent, not null, when the file carries none
+        exclude_if=lambda value: value is None,
+        description="the file's C2PA content credentials; absent when it carries none",
     )
 
 

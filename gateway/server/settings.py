@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.server.targets import grpc_target
+from preprocess.credentials import CredentialPolicy
 from preprocess.crop import CropConfig
 from preprocess.egress import networks
 from preprocess.faces import DetectorConfig
@@ -315,6 +316,27 @@ class AnalysisSettings(BaseModel):
         gt=0,
         description="one analysis's deadline, checked per frame (504 `analysis_timeout` beyond)",
     )
+    credentials_trust_anchors: Path | None = Field(
+        None,
+        description="PEM bundle of the root certificates whose signers' content credentials "
+        "(C2PA) read `trusted`; unset: none, so credentials read `valid` at most (checked at "
+        "startup)",
+    )
+
+    @field_validator("credentials_trust_anchors")
+    @classmethod
+    def readable_anchors(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                pem = value.read_text()
+            except (OSError, UnicodeDecodeError) as error:
+                raise ValueError(f"cannot read {value}: {error}") from None
+            CredentialPolicy(pem).check()  # ValueError for a bundle the library refuses
+        return value
+
+    def credential_policy(self) -> CredentialPolicy:
+        anchors = self.credentials_trust_anchors
+        return CredentialPolicy(anchors.read_text() if anchors else None)
 
     def detector_config(self) -> DetectorConfig:
         return DetectorConfig(

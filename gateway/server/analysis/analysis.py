@@ -30,6 +30,7 @@ from gateway.server.verdict.answer import Clock, Report, media_facts
 from gateway.server.verdict.explain import explain
 from gateway.server.verdict.rules import Doubts
 from gateway.server.verdict.selection import Selection, select_models
+from preprocess.credentials import UNTRUSTED, CredentialPolicy, read_credentials
 from preprocess.faces import load_detector
 from preprocess.media import MediaReader
 from preprocess.pipeline import FaceExtractor
@@ -57,6 +58,7 @@ class Analyzer:
         frames_ahead: int = 2,
         sparse: SparseConfig = EVERY_FRAME,
         doubts: Doubts | None = None,
+        credentials: CredentialPolicy = UNTRUSTED,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -69,6 +71,7 @@ class Analyzer:
         self.frames_ahead = frames_ahead  # decoded frames waiting for detection, per request
         self.sparse = sparse  # which sampled frames the detector runs on
         self.doubts = doubts or Doubts()  # when a verdict is uncertain (verdict/rules.py)
+        self.credentials = credentials  # how content credentials are validated (trust anchors)
 
     @classmethod
     def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
@@ -94,6 +97,7 @@ class Analyzer:
             frames_ahead=settings.workers,
             sparse=SparseConfig(every=settings.detect_every),
             doubts=Doubts.from_settings(settings),
+            credentials=settings.credential_policy(),
         )
 
     async def analyze(
@@ -123,12 +127,21 @@ class Analyzer:
             early.threads.append(reading)
             scan = await asyncio.wrap_future(reading)
             t = clock.stage("decode", t)
+            # The file's content credentials, read in a worker while the faces are found; it
+            # is one of early's threads, so a cancelled analysis still waits for it.
+            credentials = self.executor.submit(
+                read_credentials, path, scan.info.format, self.credentials
+            )
+            early.threads.append(credentials)
             facts = media_facts(scan.info).model_dump()
             await emit({"event": "decoded", "media": facts, "frames": len(scan.indices)})
             found = await early.faces(scan.indices)
             tracks = link_tracks([f.faces for f in found])
             t = clock.stage("detect", t)
-            report = Report(selection, options, scan.info, found, early.thumbnails, self.doubts)
+            held = await asyncio.wrap_future(credentials)
+            report = Report(
+                selection, options, scan.info, found, early.thumbnails, self.doubts, held
+            )
             metrics.FACES.observe(len(report.faces))
             await emit({"event": "faces", "faces": len(report.faces), "tracks": len(tracks)})
             if not report.faces:

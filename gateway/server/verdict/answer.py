@@ -4,7 +4,7 @@ media facts, stage timings (Clock) and face thumbnails."""
 import base64
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import cv2
@@ -15,8 +15,9 @@ from gateway.server.options import Options
 from gateway.server.schemas import Verdict
 from gateway.server.verdict.aggregate import Strategy, is_short
 from gateway.server.verdict.judge import Judge
-from gateway.server.verdict.rules import Credentials, Doubts, Evidence, no_face, with_credentials
+from gateway.server.verdict.rules import Doubts, Evidence, no_face, with_credentials
 from gateway.server.verdict.selection import Selection, model_summary, notes
+from preprocess.credentials import ContentCredentials
 from preprocess.faces import Face
 from preprocess.media import MediaInfo
 from preprocess.pipeline import FrameFaces
@@ -54,7 +55,7 @@ class Report:
     thumbnails: dict[tuple[int, int], str]  # (frame index, face number): only if asked for
     doubts: Doubts = field(default_factory=Doubts)
     # The file's content credentials, when read: they may override the faces' verdict.
-    credentials: Credentials | None = None
+    credentials: ContentCredentials | None = None
 
     @cached_property
     def faces(self) -> list[tuple[int, int]]:
@@ -173,11 +174,19 @@ class Report:
                 schemas.SkippedModel(name=name, reason=reason)
                 for name, reason in self.selection.skipped.items()
             ],
+            content_credentials=credentials_facts(self.credentials),
         )
 
 
 def media_facts(info: MediaInfo) -> schemas.MediaFacts:
     return schemas.MediaFacts.model_validate(info, from_attributes=True)
+
+
+def credentials_facts(found: ContentCredentials | None) -> schemas.ContentCredentials | None:
+    """The answer's `content_credentials`: absent (None) when the file carries none."""
+    if found is None:
+        return None
+    return schemas.ContentCredentials.model_validate(asdict(found))
 
 
 def thumbnail(crop: np.ndarray) -> str:

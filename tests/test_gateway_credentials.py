@@ -1,0 +1,118 @@
+"""Content credentials in the answer and the verdict: media signed here (tests/credentials_support)
+sent to the gateway in process over the fake model server, and once to the real gateway."""
+
+from pathlib import Path
+
+import pytest
+
+from gateway.server.schemas import DetectAnswer
+from tests.conftest import Gateway, InProcessGateway, inprocess_gateway
+from tests.credentials_support import (
+    AI_GENERATED,
+    CREATED_AT,
+    Authority,
+    altered,
+    image_bytes,
+    write,
+)
+from tests.stack import OBAMA, REAL_CLIP
+
+
+@pytest.fixture(scope="module")
+def authority() -> Authority:
+    return Authority.made()
+
+
+@pytest.fixture(scope="module")
+def signed(authority: Authority, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The files every test sends: signed copies of a shared face photo and clip (in tmp,
+    never in ../shared), a faceless picture declared AI-generated, and edited copies."""
+    tmp = tmp_path_factory.mktemp("signed")
+    obama = OBAMA.read_bytes()
+    ai_faceless = authority.sign(image_bytes(), "image/jpeg", AI_GENERATED)
+    return {
+        "camera": write(tmp, "camera.jpg", authority.sign(obama, "image/jpeg")),
+        "ai_face": write(tmp, "ai_face.jpg", authority.sign(obama, "image/jpeg", AI_GENERATED)),
+        "ai_faceless": write(tmp, "ai.jpg", ai_faceless),
+        "edited": write(tmp, "edited.jpg", altered(ai_faceless)),
+        "edited_face": write(tmp, "edited_face.jpg", altered(authority.sign(obama, "image/jpeg"))),
+        "ai_clip": write(
+            tmp, "clip.mp4", authority.sign(REAL_CLIP.read_bytes(), "video/mp4", AI_GENERATED)
+        ),
+    }
+
+
+def detect(gateway: InProcessGateway, path: Path) -> dict:
+    response = gateway.gateway_client.detect_response(path, frames=4)
+    assert response.status_code == 200, response.text
+    DetectAnswer.model_validate(response.json())
+    return response.json()
+
+
+def test_a_file_without_credentials_has_no_field(api: InProcessGateway) -> None:
+    assert "content_credentials" not in detect(api, OBAMA)
+
+
+def test_camera_capture_is_shown_and_leaves_the_verdict(api: InProcessGateway, signed) -> None:
+    plain, answer = detect(api, OBAMA), detect(api, signed["camera"])
+    credentials = answer["content_credentials"]
+    assert credentials["state"] == "valid"  # no trust anchors: never trusted
+    assert (credentials["signer"], credentials["issuer"]) == ("Test Camera", "Test Authority")
+    assert credentials["claim_generator"] == "credentials-test/1.0"
+    assert credentials["created"] == CREATED_AT
+    assert credentials["actions"][0]["action"] == "c2pa.created"
+    assert credentials["actions"][0]["digital_source_type"].endswith("/digitalCapture")
+    assert credentials["ai_generated"] is False
+    assert (answer["verdict"], answer["score"]) == (plain["verdict"], plain["score"])
+
+
+def test_declared_ai_generation_makes_it_fake_whatever_the_faces(
+    api: InProcessGateway, signed
+) -> None:
+    faceless = detect(api, signed["ai_faceless"])
+    assert faceless["verdict"] == "fake" and faceless["score"] is None
+    assert faceless["content_credentials"]["ai_generated"] is True
+    with_face = detect(api, signed["ai_face"])
+    assert with_face["verdict"] == "fake"
+    assert with_face["score"] == detect(api, OBAMA)["score"]  # the faces' score, unchanged
+    clip = detect(api, signed["ai_clip"])
+    assert clip["verdict"] == "fake" and clip["content_credentials"]["state"] == "valid"
+
+
+def test_credentials_edited_after_signing_are_invalid_and_not_believed(
+    api: InProcessGateway, signed
+) -> None:
+    answer = detect(api, signed["edited"])
+    assert answer["content_credentials"]["state"] == "invalid"
+    assert "assertion.dataHash.mismatch" in answer["content_credentials"]["failures"]
+    assert answer["verdict"] == "no_face"  # its AI declaration does not count
+
+
+def test_trust_anchors_setting_makes_them_trusted(
+    authority: Authority, signed, tmp_path: Path
+) -> None:
+    anchors = write(tmp_path, "anchors.pem", authority.anchors.encode())
+    with inprocess_gateway(tmp_path, credentials_trust_anchors=anchors) as gateway:
+        assert detect(gateway, signed["camera"])["content_credentials"]["state"] == "trusted"
+
+
+def test_a_mangled_manifest_is_no_credentials_never_a_500(
+    api: InProcessGateway, signed, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = bytearray(signed["camera"].read_bytes())
+    start = data.index(b"jumb") + 100  # inside the manifest store (JUMBF): the library fails
+    data[start : start + 16] = bytes(16)
+    path = write(signed["camera"].parent, "mangled.jpg", bytes(data))
+    with caplog.at_level("INFO", logger="preprocess.credentials"):
+        assert "content_credentials" not in detect(api, path)
+    assert "content credentials unreadable" in caplog.text
+
+
+def test_the_real_gateway_reads_credentials(lite_gateway: Gateway, signed) -> None:
+    """python -m gateway over a real lite Triton: the same rulings as in process."""
+    client = lite_gateway.client()
+    ai = client.detect(signed["ai_face"], frames=2)
+    assert ai["verdict"] == "fake" and ai["content_credentials"]["ai_generated"]
+    edited = client.detect(signed["edited_face"], frames=2)
+    assert edited["content_credentials"]["state"] == "invalid"
+    assert "content_credentials" not in client.detect(OBAMA, frames=2)
