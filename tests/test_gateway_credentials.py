@@ -116,3 +116,14 @@ def test_the_real_gateway_reads_credentials(lite_gateway: Gateway, signed) -> No
     edited = client.detect(signed["edited_face"], frames=2)
     assert edited["content_credentials"]["state"] == "invalid"
     assert "content_credentials" not in client.detect(OBAMA, frames=2)
+
+
+def test_the_openapi_document_describes_them(api: InProcessGateway) -> None:
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+    answer = schemas["DetectAnswer"]["properties"]["content_credentials"]
+    assert {"$ref": "#/components/schemas/ContentCredentials"} in answer["anyOf"]
+    assert "content_credentials" not in schemas["DetectAnswer"].get("required", [])
+    credentials = schemas["ContentCredentials"]["properties"]
+    assert credentials["state"]["enum"] == ["invalid", "valid", "trusted"]
+    assert set(credentials) >= {"signer", "issuer", "claim_generator", "created", "actions"}
+    assert "digital_source_type" in schemas["CredentialAction"]["properties"]
