@@ -110,7 +110,7 @@ def test_a_mangled_manifest_is_no_credentials_never_a_500(
 
 def test_the_real_gateway_reads_credentials(lite_gateway: Gateway, signed) -> None:
     """python -m gateway over a real lite Triton: the same rulings as in process."""
-    client = lite_gateway.client()
+    client = lite_gateway.client
     ai = client.detect(signed["ai_face"], frames=2)
     assert ai["verdict"] == "fake" and ai["content_credentials"]["ai_generated"]
     edited = client.detect(signed["edited_face"], frames=2)
