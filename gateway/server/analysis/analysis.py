@@ -13,7 +13,7 @@ every thread it started has (so a freed admission slot means freed CPU).
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,12 @@ from gateway.server.verdict.answer import Clock, Report, media_facts
 from gateway.server.verdict.explain import explain
 from gateway.server.verdict.rules import Doubts
 from gateway.server.verdict.selection import Selection, select_models
-from preprocess.credentials import UNTRUSTED, CredentialPolicy, read_credentials
+from preprocess.credentials import (
+    UNTRUSTED,
+    ContentCredentials,
+    CredentialPolicy,
+    read_credentials,
+)
 from preprocess.faces import load_detector
 from preprocess.media import MediaReader
 from preprocess.pipeline import FaceExtractor
@@ -127,12 +132,7 @@ class Analyzer:
             early.threads.append(reading)
             scan = await asyncio.wrap_future(reading)
             t = clock.stage("decode", t)
-            # The file's content credentials, read in a worker while the faces are found; it
-            # is one of early's threads, so a cancelled analysis still waits for it.
-            credentials = self.executor.submit(
-                read_credentials, path, scan.info.format, self.credentials
-            )
-            early.threads.append(credentials)
+            credentials = self._credentials(path, scan.info.format, early)
             facts = media_facts(scan.info).model_dump()
             await emit({"event": "decoded", "media": facts, "frames": len(scan.indices)})
             found = await early.faces(scan.indices)
@@ -176,6 +176,15 @@ class Analyzer:
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
+
+    def _credentials(
+        self, path: Path, fmt: str, early: EarlyFaces
+    ) -> "Future[ContentCredentials | None]":
+        """The file's content credentials, read in a worker while the faces are found: one of
+        early's threads, so a cancelled analysis still waits for it."""
+        reading = self.executor.submit(read_credentials, path, fmt, self.credentials)
+        early.threads.append(reading)
+        return reading
 
     def _pipeline(
         self, selection: Selection, options: Options, stop: Stop
