@@ -55,7 +55,7 @@ RUN pip install --no-cache-dir --only-binary=:all: \
        -r preprocess/requirements.txt -r gateway/requirements.txt \
     && pip install --no-cache-dir --only-binary=:all: --no-deps \
        -r preprocess/requirements-nodeps.txt \
-    && python -c "import cv2, insightface, onnxruntime, tritonclient.grpc"
+    && python -c "import c2pa, cv2, insightface, onnxruntime, tritonclient.grpc"
 
 # YuNet and its licence (above).
 COPY --from=yunet /opt/assets/face/yunet/ /opt/assets/face/yunet/
