@@ -47,6 +47,13 @@ VERDICT_WORDS = {
     "uncertain": "Uncertain",
     "no_face": "No face found",
 }
+# What each content credentials state means to a reader (the page says the same).
+CREDENTIAL_STATES = {
+    "trusted": "signed and unchanged since, by a signer this service trusts.",
+    "valid": "signed and unchanged since; the signer is not one this service is set to trust.",
+    "invalid": "signed, but changed after signing: what the credentials declare is not "
+    "taken into account.",
+}
 
 _env = Environment(
     loader=FileSystemLoader(TEMPLATES),
@@ -267,6 +274,7 @@ def render_html(answer: schemas.DetectAnswer, version: str, generated: datetime)
     return _env.get_template("report.html.j2").render(
         answer=answer,
         verdict_words=VERDICT_WORDS[answer.verdict],
+        credential_states=CREDENTIAL_STATES,
         timeline=timeline(answer),
         plot={"w": PLOT_W, "h": PLOT_H, "left": PLOT_LEFT, "right": PLOT_RIGHT},
         faces=explained_faces(answer),
