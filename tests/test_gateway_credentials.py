@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.programs.cli import summary
 from gateway.server.schemas import DetectAnswer
 from tests.conftest import Gateway, InProcessGateway, inprocess_gateway
 from tests.credentials_support import (
@@ -137,3 +138,10 @@ def test_the_report_shows_them(api: InProcessGateway, signed) -> None:
     assert "trainedAlgorithmicMedia" in html.decode() and "Test Camera" in html.decode()
     plain = api.gateway_client.report(detect(api, OBAMA)).decode()
     assert 'id="credentials"' not in plain and "declare it generated" not in plain
+
+
+def test_the_cli_summary_says_them(api: InProcessGateway, signed) -> None:
+    text = summary(detect(api, signed["edited"]))
+    assert "content credentials: invalid: assertion.dataHash.mismatch" in text
+    assert "signed by Test Camera (issued by Test Authority), declares AI generation" in text
+    assert "content credentials" not in summary(detect(api, OBAMA))

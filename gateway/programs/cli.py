@@ -21,6 +21,19 @@ from gateway.clients.client import ClientError, DirectClient, GatewayClient, med
 from preprocess.assets import AssetError
 
 
+def credentials_lines(credentials: dict | None) -> list[str]:
+    """The file's content credentials in a line, if it carries any."""
+    if not credentials:
+        return []
+    signer = credentials["signer"] or "an unnamed signer"
+    issuer = f" (issued by {credentials['issuer']})" if credentials["issuer"] else ""
+    declares = ", declares AI generation" if credentials["ai_generated"] else ""
+    failed = f": {', '.join(credentials['failures'])}" if credentials["failures"] else ""
+    return [
+        f"content credentials: {credentials['state']}{failed}, signed by {signer}{issuer}{declares}"
+    ]
+
+
 def summary(answer: dict) -> str:
     media = answer["media"]
     score = "n/a" if answer["score"] is None else f"{answer['score']:.3f}"
@@ -30,6 +43,7 @@ def summary(answer: dict) -> str:
         *(f"  why: {r['code']}: {r['message']}" for r in answer.get("reasons", [])),
         f"media: {media['kind']} {media['format']} {media['width']}x{media['height']}"
         + (f", {media['duration_s']:.1f} s @ {media['fps']:.2f} fps" if media["fps"] else ""),
+        *credentials_lines(answer.get("content_credentials")),
         "",
         f"{'model':<20}{'score':>8}{'weight':>8}  trained",
     ]
