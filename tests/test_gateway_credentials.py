@@ -1,12 +1,15 @@
 """Content credentials in the answer and the verdict: media signed here (tests/credentials_support)
 sent to the gateway in process over the fake model server, and once to the real gateway."""
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from gateway.programs.cli import summary
+from gateway.server.analysis import analysis
 from gateway.server.schemas import DetectAnswer
+from preprocess.credentials import read_credentials
 from tests.conftest import Gateway, InProcessGateway, inprocess_gateway
 from tests.credentials_support import (
     AI_GENERATED,
@@ -145,3 +148,21 @@ def test_the_cli_summary_says_them(api: InProcessGateway, signed) -> None:
     assert "content credentials: invalid: assertion.dataHash.mismatch" in text
     assert "signed by Test Camera (issued by Test Authority), declares AI generation" in text
     assert "content credentials" not in summary(detect(api, OBAMA))
+
+
+def test_reading_runs_off_the_event_loop(
+    api: InProcessGateway, signed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loops: list[bool] = []
+
+    def reading(*args: object) -> object:
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:  # a worker thread: no loop runs here
+            loops.append(False)
+        return read_credentials(*args)
+
+    monkeypatch.setattr(analysis, "read_credentials", reading)
+    assert detect(api, signed["ai_faceless"])["verdict"] == "fake"
+    assert loops == [False]

@@ -3,6 +3,7 @@ WebP, a shared MP4 clip and a MOV remuxed from it by PyAV), altered files, hosti
 
 import http.server
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,16 @@ def test_actions_are_bounded_but_all_judged(authority: Authority, tmp_path: Path
     assert found is not None
     assert len(found.actions) == MAX_ACTIONS
     assert found.ai_generated
+
+
+def test_concurrent_reads_agree(authority: Authority, tmp_path: Path) -> None:
+    """The gateway reads from its worker threads at once: each read has its own context."""
+    files = [
+        write(tmp_path, "ai.jpg", authority.sign(image_bytes(), "image/jpeg", AI_GENERATED)),
+        write(tmp_path, "edited.jpg", altered(authority.sign(image_bytes(), "image/jpeg"))),
+        write(tmp_path, "plain.jpg", image_bytes()),
+    ]
+    alone = [read(f) for f in files]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda n: read(files[n % 3]) == alone[n % 3], range(240)))
+    assert all(together) and alone[0] and alone[1] and alone[2] is None
