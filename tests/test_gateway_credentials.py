@@ -2,6 +2,7 @@
 sent to the gateway in process over the fake model server, and once to the real gateway."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,15 @@ def test_reading_runs_off_the_event_loop(
     monkeypatch.setattr(analysis, "read_credentials", reading)
     assert detect(api, signed["ai_faceless"])["verdict"] == "fake"
     assert loops == [False]
+
+
+def test_a_job_answers_them_as_detect_does(api: InProcessGateway, signed) -> None:
+    files = [("file", (p.name, p.read_bytes())) for p in (signed["ai_faceless"], OBAMA)]
+    job = api.client.post("/api/jobs", files=files, params={"frames": 4}).json()
+    deadline = time.monotonic() + 120
+    while (found := api.client.get(f"/api/jobs/{job['id']}").json())["finished"] is None:
+        assert time.monotonic() < deadline, found["progress"]
+        time.sleep(0.2)
+    ai, plain = (item["result"] for item in found["items"])
+    assert ai["verdict"] == "fake" and ai["content_credentials"]["ai_generated"]
+    assert "content_credentials" not in plain
