@@ -3,7 +3,6 @@ an ES256 leaf it issues (emailProtection key usage, key identifiers, a country i
 what c2pa-rs asks of a signing certificate), signed through the library's Builder and Signer.
 Nothing here is committed as a binary: every file is made in the test's tmp dir."""
 
-import datetime as dt
 import io
 import json
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image
+
+from tests.egress_support import TestCa
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 AI_GENERATED = IPTC + "trainedAlgorithmicMedia"
@@ -52,7 +53,7 @@ class Authority:
         key = ec.generate_private_key(ec.SECP256R1())
         usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
         root = (
-            _builder(_name(root_name), _name(root_name), key.public_key(), days=365)
+            _builder(_name(root_name), _name(root_name), key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(usage, critical=True)
             .sign(key, hashes.SHA256())
@@ -68,7 +69,7 @@ class Authority:
         key = ec.generate_private_key(ec.SECP256R1())
         usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
         leaf = (
-            _builder(_name(self.signer_name), self.root.subject, key.public_key(), days=30)
+            _builder(_name(self.signer_name), self.root.subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(usage, critical=True)
             .add_extension(
@@ -115,18 +116,11 @@ class Authority:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey, days: int
+    subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey
 ) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+    """The test CA's certificate scaffolding, plus the subject key identifier C2PA asks for."""
+    return TestCa.builder(subject, issuer, public).add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(public), critical=False
     )
 
 
