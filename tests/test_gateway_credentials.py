@@ -54,6 +54,10 @@ def detect(gateway: InProcessGateway, path: Path) -> dict:
     return response.json()
 
 
+def codes(answer: dict) -> list[str]:
+    return [reason["code"] for reason in answer["reasons"]]
+
+
 def test_a_file_without_credentials_has_no_field(api: InProcessGateway) -> None:
     assert "content_credentials" not in detect(api, OBAMA)
 
@@ -69,6 +73,7 @@ def test_camera_capture_is_shown_and_leaves_the_verdict(api: InProcessGateway, s
     assert credentials["actions"][0]["digital_source_type"].endswith("/digitalCapture")
     assert credentials["ai_generated"] is False
     assert (answer["verdict"], answer["score"]) == (plain["verdict"], plain["score"])
+    assert answer["reasons"] == plain["reasons"]
 
 
 def test_declared_ai_generation_makes_it_fake_whatever_the_faces(
@@ -76,9 +81,10 @@ def test_declared_ai_generation_makes_it_fake_whatever_the_faces(
 ) -> None:
     faceless = detect(api, signed["ai_faceless"])
     assert faceless["verdict"] == "fake" and faceless["score"] is None
+    assert codes(faceless)[0] == "declared_ai_generated"
     assert faceless["content_credentials"]["ai_generated"] is True
     with_face = detect(api, signed["ai_face"])
-    assert with_face["verdict"] == "fake"
+    assert with_face["verdict"] == "fake" and codes(with_face)[0] == "declared_ai_generated"
     assert with_face["score"] == detect(api, OBAMA)["score"]  # the faces' score, unchanged
     clip = detect(api, signed["ai_clip"])
     assert clip["verdict"] == "fake" and clip["content_credentials"]["state"] == "valid"
@@ -91,6 +97,10 @@ def test_credentials_edited_after_signing_are_invalid_and_not_believed(
     assert answer["content_credentials"]["state"] == "invalid"
     assert "assertion.dataHash.mismatch" in answer["content_credentials"]["failures"]
     assert answer["verdict"] == "no_face"  # its AI declaration does not count
+    assert codes(answer) == ["no_face_found", "credentials_invalid"]
+    with_face, plain = detect(api, signed["edited_face"]), detect(api, OBAMA)
+    assert with_face["verdict"] == plain["verdict"] and with_face["score"] == plain["score"]
+    assert codes(with_face) == [*codes(plain), "credentials_invalid"]
 
 
 def test_trust_anchors_setting_makes_them_trusted(
@@ -118,8 +128,10 @@ def test_the_real_gateway_reads_credentials(lite_gateway: Gateway, signed) -> No
     client = lite_gateway.client
     ai = client.detect(signed["ai_face"], frames=2)
     assert ai["verdict"] == "fake" and ai["content_credentials"]["ai_generated"]
+    assert codes(ai)[0] == "declared_ai_generated"
     edited = client.detect(signed["edited_face"], frames=2)
     assert edited["content_credentials"]["state"] == "invalid"
+    assert "credentials_invalid" in codes(edited)
     assert "content_credentials" not in client.detect(OBAMA, frames=2)
 
 
