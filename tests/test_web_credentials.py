@@ -46,6 +46,7 @@ def test_the_credentials_panel(
     assert settle(page, run=2) == "done", page.text_content("#error")
     assert panel.get_attribute("data-state") == "invalid"
     assert "changed after signing" in panel.inner_text()
+    assert "AI generation: unverifiable" in panel.inner_text()
     assert "assertion.dataHash.mismatch" in page.inner_text("#credentials-facts")
     assert "content credentials" not in page.inner_text("#verdict-detail")
     shown = page.eval_on_selector_all("#reasons li", "ls => ls.map(l => l.dataset.code)")
