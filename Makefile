@@ -27,7 +27,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval train bench bench-gpu loadtest k8s images images-test test test-fast lint rooms settings-doc clean
+.PHONY: help setup system-packages export triton run eval calibrate train bench bench-gpu loadtest k8s images images-test test test-fast lint rooms settings-doc clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -37,6 +37,7 @@ help:
 	@echo "make export   export the $(PROFILE) profile's models into model_repository/ (PROFILE=full|lite)"
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
+	@echo "make calibrate fit the running gateway's video-score calibration on DATA (default ../shared/media/videos): model_repository/calibration.toml"
 	@echo "make train    fine-tune MEMBER (meso4) on DATA (a folder with real/ and fake/): a new model version"
 	@echo "make bench    in-process floor vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make bench-gpu  make bench on an NVIDIA GPU (TensorRT FP16, NVDEC): faces/s, videos/min in results/bench-gpu/"
@@ -107,6 +108,13 @@ run: $(TRITON_VENV)/.installed export
 
 eval: $(VENV)/.installed
 	$(PY) -m gateway.programs.evaluate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT)
+
+# Fit the calibration of the video score of the profile the running gateway serves (make run
+# PROFILE=...) on DATA (real/ and fake/, as make train takes; default the shared clips), out of
+# sample by source: model_repository/calibration.toml and that profile's vote configs.
+calibrate: $(VENV)/.installed
+	$(PY) -m export.calibrate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT) \
+		$(if $(DATA),--data $(DATA)) $(CALIBRATE_ARGS)
 
 # Fine-tune a member on your own media; the result is model_repository/members/<MEMBER>/<n>/.
 MEMBER ?= meso4

@@ -33,6 +33,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from torch import nn
 
 from export import members as manifests
+from export.data import LABELS, data_digest, labelled_files
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import Provenance
 from export.versions import next_version, record_version
@@ -41,8 +42,6 @@ from preprocess import assets
 from preprocess.tensors import is_fake
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
-MEDIA_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".jpg", ".jpeg", ".png", ".webp"}
-LABELS = {"real": 0, "fake": 1}
 log = logging.getLogger("export.train")
 
 
@@ -69,18 +68,6 @@ class History:
 # -- data ------------------------------------------------------------------------
 
 
-def labelled_files(data: Path) -> list[tuple[Path, int]]:
-    files = [
-        (path, label)
-        for name, label in LABELS.items()
-        for path in sorted((data / name).rglob("*"))
-        if path.suffix.lower() in MEDIA_SUFFIXES
-    ]
-    if {label for _, label in files} != set(LABELS.values()):
-        raise SystemExit(f"{data}: needs media in both real/ and fake/")
-    return files
-
-
 def split(
     files: list[tuple[Path, int]], data: Path, share: float
 ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
@@ -99,15 +86,6 @@ def split(
         val += ranked[:cut]
         train += ranked[cut:]
     return train, val
-
-
-def data_digest(files: list[tuple[Path, int]], data: Path) -> str:
-    """sha256 of the labelled file list (path under DIR, label, each file's sha256)."""
-    lines = [
-        f"{path.relative_to(data)}\t{label}\t{assets.sha256_of(path)}"
-        for path, label in sorted(files)
-    ]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def cut_faces(files: list[tuple[Path, int]], frames: int) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,7 @@ def test_a_face_gets_the_vote_of_the_scores_the_model_server_gave(api: InProcess
         # The fake's scores are colour means of the crop: two people, two different crops.
         assert face.p_fake == pytest.approx(vote(face.models, weights, groups), abs=1e-6)
     assert faces[0].models != faces[1].models
-    assert answer.score == pytest.approx(max(t.score for t in answer.tracks))
+    assert answer.raw_score == pytest.approx(max(t.score for t in answer.tracks))
     assert list(api.uploads.iterdir()) == []
 
 

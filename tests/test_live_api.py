@@ -21,6 +21,7 @@ from gateway.server.verdict.judge import Judge, consecutive
 from gateway.server.verdict.rules import Evidence
 from gateway.server.verdict.selection import select_models
 from model_repository.local_triton import TritonSettings
+from preprocess.calibration import Calibration
 from tests.conftest import REPOSITORY, Gateway, InProcessGateway, start_gateway
 from tests.live_client import (
     FAKE_CLIP,
@@ -81,7 +82,13 @@ def judged_again(answers: list[dict], models: dict, started: dict) -> list[dict]
         )
         for m in models["models"]
     ]
-    ensemble = Ensemble(models["ensemble"], models["profile"], infos, True, 8, models["vote_rule"])
+    shown = models["calibration"]  # what GET /api/models shows of it
+    calibration = shown and Calibration(
+        shown["method"], **shown["parameters"], vote=shown["vote"], uncertain_band=0.0
+    )
+    ensemble = Ensemble(
+        models["ensemble"], models["profile"], infos, True, 8, models["vote_rule"], calibration
+    )
     judge = Judge(select_models(ensemble, started["models"]), Strategy(), started["threshold"])
     seen = {(a["frame"], f["track"]): f for a in answers for f in a["faces"]}
     window = started["window"]

@@ -100,12 +100,19 @@ def test_every_member_config_carries_provenance() -> None:
 
 def _sources_only(tmp_path: Path) -> Path:
     """A copy of the repository's sources of configs: manifests, provenance records,
-    templates, cpu_fast.toml, profiles.toml and vote.toml, without one generated config."""
+    templates, cpu_fast.toml, profiles.toml, vote.toml and calibration.toml, without one
+    generated config."""
     copy = tmp_path / "repository"
     ignored = shutil.ignore_patterns("1", "*.pbtxt", "__pycache__")
     shutil.copytree(REPOSITORY / "members", copy / "members", ignore=ignored)
     shutil.copytree(REPOSITORY / configs.TEMPLATES, copy / configs.TEMPLATES)
-    for source in ("cpu_fast.toml", profiles.PROFILES_FILE, profiles.VOTE_FILE):
+    sources = (
+        "cpu_fast.toml",
+        profiles.PROFILES_FILE,
+        profiles.VOTE_FILE,
+        profiles.CALIBRATION_FILE,
+    )
+    for source in sources:
         shutil.copy(REPOSITORY / source, copy)
     return copy
 

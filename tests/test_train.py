@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export import train, versions
+from export import data, train, versions
 from export.repository import profile_members
 from model_repository.local_triton import LocalTriton, TritonSettings
 from tests.conftest import MEDIA, REPOSITORY, free_port, start_gateway
@@ -71,7 +71,7 @@ def test_the_split_is_by_file_and_deterministic(tmp_path: Path) -> None:
         (tmp_path / label).mkdir()
         for n in range(5):
             (tmp_path / label / f"{label}{n}.mp4").write_bytes(b"x")
-    files = train.labelled_files(tmp_path)
+    files = data.labelled_files(tmp_path)
     first = train.split(files, tmp_path, 0.25)
     assert first == train.split(list(reversed(files)), tmp_path, 0.25)
     train_files, val_files = first

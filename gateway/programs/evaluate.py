@@ -6,8 +6,9 @@ the models do. Then, from the same answers (each track's per-model scores),
 every member alone and every vote rule (the weighted mean of the voting
 members, of each specialist group, the maximum over groups) with and without
 the short-track rule: ROC AUC, clips right at the threshold, and which
-manipulation types (from the clip names) each catches. The raw answers and
-these figures go to results/eval.json.
+manipulation types (from the clip names) each catches. Last, the calibration's
+figures (raw, served, calibrated out of sample) and a reliability diagram,
+results/reliability.png. The raw answers and these figures go to results/eval.json.
 """
 
 import argparse
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from gateway.clients.client import ClientError, GatewayClient
@@ -125,6 +127,43 @@ def print_short_track_effect(strict: dict[str, dict], loose: dict[str, dict]) ->
         print("  none")
 
 
+def reliability(answers: dict[str, dict], png: Path) -> dict:
+    """The raw video scores, the served ones (calibrated by the gateway, in sample when the
+    calibration was fit on these clips) and the raw ones calibrated out of sample (leave
+    one source out, export/calibrate.py): their figures, and the reliability diagram."""
+    from export import calibrate  # the fit and the figures `make calibrate` writes
+
+    rows = [
+        (clip, LABELS[clip.split("/")[0]], a.get("raw_score", a["score"]), a["score"])
+        for clip, a in answers.items()
+        if a["score"] is not None
+    ]
+    if len({y for _, y, _, _ in rows}) < 2:
+        return {}
+    y = np.array([r[1] for r in rows])
+    groups = calibrate.source_groups([r[0] for r in rows])
+    raw, served = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
+    series = {
+        "raw": raw,
+        "served by the gateway": served,
+        "calibrated out of sample": calibrate.out_of_sample(raw, y, groups, "platt"),
+    }
+    calibrate.reliability_diagram(png, series, y)
+    draws = calibrate.resamples(groups)
+    figures = {
+        name: {
+            metric: [round(f(p, y), 4), calibrate.interval(f, p, y, draws)]
+            for metric, f in calibrate.METRICS.items()
+        }
+        for name, p in series.items()
+    }
+    print(f"\nreliability diagram: {png}; {len(rows)} clips, {len(set(groups))} sources")
+    for name, table in figures.items():
+        shown = "  ".join(f"{m} {v:.3f} [{lo:.3f}, {hi:.3f}]" for m, (v, (lo, hi)) in table.items())
+        print(f"{name:<26}{shown}")
+    return figures
+
+
 def clips(media: Path) -> list[tuple[str, Path]]:
     return [(label, p) for label in LABELS for p in sorted((media / label).glob("*.mp4"))]
 
@@ -182,9 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         print_short_track_effect(*figures.values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     verdicts = {v: counts[v] for v in VERDICTS}
+    calibration = reliability(answers, args.out.with_name("reliability.png"))
     args.out.write_text(
         json.dumps(
-            {"auc": auc, "verdicts": verdicts, "answers": answers, "comparison": figures},
+            {
+                "auc": auc,
+                "verdicts": verdicts,
+                "answers": answers,
+                "comparison": figures,
+                "calibration": calibration,
+            },
             indent=1,
         )
     )

@@ -20,6 +20,7 @@ from gateway.server import metrics
 from gateway.server.errors import ApiError
 from gateway.server.targets import grpc_target
 from gateway.server.tracing import current_request_id
+from preprocess.calibration import Calibration
 from preprocess.tensors import INPUT_NAME, OUTPUT_NAME, VOTE_RULES, member_output
 
 log = logging.getLogger("gateway")
@@ -55,6 +56,8 @@ class Ensemble:
     ready: bool
     max_batch_size: int
     rule: str = "mean"  # the vote's rule: "mean" or "max_of_groups" (model_repository/vote.toml)
+    # raw video score -> P(fake), fit by `make calibrate` (model_repository/calibration.toml)
+    calibration: Calibration | None = None
 
     def member(self, name: str) -> ModelInfo:
         return next(m for m in self.members if m.name == name)
@@ -172,6 +175,7 @@ class ModelServer:
             ready=await self.ready(),
             max_batch_size=int(config.get("max_batch_size", self.max_batch)),
             rule=rule,
+            calibration=Calibration.from_json(vote.get("calibration", "")),
         )
 
     async def _control(self, method: Callable[..., Awaitable[dict]], name: str) -> dict:

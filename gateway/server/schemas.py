@@ -54,6 +54,27 @@ class ModelSummary(BaseModel):
     )
 
 
+class CalibrationInfo(BaseModel):
+    """How the video's raw score becomes P(fake) (`make calibrate`; model_repository/README.md)."""
+
+    method: str = Field(description="platt: sigmoid(a logit(raw) + b); temperature: b = 0")
+    parameters: dict[str, float] = Field(description="a and b")
+    vote: str = Field(description="the vote it was fit on; other votes are answered raw")
+    uncertain_band: float = Field(
+        description="half-width around the threshold, measured on the out-of-sample "
+        "calibrated scores (provenance: uncertain_target)"
+    )
+    provenance: dict[str, str | int | float] = Field(
+        description="data (folder, sha256, clips, sources), validation, date"
+    )
+    figures: dict[str, dict[str, float | list[float]]] = Field(
+        description="log loss, Brier score, expected calibration error (and accuracy at the "
+        "threshold) of the raw and the leave-one-source-out calibrated scores, each with a "
+        "95% bootstrap interval"
+    )
+    caveat: str = Field(description="how far to trust the figures")
+
+
 class ModelsAnswer(BaseModel):
     ensemble: str
     profile: str
@@ -62,6 +83,9 @@ class ModelsAnswer(BaseModel):
     )
     ready: bool
     models: list[ModelSummary]
+    calibration: CalibrationInfo | None = Field(
+        None, description="the video score's calibration; null: scores are the raw vote"
+    )
 
 
 class ModelScore(ModelSummary):
@@ -73,7 +97,7 @@ class FaceResult(BaseModel):
     track: int
     box: list[float] = Field(description="x0, y0, x1, y1 in frame pixels")
     detector_score: float
-    p_fake: float = Field(description="the vote of the models for this face")
+    p_fake: float = Field(description="the vote of the models for this face (raw, uncalibrated)")
     models: dict[str, float]
     thumbnail: str | None = Field(None, description="data: URL of a small JPEG of the crop")
 
@@ -86,7 +110,9 @@ class FrameResult(BaseModel):
 
 class TrackResult(BaseModel):
     id: int
-    score: float
+    score: float = Field(
+        description="the track's vote (raw, uncalibrated: the decisive track's is raw_score)"
+    )
     models: dict[str, float]
     frames: list[int] = Field(description="frame indices where this person was found")
     share: float = Field(1.0, description="share of the sampled frames this person is seen in")
@@ -185,7 +211,16 @@ class DetectAnswer(BaseModel):
         description="why the verdict is not plainly fake or real: always some for uncertain "
         "and no_face; for fake and real, what weakened them",
     )
-    score: float | None = Field(description="P(fake) of the video; null when no face was found")
+    score: float | None = Field(
+        description="P(fake) of the video, calibrated (GET /api/models: calibration) when the "
+        "request votes as the calibrated vote, else the raw vote; the verdict cuts it at "
+        "`threshold`; null when no face was found"
+    )
+    raw_score: float | None = Field(
+        None,
+        description="the decisive track's vote before calibration (the scale of tracks' and "
+        "faces' scores); null when no face was found",
+    )
     threshold: float
     ensemble: str | None = Field(description="the Triton ensemble called, or null for members")
     models: list[ModelScore]

@@ -10,6 +10,7 @@ from gateway.server.deps import PdfPrinterDep, ServerDep, SettingsDep
 from gateway.server.errors import ApiError
 from gateway.server.openapi import MODEL_SERVER_ERRORS, errors_doc
 from gateway.server.verdict.selection import model_summary
+from preprocess.calibration import Calibration
 from preprocess.media import FORMATS
 
 router = APIRouter()
@@ -65,4 +66,19 @@ async def models(server: ServerDep) -> schemas.ModelsAnswer:
         vote_rule=ensemble.rule,
         ready=ensemble.ready,
         models=[model_summary(m) for m in ensemble.members],
+        calibration=calibration_info(ensemble.calibration),
+    )
+
+
+def calibration_info(calibration: Calibration | None) -> schemas.CalibrationInfo | None:
+    if calibration is None:
+        return None
+    return schemas.CalibrationInfo(
+        method=calibration.method,
+        parameters={"a": calibration.a, "b": calibration.b},
+        vote=calibration.vote,
+        uncertain_band=calibration.uncertain_band,
+        provenance=calibration.provenance,
+        figures=calibration.figures,
+        caveat=calibration.caveat,
     )

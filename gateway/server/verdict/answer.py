@@ -67,7 +67,8 @@ class Report:
             schemas.FrameResult(index=f.index, timestamp_s=f.timestamp_s, faces=[])
             for f in self.found
         ]
-        return self.answer(clock, ("no_face", [no_face(len(frames))]), None, {}, [], frames)
+        judged = ("no_face", [no_face(len(frames))])
+        return self.answer(clock, judged, (None, None), {}, [], frames)
 
     def evidence(self, min_share: float) -> Evidence:
         """The frames sampled and with faces, the frames the file has, each face's size."""
@@ -131,13 +132,14 @@ class Report:
             for t in judged.tracks
         ]
         judgement = (judged.verdict, judged.reasons)
-        return self.answer(clock, judgement, decisive.score, decisive.models, results, frames)
+        scores = (judged.score, judged.raw_score)
+        return self.answer(clock, judgement, scores, decisive.models, results, frames)
 
     def answer(
         self,
         clock: Clock,
         judged: tuple[Verdict, list[schemas.Reason]],
-        score: float | None,
+        score: tuple[float | None, float | None],  # the video's: calibrated, raw
         model_scores: dict[str, float],
         tracks: list[schemas.TrackResult],
         frames: list[schemas.FrameResult],
@@ -161,7 +163,8 @@ class Report:
             sha256=self.options.sha256,
             verdict=verdict,
             reasons=reasons,
-            score=score,
+            score=score[0],
+            raw_score=score[1],
             threshold=self.options.threshold,
             ensemble=ensemble.name if self.selection.via_ensemble else None,
             models=models,

@@ -29,16 +29,19 @@ Score = TypeVar("Score", float, np.ndarray)
 
 @dataclass(frozen=True)
 class Judgement:
-    """Every track's scores, the one that decides (None without tracks), the verdict and
-    its reasons."""
+    """Every track's scores, the one that decides (None without tracks), the verdict, its
+    reasons and the video's score: the decisive track's, calibrated (preprocess/calibration.py)
+    when the request votes as the calibration was fit; the verdict and the band cut that."""
 
     tracks: list[TrackScore]
     decisive: TrackScore | None
     verdict: Verdict
     reasons: list[schemas.Reason] = field(default_factory=list)
+    score: float | None = None
 
     @property
-    def score(self) -> float | None:
+    def raw_score(self) -> float | None:
+        """The decisive track's own score (the vote's scale), before calibration."""
         return None if self.decisive is None else self.decisive.score
 
 
@@ -74,9 +77,15 @@ class Judge:
         if not scored:
             return Judgement([], None, "no_face", [no_face(evidence.sampled_frames)])
         decisive = decisive_track(scored, evidence.sampled_frames, evidence.min_share)
-        reasons = doubts_of(decisive, self.selection, self.threshold, evidence, self.doubts)
-        verdict = verdict_of(decisive.score, self.threshold, reasons)
-        return Judgement(scored, decisive, verdict, reasons)
+        score = self.calibrated(decisive.score)
+        reasons = doubts_of(decisive, self.selection, self.threshold, evidence, self.doubts, score)
+        verdict = verdict_of(score, self.threshold, reasons)
+        return Judgement(scored, decisive, verdict, reasons, score)
+
+    def calibrated(self, raw: float) -> float:
+        """The video's P(fake): the calibration of this request's vote applied, if any."""
+        calibration = self.selection.calibration
+        return raw if calibration is None else calibration.apply(raw)
 
 
 # (frame, each model's score, the face's box long side in pixels), oldest first
@@ -142,6 +151,7 @@ class Running:
             "verdict": judged.verdict,
             "reasons": reasons,
             "score": judged.score,
+            "raw_score": judged.raw_score,
         }
 
 

@@ -152,10 +152,14 @@ def doubts_of(
     threshold: float,
     evidence: Evidence,
     doubts: Doubts,
+    score: float | None = None,
 ) -> list[schemas.Reason]:
-    """Every rule's reason against the deciding person's score, in the catalogue's order."""
+    """Every rule's reason against the deciding person's score, in the catalogue's order.
+    `score` is the one the verdict cuts (the calibrated P(fake), judge.py), default the
+    track's own."""
+    cut = track.score if score is None else score
     found = [
-        near_threshold(track.score, threshold, doubts.band_for(selection.ensemble)),
+        near_threshold(cut, threshold, doubts.band_for(selection.ensemble)),
         groups_disagree(track, selection, doubts.group_margin),
         few_face_frames(evidence, doubts.min_face_frames),
         small_faces(track, evidence, selection, doubts),

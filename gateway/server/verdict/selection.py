@@ -12,6 +12,7 @@ from gateway.server.options import ALL_MODELS
 from gateway.server.verdict.aggregate import (
     voting_weights,
 )
+from preprocess.calibration import Calibration, vote_key
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class Selection:
         if self.ensemble.rule != "max_of_groups":
             return None
         return {m: self.ensemble.member(m).group for m in self.members}
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """The ensemble's calibration when this request votes as the one it was fit on
+        (by default it does), else None: the score is answered raw."""
+        calibration = self.ensemble.calibration
+        groups = {m: self.ensemble.member(m).group for m in self.members}
+        if calibration is None or calibration.vote != vote_key(
+            self.ensemble.rule, self.weights, groups
+        ):
+            return None
+        return calibration
 
 
 def model_summary(info: ModelInfo) -> schemas.ModelSummary:
@@ -98,6 +111,11 @@ def notes(selection: Selection) -> list[str]:
     silent = [m for m in members if weights[m] == 0 and m not in untrained]
     if silent:
         result.append(f"{', '.join(silent)}: vote weight 0, reported only")
+    if ensemble.calibration is not None and selection.calibration is None:
+        result.append(
+            "score is the raw vote, not calibrated: these models do not vote as the "
+            "calibrated vote (make calibrate fits the default one)"
+        )
     if selection.skipped:
         result.append(
             f"{', '.join(selection.skipped)}: not run, they cannot vote "
