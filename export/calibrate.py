@@ -326,6 +326,7 @@ def calibration_of(
             "fake": int(y.sum()),
             "real": int(len(y) - y.sum()),
             "sources": len(set(groups)),
+            "prior_fake": round(float(y.mean()), 4),
             "validation": "leave one source out (export/calibrate.py source_groups)",
             "bootstrap": f"{settings.draws} resamples of the sources, "
             f"{LEVEL:.0%} percentile intervals",
@@ -397,7 +398,7 @@ def reliability_diagram(path: Path, series: Mapping[str, np.ndarray], y: np.ndar
         ax.scatter(xs, ys, s=sizes, alpha=0.6, label=name)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(fake) in the bin", ylabel="share of fakes")
     ax.set_title(f"reliability, {len(y)} clips ({ECE_BINS} bins): intervals are wide")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -64,10 +64,13 @@ class Calibration:
     @property
     def caveat(self) -> str:
         n, sources = self.provenance.get("n", "?"), self.provenance.get("sources", "?")
+        prior = self.provenance.get("prior_fake")
+        share = "" if prior is None else f" P(fake) assumes their share of fakes, {prior:.0%}:"
         return (
             f"fit and measured on {n} clips from {sources} sources: the intervals are wide, "
-            "a clip or two moves every figure; calibrate on your own labelled clips "
-            "(make calibrate DATA=folder) before trusting it"
+            f"a clip or two moves every figure.{share} calibrate on your own labelled clips "
+            "(make calibrate DATA=folder) before trusting it, and set the operating point "
+            "with `threshold`"
         )
 
     def apply(self, raw: float) -> float:

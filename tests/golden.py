@@ -45,6 +45,7 @@ def summarise(answer: dict) -> dict:
         "verdict": answer["verdict"],
         "reasons": [r["code"] for r in answer["reasons"]],
         "score": answer["score"],
+        "raw_score": answer["raw_score"],
         "models": {m["name"]: m["score"] for m in answer["models"]},
         "tracks": [
             {"score": t["score"], "models": t["models"], "frames": len(t["frames"])}

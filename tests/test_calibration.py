@@ -339,7 +339,7 @@ def test_make_calibrate_fits_the_shared_clips_in_a_few_minutes(
     start = time.monotonic()
     calibrate.main(["--url", lite_gateway.url, "--repo", str(repo), "--out", str(tmp_path)])
     seconds = time.monotonic() - start
-    assert seconds < 300, f"make calibrate took {seconds:.0f} s"
+    assert seconds < 360, f"make calibrate took {seconds:.0f} s"  # 171 s here, 2 shared cores
     table = tomllib.loads((repo / "calibration.toml").read_text())["lite"]
     fitted = Calibration.from_dict(table)
     assert fitted.provenance["n"] == 19 and fitted.provenance["sources"] == 12
