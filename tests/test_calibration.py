@@ -294,7 +294,8 @@ def test_the_models_route_shows_the_calibration_and_says_its_intervals_are_wide(
     for name in ("log_loss", "brier", "ece"):
         figure = answer.calibration.figures[name]
         assert set(figure) == {"raw", "raw_interval", "calibrated", "calibrated_interval"}
-    assert "19 clips" in answer.calibration.caveat and "wide" in answer.calibration.caveat
+    caveat = answer.calibration.caveat
+    assert "19 clips" in caveat and "wide" in caveat and "58%" in caveat  # the share of fakes
 
 
 def test_the_answers_score_is_calibrated_and_its_raw_score_kept(api: InProcessGateway) -> None:
