@@ -161,7 +161,7 @@ def test_a_clip_judged_frame_by_frame(live: Gateway, clip: Path, fake: bool) -> 
         for track in answer["tracks"]:
             # the sliding window: at most `window` frames, the newest last
             assert 1 <= len(track["frames"]) <= 8 and track["frames"][-1] <= answer["frame"]
-        assert answer["score"] == max(t["score"] for t in answer["tracks"])
+        assert answer["raw_score"] == max(t["score"] for t in answer["tracks"])
         cut = "fake" if answer["score"] >= 0.5 else "real"
         assert answer["verdict"] == ("uncertain" if answer["reasons"] else cut), answer
     models = httpx.get(f"{live.url}/api/models", headers={"X-API-Key": API_KEY}).json()

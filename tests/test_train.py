@@ -165,6 +165,6 @@ def test_short_tracks_are_marked_and_do_not_decide(served: tuple) -> None:
     tracks = answer["tracks"]
     short = [t for t in tracks if t["short"]]
     assert short and all(t["share"] < 1 / 3 for t in short)
-    assert answer["score"] == max(t["score"] for t in tracks if not t["short"])
+    assert answer["raw_score"] == max(t["score"] for t in tracks if not t["short"])
     (decisive,) = [t for t in tracks if t["decisive"]]
-    assert not decisive["short"] and decisive["score"] == answer["score"]
+    assert not decisive["short"] and decisive["score"] == answer["raw_score"]
