@@ -267,7 +267,7 @@ def uncertain_band(
 def raw_scores(client: "GatewayClient", data: Path) -> tuple[list[Clip], dict, list[str]]:
     """Each clip's raw video score from the gateway, its /api/models and /api (the profile,
     the vote, the frames), and the clips with no face (no score: left out)."""
-    clips, faceless, votes = [], [], set()
+    clips, faceless, votes, versions = [], [], set(), set()
     models = client.models()
     service = client.http.get("/api").json()
     for path, label in labelled_files(data):
@@ -280,11 +280,17 @@ def raw_scores(client: "GatewayClient", data: Path) -> tuple[list[Clip], dict, l
         weights = {m["name"]: m["weight"] for m in answer["models"]}
         groups = {m["name"]: m.get("group") or m["name"] for m in answer["models"]}
         votes.add(vote_key(models["vote_rule"], weights, groups))
+        versions.add(tuple((m["name"], m["version"]) for m in answer["models"] if m["voting"]))
         clips.append(Clip(name, label, float(raw)))
         print(f"{name:<64}{label:>3}{raw:>8.3f}", flush=True)
-    if len(votes) != 1:
-        raise SystemExit(f"the clips were judged by {len(votes)} votes ({votes}), not one")
-    facts = {"profile": models["profile"], "vote": votes.pop(), "frames": service["frames"]}
+    if len(votes) != 1 or len(versions) != 1:
+        raise SystemExit(f"the clips were judged by votes {votes}, versions {versions}: not one")
+    facts = {
+        "profile": models["profile"],
+        "vote": votes.pop(),
+        "versions": dict(versions.pop()),
+        "frames": service["frames"],
+    }
     return clips, facts, faceless
 
 
@@ -303,6 +309,7 @@ def calibration_of(
     clips: Sequence[Clip],
     groups: Sequence[int],
     vote: str,
+    versions: Mapping[str, str],
     settings: Settings,
     provenance: Mapping[str, str | int | float],
 ) -> tuple[Calibration, np.ndarray]:
@@ -320,6 +327,7 @@ def calibration_of(
         b=round(b, 6),
         vote=vote,
         uncertain_band=band,
+        versions=dict(versions),
         provenance={
             **provenance,
             "n": len(clips),
@@ -443,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         "method": args.method,
     }
     settings = Settings(args.method, FAKE_AT, args.target, args.bootstrap)
-    calibration, calibrated = calibration_of(clips, groups, facts["vote"], settings, provenance)
+    calibration, calibrated = calibration_of(
+        clips, groups, facts["vote"], facts["versions"], settings, provenance
+    )
     profile = facts["profile"]
     written = write_calibration(args.repo, profile, calibration)
     print_figures(calibration)

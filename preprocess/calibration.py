@@ -4,8 +4,9 @@ the gateway (like tensors.py).
 `make calibrate` (export/calibrate.py) fits it per profile on labelled clips and writes it
 into model_repository/calibration.toml; export puts each profile's table into its
 deepfake_vote config (parameter `calibration`, JSON), where the gateway reads it with the
-vote rule. A calibration holds only for the vote it was fit on (`vote`, vote_key): a
-request judged by other models, or a repository whose vote changed, is answered raw.
+vote rule. A calibration holds only for the vote it was fit on (`vote`, vote_key) and the
+members' versions it saw: a request judged by other models, a repository whose vote
+changed, or a fine-tuned version serving, is answered raw.
 """
 
 import json
@@ -52,6 +53,7 @@ class Calibration:
     b: float
     vote: str  # vote_key of the vote it was fit on
     uncertain_band: float  # half-width around the threshold, measured (export/calibrate.py)
+    versions: dict = field(default_factory=dict)  # each voting member's version it was fit on
     provenance: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
 
@@ -87,6 +89,7 @@ class Calibration:
             b=float(data.get("b", 0.0)),
             vote=str(data["vote"]),
             uncertain_band=float(data["uncertain_band"]),
+            versions={str(k): str(v) for k, v in data.get("versions", {}).items()},
             provenance=dict(data.get("provenance", {})),
             figures=dict(data.get("figures", {})),
         )

@@ -9,6 +9,7 @@ import math
 import shutil
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,10 @@ def test_the_verdict_cuts_the_calibrated_score_and_keeps_the_raw_one() -> None:
     assert (
         Judge(selection(cal), Strategy(), 0.4).tracks([[0, 1, 2, 3]], scores, 4).verdict == "fake"
     )
+    # another version serving (a fine-tuned df) is not what was calibrated either
+    fitted_on_v1 = Calibration("platt", 2.0, -1.0, key, 0.1, versions={"df": "1", "f2f": "1"})
+    assert selection(fitted_on_v1).calibration == fitted_on_v1
+    assert selection(replace(fitted_on_v1, versions={"df": "2", "f2f": "1"})).calibration is None
     # another vote (one member asked for) is not what was calibrated: raw, and said so
     alone = selection(cal, {"df": 1.0})
     assert alone.calibration is None
@@ -327,7 +332,7 @@ def test_the_raw_scores_come_from_the_gateways_answers(
     answers = [api.gateway_client.detect(tmp_path / c.name) for c in clips]
     assert [c.raw for c in clips] == pytest.approx([a["raw_score"] for a in answers])
     assert facts["profile"] == "lite" and facts["frames"] > 0
-    assert facts["vote"] == committed().vote
+    assert facts["vote"] == committed().vote and facts["versions"] == committed().versions
 
 
 # --- make calibrate on the shared clips, against the real lite stack -------------------

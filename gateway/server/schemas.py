@@ -60,6 +60,9 @@ class CalibrationInfo(BaseModel):
     method: str = Field(description="platt: sigmoid(a logit(raw) + b); temperature: b = 0")
     parameters: dict[str, float] = Field(description="a and b")
     vote: str = Field(description="the vote it was fit on; other votes are answered raw")
+    versions: dict[str, str] = Field(
+        description="each voting member's version it was fit on; another serving: raw"
+    )
     uncertain_band: float = Field(
         description="half-width around the threshold, measured on the out-of-sample "
         "calibrated scores (provenance: uncertain_target)"

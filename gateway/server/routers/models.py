@@ -77,6 +77,7 @@ def calibration_info(calibration: Calibration | None) -> schemas.CalibrationInfo
         method=calibration.method,
         parameters={"a": calibration.a, "b": calibration.b},
         vote=calibration.vote,
+        versions=calibration.versions,
         uncertain_band=calibration.uncertain_band,
         provenance=calibration.provenance,
         figures=calibration.figures,

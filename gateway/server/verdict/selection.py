@@ -36,13 +36,15 @@ class Selection:
 
     @cached_property
     def calibration(self) -> Calibration | None:
-        """The ensemble's calibration when this request votes as the one it was fit on
-        (by default it does), else None: the score is answered raw."""
+        """The ensemble's calibration when this request votes as the one it was fit on (by
+        default it does) with the members' versions it saw, else None: answered raw."""
         calibration = self.ensemble.calibration
+        if calibration is None:
+            return None
         groups = {m: self.ensemble.member(m).group for m in self.members}
-        if calibration is None or calibration.vote != vote_key(
-            self.ensemble.rule, self.weights, groups
-        ):
+        versions = {m: self.ensemble.member(m).version for m in self.members}
+        same_vote = calibration.vote == vote_key(self.ensemble.rule, self.weights, groups)
+        if not same_vote or any(versions.get(m) != v for m, v in calibration.versions.items()):
             return None
         return calibration
 
@@ -113,8 +115,9 @@ def notes(selection: Selection) -> list[str]:
         result.append(f"{', '.join(silent)}: vote weight 0, reported only")
     if ensemble.calibration is not None and selection.calibration is None:
         result.append(
-            "score is the raw vote, not calibrated: these models do not vote as the "
-            "calibrated vote (make calibrate fits the default one)"
+            "score is the raw vote, not calibrated: these models, or their serving versions, "
+            "are not the ones the calibration was fit on (make calibrate fits the default "
+            "vote of the serving versions)"
         )
     if selection.skipped:
         result.append(
