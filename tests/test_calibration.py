@@ -24,6 +24,7 @@ from gateway.server.model_server import Ensemble, ModelInfo
 from gateway.server.schemas import DetectAnswer, ModelsAnswer
 from gateway.server.verdict.aggregate import Strategy
 from gateway.server.verdict.judge import Judge
+from gateway.server.verdict.rules import Doubts, Evidence
 from gateway.server.verdict.selection import Selection, notes
 from preprocess.calibration import Calibration, sigmoid, vote_key
 from tests.conftest import MEDIA, REPOSITORY, Gateway, InProcessGateway
@@ -250,30 +251,42 @@ def selection(cal: Calibration | None, weights: dict[str, float] | None = None) 
     return Selection(ensemble, [m for m in groups if m in weights], weights)
 
 
+# Only the band among the doubts (verdict/rules.py), on plain evidence: 4 of 4 frames, big faces.
+BAND_ONLY = Doubts(band=0.05, group_margin=1.0, min_face_frames=1, min_face_scale=0.0)
+PLAIN = Evidence(4, 4, 4, [400.0] * 4, 0.0)
+
+
+def judge(cal: Calibration | None, threshold: float = 0.5, **weights: float) -> Judge:
+    return Judge(selection(cal, weights or None), Strategy(), threshold, BAND_ONLY)
+
+
 def test_the_verdict_cuts_the_calibrated_score_and_keeps_the_raw_one() -> None:
     key = vote_key("max_of_groups", {"df": 1, "f2f": 1}, {"df": "swap", "f2f": "f2f"})
-    cal = calibration(2.0, -1.0, key)  # raw 0.6 -> 0.42
-    scores = {"df": np.full(4, 0.6, np.float32), "f2f": np.full(4, 0.1, np.float32)}
-    judged = Judge(selection(cal), Strategy(), 0.5).tracks([[0, 1, 2, 3]], scores, 4)
-    assert judged.raw_score == pytest.approx(0.6)
-    assert judged.score == pytest.approx(cal.apply(0.6)) and judged.verdict == "real"
-    raw = Judge(selection(None), Strategy(), 0.5).tracks([[0, 1, 2, 3]], scores, 4)
-    assert raw.score == raw.raw_score == pytest.approx(0.6) and raw.verdict == "fake"
+    cal = calibration(2.0, -1.0, key)  # raw 0.55 -> 0.355
+    track = [[0, 1, 2, 3]]
+    scores = {"df": np.full(4, 0.55, np.float32), "f2f": np.full(4, 0.1, np.float32)}
+    judged = judge(cal).tracks(track, scores, PLAIN)
+    assert judged.raw_score == pytest.approx(0.55)
+    assert judged.score == pytest.approx(cal.apply(judged.raw_score))
+    assert judged.score == pytest.approx(0.355, abs=1e-3) and judged.verdict == "real"
+    raw = judge(None).tracks(track, scores, PLAIN)
+    assert raw.score == raw.raw_score == pytest.approx(0.55) and raw.verdict == "fake"
     # a request's threshold applies to the calibrated score
-    assert (
-        Judge(selection(cal), Strategy(), 0.4).tracks([[0, 1, 2, 3]], scores, 4).verdict == "fake"
-    )
+    assert judge(cal, 0.3).tracks(track, scores, PLAIN).verdict == "fake"
+    # and so does the band around it: raw 0.62 is far from 0.5, its calibrated 0.497 is not
+    near = {"df": np.full(4, 0.62, np.float32), "f2f": np.full(4, 0.1, np.float32)}
+    assert judge(None).tracks(track, near, PLAIN).verdict == "fake"
+    doubted = judge(cal).tracks(track, near, PLAIN)
+    assert doubted.verdict == "uncertain" and doubted.reasons[0].code == "near_threshold"
     # another version serving (a fine-tuned df) is not what was calibrated either
     fitted_on_v1 = Calibration("platt", 2.0, -1.0, key, 0.1, versions={"df": "1", "f2f": "1"})
     assert selection(fitted_on_v1).calibration == fitted_on_v1
     assert selection(replace(fitted_on_v1, versions={"df": "2", "f2f": "1"})).calibration is None
     # another vote (one member asked for) is not what was calibrated: raw, and said so
-    alone = selection(cal, {"df": 1.0})
-    assert alone.calibration is None
-    assert Judge(alone, Strategy(), 0.5).tracks(
-        [[0, 1]], {"df": scores["df"]}, 4
-    ).score == pytest.approx(0.6)
-    assert any("not calibrated" in n for n in notes(alone))
+    alone = judge(cal, df=1.0)
+    assert alone.selection.calibration is None
+    assert alone.tracks([[0, 1]], {"df": scores["df"]}, PLAIN).score == pytest.approx(0.55)
+    assert any("not calibrated" in n for n in notes(alone.selection))
     assert not any("not calibrated" in n for n in notes(selection(cal)))
 
 
