@@ -22,6 +22,7 @@ from gateway.server import metrics, schemas
 from gateway.server.analysis.scoring import EarlyFaces, Stop, StreamedScoring, analysis_timeout
 from gateway.server.model_server import ModelServer
 from gateway.server.options import Options
+from gateway.server.reviews.keeper import Keeper
 from gateway.server.settings import Settings
 from gateway.server.verdict.aggregate import (
     Strategy,
@@ -64,6 +65,7 @@ class Analyzer:
         sparse: SparseConfig = EVERY_FRAME,
         doubts: Doubts | None = None,
         credentials: CredentialPolicy = UNTRUSTED,
+        keeper: Keeper | None = None,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -77,6 +79,7 @@ class Analyzer:
         self.sparse = sparse  # which sampled frames the detector runs on
         self.doubts = doubts or Doubts()  # when a verdict is uncertain (verdict/rules.py)
         self.credentials = credentials  # how content credentials are validated (trust anchors)
+        self.keeper = keeper  # reviews on: answers' records kept to be reviewed
 
     @classmethod
     def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
@@ -103,6 +106,7 @@ class Analyzer:
             sparse=SparseConfig(every=settings.detect_every),
             doubts=Doubts.from_settings(settings),
             credentials=settings.credential_policy(),
+            keeper=Keeper.from_settings(settings),
         )
 
     async def analyze(
@@ -173,6 +177,10 @@ class Analyzer:
                 selection.groups,
             )
             clock.stage("explain", t)
+        if self.keeper is not None and options.owner is not None:
+            answer.answer_id = await self.keeper.answer(
+                answer, scoring.crops, options.owner, options.source
+            )
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
@@ -186,6 +194,14 @@ class Analyzer:
         early.threads.append(reading)
         return reading
 
+    def keeps_crops(self, options: Options) -> bool:
+        """Crops outlive their scoring only when needed after the verdict: for explanations,
+        or for the answer's reviewable record (at most max_faces of them, as for every
+        request)."""
+        return options.explain is not None or (
+            self.keeper is not None and options.owner is not None
+        )
+
     def _pipeline(
         self, selection: Selection, options: Options, stop: Stop
     ) -> tuple[StreamedScoring, EarlyFaces]:
@@ -196,12 +212,10 @@ class Analyzer:
             if selection.via_ensemble
             else self.server.score_with_members
         )
-        # Explanations need the decisive faces' crops after the verdict: only then are the
-        # crops kept past their scoring (at most max_faces of them, as for every request).
         scoring = StreamedScoring(
             lambda crops: score(crops, selection.members),
             self.chunk,
-            keep_crops=options.explain is not None,
+            keep_crops=self.keeps_crops(options),
         )
         early = EarlyFaces(
             self.extractor,
