@@ -16,10 +16,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, inspect
 
+from gateway.server.reviews.models import Answer, Face
 from gateway.server.reviews.record import FaceCrop, Record
-from gateway.server.reviews.store import AlreadyReviewed, ReviewStore
+from gateway.server.reviews.store import AlreadyReviewed, ReviewStore, make_engine
 from gateway.server.security import key_id
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway, start_gateway
@@ -42,7 +43,8 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# A real PostgreSQL is a server of the stack (as the jobs' redis-server): the full tier.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.stack)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReviewStore]:
     """An empty store, migrated from nothing: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
@@ -59,13 +61,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReviewStor
 
 def empty_database(url: str) -> None:
     """Every table dropped (Alembic's version table too): the next store starts from empty."""
-    import sqlalchemy
-
-    from gateway.server.reviews.store import make_engine
-
     engine = make_engine(url, PASSWORD)
     with engine.begin() as connection:
-        meta = sqlalchemy.MetaData()
+        meta = MetaData()
         meta.reflect(connection)
         meta.drop_all(connection)
     engine.dispose()
@@ -120,13 +118,7 @@ def test_a_kept_answer_becomes_a_review_of_its_owner_only(store: ReviewStore) ->
     assert store.get(review.id, "key:alice") is None
     assert store.answer(answer_id, "key:alice") is None  # its record and crops went with it
     with store.session() as session:
-        assert session.query(store_face_count_model()).count() == 0
-
-
-def store_face_count_model() -> type:
-    from gateway.server.reviews.models import Face
-
-    return Face
+        assert session.query(Face).count() == 0
 
 
 def test_retention_purges_unreviewed_answers_and_expired_reviews(store: ReviewStore) -> None:
@@ -144,7 +136,7 @@ def test_retention_purges_unreviewed_answers_and_expired_reviews(store: ReviewSt
     assert store.purge(datetime.now(UTC) + timedelta(seconds=3700)) == (0, 1)
     assert store.get(review.id, "key:alice") is None
     with store.session() as session:
-        assert session.query(store_face_count_model()).count() == 0
+        assert session.query(Face).count() == 0
 
 
 def test_an_expired_answer_is_not_reviewable_before_the_purge(store: ReviewStore) -> None:
@@ -368,8 +360,6 @@ def test_the_purge_runs_in_the_gateway(tmp_path: Path) -> None:
 
 
 def purged(store: ReviewStore, answer_id: str) -> bool:
-    from gateway.server.reviews.models import Answer
-
     with store.session() as session:
         return session.get(Answer, answer_id) is None
 
@@ -383,6 +373,7 @@ def test_with_reviews_off_answers_have_no_id_and_the_routes_say_so(
     assert api.client.app.state.analyzer.keeper is None  # no store opened
 
 
+@pytest.mark.stack
 def test_the_api_stores_in_postgresql(tmp_path: Path, postgres_url: str) -> None:
     """The gateway itself on PostgreSQL: URL and password (a Secret) apart, as in Kubernetes."""
     empty_database(postgres_url)
