@@ -636,6 +636,18 @@ class ReviewsSettings(BaseModel):
     reviews_purge_interval_s: float = Field(
         600.0, gt=0, description="how often expired records and reviews are purged"
     )
+    reviews_queue_sample_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share of confident (`fake`/`real`) answers drawn at random into the "
+        "review queue, beside every `uncertain` and disputed one: reviews then measure the "
+        "answers nobody doubts too (`0`: none, `1`: all)",
+    )
+    reviews_queue_seed: int | None = Field(
+        None,
+        description="seed of that draw, for a reproducible queue (tests, audits); unset: random",
+    )
 
     def reviews_url(self) -> str:
         """The store's URL: the setting's, or the SQLite file in reviews_dir."""

@@ -1,6 +1,7 @@
 """What the analysis, the job workers and live sessions call when reviews are on: an
 answer's record kept (reviews/record.py) under a new `answer_id`, for its owner, for the
-answer retention; and the purge of what has expired, every reviews_purge_interval_s.
+answer retention, queued for review or not (reviews/queue.py); and the purge of what has
+expired, every reviews_purge_interval_s.
 
 Keeping is best effort: a store that fails is logged and the answer goes out without an
 `answer_id` (a review is worth less than the answer the client waits for)."""
@@ -15,6 +16,7 @@ import numpy as np
 
 from gateway.server import schemas
 from gateway.server.reviews import record
+from gateway.server.reviews.queue import Sampler
 from gateway.server.reviews.store import ReviewStore
 from gateway.server.settings import Settings
 
@@ -26,6 +28,7 @@ class Keeper:
     store: ReviewStore
     answer_retention_s: float
     max_faces: int
+    sampler: Sampler  # which kept answers wait in the review queue (reviews/queue.py)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Keeper | None":
@@ -36,7 +39,12 @@ class Keeper:
         store = ReviewStore.open(
             settings.reviews_url(), password.get_secret_value() if password else None
         )
-        return cls(store, settings.reviews_answer_retention_s, settings.reviews_max_faces)
+        return cls(
+            store,
+            settings.reviews_answer_retention_s,
+            settings.reviews_max_faces,
+            Sampler(settings.reviews_queue_sample_share, settings.reviews_queue_seed),
+        )
 
     async def answer(
         self,
@@ -65,9 +73,10 @@ class Keeper:
     async def _keep(
         self, kept: record.Record, owner: str, answer_id: str | None = None
     ) -> str | None:
+        queued = self.sampler.why(kept)  # here, on the event loop: one draw at a time
         try:
             return await asyncio.to_thread(
-                self.store.keep, kept, owner, self.answer_retention_s, answer_id
+                self.store.keep, kept, owner, self.answer_retention_s, answer_id, queued
             )
         except Exception:
             log.exception("an answer could not be kept for review")

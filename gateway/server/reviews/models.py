@@ -37,6 +37,13 @@ class Answer(Base):
     # Every member's per-track and per-face scores, the vote's, the threshold, the models'
     # versions: reviews/record.py's `scores_of`.
     scores: Mapped[dict[str, Any]]
+    # The answer's heatmaps of the decisive person's faces (explain=true), each
+    # {frame, face, model, p_fake, heatmap}; None when the answer had none (reviews/queue.py).
+    explanations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # Why it waits in the review queue (reviews/queue.py: uncertain, disputed, sampled); None:
+    # not queued (it is still reviewable by its answer_id).
+    queued: Mapped[str | None] = mapped_column(String(16), index=True)
+    skipped: Mapped[datetime | None]  # last skipped in the queue: behind the unskipped
     faces: Mapped[list["Face"]] = relationship(
         back_populates="answer",
         cascade="all, delete-orphan",

@@ -40,6 +40,8 @@ class Record:
     score: float | None
     scores: dict[str, Any]
     faces: list[FaceCrop] = field(default_factory=list)
+    # The decisive person's heatmaps, when the answer had explanations (explain=true).
+    explanations: list[dict[str, Any]] | None = None
 
 
 def png(crop: np.ndarray) -> bytes:
@@ -91,6 +93,11 @@ def of_answer(
     """A file's answer: the decisive track's faces (at most `max_faces`, spread over the
     clip) with their crops."""
     decisive = {t.id for t in answer.tracks if t.decisive}
+    explained = [
+        {k: e[k] for k in ("frame", "face", "model", "p_fake", "heatmap")}
+        for e in answer.model_dump()["explanations"]
+        if e["track"] in decisive
+    ]
     faces = [
         FaceCrop(frame.index, n, face.track, face.p_fake, dict(face.models), crops[key])
         for frame in answer.frames
@@ -104,6 +111,7 @@ def of_answer(
         score=answer.score,
         scores=scores_of(answer),
         faces=spread(faces, max_faces),
+        explanations=explained or None,
     )
 
 

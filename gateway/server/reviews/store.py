@@ -9,6 +9,7 @@ deletes another's. Blocking calls: the gateway runs them on a thread (routers/re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,14 +17,22 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, Select, case, create_engine, delete, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from gateway.server.reviews.models import Answer, Base, Face, Review
+from gateway.server.reviews.queue import ORDER
 from gateway.server.reviews.record import Record, png
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    reviewed: int  # queued answers the owner has reviewed (while their reviews are kept)
+    left: int  # queued answers waiting, skipped ones included
+    skipped: int  # of those, the ones skipped (at the back of the queue)
 
 
 class AlreadyReviewed(Exception):
@@ -105,10 +114,16 @@ class ReviewStore:
     # --- answers ---------------------------------------------------------------------
 
     def keep(
-        self, record: Record, owner: str, retention_s: float, answer_id: str | None = None
+        self,
+        record: Record,
+        owner: str,
+        retention_s: float,
+        answer_id: str | None = None,
+        queued: str | None = None,
     ) -> str:
-        """The answer's record, reviewable by `owner` for `retention_s`; its id (a new one
-        unless given: a live session announces its id when it starts)."""
+        """The answer's record, reviewable by `owner` for `retention_s` (in the queue if
+        `queued` says why: reviews/queue.py); its id (a new one unless given: a live session
+        announces its id when it starts)."""
         answer_id = answer_id or new_id()
         created = now()
         answer = Answer(
@@ -121,6 +136,8 @@ class ReviewStore:
             verdict=record.verdict,
             score=record.score,
             scores=record.scores,
+            explanations=record.explanations,
+            queued=queued,
             faces=[
                 Face(
                     position=n,
@@ -149,6 +166,68 @@ class ReviewStore:
         if answer.expires is not None and aware(answer.expires) <= now():
             return None  # expired, not purged yet: gone as far as anyone can tell
         return answer
+
+    # --- the queue (reviews/queue.py) ----------------------------------------------------
+
+    def _waiting(self, owner: str, moment: datetime) -> Select[tuple[Answer]]:
+        """The owner's queued answers nobody has reviewed yet, not expired (a reviewed
+        answer's `expires` is None: the review's retention applies)."""
+        return (
+            select(Answer)
+            .outerjoin(Review, Review.answer_id == Answer.id)
+            .where(
+                Answer.owner == owner,
+                Answer.queued.is_not(None),
+                Review.id.is_(None),
+                Answer.expires > moment,
+            )
+        )
+
+    def queue(self, owner: str, limit: int) -> tuple[list[Answer], QueueProgress]:
+        """The next `limit` answers waiting for the owner's review, with their crops, and
+        where the owner stands in the queue."""
+        moment = now()
+        priority = case(
+            {why: n for n, why in enumerate(ORDER)}, value=Answer.queued, else_=len(ORDER)
+        )
+        with self.session() as session:
+            items = session.scalars(
+                self._waiting(owner, moment)
+                .options(selectinload(Answer.faces))
+                .order_by(
+                    Answer.skipped.is_not(None),  # unskipped first
+                    Answer.skipped,  # then the longest skipped
+                    priority,
+                    Answer.created,  # oldest first: the first to expire
+                    Answer.id,
+                )
+                .limit(limit)
+            )
+            return list(items), self._progress(session, owner, moment)
+
+    def skip(self, answer_id: str, owner: str) -> QueueProgress | None:
+        """The answer sent to the back of the owner's queue (None: no such answer waiting)."""
+        moment = now()
+        with self.session() as session:
+            answer = session.scalar(self._waiting(owner, moment).where(Answer.id == answer_id))
+            if answer is None:
+                return None
+            answer.skipped = moment
+            session.flush()
+            return self._progress(session, owner, moment)
+
+    def _progress(self, session: Session, owner: str, moment: datetime) -> QueueProgress:
+        waiting = self._waiting(owner, moment).subquery()
+        left, skipped = session.execute(
+            select(func.count(), func.count(waiting.c.skipped)).select_from(waiting)
+        ).one()
+        reviewed = session.scalar(
+            select(func.count())
+            .select_from(Review)
+            .join(Answer, Review.answer_id == Answer.id)
+            .where(Review.owner == owner, Answer.queued.is_not(None))
+        )
+        return QueueProgress(reviewed=reviewed or 0, left=left, skipped=skipped)
 
     # --- reviews ---------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """What clients send and see of reviews: the request, a review with its answer's record (the
-crops as PNG data URLs, every member's scores), and a page of them."""
+crops as PNG data URLs, every member's scores), a page of them, and the review queue."""
 
 import base64
 from datetime import UTC, datetime
@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gateway.server.reviews.models import ID_LENGTH, Answer, Face, Review
+from gateway.server.reviews.queue import Why
+from gateway.server.reviews.store import QueueProgress as Progress
 
 NOTE_MAX = 2000
 KIND_MAX = 64
@@ -126,3 +128,86 @@ def review_view(review: Review) -> ReviewView:
         answer=answer_view(review.answer),
         faces=[face_view(f) for f in review.answer.faces],
     )
+
+
+# --- the review queue (reviews/queue.py) -----------------------------------------------------
+
+NO_HEATMAPS_LIVE = "a live session's verdict has no heatmaps"
+NO_HEATMAPS_ASKED = "the answer was made without explain=true: no heatmaps were drawn"
+
+
+class HeatmapView(BaseModel):
+    frame: int
+    face: int
+    model: str = Field(description="a voting member, or 'ensemble' for the vote")
+    p_fake: float = Field(description="this model's P(fake) on the intact face")
+    heatmap: str = Field(description="data: URL of a PNG, the map over the face crop")
+
+
+class QueueItem(BaseModel):
+    answer_id: str = Field(description="what `POST /api/reviews` names to label it")
+    why: Why = Field(
+        description="why it is queued: `disputed` (the vote's groups disagree), `uncertain` "
+        "(the verdict), `sampled` (a confident answer drawn at random)"
+    )
+    source: Literal["detect", "job", "live"]
+    created: datetime
+    expires: datetime = Field(description="when it leaves the queue unless reviewed")
+    skipped: datetime | None = Field(description="when it was last skipped, if it was")
+    verdict: str = Field(description="as the answer gave it")
+    score: float | None = Field(description="as the answer gave it")
+    raw_score: float | None = Field(
+        None, description="the uncalibrated score, if the answer had one"
+    )
+    threshold: float | None
+    reasons: list[dict[str, str]] = Field(description="the answer's reasons: {code, message}")
+    models: list[dict[str, Any]] = Field(
+        description="the members' scores on the video (name, version, weight, voting, score, "
+        "group); empty for a live verdict, whose scores are per person"
+    )
+    faces: list[FaceView] = Field(description="the decisive person's faces")
+    heatmaps: list[HeatmapView] = Field(
+        description="where the models saw a fake on the decisive person's faces"
+    )
+    no_heatmaps: str | None = Field(description="why there are no heatmaps, when there are none")
+
+
+class QueueProgress(BaseModel):
+    reviewed: int = Field(description="queued answers this key has reviewed")
+    left: int = Field(description="queued answers waiting, skipped ones included")
+    skipped: int = Field(description="of those, the skipped ones (at the back of the queue)")
+
+
+class ReviewQueue(BaseModel):
+    items: list[QueueItem] = Field(description="the next answers to review, in order")
+    progress: QueueProgress
+
+
+def queue_item(answer: Answer) -> QueueItem:
+    scores = answer.scores
+    heatmaps = [HeatmapView(**e) for e in answer.explanations or []]
+    return QueueItem(
+        answer_id=answer.id,
+        why=answer.queued,  # type: ignore[arg-type]
+        source=answer.source,  # type: ignore[arg-type]
+        created=utc(answer.created),
+        expires=utc(answer.expires or answer.created),
+        skipped=utc(answer.skipped) if answer.skipped is not None else None,
+        verdict=answer.verdict,
+        score=answer.score,
+        raw_score=scores.get("raw_score"),
+        threshold=scores.get("threshold"),
+        reasons=scores.get("reasons", []),
+        models=scores.get("models", []),
+        faces=[face_view(f) for f in answer.faces],
+        heatmaps=heatmaps,
+        no_heatmaps=None
+        if heatmaps
+        else NO_HEATMAPS_LIVE
+        if answer.source == "live"
+        else NO_HEATMAPS_ASKED,
+    )
+
+
+def progress_view(progress: Progress) -> QueueProgress:
+    return QueueProgress(reviewed=progress.reviewed, left=progress.left, skipped=progress.skipped)
