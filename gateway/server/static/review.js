@@ -84,8 +84,10 @@ function showProgress(progress) {
   $("queue-bar").value = reviewed;
 }
 
-function figure(src, caption, alt) {
-  return el("figure", {}, el("img", { class: "thumb", src, alt }), el("figcaption", { text: caption }));
+/** A face (bordered as its score judges it against the answer's threshold) and a caption. */
+function figure(src, caption, alt, fake) {
+  const image = el("img", { class: fake ? "thumb thumb-fake" : "thumb", src, alt });
+  return el("figure", {}, image, el("figcaption", { text: caption }));
 }
 
 function showItem(item) {
@@ -95,6 +97,7 @@ function showItem(item) {
   $("review").dataset.state = item ? "item" : "empty";
   if (!item) return;
   $("item").dataset.answer = item.answer_id;
+  const isFake = (p) => p != null && item.threshold != null && p >= item.threshold;
   $("why").textContent = WHY_WORDS[item.why] || item.why;
   $("why").dataset.why = item.why;
   $("source").textContent = `from ${SOURCE_WORDS[item.source] || item.source}`;
@@ -110,12 +113,17 @@ function showItem(item) {
   $("reasons").hidden = item.reasons.length === 0;
   $("faces").replaceChildren(
     ...item.faces.map((f) =>
-      figure(f.crop, `frame ${f.frame} · ${pct(f.p_fake)}`, `face in frame ${f.frame}`),
+      figure(f.crop, `frame ${f.frame} · ${pct(f.p_fake)}`, `face in frame ${f.frame}`, isFake(f.p_fake)),
     ),
   );
   $("heatmaps").replaceChildren(
     ...item.heatmaps.map((h) =>
-      figure(h.heatmap, `${h.model} · frame ${h.frame} · ${pct(h.p_fake)}`, `heatmap of ${h.model}`),
+      figure(
+        h.heatmap,
+        `${h.model} · frame ${h.frame} · ${pct(h.p_fake)}`,
+        `heatmap of ${h.model}`,
+        isFake(h.p_fake),
+      ),
     ),
   );
   $("no-heatmaps").textContent = item.no_heatmaps ? `No heatmaps: ${item.no_heatmaps}.` : "";
