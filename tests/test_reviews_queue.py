@@ -142,13 +142,13 @@ def detect(gateway: InProcessGateway, headers: dict, **params: object) -> dict:
 
 
 def queue(gateway: InProcessGateway, headers: dict, **params: object) -> dict:
-    response = gateway.client.get("/api/reviews/queue", params=params, headers=headers)
+    response = gateway.client.get("/api/review-queue", params=params, headers=headers)
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def skip(gateway: InProcessGateway, answer_id: str, headers: dict) -> httpx.Response:
-    return gateway.client.post(f"/api/reviews/queue/{answer_id}/skip", headers=headers)
+    return gateway.client.post(f"/api/review-queue/{answer_id}/skip", headers=headers)
 
 
 def test_the_queue_shows_why_faces_heatmaps_and_scores_per_key(
@@ -235,12 +235,12 @@ def test_with_a_share_of_zero_only_doubtful_answers_are_queued(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [
-        ("GET", "/api/reviews/queue?limit=0", 422, "invalid_request"),
-        ("GET", "/api/reviews/queue?limit=21", 422, "invalid_request"),
-        ("GET", "/api/reviews/queue?limit=x", 422, "invalid_request"),
-        ("POST", "/api/reviews/queue/" + "0" * 32 + "/skip", 404, "answer_not_found"),
-        ("POST", "/api/reviews/queue/" + "x" * 33 + "/skip", 422, "invalid_request"),
-        ("GET", "/api/reviews/queue/" + "0" * 32 + "/skip", 405, "method_not_allowed"),
+        ("GET", "/api/review-queue?limit=0", 422, "invalid_request"),
+        ("GET", "/api/review-queue?limit=21", 422, "invalid_request"),
+        ("GET", "/api/review-queue?limit=x", 422, "invalid_request"),
+        ("POST", "/api/review-queue/" + "0" * 32 + "/skip", 404, "answer_not_found"),
+        ("POST", "/api/review-queue/" + "x" * 33 + "/skip", 422, "invalid_request"),
+        ("GET", "/api/review-queue/" + "0" * 32 + "/skip", 405, "method_not_allowed"),
     ],
 )
 def test_bad_queue_requests_get_their_json_4xx(
@@ -254,18 +254,18 @@ def test_bad_queue_requests_get_their_json_4xx(
 def test_the_queue_needs_a_key_and_reviews_on(
     queueing: InProcessGateway, api: InProcessGateway
 ) -> None:
-    assert queueing.client.get("/api/reviews/queue").status_code == 401
-    off = api.client.get("/api/reviews/queue")
+    assert queueing.client.get("/api/review-queue").status_code == 401
+    off = api.client.get("/api/review-queue")
     assert off.status_code == 404 and off.json()["error"]["code"] == "reviews_disabled"
-    skipped = api.client.post("/api/reviews/queue/" + "0" * 32 + "/skip")
+    skipped = api.client.post("/api/review-queue/" + "0" * 32 + "/skip")
     assert skipped.status_code == 404 and skipped.json()["error"]["code"] == "reviews_disabled"
 
 
 def test_the_openapi_document_describes_the_queue(queueing: InProcessGateway) -> None:
     document = queueing.client.get("/openapi.json").json()
     paths = document["paths"]
-    assert {"get"} <= set(paths["/api/reviews/queue"])
-    skip_doc = paths["/api/reviews/queue/{answer_id}/skip"]["post"]
+    assert {"get"} <= set(paths["/api/review-queue"])
+    skip_doc = paths["/api/review-queue/{answer_id}/skip"]["post"]
     assert {"200", "404", "422", "503"} <= set(skip_doc["responses"])
     item = document["components"]["schemas"]["QueueItem"]["properties"]
     assert item["why"]["enum"] == ["disputed", "uncertain", "sampled"]

@@ -52,7 +52,7 @@ def wait_for_item(page: Page, answer_id: str, reviewed: int) -> None:
 
 
 def assert_shown(page: Page, item: dict) -> None:
-    """The page shows the queued answer as GET /api/reviews/queue serves it."""
+    """The page shows the queued answer as GET /api/review-queue serves it."""
     assert page.get_attribute("#why", "data-why") == item["why"]
     assert page.locator("#faces img").count() == len(item["faces"]) > 0
     assert page.locator("#heatmaps img").count() == len(item["heatmaps"])
@@ -84,7 +84,7 @@ def test_the_queue_is_labelled_by_button_and_keyboard_skipped_and_noted(
         for path in IMAGES[1:3]:
             detect(gateway.url, path)
         expected = httpx.get(
-            gateway.url + "/api/reviews/queue", params={"limit": 20}, headers=AS_KEY
+            gateway.url + "/api/review-queue", params={"limit": 20}, headers=AS_KEY
         ).json()["items"]
         assert len(expected) == 4 and any(i["heatmaps"] for i in expected)
         assert any(i["no_heatmaps"] for i in expected)
@@ -130,7 +130,7 @@ def test_the_queue_is_labelled_by_button_and_keyboard_skipped_and_noted(
 
         reviews = httpx.get(gateway.url + "/api/reviews", headers=AS_KEY).json()["reviews"]
         queue = httpx.get(
-            gateway.url + "/api/reviews/queue", params={"limit": 20}, headers=AS_KEY
+            gateway.url + "/api/review-queue", params={"limit": 20}, headers=AS_KEY
         ).json()
     labels = {r["answer_id"]: (r["label"], r["note"]) for r in reviews}
     assert labels == {

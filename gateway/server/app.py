@@ -21,13 +21,23 @@ from gateway.server.openapi import install_openapi
 from gateway.server.report import PdfPrinter
 from gateway.server.requests import add_request_middleware
 from gateway.server.reviews.keeper import purge_forever
-from gateway.server.routers import detect, health, jobs, live, models, pages, report, reviews
+from gateway.server.routers import (
+    detect,
+    health,
+    jobs,
+    live,
+    models,
+    pages,
+    report,
+    review_queue,
+    reviews,
+)
 from gateway.server.security import install_access, install_cors
 from gateway.server.settings import Settings
 from gateway.server.tracing import install_tracing
 
 # In the order they were always added: the OpenAPI document lists them so.
-ROUTERS = (models, detect, report, health, live, jobs, reviews, pages)
+ROUTERS = (models, detect, report, health, live, jobs, reviews, review_queue, pages)
 
 
 @contextlib.asynccontextmanager

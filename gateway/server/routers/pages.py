@@ -53,7 +53,7 @@ async def live_page() -> FileResponse:
 
 @router.get("/review")
 async def review_page() -> FileResponse:
-    """The review queue: answers waiting for a person's label (/api/reviews/queue)."""
+    """The review queue: answers waiting for a person's label (/api/review-queue)."""
     return FileResponse(STATIC_DIR / "review.html", headers=PAGE_HEADERS)
 
 

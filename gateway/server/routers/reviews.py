@@ -1,6 +1,6 @@
 """/api/reviews: a person's `fake` or `real` on an answer (a detect answer, a job's item, a
-live session's verdict) named by its `answer_id`; the caller's reviews listed, read, deleted;
-the caller's review queue (/api/reviews/queue: what waits, skip).
+live session's verdict) named by its `answer_id`; the caller's reviews listed, read, deleted.
+The review queue that feeds them: routers/review_queue.py.
 
 The store and what it keeps are gateway/server/reviews/; this only translates HTTP. One key
 never reaches another's answers or reviews: each is found by its id and its owner.
@@ -21,13 +21,9 @@ from gateway.server.openapi import errors_doc
 from gateway.server.reviews.models import ID_LENGTH
 from gateway.server.reviews.store import AlreadyReviewed
 from gateway.server.reviews.views import (
-    QueueProgress,
     ReviewList,
-    ReviewQueue,
     ReviewRequest,
     ReviewView,
-    progress_view,
-    queue_item,
     review_view,
     summary,
 )
@@ -36,7 +32,6 @@ from gateway.server.security import tenant_of
 log = logging.getLogger("gateway.reviews")
 router = APIRouter(prefix="/api/reviews", tags=["reviews"])
 ReviewId = Annotated[str, Path(max_length=ID_LENGTH)]
-AnswerId = Annotated[str, Path(max_length=ID_LENGTH)]
 STORE_RETRY_S = 30
 MAX_OFFSET = 10**9  # SQLite and PostgreSQL take 64-bit offsets: a larger one is a 422
 T = TypeVar("T")
@@ -49,9 +44,6 @@ CREATE_ERRORS = errors_doc(
     "reviews_unavailable",
 )
 LIST_ERRORS = errors_doc("invalid_request", "reviews_disabled", "reviews_unavailable")
-SKIP_ERRORS = errors_doc(
-    "invalid_request", "answer_not_found", "reviews_disabled", "reviews_unavailable"
-)
 REVIEW_ERRORS = errors_doc(
     "invalid_request", "review_not_found", "reviews_disabled", "reviews_unavailable"
 )
@@ -129,46 +121,6 @@ async def list_reviews(
     owner = tenant_of(request.headers, settings.api_keys)
     page, total = await in_store(reviews.reviews, owner, offset, limit)
     return ReviewList(reviews=[summary(r) for r in page], total=total, offset=offset, limit=limit)
-
-
-# Before /{review_id}: "queue" is a path of its own, not a review's id.
-@router.get(
-    "/queue",
-    response_model=ReviewQueue,
-    responses=LIST_ERRORS,
-    description="The next answers waiting for this API key's review, in order, with why "
-    "each is queued (`disputed`, `uncertain`, or `sampled` at random from confident ones: "
-    "GATEWAY_REVIEWS_QUEUE_SAMPLE_SHARE), their faces, heatmaps and scores, and the key's "
-    "progress. Label one with `POST /api/reviews`; skipping sends it to the back.",
-)
-async def review_queue(
-    request: Request,
-    reviews: ReviewsDep,
-    settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=20)] = 1,
-) -> ReviewQueue:
-    owner = tenant_of(request.headers, settings.api_keys)
-    items, progress = await in_store(reviews.queue, owner, limit)
-    return ReviewQueue(items=[queue_item(a) for a in items], progress=progress_view(progress))
-
-
-@router.post(
-    "/queue/{answer_id}/skip",
-    response_model=QueueProgress,
-    responses=SKIP_ERRORS,
-    description="The queued answer goes to the back of this key's queue (still reviewable); "
-    "the progress after.",
-)
-async def skip_queued(
-    request: Request, answer_id: AnswerId, reviews: ReviewsDep, settings: SettingsDep
-) -> QueueProgress:
-    owner = tenant_of(request.headers, settings.api_keys)
-    progress = await in_store(reviews.skip, answer_id, owner)
-    if progress is None:
-        raise ApiError(
-            "answer_not_found", f"no answer {answer_id} waiting in this API key's review queue"
-        )
-    return progress_view(progress)
 
 
 @router.get("/{review_id}", response_model=ReviewView, responses=REVIEW_ERRORS)

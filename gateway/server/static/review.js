@@ -1,6 +1,6 @@
-// The review queue: GET /api/reviews/queue shows the next answer waiting for this key's
+// The review queue: GET /api/review-queue shows the next answer waiting for this key's
 // review (its faces, heatmaps and scores); a label goes to POST /api/reviews, a skip to
-// POST /api/reviews/queue/{answer_id}/skip. Keys F, R and S do the same as the buttons.
+// POST /api/review-queue/{answer_id}/skip. Keys F, R and S do the same as the buttons.
 // Plain JavaScript, no build step, nothing fetched beyond this gateway.
 "use strict";
 
@@ -149,7 +149,7 @@ async function loadNext() {
   showError("");
   let response;
   try {
-    response = await call("api/reviews/queue?limit=1");
+    response = await call("api/review-queue?limit=1");
   } catch {
     showError("The gateway does not answer; is it running?");
     return;
@@ -174,7 +174,7 @@ async function act(action) {
   try {
     const response =
       action === "skip"
-        ? await call(`api/reviews/queue/${item.answer_id}/skip`, { method: "POST" })
+        ? await call(`api/review-queue/${item.answer_id}/skip`, { method: "POST" })
         : await call("api/reviews", {
             method: "POST",
             headers: { "Content-Type": "application/json" },
