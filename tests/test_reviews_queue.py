@@ -5,6 +5,7 @@ model server. The page itself: tests/test_reviews_web.py."""
 
 # ruff: noqa: F811 — the store fixtures are imported from test_reviews, then used
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +15,17 @@ import pytest
 from gateway.server.reviews.queue import DISPUTED_REASON, Sampler
 from gateway.server.reviews.record import Record
 from gateway.server.reviews.store import ReviewStore
-from gateway.server.reviews.views import NO_HEATMAPS_ASKED
+from gateway.server.reviews.views import NO_HEATMAPS_ASKED, NO_HEATMAPS_LIVE
 from gateway.server.verdict.reasons import CATALOGUE
 from tests.conftest import InProcessGateway, inprocess_gateway
+from tests.live_client import jpeg_frames
 from tests.stack import OBAMA
 from tests.test_reviews import (  # noqa: F401 — fixtures
     ALICE,
     AS_ALICE,
     AS_BOB,
     BOB,
+    CLIP,
     a_record,
     postgres_url,
     store,
@@ -216,6 +219,32 @@ def test_the_queue_shows_why_faces_heatmaps_and_scores_per_key(
     ]
     assert after["items"][1]["skipped"] is not None
     assert after["progress"] == {"reviewed": 1, "left": 2, "skipped": 1}
+
+
+def test_a_live_sessions_verdict_is_queued_and_says_why_no_heatmaps(
+    queueing: InProcessGateway,
+) -> None:
+    with queueing.client.websocket_connect("/api/live", headers=AS_BOB) as ws:
+        ws.send_text(json.dumps({"start": {"window": 4}}))
+        started = ws.receive_json()
+        for jpeg in jpeg_frames(CLIP, 4, step=5):
+            ws.send_bytes(jpeg)
+            last = ws.receive_json()
+        ws.send_text(json.dumps({"stop": True}))
+        assert ws.receive_json()["reason"] == "stopped"
+    assert last["verdict"] in ("fake", "real", "uncertain")  # every one of these is queued
+    [item] = [
+        i
+        for i in queue(queueing, AS_BOB, limit=20)["items"]
+        if i["answer_id"] == started["answer_id"]
+    ]
+    assert (item["source"], item["verdict"], item["score"]) == (
+        "live",
+        last["verdict"],
+        last["score"],
+    )
+    assert item["reasons"] == last["reasons"] and item["faces"]
+    assert item["heatmaps"] == [] and item["no_heatmaps"] == NO_HEATMAPS_LIVE
 
 
 def test_with_a_share_of_zero_only_doubtful_answers_are_queued(tmp_path: Path) -> None:
