@@ -133,7 +133,7 @@ def review_view(review: Review) -> ReviewView:
 # --- the review queue (reviews/queue.py) -----------------------------------------------------
 
 NO_HEATMAPS_LIVE = "a live session's verdict has no heatmaps"
-NO_HEATMAPS_ASKED = "the answer was made without explain=true: no heatmaps were drawn"
+NO_HEATMAPS_ASKED = "the answer was made without explain=true"
 
 
 class HeatmapView(BaseModel):
