@@ -7,14 +7,17 @@ model server. The page itself: tests/test_reviews_web.py."""
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
+from sqlalchemy import text
 
 from gateway.server.reviews.queue import DISPUTED_REASON, Sampler
 from gateway.server.reviews.record import Record
-from gateway.server.reviews.store import ReviewStore
+from gateway.server.reviews.store import QueueProgress, ReviewStore, alembic_config, make_engine
 from gateway.server.reviews.views import NO_HEATMAPS_ASKED, NO_HEATMAPS_LIVE
 from gateway.server.verdict.reasons import CATALOGUE
 from tests.conftest import InProcessGateway, inprocess_gateway
@@ -109,6 +112,29 @@ def test_the_queue_orders_skips_and_counts_per_owner(store: ReviewStore) -> None
     assert store.skip(later, "key:alice") is None  # reviewed: no longer waiting
     bobs, theirs = store.queue("key:bob", 10)
     assert len(bobs) == 1 and (theirs.reviewed, theirs.left) == (0, 1)
+
+
+def test_answers_kept_before_the_queue_existed_stay_reviewable_outside_it(
+    tmp_path: Path,
+) -> None:
+    """Migration 0002 on a store at 0001 holding an answer: the answer is not queued, and
+    still reviewable by its id."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'reviews.db'}")
+    command.upgrade(alembic_config(engine), "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO answers (id, owner, source, created, expires, verdict, scores) "
+                "VALUES ('a' , 'key:alice', 'detect', :now, :later, 'uncertain', '{}')"
+            ),
+            {"now": datetime.now(UTC), "later": datetime.now(UTC) + timedelta(hours=1)},
+        )
+    old = ReviewStore(engine)
+    old.migrate()
+    assert old.schema_drift() == []
+    assert old.queue("key:alice", 10) == ([], QueueProgress(reviewed=0, left=0, skipped=0))
+    assert old.review("a", "key:alice", "fake", None, None, 60) is not None
+    old.close()
 
 
 def test_an_expired_answer_leaves_the_queue(store: ReviewStore) -> None:
