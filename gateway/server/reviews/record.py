@@ -4,8 +4,8 @@ A file's answer (`/api/detect`, a job's item) and a live session's running verdi
 become a `Record`: the answer's verdict and score as it gave them (whatever verdicts and
 score fields the answer has), every member's per-track and per-face scores, the models'
 versions, and the crops of the decisive person's faces, as the pipeline cut them and the
-members saw them (PNG: lossless), with their heatmaps when the answer had them. That is what training (crops with a label, per file) and
-calibration (scores with a label) read.
+members saw them (PNG: lossless), with their heatmaps when the answer had them. That is
+what training (crops with a label, per file) and calibration (scores with a label) read.
 """
 
 from collections.abc import Mapping, Sequence
