@@ -12,14 +12,20 @@ every thread it started has (so a freed admission slot means freed CPU).
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
 
 from gateway.server import metrics, schemas
-from gateway.server.analysis.scoring import EarlyFaces, Stop, StreamedScoring, analysis_timeout
+from gateway.server.analysis.scoring import (
+    EarlyFaces,
+    FaceKey,
+    Stop,
+    StreamedScoring,
+    analysis_timeout,
+)
 from gateway.server.model_server import ModelServer
 from gateway.server.options import Options
 from gateway.server.reviews.keeper import Keeper
@@ -168,18 +174,27 @@ class Analyzer:
         scores = {name: np.array([by_face[k][name] for k in keys]) for name in by_face[keys[0]]}
         answer = report.scored(tracks, scores, self.strategy, clock)
         t = clock.stage("aggregate", t)
+        return await self._after_verdict(answer, scoring.crops, options, selection, clock, t)
+
+    async def _after_verdict(
+        self,
+        answer: schemas.DetectAnswer,
+        crops: Mapping[FaceKey, np.ndarray],
+        options: Options,
+        selection: Selection,
+        clock: Clock,
+        t: float,
+    ) -> schemas.DetectAnswer:
+        """What needs the verdict and the crops: the heatmaps (explain=true), then the
+        answer's reviewable record (reviews on: its answer_id); the timings last."""
         if options.explain is not None:
             answer.explanations = await explain(
-                answer,
-                scoring.crops,
-                self.server.score_with_members,
-                options.explain,
-                selection.groups,
+                answer, crops, self.server.score_with_members, options.explain, selection.groups
             )
             clock.stage("explain", t)
         if self.keeper is not None and options.owner is not None:
             answer.answer_id = await self.keeper.answer(
-                answer, scoring.crops, options.owner, options.source
+                answer, crops, options.owner, options.source
             )
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
