@@ -57,7 +57,7 @@ setup: $(VENV)/.installed $(TRITON_VENV)/.installed $(KERAS_VENV)/.installed sys
 # RTSP server (run by Debian's python3 with python3-gi) for the live-stream tests,
 # redis-server for the jobs queue's Redis mode (the tests start their own).
 SYSTEM_PACKAGES := chromium ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
-	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad redis-server
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad redis-server postgresql
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -q && \

@@ -59,9 +59,18 @@ JOBS = {
     ("Ingress", "gateway-jobs"),
     ("PrometheusRule", "deepfake-detect-jobs"),
 }
+# Reviews on PostgreSQL (../components/reviews-postgres, opt-in).
+REVIEWS = {
+    ("NetworkPolicy", "reviews-postgres"),
+    ("ServiceAccount", "reviews-postgres"),
+    ("Deployment", "reviews-postgres"),
+    ("Service", "reviews-postgres"),
+    ("PersistentVolumeClaim", "reviews-postgres-data"),
+}
 EXTRAS = {
     "gpu-jobs": JOBS,
     "gpu-cluster": JOBS
+    | REVIEWS
     | {
         ("PersistentVolumeClaim", "triton-trt-cache"),
         ("ServiceMonitor", "nvidia-dcgm-exporter"),

@@ -66,6 +66,8 @@ MONITORING = "monitoring"
 INGRESS_NAMESPACE = "ingress-nginx"
 # Overlays with components/jobs (opt-in): Redis, the workers, the shared uploads volume.
 JOBS_OVERLAYS = ("gpu-cluster", "gpu-jobs")
+# Overlays with components/reviews-postgres: the review store's PostgreSQL.
+REVIEWS_OVERLAYS = ("gpu-cluster",)
 # Overlays with components/stream-egress: the gateway may read stream URLs.
 STREAM_OVERLAYS = ("gpu-cluster",)
 # Overlays with components/gateway-api: an HTTPRoute instead of the Ingress.
@@ -513,8 +515,10 @@ def test_gateway_lets_slow_requests_finish_on_shutdown(overlay: str) -> None:
 def test_every_container_is_non_root_read_only_and_limited(overlay: str) -> None:
     r = rendering(overlay)
     containers = list(iter_containers(r))
-    # triton, gateway, and with components/jobs its redis and worker
-    assert len(containers) == (4 if overlay in JOBS_OVERLAYS else 2)
+    # triton, gateway, with components/jobs its redis and worker, with
+    # components/reviews-postgres its PostgreSQL
+    expected = 2 + 2 * (overlay in JOBS_OVERLAYS) + (overlay in REVIEWS_OVERLAYS)
+    assert len(containers) == expected
     for workload, c in containers:
         pod_ctx, ctx = workload.spec.get("securityContext", {}), c.get("securityContext", {})
         where = f"{workload.name}/{c['name']}"

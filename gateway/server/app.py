@@ -4,6 +4,7 @@ here: each route is in gateway/server/routers/, what it needs comes through deps
 python -m gateway            (settings from GATEWAY_* environment variables)
 """
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +20,24 @@ from gateway.server.live.readers import StreamReaders
 from gateway.server.openapi import install_openapi
 from gateway.server.report import PdfPrinter
 from gateway.server.requests import add_request_middleware
-from gateway.server.routers import detect, health, jobs, live, models, pages, report
+from gateway.server.reviews.keeper import purge_forever
+from gateway.server.routers import (
+    detect,
+    health,
+    jobs,
+    live,
+    models,
+    pages,
+    report,
+    review_queue,
+    reviews,
+)
 from gateway.server.security import install_access, install_cors
 from gateway.server.settings import Settings
 from gateway.server.tracing import install_tracing
 
 # In the order they were always added: the OpenAPI document lists them so.
-ROUTERS = (models, detect, report, health, live, jobs, pages)
+ROUTERS = (models, detect, report, health, live, jobs, reviews, review_queue, pages)
 
 
 @contextlib.asynccontextmanager
@@ -36,11 +48,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Read by the routes through gateway/server/deps.py's typed dependencies.
     app.state.analyzer = analyzer
     app.state.executor = executor
+    keeper = analyzer.keeper  # reviews on: the store, and its purge every interval
+    purge = (
+        None
+        if keeper is None
+        else asyncio.create_task(purge_forever(keeper.store, settings.reviews_purge_interval_s))
+    )
     try:
         async with running_jobs(app):
             yield
     finally:
+        if purge is not None:
+            purge.cancel()
         await analyzer.server.close()
+        if keeper is not None:
+            keeper.store.close()
         executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -17,6 +17,7 @@ from gateway.server.jobs.engine import Jobs
 from gateway.server.live.readers import StreamReaders
 from gateway.server.model_server import ModelServer
 from gateway.server.report import PdfPrinter
+from gateway.server.reviews.store import ReviewStore
 from gateway.server.settings import Settings
 
 
@@ -55,6 +56,15 @@ def get_pdf_printer(connection: HTTPConnection) -> PdfPrinter:
     return connection.app.state.pdf_printer
 
 
+def get_reviews(connection: HTTPConnection) -> ReviewStore:
+    keeper = connection.app.state.analyzer.keeper
+    if keeper is None:  # GATEWAY_REVIEWS_ENABLED=false: no store was opened
+        raise ApiError(
+            "reviews_disabled", "reviews are off on this server (GATEWAY_REVIEWS_ENABLED)"
+        )
+    return keeper.store
+
+
 def get_live_sessions(connection: HTTPConnection) -> LiveSessions:
     return connection.app.state.live_sessions
 
@@ -81,6 +91,7 @@ AdmissionDep = Annotated[Admission, Depends(get_admission)]
 UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 PdfPrinterDep = Annotated[PdfPrinter, Depends(get_pdf_printer)]
+ReviewsDep = Annotated[ReviewStore, Depends(get_reviews)]
 LiveSessionsDep = Annotated[LiveSessions, Depends(get_live_sessions)]
 StreamReadersDep = Annotated[StreamReaders, Depends(get_stream_readers)]
 # Given back as the route returns (before the answer is sent: the next request of the same

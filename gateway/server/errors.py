@@ -78,6 +78,12 @@ CATALOGUE: dict[str, Entry] = {
     "idempotency_conflict": Entry(409, "the same Idempotency-Key is still being submitted"),
     "jobs_unavailable": Entry(503, "the job store unreachable or full (see Retry-After)"),
     "jobs_disabled": Entry(404, "jobs are off on this server (GATEWAY_JOBS_ENABLED=false)"),
+    # reviews (gateway/server/reviews/)
+    "answer_not_found": Entry(404, "no reviewable answer of this id for this key (or purged)"),
+    "already_reviewed": Entry(409, "this answer has a review already"),
+    "review_not_found": Entry(404, "no such review for this API key (or deleted)"),
+    "reviews_unavailable": Entry(503, "the review store unreachable (see Retry-After)"),
+    "reviews_disabled": Entry(404, "reviews are off on this server (GATEWAY_REVIEWS_ENABLED)"),
     # reports
     "report_too_large": Entry(413, "the answer over GATEWAY_REPORT_MAX_MB"),
     "invalid_answer": Entry(422, "not a detect answer"),

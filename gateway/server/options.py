@@ -19,6 +19,10 @@ class Options:
     sha256: str | None = None
     request_id: str = ""
     upload_ms: float = 0.0  # receiving the upload, before the analysis
+    # Whose answer it is (an API key's id) when reviews are on: its record is kept for that
+    # owner to review (gateway/server/reviews/); None: nothing is kept.
+    owner: str | None = None
+    source: str = "detect"  # what made the answer: detect or job
 
 
 ALL_MODELS = "all"  # models=all: every member, also those that cannot vote
@@ -45,6 +49,8 @@ def options_for(
     sha256: str | None = None,
     request_id: str = "",
     upload_ms: float = 0.0,
+    owner: str | None = None,
+    source: str = "detect",
 ) -> Options:
     """A request's options: what it asked for, the settings' defaults for the rest."""
     return Options(
@@ -58,6 +64,8 @@ def options_for(
         sha256=sha256,
         request_id=request_id,
         upload_ms=upload_ms,
+        owner=owner,
+        source=source,
     )
 
 

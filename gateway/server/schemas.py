@@ -205,6 +205,12 @@ class SkippedModel(BaseModel):
 
 class DetectAnswer(BaseModel):
     request_id: str
+    answer_id: str | None = Field(
+        None,
+        description="with reviews on (GATEWAY_REVIEWS_ENABLED): what `POST /api/reviews` "
+        "names to review this answer, by the same API key, within "
+        "GATEWAY_REVIEWS_ANSWER_RETENTION_S",
+    )
     filename: str
     bytes: int | None = Field(None, description="size of the uploaded (or fetched) file")
     sha256: str | None = Field(None, description="SHA-256 of the uploaded (or fetched) file, hex")

@@ -48,6 +48,16 @@ def key_id(key: str) -> str:
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+OPEN_TENANT = "public"  # without API keys every caller is one tenant
+
+
+def tenant_of(headers: Headers, api_keys: list[str]) -> str:
+    """Whose jobs and reviews a request reaches: its API key's non-reversible id (the access
+    middleware has checked the key), or OPEN_TENANT on a gateway without keys."""
+    key = presented_key(headers)
+    return key_id(key) if api_keys and key else OPEN_TENANT
+
+
 def peer(scope: Scope) -> str:
     """The client's address: the peer's, or X-Forwarded-For's when uvicorn was told the peer
     is a trusted proxy (Settings.forwarded_allow_ips) and rewrote scope["client"]."""

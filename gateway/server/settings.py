@@ -590,6 +590,70 @@ class JobsSettings(BaseModel):
     )
 
 
+class ReviewsSettings(BaseModel):
+    """Reviews (/api/reviews): a person's `fake` or `real` on an answer, kept for training and
+    calibration. With reviews on, each answer gets an `answer_id` and the gateway keeps its
+    reviewable record (the decisive faces' crops and every member's scores, never the media)
+    for `reviews_answer_retention_s`; a review turns it into a review kept for
+    `reviews_retention_s`. SQLite under `reviews_dir` by default, PostgreSQL in a cluster."""
+
+    reviews_enabled: bool = Field(
+        False,
+        description="`true`: answers get an `answer_id` and their reviewable record is kept; "
+        "`false`: `/api/reviews` answers 404 `reviews_disabled` and nothing is recorded",
+    )
+    reviews_dir: Path = Field(
+        Path(".build/reviews"),
+        description="the SQLite file (`reviews.db`) when `GATEWAY_REVIEWS_DATABASE_URL` is empty",
+    )
+    reviews_database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the review store, e.g. "
+        "`postgresql+psycopg://reviews@host:5432/reviews` (a cluster); empty: SQLite in "
+        "`GATEWAY_REVIEWS_DIR`. Migrated to the latest schema (Alembic) at start-up",
+        repr=False,  # it may hold the password
+    )
+    reviews_database_password: SecretStr | None = Field(
+        None,
+        description="the database's password, unless in the URL (a Kubernetes Secret)",
+    )
+    reviews_answer_retention_s: float = Field(
+        86400.0,
+        gt=0,
+        description="how long an answer stays reviewable: its record (crops and scores) is "
+        "purged after unless reviewed",
+    )
+    reviews_retention_s: float = Field(
+        365 * 86400.0, gt=0, description="how long a review (and its crops) is kept"
+    )
+    reviews_max_faces: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="crops kept per answer (each a lossless PNG of the pipeline's crop, about "
+        "200 kB): the decisive person's faces, spread over the clip",
+    )
+    reviews_purge_interval_s: float = Field(
+        600.0, gt=0, description="how often expired records and reviews are purged"
+    )
+    reviews_queue_sample_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share of confident (`fake`/`real`) answers drawn at random into the "
+        "review queue, beside every `uncertain` and disputed one: reviews then measure the "
+        "answers nobody doubts too (`0`: none, `1`: all)",
+    )
+    reviews_queue_seed: int | None = Field(
+        None,
+        description="seed of that draw, for a reproducible queue (tests, audits); unset: random",
+    )
+
+    def reviews_url(self) -> str:
+        """The store's URL: the setting's, or the SQLite file in reviews_dir."""
+        return self.reviews_database_url or f"sqlite:///{self.reviews_dir / 'reviews.db'}"
+
+
 class ExplainSettings(BaseModel):
     """Explanations (explain=true): occlusion maps, whose cost per request these bound
     (ExplainConfig: top_k x max_tracks x (grid² + 1) crops per voting member)."""
@@ -662,6 +726,7 @@ GROUPS: dict[str, type[BaseModel]] = {
     "Live": LiveSettings,
     "Egress": EgressSettings,
     "Jobs": JobsSettings,
+    "Reviews": ReviewsSettings,
     "Explanations": ExplainSettings,
     "Reports": ReportSettings,
 }
@@ -676,6 +741,7 @@ class Settings(
     LiveSettings,
     EgressSettings,
     JobsSettings,
+    ReviewsSettings,
     ExplainSettings,
     ReportSettings,
     BaseSettings,

@@ -12,16 +12,23 @@ every thread it started has (so a freed admission slot means freed CPU).
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
 
 from gateway.server import metrics, schemas
-from gateway.server.analysis.scoring import EarlyFaces, Stop, StreamedScoring, analysis_timeout
+from gateway.server.analysis.scoring import (
+    EarlyFaces,
+    FaceKey,
+    Stop,
+    StreamedScoring,
+    analysis_timeout,
+)
 from gateway.server.model_server import ModelServer
 from gateway.server.options import Options
+from gateway.server.reviews.keeper import Keeper
 from gateway.server.settings import Settings
 from gateway.server.verdict.aggregate import (
     Strategy,
@@ -64,6 +71,7 @@ class Analyzer:
         sparse: SparseConfig = EVERY_FRAME,
         doubts: Doubts | None = None,
         credentials: CredentialPolicy = UNTRUSTED,
+        keeper: Keeper | None = None,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -77,6 +85,7 @@ class Analyzer:
         self.sparse = sparse  # which sampled frames the detector runs on
         self.doubts = doubts or Doubts()  # when a verdict is uncertain (verdict/rules.py)
         self.credentials = credentials  # how content credentials are validated (trust anchors)
+        self.keeper = keeper  # reviews on: answers' records kept to be reviewed
 
     @classmethod
     def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
@@ -103,6 +112,7 @@ class Analyzer:
             sparse=SparseConfig(every=settings.detect_every),
             doubts=Doubts.from_settings(settings),
             credentials=settings.credential_policy(),
+            keeper=Keeper.from_settings(settings),
         )
 
     async def analyze(
@@ -164,15 +174,28 @@ class Analyzer:
         scores = {name: np.array([by_face[k][name] for k in keys]) for name in by_face[keys[0]]}
         answer = report.scored(tracks, scores, self.strategy, clock)
         t = clock.stage("aggregate", t)
+        return await self._after_verdict(answer, scoring.crops, options, selection, clock, t)
+
+    async def _after_verdict(
+        self,
+        answer: schemas.DetectAnswer,
+        crops: Mapping[FaceKey, np.ndarray],
+        options: Options,
+        selection: Selection,
+        clock: Clock,
+        t: float,
+    ) -> schemas.DetectAnswer:
+        """What needs the verdict and the crops: the heatmaps (explain=true), then the
+        answer's reviewable record (reviews on: its answer_id); the timings last."""
         if options.explain is not None:
             answer.explanations = await explain(
-                answer,
-                scoring.crops,
-                self.server.score_with_members,
-                options.explain,
-                selection.groups,
+                answer, crops, self.server.score_with_members, options.explain, selection.groups
             )
             clock.stage("explain", t)
+        if self.keeper is not None and options.owner is not None:
+            answer.answer_id = await self.keeper.answer(
+                answer, crops, options.owner, options.source
+            )
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer
@@ -186,6 +209,14 @@ class Analyzer:
         early.threads.append(reading)
         return reading
 
+    def keeps_crops(self, options: Options) -> bool:
+        """Crops outlive their scoring only when needed after the verdict: for explanations,
+        or for the answer's reviewable record (at most max_faces of them, as for every
+        request)."""
+        return options.explain is not None or (
+            self.keeper is not None and options.owner is not None
+        )
+
     def _pipeline(
         self, selection: Selection, options: Options, stop: Stop
     ) -> tuple[StreamedScoring, EarlyFaces]:
@@ -196,12 +227,10 @@ class Analyzer:
             if selection.via_ensemble
             else self.server.score_with_members
         )
-        # Explanations need the decisive faces' crops after the verdict: only then are the
-        # crops kept past their scoring (at most max_faces of them, as for every request).
         scoring = StreamedScoring(
             lambda crops: score(crops, selection.members),
             self.chunk,
-            keep_crops=options.explain is not None,
+            keep_crops=self.keeps_crops(options),
         )
         early = EarlyFaces(
             self.extractor,

@@ -44,14 +44,12 @@ from gateway.server.metrics import (
     JOB_WORKER_THREADS,
 )
 from gateway.server.options import options_for
-from gateway.server.security import key_id
+from gateway.server.security import OPEN_TENANT, key_id
 from gateway.server.settings import Settings
 from preprocess.media import MediaError
 
 log = logging.getLogger("gateway.jobs")
 QUEUE_NAME = "deepfake-jobs"
-# gateway/server/routers/jobs.py's owner of every job when the gateway has no API keys: one tenant.
-OPEN_OWNER = "public"
 
 
 def redis_url(settings: Settings) -> str:
@@ -90,7 +88,7 @@ def tenant_webhook_secret(master: str, owner: str) -> str:
     """The secret that signs `owner`'s webhooks: HMAC-SHA256(master, "webhook:" + key id),
     hex. A tenant knows its own; without the master it cannot make another's. Without
     API keys there is one tenant (the operator's): it signs with the master itself."""
-    if owner == OPEN_OWNER:
+    if owner == OPEN_TENANT:
         return master
     return hmac.new(master.encode(), b"webhook:" + owner.encode(), hashlib.sha256).hexdigest()
 
@@ -290,6 +288,8 @@ class ItemRunner:
             size=claimed["bytes"],
             sha256=claimed.get("sha256"),
             request_id=f"{job_id}-{n}",
+            owner=job["owner"],
+            source="job",
         )
         log.info("item started", extra={"job_id": job_id, "item": n, "attempt": attempt})
         future = asyncio.run_coroutine_threadsafe(

@@ -29,11 +29,17 @@ from gateway.server.live.protocol import (
 from gateway.server.live.readers import StreamReaders
 from gateway.server.live.session import LiveSession, SocketQuota
 from gateway.server.ndjson import compact, line
-from gateway.server.security import key_id, key_matches, presented_key
+from gateway.server.security import OPEN_TENANT, key_id, key_matches, presented_key
 from gateway.server.settings import Settings
 from preprocess.media import MediaError
 
 log = logging.getLogger("gateway")
+
+
+def socket_owner(client: str, keys: list[str]) -> str:
+    """Whose reviews a socket's verdicts go to: its key's id (socket_client's), or the one
+    tenant of a gateway without keys (security.tenant_of)."""
+    return client if keys else OPEN_TENANT
 
 
 def socket_client(websocket: WebSocket, keys: list[str]) -> str | None:
@@ -53,8 +59,10 @@ async def serve_socket(
     settings: Settings,
     readers: StreamReaders,
     quota: SocketQuota,
+    owner: str,
 ) -> tuple[int, str]:
-    """Run one session on an accepted socket; the close code and reason to end it with."""
+    """Run one session on an accepted socket (`owner`'s, whose running verdict may be
+    reviewed); the close code and reason to end it with."""
 
     async def send(message: dict) -> None:
         try:
@@ -67,7 +75,7 @@ async def serve_socket(
             # refuses any later send: the client is gone, as after a disconnect.
             raise WebSocketDisconnect(CLOSE_GONE) from None
 
-    session = LiveSession(analyzer, settings, send, readers)
+    session = LiveSession(analyzer, settings, send, readers, owner)
     scorer = asyncio.create_task(session.score_forever())
     receiver = asyncio.create_task(receive(websocket, session, settings, quota))
     ended = asyncio.create_task(session.ended.wait())
@@ -131,6 +139,7 @@ async def receive(
             await session.send(error_message("bad_control", problem))
             continue
         if control.stop:
+            await session.keep_for_review()  # reviewable once the client reads `end`
             await session.send(
                 {"event": "end", "reason": "stopped", "dropped": session.latest.dropped}
             )
@@ -149,6 +158,7 @@ async def start_ndjson(
     readers: StreamReaders,
     options: StartOptions,
     release: Callable[[], None],
+    owner: str,
 ) -> AsyncIterator[bytes]:
     """POST /api/live: the session started (bad options and URLs raise here, before the
     answer begins), then its messages as NDJSON lines until the stream ends. The session
@@ -163,7 +173,7 @@ async def start_ndjson(
         except TimeoutError:
             raise SlowClient from None
 
-    session = LiveSession(analyzer, settings, send, readers)
+    session = LiveSession(analyzer, settings, send, readers, owner)
     scorer = asyncio.create_task(session.score_forever())
     try:
         await session.start(options)

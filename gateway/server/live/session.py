@@ -14,6 +14,7 @@ import contextlib
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from gateway.server.errors import ApiError, from_media_error
 from gateway.server.live.protocol import StartOptions, check_jpeg, decode_jpeg, error_message
 from gateway.server.live.readers import READER_STOP_GRACE_S, ReaderSlot, StreamReaders, stream_busy
 from gateway.server.options import options_for
+from gateway.server.reviews.record import FaceCrop
+from gateway.server.reviews.store import new_id
 from gateway.server.security import RateLimiter
 from gateway.server.settings import Settings
 from gateway.server.verdict.judge import Judge, Running
@@ -103,7 +106,12 @@ class LiveSession:
     """One client's live analysis, whatever carries it (a WebSocket or NDJSON)."""
 
     def __init__(
-        self, analyzer: Analyzer, settings: Settings, send: Send, readers: StreamReaders
+        self,
+        analyzer: Analyzer,
+        settings: Settings,
+        send: Send,
+        readers: StreamReaders,
+        owner: str | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.settings = settings
@@ -126,6 +134,12 @@ class LiveSession:
             **settings.egress_options(settings.live_allow_private),
             timeout_s=settings.live_stream_timeout_s,
         )
+        # Reviews on: the running verdict is kept for `owner` to review, under the
+        # answer_id each start announces, when the session stops, ends or starts again.
+        self.owner = owner if analyzer.keeper is not None else None
+        self.answer_id: str | None = None
+        self.faces: dict[int, deque[FaceCrop]] = {}  # per open track, its window's crops
+        self.last: dict | None = None  # the last running verdict
 
     @property
     def reading(self) -> bool:
@@ -147,6 +161,7 @@ class LiveSession:
             url = await asyncio.to_thread(self.policy.resolve, options.url)  # a checked Target
         self.halt_stream()
         slot = None if url is None else await self.claim_reader()
+        await self.keep_for_review()  # the last start's verdict, before this one's begins
         self.scores = lambda crops: score(crops, selection.members)
         self.running = Running(
             Judge(selection, self.analyzer.strategy, asked.threshold, self.analyzer.doubts),
@@ -159,6 +174,9 @@ class LiveSession:
             "threshold": asked.threshold,
             "window": self.running.window,
         }
+        if self.owner is not None:
+            self.answer_id = new_id()
+            started["answer_id"] = self.answer_id
         if url is not None:
             read = StreamRead(
                 fps=options.fps or self.settings.live_fps,
@@ -208,6 +226,7 @@ class LiveSession:
             frames = 0
         await self.latest_judged()
         if not stop.is_set():
+            await self.keep_for_review()
             await self.send({"event": "end", "reason": "stream_ended", "frames": frames})
             self.ended.set()
 
@@ -266,6 +285,8 @@ class LiveSession:
         found = await loop.run_in_executor(executor, extractor.extract_frame, image)
         scores = await self.scores(np.stack(found.crops)) if found.crops else {}
         judged = self.running.judge_frame(pending.frame, found.faces, scores)
+        if self.answer_id is not None:
+            self.remember(pending.frame, found.crops, judged)
         lag = time.perf_counter() - pending.received
         metrics.LIVE_FRAMES.labels("scored").inc()
         metrics.LIVE_LAG.observe(lag)
@@ -281,8 +302,30 @@ class LiveSession:
             "lag_ms": round(lag * 1000, 1),
         }
 
+    def remember(self, frame: int, crops: list[np.ndarray], judged: dict) -> None:
+        """The frame's crops in their tracks' windows (as long as the judging's), and the
+        running verdict: what keep_for_review stores."""
+        assert self.running is not None
+        for n, (crop, face) in enumerate(zip(crops, judged["faces"], strict=True)):
+            window = self.faces.setdefault(face["track"], deque(maxlen=self.running.window))
+            window.append(FaceCrop(frame, n, face["track"], face["p_fake"], face["models"], crop))
+        self.faces = {t: w for t, w in self.faces.items() if t in self.running.windows}
+        self.last = {k: v for k, v in judged.items() if k != "faces"}
+
+    async def keep_for_review(self) -> None:
+        """The running verdict kept under the announced answer_id, once, if a face was
+        judged since the start (a live session's answer is its last verdict)."""
+        answer_id, self.answer_id = self.answer_id, None
+        last, faces, self.last, self.faces = self.last, self.faces, None, {}
+        keeper = self.analyzer.keeper
+        if answer_id is None or last is None or keeper is None or self.owner is None:
+            return
+        assert self.running is not None
+        await keeper.live(last, faces, self.running.judge.threshold, self.owner, answer_id)
+
     async def close(self) -> None:
         self.halt_stream()
+        await self.keep_for_review()
         if self.stream is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.stream

@@ -28,12 +28,11 @@ from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
 from gateway.server.media_urls import MediaUrls, media_policy, receive_media
 from gateway.server.openapi import UPLOAD_ERRORS, errors_doc, upload_doc
-from gateway.server.security import key_id, presented_key
+from gateway.server.security import tenant_of
 from gateway.server.settings import MB, Settings
 from gateway.server.uploads import Form, Pace, Upload
 
 log = logging.getLogger("gateway.jobs")
-PUBLIC_OWNER = "public"  # without API keys every caller sees every job
 EVENTS_POLL_S = 0.5
 
 JOB_UPLOAD_DOC = upload_doc(MediaUrls, many=True)
@@ -68,9 +67,8 @@ class JobQuery(DetectQuery):
 
 
 def owner_of(request: Request, settings: Settings) -> str:
-    """The API key's non-reversible id (the access middleware has checked the key)."""
-    key = presented_key(request.headers)
-    return key_id(key) if settings.api_keys and key else PUBLIC_OWNER
+    """The API key's non-reversible id, or one tenant for all without keys."""
+    return tenant_of(request.headers, settings.api_keys)
 
 
 async def in_store(call: Callable[..., T], *args: object) -> T:

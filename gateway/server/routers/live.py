@@ -18,7 +18,7 @@ from gateway.server.deps import (
     StreamReadersDep,
 )
 from gateway.server.errors import ApiError
-from gateway.server.live.carriers import serve_socket, socket_client, start_ndjson
+from gateway.server.live.carriers import serve_socket, socket_client, socket_owner, start_ndjson
 from gateway.server.live.protocol import (
     CLOSE_BUSY,
     CLOSE_FORBIDDEN_ORIGIN,
@@ -27,7 +27,7 @@ from gateway.server.live.protocol import (
 )
 from gateway.server.live.session import SocketQuota
 from gateway.server.openapi import errors_doc
-from gateway.server.security import RateLimiter, origin_allowed
+from gateway.server.security import RateLimiter, origin_allowed, tenant_of
 
 router = APIRouter()
 
@@ -61,7 +61,8 @@ async def live_socket(
         getattr(websocket.app.state, "rate_limiter", None),  # gateway/server/security.py's
         RateLimiter(settings.live_control_per_minute, settings.live_control_burst),
     )
-    code, reason = await serve_socket(websocket, analyzer, settings, readers, quota)
+    owner = socket_owner(client, settings.api_keys)
+    code, reason = await serve_socket(websocket, analyzer, settings, readers, quota, owner)
     place.give()  # before the close: a client reconnecting at once finds its place free
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close(code, reason)
@@ -99,5 +100,6 @@ async def live_url(
     # Given back when the stream ends (or its client stops reading): start_ndjson's
     # `release`; if it never starts, as this request ends.
     place = await held.take(sessions, client)
-    events = await start_ndjson(analyzer, settings, readers, options, place.give)
+    owner = tenant_of(request.headers, settings.api_keys)
+    events = await start_ndjson(analyzer, settings, readers, options, place.give, owner)
     return StreamingResponse(events, media_type="application/x-ndjson")

@@ -1,5 +1,5 @@
-"""The pages: / and /live, their files under /static/, the API docs at /docs, all served by the
-gateway itself (no front-end server, no CDN)."""
+"""The pages: /, /live and /review, their files under /static/, the API docs at /docs, all
+served by the gateway itself (no front-end server, no CDN)."""
 
 from pathlib import Path
 
@@ -49,6 +49,12 @@ async def page() -> FileResponse:
 async def live_page() -> FileResponse:
     """Live mode: a camera or a shared tab judged over the WebSocket /api/live."""
     return FileResponse(STATIC_DIR / "live.html", headers=PAGE_HEADERS)
+
+
+@router.get("/review")
+async def review_page() -> FileResponse:
+    """The review queue: answers waiting for a person's label (/api/review-queue)."""
+    return FileResponse(STATIC_DIR / "review.html", headers=PAGE_HEADERS)
 
 
 @router.get("/docs")

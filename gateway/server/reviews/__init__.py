@@ -1,0 +1,1 @@
+"""Reviews: a person's judgement of an answer, kept with what training and calibration need."""
