@@ -663,3 +663,25 @@ def test_dockerignore_lets_in_everything_the_dockerfile_copies(dockerfile: Path)
         assert files, source
         for f in files:
             assert docker_context_includes(f.relative_to(ROOT).as_posix()), f
+
+
+def test_each_review_finding_names_tests_that_exist() -> None:
+    """deploy/README.md's table of the platform review's findings: every test it names is
+    a test function of the file it names (a renamed test would leave the table lying)."""
+    readme = (Path(__file__).resolve().parent.parent / "deploy" / "README.md").read_text()
+    section = readme.split("## What a platform review found")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if re.match(r"\| \d \|", line)]
+    assert [int(row.split("|")[1]) for row in rows] == list(range(1, 9))
+    for row in rows:
+        named, file = re.findall(r"`([^`]+)`", row.split("|")[3]), None
+        assert named, row
+        for name in named:
+            if "::" in name:
+                prefix, test = name.split("::")
+                file = prefix or file
+            elif name.endswith(".py"):
+                file, test = name, ""
+            else:
+                continue  # a make target
+            source = (Path(__file__).parent / file).read_text()
+            assert not test or f"def {test}(" in source, name
