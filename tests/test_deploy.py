@@ -52,6 +52,8 @@ JOBS = {
     ("Deployment", "redis"),
     ("Deployment", "jobs-worker"),
     ("Service", "redis"),
+    ("Service", "jobs-worker"),  # headless: the workers' metrics
+    ("ServiceMonitor", "jobs-worker"),
     ("HorizontalPodAutoscaler", "jobs-worker"),
     ("PodDisruptionBudget", "jobs-worker"),
     ("PersistentVolumeClaim", "redis-data"),
@@ -384,8 +386,12 @@ def test_tensorrt_profiles_fit_the_gateways_crops() -> None:
 def test_cpu_triton_image_serves_the_cpu_overlay_from_the_wheels_server() -> None:
     """The CPU image: the wheel's tritonserver in the slim Python base (an ARG for make
     images), its environment from model_repository/requirements.txt, the backends assembled
-    by local_triton's code, the same exported-models check and user as the NGC image's."""
-    assert instruction(TRITON_CPU_DOCKERFILE, "FROM") == ["${BASE_IMAGE}"]
+    by local_triton's code, the user of the NGC image; its models stage keeps only the
+    profile's members (test_the_cpu_image_carries_only_its_profiles_members)."""
+    assert instruction(TRITON_CPU_DOCKERFILE, "FROM") == [
+        "${BASE_IMAGE} AS models",
+        "${BASE_IMAGE}",
+    ]
     assert bases.base_of(TRITON_CPU_DOCKERFILE).tagged == "python:3.11-slim"
     runs = instruction(TRITON_CPU_DOCKERFILE, "RUN")
     assert any(
@@ -397,7 +403,8 @@ def test_cpu_triton_image_serves_the_cpu_overlay_from_the_wheels_server() -> Non
     # default directory (/opt/tritonserver/backends).
     path = env_of(TRITON_CPU_DOCKERFILE)["PATH"]
     assert path.startswith("/opt/triton/bin:/opt/tritonserver/bin:")
-    assert [r for r in runs if "make export" in r] == [build_check_script()]
+    assert [r for r in runs if "make export" in r] == [cpu_models_script()]
+    assert "--from=models /models /models" in instruction(TRITON_CPU_DOCKERFILE, "COPY")
     assert final_user(TRITON_CPU_DOCKERFILE) == final_user(TRITON_DOCKERFILE)
     assert instruction(TRITON_CPU_DOCKERFILE, "EXPOSE") == ["8000 8001 8002"]
     assert "--model-config-name=cpu" in instruction(TRITON_CPU_DOCKERFILE, "CMD")[0]
@@ -448,6 +455,38 @@ def test_triton_image_build_fails_without_exported_models(tmp_path: Path, profil
     assert missing.returncode != 0
     assert "members/mesoinception4/1/model.onnx" in missing.stderr
     assert f"make export PROFILE={profile}" in missing.stderr
+
+
+def cpu_models_script() -> str:
+    [script] = [r for r in instruction(TRITON_CPU_DOCKERFILE, "RUN") if "make export" in r]
+    return script
+
+
+@pytest.mark.parametrize("profile", ["full", "lite"])
+def test_the_cpu_image_carries_only_its_profiles_members(tmp_path: Path, profile: str) -> None:
+    """triton-cpu's models stage, run as the build runs it: the members the profile's
+    ensemble names and nothing else (a lite image has no Xception or B7 weights); a
+    member not exported fails the build with `make export`."""
+
+    def run(models: Path) -> subprocess.CompletedProcess[str]:
+        (models / "members").rename(models / "all-members")  # where the stage copies them
+        return subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cpu_models_script()],
+            cwd=models,
+            env={"PROFILE": profile, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    models = fake_repository(tmp_path / "ok", profile)
+    complete = run(models)
+    assert complete.returncode == 0, complete.stderr
+    kept = {p.name for p in (models / "members").iterdir()}
+    assert "meso4" in kept and ("efficientnet_b7" in kept) == (profile == "full")
+    assert not (models / "all-members").exists() and (models / "profile").resolve().name == profile
+    missing = run(fake_repository(tmp_path / "bad", profile, skip="mesoinception4"))
+    assert missing.returncode != 0 and f"make export PROFILE={profile}" in missing.stderr
 
 
 def requirement_names(path: Path) -> list[str]:

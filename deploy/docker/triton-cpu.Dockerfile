@@ -16,6 +16,33 @@
 # (make images: deploy/images/build.sh).
 # Pinned by digest where one was resolved: python -m deploy.bases pin (deploy/README.md).
 ARG BASE_IMAGE=python:3.11-slim
+
+# The profile's models only: the members its ensemble names, so a lite image carries no
+# Xception or B7 weights. The build fails, not the pod, when one was not exported (the
+# same check as triton.Dockerfile's).
+FROM ${BASE_IMAGE} AS models
+ARG PROFILE=full
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY model_repository/members /models/all-members
+COPY model_repository/${PROFILE} /models/${PROFILE}
+WORKDIR /models
+RUN mkdir members \
+    && sed -n 's/^ *model_name: "\(.*\)"/\1/p' "${PROFILE}/deepfake_ensemble/config.pbtxt" \
+    | while read -r model; do \
+        file="${PROFILE}/deepfake_vote/1/model.onnx"; \
+        if [ "${model}" != deepfake_vote ]; then \
+          cp -r "all-members/${model}" members/; \
+          file="members/${model}/1/model.onnx"; \
+        fi; \
+        if [ ! -s "${file}" ]; then \
+          echo "missing ${file}: run 'make export PROFILE=${PROFILE}' before building" >&2; \
+          exit 1; \
+        fi; \
+        echo "${file}"; \
+      done \
+    && rm -r all-members \
+    && ln -s "${PROFILE}" profile
+
 FROM ${BASE_IMAGE}
 
 ARG PROFILE=full
@@ -57,23 +84,8 @@ ENV PATH=/opt/triton/bin:/opt/tritonserver/bin:${PATH} \
     LD_LIBRARY_PATH=/opt/tritonserver/lib
 
 # Configs (configs/cpu.pbtxt among them) and the exported model.onnx files.
-COPY model_repository/members /models/members
-COPY model_repository/${PROFILE} /models/${PROFILE}
-
-# Fail the build, not the pod, when a model the profile's ensemble needs was
-# not exported (the same check as triton.Dockerfile's).
+COPY --from=models /models /models
 WORKDIR /models
-RUN sed -n 's/^ *model_name: "\(.*\)"/\1/p' "${PROFILE}/deepfake_ensemble/config.pbtxt" \
-    | while read -r model; do \
-        file="members/${model}/1/model.onnx"; \
-        if [ "${model}" = deepfake_vote ]; then file="${PROFILE}/deepfake_vote/1/model.onnx"; fi; \
-        if [ ! -s "${file}" ]; then \
-          echo "missing ${file}: run 'make export PROFILE=${PROFILE}' before building" >&2; \
-          exit 1; \
-        fi; \
-        echo "${file}"; \
-      done \
-    && ln -s "${PROFILE}" profile
 
 USER 1000:1000
 EXPOSE 8000 8001 8002
