@@ -2,6 +2,7 @@
 media and add the result to the model repository as a new Triton model version.
 
     python -m export.train --data DIR --member meso4 [--epochs 10] [--frames 8]
+    python -m export.train --reviews DATABASE_URL --member meso4 [--reviews-owner KEY_ID]
 
 DIR holds `real/` and `fake/` (videos or images, any depth). Faces are cut by
 the project's own pipeline (preprocess: the detector and crop the gateway
@@ -14,6 +15,16 @@ PNG, validation AUC/accuracy before and after, confusion matrix) next to
 fine-tuned from, the data's sha256, when, the validation figures) goes into
 the ONNX metadata and the member's configs (`version_<n>` parameter), so
 `GET /api/models` shows it. Which version serves: export/versions.py.
+
+--reviews learns from the review store instead (export/reviews.py): each review's
+faces as the members saw them, labelled as the reviewer said, split by file
+(sha256); the version's provenance names the reviews (count, a sha256 of their
+ids and labels, the first and last review's time).
+
+The new version is a *candidate* (model_repository/README.md): training pins the
+version serving before writing it, so it serves only once promoted
+(`python -m export.versions serve <member> <n>`), after `python -m
+export.compare` measured it.
 """
 
 import argparse
@@ -23,9 +34,11 @@ import logging
 import math
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -36,11 +49,12 @@ from export import members as manifests
 from export.data import LABELS, data_digest, labelled_files
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import Provenance
-from export.versions import next_version, record_version
+from export.versions import next_version, pin_serving, record_version, serve
 from export.weights import weights_manifest
 from preprocess import assets
 from preprocess.tensors import is_fake
 
+T = TypeVar("T")
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 log = logging.getLogger("export.train")
 
@@ -48,7 +62,7 @@ log = logging.getLogger("export.train")
 @dataclass(frozen=True)
 class TrainConfig:
     member: str
-    data: Path
+    data: Path | None = None  # a folder with real/ and fake/, or:
     frames: int = 8  # sampled per video, the largest face of each
     epochs: int = 10
     patience: int = 3  # epochs without a better validation loss before stopping
@@ -56,6 +70,20 @@ class TrainConfig:
     learning_rate: float = 1e-4
     val_share: float = 0.25  # of each class's files, at least one
     seed: int = 0
+    reviews: str | None = None  # the review store's database URL (export/reviews.py)
+    reviews_owner: str | None = None  # only this key's reviews (default: every key's)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Faces to train and validate on, and what they came from (the report's words)."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    train_files: list[str]  # paths under the folder, or files' sha256 (reviews)
+    val_files: list[str]
+    data_sha256: str
+    learnt_from: dict  # {"data": folder} or {"reviews": {count, sha256, first, last, ...}}
 
 
 @dataclass
@@ -68,28 +96,37 @@ class History:
 # -- data ------------------------------------------------------------------------
 
 
-def split(
-    files: list[tuple[Path, int]], data: Path, share: float
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Train and validation files: per class, the files ordered by the sha256 of
-    their path under `data`, the first ceil(share * n) to validation. A file (a
-    source video) is wholly on one side; the same data always splits the same."""
-    train, val = [], []
-    for label in LABELS.values():
+def split_by(
+    items: list[T], key: Callable[[T], str], label: Callable[[T], int], share: float
+) -> tuple[list[T], list[T]]:
+    """Train and validation items (files): per class, the items ordered by the sha256 of
+    their key, the first ceil(share * n) to validation. A file is wholly on one side; the
+    same data always splits the same, whatever order it came in."""
+    train: list[T] = []
+    val: list[T] = []
+    for value in LABELS.values():
         ranked = sorted(
-            (f for f in files if f[1] == label),
-            key=lambda f: hashlib.sha256(str(f[0].relative_to(data)).encode()).hexdigest(),
+            (item for item in items if label(item) == value),
+            key=lambda item: hashlib.sha256(key(item).encode()).hexdigest(),
         )
         if len(ranked) < 2:
-            raise SystemExit(f"class {label}: needs at least 2 files, one to validate on")
+            raise SystemExit(f"class {value}: needs at least 2 files, one to validate on")
         cut = max(1, math.ceil(share * len(ranked)))
         val += ranked[:cut]
         train += ranked[cut:]
     return train, val
 
 
-def cut_faces(files: list[tuple[Path, int]], frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """The largest face of each sampled frame, cut as the gateway cuts them."""
+def split(
+    files: list[tuple[Path, int]], data: Path, share: float
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """A folder's files split by their path under `data` (split_by)."""
+    return split_by(files, lambda f: str(f[0].relative_to(data)), lambda f: f[1], share)
+
+
+def faces_per_file(files: list[tuple[Path, int]], frames: int) -> list[np.ndarray]:
+    """Each file's faces: the largest face of each sampled frame, cut as the gateway cuts
+    them (uint8 [n, H, W, 3]; n may be 0)."""
     from preprocess.crop import CropConfig
     from preprocess.faces import load_detector
     from preprocess.media import MediaReader
@@ -97,16 +134,24 @@ def cut_faces(files: list[tuple[Path, int]], frames: int) -> tuple[np.ndarray, n
 
     extractor = FaceExtractor(load_detector(), CropConfig())
     reader = MediaReader()
-    faces, labels = [], []
-    for path, label in files:
+    cut = []
+    for path, _ in files:
         found = [extractor.extract_frame(f) for f in reader.read(path, frames).frames]
         crops = [f.crops[0] for f in found if f.crops]
         log.info("%s: %d faces", path.name, len(crops))
-        faces += crops
-        labels += [label] * len(crops)
-    if not faces:
+        cut.append(np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8))
+    return cut
+
+
+def cut_faces(files: list[tuple[Path, int]], frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The files' faces (faces_per_file) and one label per face."""
+    cut = faces_per_file(files, frames)
+    per_file = [(f, label) for f, (_, label) in zip(cut, files, strict=True) if len(f)]
+    if not per_file:
         raise SystemExit("no faces found in the training data")
-    return np.stack(faces), np.array(labels, dtype=np.float32)
+    faces = np.concatenate([f for f, _ in per_file])
+    labels = np.concatenate([np.full(len(f), label, np.float32) for f, label in per_file])
+    return faces, labels
 
 
 # -- training --------------------------------------------------------------------
@@ -236,30 +281,76 @@ def starting_point(repo: Path, name: str) -> tuple[object, dict, Path, str]:
     return arch, arch.PRETRAINED_CFG, weights, asset
 
 
+def hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def from_folder(config: TrainConfig) -> Prepared:
+    assert config.data is not None
+    files = labelled_files(config.data)
+    train_files, val_files = split(files, config.data, config.val_share)
+    return Prepared(
+        train=cut_faces(train_files, config.frames),
+        val=cut_faces(val_files, config.frames),
+        train_files=[str(p.relative_to(config.data)) for p, _ in train_files],
+        val_files=[str(p.relative_to(config.data)) for p, _ in val_files],
+        data_sha256=data_digest(files, config.data),
+        learnt_from={"data": str(config.data)},
+    )
+
+
+def from_reviews(config: TrainConfig) -> Prepared:
+    """The review store's faces, split by file (sha256): the reviews' own crops, so no
+    frame sampling (`frames` does not apply)."""
+    from export import reviews
+
+    assert config.reviews is not None
+    found = reviews.load(config.reviews, reviews.password(), config.reviews_owner)
+    train_files, val_files = split_by(
+        found.files, lambda f: f.key, lambda f: f.label, config.val_share
+    )
+    return Prepared(
+        train=reviews.stacked(train_files),
+        val=reviews.stacked(val_files),
+        train_files=[f.key for f in train_files],
+        val_files=[f.key for f in val_files],
+        data_sha256=found.provenance["sha256"],
+        learnt_from={"reviews": found.provenance},
+    )
+
+
 def run(config: TrainConfig, repo: Path) -> dict:
     seed_everything(config.seed)
     arch, cfg, weights, asset = starting_point(repo, config.member)
     model = arch.create_model()
     arch.load_weights(model, weights)
     wrapper = FacesToPFake(model, cfg)
-    files = labelled_files(config.data)
-    train_files, val_files = split(files, config.data, config.val_share)
-    train, val = cut_faces(train_files, config.frames), cut_faces(val_files, config.frames)
+    prepared = from_reviews(config) if config.reviews else from_folder(config)
+    train, val = prepared.train, prepared.val
     before = figures(wrapper, *val, config.batch_size)
     train_before = figures(wrapper, *train, config.batch_size)["loss"]
     history = fine_tune(wrapper, train, val, config)
     after = figures(wrapper, *val, config.batch_size)
+    # The new version is a candidate (model_repository/README.md): the serving version is
+    # pinned before its folder exists, so neither Triton's default policy nor a repository
+    # poll serves it; `python -m export.versions serve` promotes it.
+    serving = pin_serving(repo, config.member)
     version = next_version(repo, config.member)
     folder = repo / "members" / config.member / str(version)
     report = {
         "member": config.member,
         "version": version,
         "fine_tuned_from": f"{weights.name} sha256:{assets.sha256_of(weights)}",
-        "data_sha256": data_digest(files, config.data),
+        "data_sha256": prepared.data_sha256,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "train_files": [str(p.relative_to(config.data)) for p, _ in train_files],
-        "val_files": [str(p.relative_to(config.data)) for p, _ in val_files],
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "serving_when_trained": serving,
+        **prepared.learnt_from,
+        "train_files": prepared.train_files,
+        "val_files": prepared.val_files,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+        | {"reviews": config.reviews and hide_password(config.reviews)},
         "train_loss_before": train_before,
         "history": asdict(history),
         "val_before": before,
@@ -275,6 +366,7 @@ def run(config: TrainConfig, repo: Path) -> dict:
     summary = {
         "fine_tuned_from": report["fine_tuned_from"],
         "data_sha256": report["data_sha256"],
+        **prepared.learnt_from,
         "created": report["created"],
         "val_auc_before": before["auc"],
         "val_auc_after": after["auc"],
@@ -284,13 +376,17 @@ def run(config: TrainConfig, repo: Path) -> dict:
         "epochs": len(history.train_loss),
         "best_epoch": history.best_epoch,
     }
-    metadata = {k: str(v) for k, v in {**provenance.parameters(), **summary}.items()}
+    metadata = {
+        k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)
+        for k, v in {**provenance.parameters(), **summary}.items()
+    }
     partial = folder / "model.onnx.part"  # Triton never sees half a file
     export_onnx(wrapper.eval(), partial, metadata)
     partial.replace(folder / "model.onnx")
     plot_losses(history, folder / "loss.png")
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     record_version(repo, config.member, version, summary, folder / "model.onnx")
+    serve(repo, config.member, str(serving))  # the same pin, now naming its candidate
     log.info(
         "%s version %d: validation AUC %s -> %s, accuracy %.3f -> %.3f; report in %s",
         config.member, version, before["auc"], after["auc"], before["accuracy"],
@@ -305,7 +401,15 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", type=Path, required=True, help="a folder with real/ and fake/")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a folder with real/ and fake/")
+    source.add_argument(
+        "--reviews",
+        metavar="DATABASE_URL",
+        help="the review store (sqlite:///.build/reviews/reviews.db, postgresql+psycopg://...; "
+        "its password from GATEWAY_REVIEWS_DATABASE_PASSWORD)",
+    )
+    parser.add_argument("--reviews-owner", help="only this key id's reviews (default: all)")
     parser.add_argument("--member", default="meso4")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     for name in ("frames", "epochs", "patience", "batch_size", "seed"):
@@ -318,7 +422,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     config = TrainConfig(
         member=args.member,
-        data=args.data.resolve(),
+        data=args.data.resolve() if args.data else None,
+        reviews=args.reviews,
+        reviews_owner=args.reviews_owner,
         frames=args.frames,
         epochs=args.epochs,
         patience=args.patience,

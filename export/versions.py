@@ -28,6 +28,7 @@ VERSIONS = "# versions: written by `python -m export.train`, one parameter per v
 POLICY = "# version policy: written by `python -m export.versions serve`"
 END_VERSIONS = "# end versions"
 END_POLICY = "# end version policy"
+CANDIDATE = "candidate"  # the config parameter naming the member's candidate version
 
 
 def _block(begin: str, end: str) -> re.Pattern:
@@ -56,6 +57,43 @@ def next_version(repo: Path, model: str) -> int:
     return max(versions(repo, model), default=0) + 1
 
 
+def pinned(repo: Path, model: str) -> int | None:
+    """The version the member's policy block pins (None: Triton's default, the newest)."""
+    match = BLOCKS[1].search((repo / "members" / model / "config.pbtxt").read_text())
+    found = re.search(r"versions: \[(\d+)\]", match.group(0)) if match else None
+    return int(found.group(1)) if found else None
+
+
+def serving(repo: Path, model: str) -> int:
+    """The version Triton serves from this repository: the pinned one, else the newest."""
+    return pinned(repo, model) or max(versions(repo, model))
+
+
+def candidate(repo: Path, model: str) -> int | None:
+    """The member's candidate: its newest version newer than the serving one (None: none).
+    A version older than the serving one is a rollback target, never a candidate."""
+    newer = [n for n in versions(repo, model) if n > serving(repo, model)]
+    return max(newer, default=None)
+
+
+def pin_serving(repo: Path, model: str) -> int:
+    """Pin the version serving now, so that a version added next does not serve by
+    Triton's default policy (export.train calls it before writing one); that version."""
+    now = serving(repo, model)
+    serve(repo, model, str(now))
+    return now
+
+
+def update_version(repo: Path, model: str, version: int, extra: dict) -> None:
+    """Add `extra` (python -m export.compare's figures) to version `version`'s recorded
+    provenance in every config of `model`."""
+    for config in config_files(repo / "members" / model):
+        recorded = version_parameters(config)
+        if version not in recorded:
+            raise SystemExit(f"{model}: version {version} has no recorded provenance")
+        _write_versions(config, recorded | {version: recorded[version] | extra})
+
+
 def _replace_block(config: Path, pattern: re.Pattern, block: str) -> None:
     text = pattern.sub("", config.read_text())
     config.write_text(text.rstrip("\n") + "\n" + block)
@@ -79,27 +117,37 @@ def record_version(repo: Path, model: str, version: int, summary: dict, onnx: Pa
     """Add version `version`'s provenance (and its ONNX's sha256) to every config of `model`."""
     entry = {**summary, "sha256": sha256_of(onnx)}
     for config in config_files(repo / "members" / model):
-        recorded = version_parameters(config) | {version: entry}
-        lines = [VERSIONS]
-        lines += [
-            f'parameters {{ key: "version_{n}" value: {{ string_value: '
-            f'"{_escape(json.dumps(recorded[n], sort_keys=True))}" }} }}'
-            for n in sorted(recorded)
-        ]
-        _replace_block(config, BLOCKS[0], "\n".join([*lines, END_VERSIONS]) + "\n")
+        _write_versions(config, version_parameters(config) | {version: entry})
+
+
+def _write_versions(config: Path, recorded: dict[int, dict]) -> None:
+    lines = [VERSIONS]
+    lines += [
+        f'parameters {{ key: "version_{n}" value: {{ string_value: '
+        f'"{_escape(json.dumps(recorded[n], sort_keys=True))}" }} }}'
+        for n in sorted(recorded)
+    ]
+    _replace_block(config, BLOCKS[0], "\n".join([*lines, END_VERSIONS]) + "\n")
 
 
 def serve(repo: Path, model: str, version: str) -> None:
-    """Pin `model` to one version, or (\"latest\") back to Triton's default policy."""
+    """Pin `model` to one version, or (\"latest\") back to Triton's default policy. The
+    block also names the member's candidate (a newer version: `candidate`), which the
+    gateway reads from Triton like every model fact."""
     available = versions(repo, model)
     if version != "latest" and int(version) not in available:
         raise SystemExit(f"{model}: no version {version}; the repository has {available}")
+    newer = [n for n in available if version != "latest" and n > int(version)]
     for config in config_files(repo / "members" / model):
         if version == "latest":
             _replace_block(config, BLOCKS[1], "")
-        else:
-            policy = f"version_policy: {{ specific: {{ versions: [{int(version)}] }} }}"
-            _replace_block(config, BLOCKS[1], f"{POLICY}\n{policy}\n{END_POLICY}\n")
+            continue
+        lines = [POLICY, f"version_policy: {{ specific: {{ versions: [{int(version)}] }} }}"]
+        if newer:
+            lines.append(
+                f'parameters {{ key: "{CANDIDATE}" value: {{ string_value: "{max(newer)}" }} }}'
+            )
+        _replace_block(config, BLOCKS[1], "\n".join([*lines, END_POLICY]) + "\n")
 
 
 def reload(url: str, model: str) -> None:

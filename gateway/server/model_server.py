@@ -46,6 +46,8 @@ class ModelInfo:
     trained_on: str = ""  # what the weights were trained on (a member manifest says)
     versions: dict[str, dict] = field(default_factory=dict)  # fine-tuned versions' provenance
     group: str = ""  # its specialist group, for the vote rule max_of_groups
+    # a version newer than the serving one, not promoted (model_repository/README.md)
+    candidate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class ModelServer:
             precision_reason=params.get("precision_reason", ""),
             trained_on=params.get("trained_on", ""),
             versions=versions,
+            candidate=params.get("candidate") or None,
             group=group,
         )
 

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # fake/real: the cut at the request's threshold; uncertain: too close to call or too little
 # to go on (its reasons say which); no_face: nothing to judge. gateway/server/verdict/rules.py.
@@ -21,6 +21,71 @@ class Provenance(BaseModel):
     sha256: str
     source: str
     licence: str
+
+
+class MetricComparison(BaseModel):
+    """One figure of both versions on the same faces, with 95% cluster-bootstrap intervals
+    (null: undefined, e.g. an AUC on one class)."""
+
+    serving: float | None
+    serving_interval: list[float] | None
+    candidate: float | None
+    candidate_interval: list[float] | None
+    difference: float | None = Field(description="candidate - serving")
+    difference_interval: list[float] | None = Field(description="of the paired draws")
+
+
+class Flip(BaseModel):
+    file: str = Field(description="the clip's path under the data, or the file's sha256")
+    label: Literal["fake", "real"]
+    serving: float = Field(description="the mean of the file's faces' P(fake), serving")
+    candidate: float = Field(description="the same, by the candidate")
+    to: Literal["fake", "real"] = Field(description="the candidate's verdict at the threshold")
+
+
+class ComparedSet(BaseModel):
+    files: int
+    faces: int
+    figures: dict[str, MetricComparison] = Field(description="auc, log_loss, ece")
+    flips: list[Flip] = Field(description="the files whose verdict would change")
+    data: str | None = Field(None, description="the shared clips' folder")
+    frames: int | None = Field(None, description="sampled per shared clip")
+
+
+class Comparison(BaseModel):
+    """A candidate measured against the version serving (python -m export.compare)."""
+
+    serving: int
+    candidate: int
+    created: str
+    threshold: float
+    bootstrap: int = Field(description="bootstrap draws, by file (by source on the clips)")
+    shared_clips: ComparedSet
+    held_out_reviews: ComparedSet | None = Field(
+        description="the reviewed files the candidate did not train on (null: none given)"
+    )
+    worse_than_serving: bool = Field(
+        description="a lower AUC or a higher log loss on the shared clips: do not promote"
+    )
+    worse_on: list[str]
+
+
+class ReviewsLearnt(BaseModel):
+    count: int = Field(description="reviews learnt from")
+    files: int
+    sha256: str = Field(description="of the reviews' ids and labels (export/reviews.py)")
+    first: str = Field(description="the oldest review's time")
+    last: str = Field(description="the newest review's time")
+
+
+class VersionInfo(BaseModel):
+    """A fine-tuned version's recorded provenance (python -m export.train), and its
+    comparison with the version serving once measured."""
+
+    model_config = ConfigDict(extra="allow")
+
+    reviews: ReviewsLearnt | None = Field(None, description="learnt from the review store")
+    comparison: Comparison | None = Field(None, description="python -m export.compare")
 
 
 class ModelSummary(BaseModel):
@@ -44,10 +109,15 @@ class ModelSummary(BaseModel):
     )
     weights: Provenance
     trained_on: str = Field("", description="what the weights were trained on, if stated")
-    versions: dict[str, dict] = Field(
+    versions: dict[str, VersionInfo] = Field(
         default_factory=dict,
         description="fine-tuned versions in the repository and their provenance "
         "(python -m export.train); `version` is the one serving",
+    )
+    candidate: str | None = Field(
+        None,
+        description="the member's candidate: a version newer than the one serving, not "
+        "promoted (model_repository/README.md); its figures under versions[candidate]",
     )
     group: str = Field(
         "", description="specialist group when the vote is the maximum over groups' means"

@@ -51,6 +51,14 @@ def png(crop: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def crop_of(data: bytes) -> np.ndarray:
+    """A stored crop back as the RGB array the members saw (png's inverse, lossless)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("a stored crop is not a PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def spread(items: Sequence[Any], most: int) -> list[Any]:
     """At most `most` of `items`, evenly spaced from first to last (all if fewer)."""
     if len(items) <= most:

@@ -298,6 +298,16 @@ class ReviewStore:
             session.delete(session.get_one(Answer, review.answer_id))
             return True
 
+    def labelled(self, owner: str | None = None) -> list[Review]:
+        """Every review kept (or one owner's), oldest first, with its answer and crops: what
+        `make train --reviews` and `make compare` learn from and measure on (an operator's
+        read of the whole store, not an API key's)."""
+        with self.session() as session:
+            chosen = select(Review).options(selectinload(Review.answer).selectinload(Answer.faces))
+            if owner is not None:
+                chosen = chosen.where(Review.owner == owner)
+            return list(session.scalars(chosen.order_by(Review.created, Review.id)))
+
     # --- retention -------------------------------------------------------------------
 
     def purge(self, moment: datetime | None = None) -> tuple[int, int]:
