@@ -37,7 +37,8 @@ def store_url(tmp_path: Path) -> tuple[str, dict[str, list[np.ndarray]]]:
     url = f"sqlite:///{tmp_path / 'reviews.db'}"
     store = ReviewStore.open(url)
     plan = [(f"{n:064x}", "fake" if n < 3 else "real", "key:a") for n in range(6)]
-    plan += [(f"{0:064x}", "fake", "key:a"), (f"{3:064x}", "real", "key:b"), (None, "fake", "key:a")]
+    plan += [(f"{0:064x}", "fake", "key:a"), (f"{3:064x}", "real", "key:b")]
+    plan += [(None, "fake", "key:a")]
     plan += [(f"{9:064x}", "fake", "key:a"), (f"{9:064x}", "real", "key:a")]
     crops: dict[str, list[np.ndarray]] = {}
     for seed, (sha, label, owner) in enumerate(plan):
@@ -179,3 +180,140 @@ def test_a_worse_candidate_says_so_in_the_cli_output() -> None:
     assert "\033[1;31mWORSE THAN SERVING on the shared clips: auc" in text
     assert "WORSE" not in compare.printed(comparison | {"worse_than_serving": False}, False)
     assert json.dumps(comparison)  # what is stored is JSON
+
+
+# --- end to end: reviews on the real lite gateway -> a candidate -> compared -> promoted -----
+
+# Two source scenes, each real and manipulated (as tests/test_train.py): the split by file
+# puts one file of each class on each side.
+CLIPS = {
+    "real": ("ffpp_c23_original_519.mp4", "ffpp_c23_original_634.mp4"),
+    "fake": ("ffpp_c23_Deepfakes_519_515.mp4", "ffpp_c23_FaceSwap_634_660.mp4"),
+}
+KEY = "candidate-review-key-0123"
+AS_KEY = {"X-API-Key": KEY}
+
+
+def meso4(url: str) -> dict:
+    import httpx
+
+    models = httpx.get(f"{url}/api/models", timeout=30).json()["models"]
+    return next(m for m in models if m["name"] == "meso4")
+
+
+@pytest.mark.stack
+def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
+    exported: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import threading
+    import time
+
+    import httpx
+
+    from export.repository import profile_members
+    from model_repository.local_triton import LocalTriton, TritonSettings
+    from tests.conftest import MEDIA, REPOSITORY, free_port, start_gateway
+
+    started = time.monotonic()
+    data, repo = tmp_path / "clips", tmp_path / "repo"
+    for label, names in CLIPS.items():
+        (data / label).mkdir(parents=True)
+        for name in names:
+            (data / label / name).symlink_to(MEDIA / "videos" / label / name)
+    shutil.copytree(REPOSITORY / "lite", repo / "lite")
+    for member in profile_members(REPOSITORY, "lite"):
+        shutil.copytree(REPOSITORY / "members" / member, repo / "members" / member)
+    settings = TritonSettings(
+        profile="lite",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        repository=repo,
+        work_dir=tmp_path / "triton",
+    )
+    url = f"sqlite:///{tmp_path / 'reviews' / 'reviews.db'}"
+    with (
+        LocalTriton(settings) as triton,
+        start_gateway(
+            settings.grpc_url,
+            tmp_path / "gateway",
+            reviews_enabled="true",
+            reviews_dir=str(tmp_path / "reviews"),
+            api_keys=KEY,
+        ) as gateway,
+    ):
+        # 1. Reviews of real answers, labelled as the clips' folders say.
+        for label, names in CLIPS.items():
+            for name in names:
+                with (data / label / name).open("rb") as file:
+                    answer = httpx.post(
+                        f"{gateway.url}/api/detect",
+                        params={"frames": 6},
+                        files={"file": (name, file)},
+                        headers=AS_KEY,
+                        timeout=120,
+                    ).json()
+                created = httpx.post(
+                    f"{gateway.url}/api/reviews",
+                    json={"answer_id": answer["answer_id"], "label": label},
+                    headers=AS_KEY,
+                    timeout=30,
+                )
+                assert created.status_code == 201, created.text
+        # 2. A fine-tune from those reviews: a candidate, not served.
+        config = train.TrainConfig(
+            member="meso4", reviews=url, epochs=3, learning_rate=1e-3, seed=0
+        )
+        report = train.run(config, repo)
+        assert report["version"] == 2 and report["reviews"]["count"] == 4
+        assert set(report["train_files"]).isdisjoint(report["val_files"])
+        assert versions.serving(repo, "meso4") == 1 and versions.candidate(repo, "meso4") == 2
+        # 3. Measured against the serving version; the member reloaded to show it.
+        status = compare.main(
+            ["--repository", str(repo), "--member", "meso4", "--data", str(data),
+             "--reviews", url, "--frames", "2", "--bootstrap", "200",
+             "--triton-url", triton.settings.http_url]
+        )  # fmt: skip
+        stored = json.loads((repo / "members/meso4/2/comparison.json").read_text())
+        assert status == (compare.WORSE if stored["worse_than_serving"] else 0)
+        assert stored["held_out_reviews"]["files"] == 2  # the split's validation files
+        shown = meso4(gateway.url)
+        assert (shown["version"], shown["candidate"]) == ("1", "2")
+        assert shown["versions"]["2"]["comparison"] == stored
+        assert shown["versions"]["2"]["reviews"] == report["reviews"]
+        # 4. Promotion and rollback, one command each, while the gateway answers.
+        failures: list[str] = []
+        answered: list[int] = []
+        stop = threading.Event()
+
+        def keep_asking() -> None:
+            clip = data / "real" / CLIPS["real"][0]
+            with httpx.Client(base_url=gateway.url, timeout=60) as client:
+                while not stop.is_set():
+                    with clip.open("rb") as f:
+                        response = client.post(
+                            "/api/detect",
+                            params={"frames": 2},
+                            files={"file": (clip.name, f)},
+                            headers=AS_KEY,
+                        )
+                    answered.append(response.status_code)
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text[:200]}")
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            http = ["--repository", str(repo), "serve", "meso4"]
+            versions.main([*http, "2", "--triton-url", triton.settings.http_url])
+            promoted = meso4(gateway.url)
+            versions.main([*http, "1", "--triton-url", triton.settings.http_url])
+            rolled_back = meso4(gateway.url)
+        finally:
+            stop.set()
+            asker.join()
+    assert (promoted["version"], promoted["candidate"]) == ("2", None)
+    assert (rolled_back["version"], rolled_back["candidate"]) == ("1", "2")
+    assert answered and not failures, failures
+    print(f"the review loop end to end: {time.monotonic() - started:.0f} s")
