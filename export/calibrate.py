@@ -267,20 +267,45 @@ def uncertain_band(
 def raw_scores(client: "GatewayClient", data: Path) -> tuple[list[Clip], dict, list[str]]:
     """Each clip's raw video score from the gateway, its /api/models and /api (the profile,
     the vote, the frames), and the clips with no face (no score: left out)."""
-    clips, faceless, votes, versions = [], [], set(), set()
-    models = client.models()
-    service = client.http.get("/api").json()
+    judged = []
     for path, label in labelled_files(data):
         answer = client.detect(path)
         raw = answer.get("raw_score", answer["score"])
-        name = str(path.relative_to(data))
+        judged.append((str(path.relative_to(data)), label, raw, answer["models"]))
+    return samples(client, judged)
+
+
+def reviewed_scores(
+    client: "GatewayClient", url: str, owner: str | None
+) -> tuple[list[Clip], dict, list[str], dict[str, str]]:
+    """The review store's labelled answers as clips (export/reviews.py): each review's raw
+    score as its answer gave it, labelled as the reviewer said; and each review's file
+    (sha256), its source: one file's reviews are one group."""
+    from export import reviews
+
+    found = reviews.scores(url, reviews.password(), owner)
+    clips, facts, faceless = samples(
+        client, [(r.review_id, r.label, r.raw, r.models) for r in found]
+    )
+    return clips, facts, faceless, {r.review_id: r.key for r in found}
+
+
+def samples(
+    client: "GatewayClient", judged: Sequence[tuple[str, int, float | None, list[dict]]]
+) -> tuple[list[Clip], dict, list[str]]:
+    """Clips of (name, label, raw score, the answer's models), refused unless one vote of
+    one set of versions judged them all; with the profile, the vote and the frames."""
+    clips, faceless, votes, versions = [], [], set(), set()
+    models = client.models()
+    service = client.http.get("/api").json()
+    for name, label, raw, answered in judged:
         if raw is None:
             faceless.append(name)
             continue
-        weights = {m["name"]: m["weight"] for m in answer["models"]}
-        groups = {m["name"]: m.get("group") or m["name"] for m in answer["models"]}
+        weights = {m["name"]: m["weight"] for m in answered}
+        groups = {m["name"]: m.get("group") or m["name"] for m in answered}
         votes.add(vote_key(models["vote_rule"], weights, groups))
-        versions.add(tuple((m["name"], m["version"]) for m in answer["models"] if m["voting"]))
+        versions.add(tuple((m["name"], m["version"]) for m in answered if m["voting"]))
         clips.append(Clip(name, label, float(raw)))
         print(f"{name:<64}{label:>3}{raw:>8.3f}", flush=True)
     if len(votes) != 1 or len(versions) != 1:
@@ -431,6 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.calibrate", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the running gateway")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real/ and fake/")
+    parser.add_argument(
+        "--reviews",
+        metavar="DATABASE_URL",
+        help="fit on the review store's labelled answers instead of DATA (their raw scores "
+        "as answered; the gateway at --url says the profile and vote)",
+    )
+    parser.add_argument("--reviews-owner", help="only this key id's reviews (default: all)")
     parser.add_argument("--method", choices=("platt", "temperature"), default="platt")
     parser.add_argument("--target", type=float, default=TARGET, help="accuracy outside the band")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="resamples")
@@ -440,12 +472,26 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.clients.client import GatewayClient
 
     with GatewayClient(args.url) as client:
-        clips, facts, faceless = raw_scores(client, args.data)
+        if args.reviews:
+            found = reviewed_scores(client, args.reviews, args.reviews_owner)
+            clips, facts, faceless, files = found
+        else:
+            clips, facts, faceless = raw_scores(client, args.data)
     names = [c.name for c in clips]
-    groups = source_groups(names, read_sources(args.data))
+    if args.reviews:
+        from export.reviews import reviews_digest
+
+        groups = source_groups(names, files)
+        learnt = {c.name: "fake" if c.label else "real" for c in clips}
+        data = {"data": "reviews", "data_sha256": reviews_digest(learnt)}
+    else:
+        groups = source_groups(names, read_sources(args.data))
+        data = {
+            "data": os.path.relpath(args.data.resolve(), ROOT),
+            "data_sha256": data_digest(labelled_files(args.data), args.data),
+        }
     provenance = {
-        "data": os.path.relpath(args.data.resolve(), ROOT),
-        "data_sha256": data_digest(labelled_files(args.data), args.data),
+        **data,
         "frames": facts["frames"],
         "no_face": ", ".join(faceless),
         "method": args.method,

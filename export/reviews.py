@@ -96,3 +96,37 @@ def stacked(files: list[ReviewedFile]) -> tuple[np.ndarray, np.ndarray]:
     faces = np.concatenate([f.faces for f in files])
     labels = np.concatenate([np.full(len(f.faces), f.label, np.float32) for f in files])
     return faces, labels
+
+
+@dataclass(frozen=True)
+class ReviewedScore:
+    """A reviewed file answer's numbers, as `make calibrate --reviews` takes them."""
+
+    review_id: str
+    key: str  # the file's sha256 (its source group)
+    label: int
+    raw: float | None  # the answer's raw_score (its score before calibration)
+    models: list[dict]  # name, version, weight, voting, group, as the answer had them
+
+
+def scores(url: str, password: str | None = None, owner: str | None = None) -> list[ReviewedScore]:
+    """Every kept review of a file's answer with its recorded scores (a live verdict has no
+    models' list: left out, and so is an answer reviewed without one)."""
+    from gateway.server.reviews.store import ReviewStore
+
+    store = ReviewStore.open(url, password)
+    try:
+        found = store.labelled(owner)
+    finally:
+        store.close()
+    return [
+        ReviewedScore(
+            review_id=r.id,
+            key=r.answer.sha256 or f"answer:{r.answer_id}",
+            label=LABELS[r.label],
+            raw=r.answer.scores.get("raw_score", r.answer.score),
+            models=r.answer.scores["models"],
+        )
+        for r in found
+        if r.answer.scores.get("models")
+    ]

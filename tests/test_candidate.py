@@ -82,6 +82,42 @@ def test_the_provenance_hash_names_the_reviews_and_their_labels() -> None:
     assert digest != reviews.reviews_digest({"b": "fake", "a": "real", "c": "fake"})
 
 
+def test_calibration_fits_on_the_reviews_raw_scores_grouped_by_file(tmp_path: Path) -> None:
+    """make calibrate --reviews, in process: each review is a sample, its answer's raw score
+    labelled as the reviewer said; one file's reviews are one source group."""
+    from export import calibrate
+    from tests.conftest import MEDIA, inprocess_gateway
+
+    key = "calibrate-review-key-0123"
+    images = [("real", "face_recognition_obama.jpg"), ("fake", "dfdc_mqzvfufzoq_fr0.jpg")]
+    images.append(images[0])  # the same file answered and reviewed twice
+    tmp = tmp_path / "gateway"
+    with inprocess_gateway(
+        tmp, reviews_enabled=True, reviews_dir=tmp / "reviews", api_keys=[key]
+    ) as gateway:
+        answers = []
+        for label, name in images:
+            with (MEDIA / "images" / label / name).open("rb") as file:
+                answer = gateway.client.post(
+                    "/api/detect", files={"file": (name, file)}, headers={"X-API-Key": key}
+                ).json()
+            reviewed = gateway.client.post(
+                "/api/reviews",
+                json={"answer_id": answer["answer_id"], "label": label},
+                headers={"X-API-Key": key},
+            )
+            assert reviewed.status_code == 201, reviewed.text
+            answers.append(answer)
+        url = f"sqlite:///{tmp / 'reviews' / 'reviews.db'}"
+        gateway.client.headers["X-API-Key"] = key  # make calibrate's client, with the key
+        clips, facts, faceless, files = calibrate.reviewed_scores(gateway.gateway_client, url, None)
+    assert [c.label for c in clips] == [0, 1, 0] and faceless == []
+    assert [c.raw for c in clips] == pytest.approx([a["raw_score"] for a in answers])
+    assert [files[c.name] for c in clips] == [a["sha256"] for a in answers]
+    assert calibrate.source_groups([c.name for c in clips], files) == [0, 1, 0]
+    assert facts["profile"] == "lite"
+
+
 # --- the candidate -------------------------------------------------------------------------
 
 
@@ -197,7 +233,7 @@ AS_KEY = {"X-API-Key": KEY}
 def meso4(url: str) -> dict:
     import httpx
 
-    models = httpx.get(f"{url}/api/models", timeout=30).json()["models"]
+    models = httpx.get(f"{url}/api/models", headers=AS_KEY, timeout=30).json()["models"]
     return next(m for m in models if m["name"] == "meso4")
 
 
