@@ -27,7 +27,7 @@ export TRITON_PYTHON_ENV := $(abspath $(TRITON_VENV))
 GATEWAY_HOST ?= 127.0.0.1
 GATEWAY_PORT ?= 8080
 
-.PHONY: help setup system-packages export triton run eval calibrate train bench bench-gpu loadtest k8s images images-test test test-fast lint rooms settings-doc clean
+.PHONY: help setup system-packages export triton run eval calibrate train compare bench bench-gpu loadtest k8s images images-test test test-fast lint rooms settings-doc clean
 
 help:
 	@echo "make run      set up, export, then serve the gateway on http://$(GATEWAY_HOST):$(GATEWAY_PORT) over a local Triton"
@@ -38,7 +38,8 @@ help:
 	@echo "make triton   serve them with a local Triton only, on $(TRITON_HOST):$(TRITON_GRPC_PORT) (gRPC)"
 	@echo "make eval     run every clip of ../shared/media/videos through the running gateway: table + ROC AUC"
 	@echo "make calibrate fit the running gateway's video-score calibration on DATA (default ../shared/media/videos): model_repository/calibration.toml"
-	@echo "make train    fine-tune MEMBER (meso4) on DATA (a folder with real/ and fake/): a new model version"
+	@echo "make train    fine-tune MEMBER (meso4) on DATA (a folder with real/ and fake/) or REVIEWS (the review store's URL): a candidate version"
+	@echo "make compare  MEMBER's candidate against the serving version on the shared clips (and REVIEWS' held-out files): figures in GET /api/models"
 	@echo "make bench    in-process floor vs Triton vs gateway vs the prototype's eager PyTorch on the same clips: table, RATIOS, results/bench/"
 	@echo "make bench-gpu  make bench on an NVIDIA GPU (TensorRT FP16, NVDEC): faces/s, videos/min in results/bench-gpu/"
 	@echo "make loadtest locust against a local gateway + Triton (or LOADTEST_ARGS=--url ...): results/loadtest/"
@@ -114,13 +115,20 @@ eval: $(VENV)/.installed
 # sample by source: model_repository/calibration.toml and that profile's vote configs.
 calibrate: $(VENV)/.installed
 	$(PY) -m export.calibrate --url http://$(GATEWAY_HOST):$(GATEWAY_PORT) \
-		$(if $(DATA),--data $(DATA)) $(CALIBRATE_ARGS)
+		$(if $(DATA),--data $(DATA)) $(if $(REVIEWS),--reviews $(REVIEWS)) $(CALIBRATE_ARGS)
 
 # Fine-tune a member on your own media; the result is model_repository/members/<MEMBER>/<n>/.
 MEMBER ?= meso4
+# From the review store instead: REVIEWS=sqlite:///.build/reviews/reviews.db (or postgresql+psycopg://...).
+# The new version is a candidate: it serves once `python -m export.versions serve` promotes it.
 train: $(VENV)/.installed
-	@test -n "$(DATA)" || (echo "make train DATA=folder-with-real-and-fake [MEMBER=meso4]"; exit 2)
-	$(PY) -m export.train --data $(DATA) --member $(MEMBER) $(TRAIN_ARGS)
+	@test -n "$(DATA)$(REVIEWS)" || (echo "make train DATA=folder-with-real-and-fake | REVIEWS=database-url [MEMBER=meso4]"; exit 2)
+	$(PY) -m export.train $(if $(REVIEWS),--reviews $(REVIEWS),--data $(DATA)) --member $(MEMBER) $(TRAIN_ARGS)
+
+# The candidate measured against the serving version (exit status 3: worse on the shared clips).
+compare: $(VENV)/.installed
+	$(PY) -m export.compare --member $(MEMBER) $(if $(DATA),--data $(DATA)) \
+		$(if $(REVIEWS),--reviews $(REVIEWS)) $(COMPARE_ARGS)
 
 # Side by side on the same clips and crops: in-process (cpu_fast's runtimes), Triton over gRPC,
 # the gateway end to end (lite and full), and the prototype's eager PyTorch loop. Starts

@@ -1,6 +1,7 @@
 """Which version of a member Triton serves, and each version's provenance.
 
-    python -m export.versions list meso4
+    python -m export.versions list meso4           # each version, the serving one, the candidate
+    python -m export.versions serve meso4 2        # promote the candidate 2
     python -m export.versions serve meso4 1        # roll back to version 1
     python -m export.versions serve meso4 latest   # the newest again (Triton's default)
         [--triton-url http://127.0.0.1:8000]       # and reload it on a running Triton
@@ -12,6 +13,10 @@ into every config of the member (or removes it for latest), and with
 --triton-url asks the running Triton (explicit model control) to reload the
 model: Triton serves the old version until the new one is ready, so the
 gateway keeps answering. The gateway reads the serving version from Triton.
+
+A member's candidate is its newest version newer than the serving one (`candidate`):
+export.train pins the serving version before it writes a new one, so the new one is a
+candidate until `serve` promotes it; the policy block names it (parameter `candidate`).
 """
 
 import argparse
@@ -177,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
         recorded = version_parameters(args.repository / "members" / args.model / "config.pbtxt")
         for n in versions(args.repository, args.model):
             print(n, json.dumps(recorded.get(n, {"provenance": "as exported"})))
+        print(
+            f"serving {serving(args.repository, args.model)}, "
+            f"candidate {candidate(args.repository, args.model)}"
+        )
         return
     serve(args.repository, args.model, args.version)
     if args.triton_url:
