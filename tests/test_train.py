@@ -104,8 +104,14 @@ def meso4(url: str) -> dict:
 
 def test_new_version_serves_and_rolls_back_while_the_gateway_answers(served: tuple) -> None:
     repo, triton, gateway = served
+    # Training pinned the version serving: the new one is a candidate until promoted.
+    trained = meso4(gateway.url)
+    assert (trained["version"], trained["candidate"]) == ("1", "2")
+    assert set(trained["versions"]) == {"2"}
+    promote = ["--repository", str(repo), "serve", "meso4", "2"]
+    versions.main([*promote, "--triton-url", triton.http_url])
     latest = meso4(gateway.url)
-    assert latest["version"] == "2" and set(latest["versions"]) == {"2"}
+    assert (latest["version"], latest["candidate"]) == ("2", None)
     assert latest["weights"]["source"].startswith("fine-tuned from Meso4_DF.h5")
     failures: list[str] = []
     answered: list[int] = []
