@@ -366,3 +366,12 @@ def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
     assert (rolled_back["version"], rolled_back["candidate"]) == ("1", "2")
     assert answered and not failures, failures
     print(f"the review loop end to end: {time.monotonic() - started:.0f} s")
+
+
+def test_training_needs_one_source_and_never_records_the_stores_password() -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--member", "meso4"])  # neither --data nor --reviews
+    with pytest.raises(SystemExit):
+        train.main(["--data", "x", "--reviews", "sqlite://"])
+    shown = train.hide_password("postgresql+psycopg://reviews:s3cret@db:5432/reviews")
+    assert "s3cret" not in shown and shown.startswith("postgresql+psycopg://reviews:")
