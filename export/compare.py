@@ -214,7 +214,10 @@ def compare(
     serving = versions.serving(repo, member)
     candidate = versions.candidate(repo, member)
     if candidate is None:
-        raise SystemExit(f"{member}: no candidate (no version newer than {serving}, serving)")
+        raise SystemExit(
+            f"{member}: no candidate beside {serving}, serving "
+            "(make train, or python -m export.versions candidate)"
+        )
     report_path = repo / "members" / member / str(candidate) / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     both = (scorer(repo, member, serving), scorer(repo, member, candidate))
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(printed(comparison, sys.stdout.isatty()))
     if args.triton_url:
-        versions.reload(args.triton_url, args.member)
+        versions.reload(args.triton_url, args.repository, args.member)
     return WORSE if comparison["worse_than_serving"] else 0
 
 

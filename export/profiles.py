@@ -30,6 +30,7 @@ from export.repository import (
     vote_rule,
     vote_weights,
 )
+from export.versions import serving_pin
 from preprocess.calibration import Calibration, vote_key
 from preprocess.tensors import OUTPUT_NAME, member_output
 
@@ -163,9 +164,9 @@ def _block(key: str, names: list[str]) -> str:
     return f"{key} [\n" + ",\n".join(f"  {_tensor(n)}" for n in names) + "\n]"
 
 
-def _step(model: str, maps: list[tuple[str, str, str]]) -> str:
+def _step(model: str, maps: list[tuple[str, str, str]], version: int = -1) -> str:
     lines = [f'      {kind} {{ key: "{key}" value: "{value}" }}' for kind, key, value in maps]
-    head = f'    {{\n      model_name: "{model}"\n      model_version: -1\n'
+    head = f'    {{\n      model_name: "{model}"\n      model_version: {version}\n'
     return head + "\n".join(lines) + "\n    }"
 
 
@@ -177,8 +178,15 @@ def _render(repo: Path, template: str, **values: object) -> str:
 
 def render_ensemble(repo: Path, profile: str, names: list[str], batch: int) -> str:
     outputs = [OUTPUT_NAME, *map(member_output, names)]
+    # A member with a candidate loaded beside its serving version (export.versions
+    # candidate, git-ignored versions) keeps its step pinned to the serving one.
     member_steps = [
-        _step(n, [("input_map", "FACES", "FACES"), ("output_map", OUTPUT_NAME, n)]) for n in names
+        _step(
+            n,
+            [("input_map", "FACES", "FACES"), ("output_map", OUTPUT_NAME, n)],
+            serving_pin(repo, n),
+        )
+        for n in names
     ]
     vote_maps = [("input_map", n, n) for n in names] + [("output_map", o, o) for o in outputs]
     return _render(

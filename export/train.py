@@ -21,10 +21,11 @@ faces as the members saw them, labelled as the reviewer said, split by file
 (sha256); the version's provenance names the reviews (count, a sha256 of their
 ids and labels, the first and last review's time).
 
-The new version is a *candidate* (model_repository/README.md): training pins the
-version serving before writing it, so it serves only once promoted
-(`python -m export.versions serve <member> <n>`), after `python -m
-export.compare` measured it.
+The new version is the member's *candidate* (model_repository/README.md): training pins
+the version serving before writing it, then writes the candidate's policy block
+(export.versions make_candidate), so it is loaded beside the serving one, shadow-scored
+and never served until promoted (`python -m export.versions serve <member> <n>`), after
+`python -m export.compare` measured it.
 """
 
 import argparse
@@ -49,7 +50,7 @@ from export import members as manifests
 from export.data import LABELS, data_digest, labelled_files
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import Provenance
-from export.versions import next_version, pin_serving, record_version, serve
+from export.versions import make_candidate, next_version, pin_serving, record_version
 from export.weights import weights_manifest
 from preprocess import assets
 from preprocess.tensors import is_fake
@@ -335,7 +336,7 @@ def run(config: TrainConfig, repo: Path) -> dict:
     after = figures(wrapper, *val, config.batch_size)
     # The new version is a candidate (model_repository/README.md): the serving version is
     # pinned before its folder exists, so neither Triton's default policy nor a repository
-    # poll serves it; `python -m export.versions serve` promotes it.
+    # poll serves it; once written, it is named the candidate; `serve` promotes it.
     serving = pin_serving(repo, config.member)
     version = next_version(repo, config.member)
     folder = repo / "members" / config.member / str(version)
@@ -386,7 +387,7 @@ def run(config: TrainConfig, repo: Path) -> dict:
     plot_losses(history, folder / "loss.png")
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     record_version(repo, config.member, version, summary, folder / "model.onnx")
-    serve(repo, config.member, str(serving))  # the same pin, now naming its candidate
+    make_candidate(repo, config.member, version)  # loaded beside `serving`, not served
     log.info(
         "%s version %d: validation AUC %s -> %s, accuracy %.3f -> %.3f; report in %s",
         config.member, version, before["auc"], after["auc"], before["accuracy"],

@@ -4,6 +4,8 @@
     python -m export.versions serve meso4 2        # promote the candidate 2
     python -m export.versions serve meso4 1        # roll back to version 1
     python -m export.versions serve meso4 latest   # the newest again (Triton's default)
+    python -m export.versions candidate meso4 2    # load 2 beside the serving one, for
+                                                   # the gateway's shadow scoring only
         [--triton-url http://127.0.0.1:8000]       # and reload it on a running Triton
 
 A fine-tuned version is `members/<model>/<n>/model.onnx` (export.train writes
@@ -14,9 +16,16 @@ into every config of the member (or removes it for latest), and with
 model: Triton serves the old version until the new one is ready, so the
 gateway keeps answering. The gateway reads the serving version from Triton.
 
-A member's candidate is its newest version newer than the serving one (`candidate`):
-export.train pins the serving version before it writes a new one, so the new one is a
-candidate until `serve` promotes it; the policy block names it (parameter `candidate`).
+A member's **candidate** (model_repository/README.md) is a version Triton loads beside
+the serving one and does not serve. `candidate <model> <n>`, and export.train for the
+version it writes, put one policy block into every config of the member: the policy
+lists both (`specific { versions: [serving, n] }`) and the parameters `serving_version`
+and `candidate_version` say which is which (the gateway reads them from Triton); every
+profile's ensemble step of the model is pinned to the serving version (`model_version:
+serving`; -1 would take the newest loaded, the candidate). The gateway scores the
+candidate only in the shadow of a share of answers (GATEWAY_SHADOW_SHARE);
+export.compare measures it. `serve` (a promotion, a rollback) drops the candidate and
+the pin.
 """
 
 import argparse
@@ -24,16 +33,21 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.repository import config_files
 from preprocess.assets import sha256_of
+
+if TYPE_CHECKING:
+    from tritonclient.http import InferenceServerClient
 
 REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 VERSIONS = "# versions: written by `python -m export.train`, one parameter per version"
 POLICY = "# version policy: written by `python -m export.versions serve`"
 END_VERSIONS = "# end versions"
 END_POLICY = "# end version policy"
-CANDIDATE = "candidate"  # the config parameter naming the member's candidate version
+SERVING_VERSION = "serving_version"  # the policy block's parameters: the version serving
+CANDIDATE = "candidate_version"  # and the candidate loaded beside it
 
 
 def _block(begin: str, end: str) -> re.Pattern:
@@ -62,10 +76,15 @@ def next_version(repo: Path, model: str) -> int:
     return max(versions(repo, model), default=0) + 1
 
 
-def pinned(repo: Path, model: str) -> int | None:
-    """The version the member's policy block pins (None: Triton's default, the newest)."""
+def _policy(repo: Path, model: str) -> str:
     match = BLOCKS[1].search((repo / "members" / model / "config.pbtxt").read_text())
-    found = re.search(r"versions: \[(\d+)\]", match.group(0)) if match else None
+    return match.group(0) if match else ""
+
+
+def pinned(repo: Path, model: str) -> int | None:
+    """The version the member's policy block serves: the first it lists (the only one, or
+    the serving one beside a candidate); None: Triton's default, the newest."""
+    found = re.search(r"specific: \{ versions: \[(\d+)", _policy(repo, model))
     return int(found.group(1)) if found else None
 
 
@@ -75,10 +94,10 @@ def serving(repo: Path, model: str) -> int:
 
 
 def candidate(repo: Path, model: str) -> int | None:
-    """The member's candidate: its newest version newer than the serving one (None: none).
-    A version older than the serving one is a rollback target, never a candidate."""
-    newer = [n for n in versions(repo, model) if n > serving(repo, model)]
-    return max(newer, default=None)
+    """The member's candidate: the version its policy block loads beside the serving one
+    (parameter `candidate_version`); None: none."""
+    found = re.search(rf'key: "{CANDIDATE}" value: \{{ string_value: "(\d+)"', _policy(repo, model))
+    return int(found.group(1)) if found else None
 
 
 def pin_serving(repo: Path, model: str) -> int:
@@ -136,30 +155,98 @@ def _write_versions(config: Path, recorded: dict[int, dict]) -> None:
 
 
 def serve(repo: Path, model: str, version: str) -> None:
-    """Pin `model` to one version, or (\"latest\") back to Triton's default policy. The
-    block also names the member's candidate (a newer version: `candidate`), which the
-    gateway reads from Triton like every model fact."""
+    """Pin `model` to one version, or (\"latest\") back to Triton's default policy: a
+    promotion or a rollback, which drops the candidate (and the ensemble's pin)."""
     available = versions(repo, model)
     if version != "latest" and int(version) not in available:
         raise SystemExit(f"{model}: no version {version}; the repository has {available}")
-    newer = [n for n in available if version != "latest" and n > int(version)]
     for config in config_files(repo / "members" / model):
         if version == "latest":
             _replace_block(config, BLOCKS[1], "")
-            continue
-        lines = [POLICY, f"version_policy: {{ specific: {{ versions: [{int(version)}] }} }}"]
-        if newer:
-            lines.append(
-                f'parameters {{ key: "{CANDIDATE}" value: {{ string_value: "{max(newer)}" }} }}'
-            )
-        _replace_block(config, BLOCKS[1], "\n".join([*lines, END_POLICY]) + "\n")
+        else:
+            policy = f"version_policy: {{ specific: {{ versions: [{int(version)}] }} }}"
+            _replace_block(config, BLOCKS[1], f"{POLICY}\n{policy}\n{END_POLICY}\n")
+    pin_ensembles(repo, model)  # no candidate now: the step names -1 again
 
 
-def reload(url: str, model: str) -> None:
+ENSEMBLE = "deepfake_ensemble"
+
+
+def _parameter(key: str, value: str) -> str:
+    return f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+
+
+def serving_pin(repo: Path, model: str) -> int:
+    """The version the ensemble's step of `model` must name: the serving one while a
+    candidate is loaded beside it, else -1 (the newest loaded: the only one)."""
+    if not (repo / "members" / model / "config.pbtxt").exists():
+        return -1
+    return serving(repo, model) if candidate(repo, model) is not None else -1
+
+
+def pin_ensembles(repo: Path, model: str) -> None:
+    """Every profile's ensemble step of `model` names serving_pin's version."""
+    pin = serving_pin(repo, model)
+    step = re.compile(rf'(model_name: "{re.escape(model)}"\n\s*model_version: )-?\d+')
+    for config in repo.glob(f"*/{ENSEMBLE}/config.pbtxt"):
+        config.write_text(step.sub(rf"\g<1>{pin}", config.read_text()))
+
+
+def _serving_version(repo: Path, model: str, candidate: int) -> int:
+    """The version serving now: the pinned one, else the newest below the candidate."""
+    if (pin := pinned(repo, model)) is not None:
+        return pin
+    below = [n for n in versions(repo, model) if n < candidate]
+    if not below:
+        raise SystemExit(f"{model}: no version below {candidate} serves; serve one first")
+    return max(below)
+
+
+def make_candidate(repo: Path, model: str, version: int) -> int:
+    """Load `version` beside the serving version, which keeps serving; the serving one."""
+    available = versions(repo, model)
+    if version not in available:
+        raise SystemExit(f"{model}: no version {version}; the repository has {available}")
+    serving = _serving_version(repo, model, version)
+    if serving == version:
+        raise SystemExit(f"{model}: version {version} serves already")
+    block = [
+        POLICY,
+        f"version_policy: {{ specific: {{ versions: [{serving}, {version}] }} }}",
+        _parameter(SERVING_VERSION, str(serving)),
+        _parameter(CANDIDATE, str(version)),
+        END_POLICY,
+    ]
+    for config in config_files(repo / "members" / model):
+        _replace_block(config, BLOCKS[1], "\n".join(block) + "\n")
+    pin_ensembles(repo, model)
+    return serving
+
+
+def _ensemble_pin(client: "InferenceServerClient", model: str) -> int:
+    """The version the loaded ensemble's step of `model` names now (-1: the newest)."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        steps = client.get_model_config(ENSEMBLE)["ensemble_scheduling"]["step"]
+    except InferenceServerException:  # not loaded: no answers to keep
+        return -1
+    return next((int(s.get("model_version", -1)) for s in steps if s["model_name"] == model), -1)
+
+
+def reload(url: str, repo: Path, model: str) -> None:
+    """Triton reloads `model` and the ensemble (its step's pin) as the repository says.
+    Triton swaps a model only once its new versions are ready, so the order keeps the
+    ensemble's step on a loaded version that is meant to answer: the member first when the
+    ensemble already pins the version serving (dropping a candidate: the pin stays valid
+    until it is lifted), else the ensemble first (adding a candidate: it pins the version
+    loaded now; promoting one: -1 takes the newest loaded, the promoted one)."""
     import tritonclient.http as http
 
     client = http.InferenceServerClient(url.removeprefix("http://"))
-    client.load_model(model)
+    member_first = _ensemble_pin(client, model) == serving(repo, model)
+    for name in [model, ENSEMBLE] if member_first else [ENSEMBLE, model]:
+        client.load_model(name)
     print(f"{model}: reloaded; ready versions {client.get_model_metadata(model)['versions']}")
 
 
@@ -173,23 +260,29 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list")
     listing.add_argument("model")
-    serving = sub.add_parser("serve")
-    serving.add_argument("model")
-    serving.add_argument("version", help="a version number, or latest")
-    serving.add_argument("--triton-url", help="reload the model on this Triton (HTTP)")
+    serve_command = sub.add_parser("serve", help="promote, roll back (drops the candidate)")
+    serve_command.add_argument("model")
+    serve_command.add_argument("version", help="a version number, or latest")
+    serve_command.add_argument("--triton-url", help="reload the model on this Triton (HTTP)")
+    candidate_command = sub.add_parser("candidate", help="load a version beside the serving one")
+    candidate_command.add_argument("model")
+    candidate_command.add_argument("version", type=int)
+    candidate_command.add_argument("--triton-url", help="reload the model on this Triton (HTTP)")
     args = parser.parse_args(argv)
+    repo, model = args.repository, args.model
     if args.command == "list":
-        recorded = version_parameters(args.repository / "members" / args.model / "config.pbtxt")
-        for n in versions(args.repository, args.model):
+        recorded = version_parameters(repo / "members" / model / "config.pbtxt")
+        for n in versions(repo, model):
             print(n, json.dumps(recorded.get(n, {"provenance": "as exported"})))
-        print(
-            f"serving {serving(args.repository, args.model)}, "
-            f"candidate {candidate(args.repository, args.model)}"
-        )
+        print(f"serving {serving(repo, model)}, candidate {candidate(repo, model)}")
         return
-    serve(args.repository, args.model, args.version)
+    if args.command == "candidate":
+        now = make_candidate(repo, model, args.version)
+        print(f"{model}: version {now} serves, {args.version} is the candidate")
+    else:
+        serve(repo, model, args.version)
     if args.triton_url:
-        reload(args.triton_url, args.model)
+        reload(args.triton_url, repo, model)
 
 
 if __name__ == "__main__":

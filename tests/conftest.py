@@ -168,15 +168,18 @@ def gateway_settings(triton_url: str, tmp: Path, **settings: object) -> "Setting
 
 
 @contextlib.contextmanager
-def inprocess_gateway(tmp: Path, profile: str = "lite", **settings: object):
+def inprocess_gateway(
+    tmp: Path, profile: str = "lite", candidates: dict[str, int] | None = None, **settings: object
+):
     """create_app in this process (lifespan and all), its Triton the fake of
-    tests/fake_triton.py serving `profile` from the committed configs."""
+    tests/fake_triton.py serving `profile` from the committed configs (with `candidates`:
+    member -> a candidate version loaded beside version 1)."""
     from fastapi.testclient import TestClient
 
     from gateway.server.app import create_app
     from tests.fake_triton import fake_triton
 
-    with fake_triton(profile) as triton:
+    with fake_triton(profile, candidates) as triton:
         config = gateway_settings(triton.url, tmp, **settings)
         with TestClient(create_app(config)) as client:
             yield InProcessGateway(client, triton, config, config.tmp_dir)

@@ -10,13 +10,18 @@ scores are made up, and deterministically from the faces sent: each member answe
 mean of one colour channel of each crop (scaled to [0, 1]), and the vote is the
 weighted mean that model_repository/vote.toml and export/vote.py define. The full tier
 (`make test`) runs the same API against a real Triton.
+
+A member may have a candidate version loaded beside its serving version 1 (`candidates`,
+as `python -m export.versions candidate` writes it): its P(fake) is 1 minus the serving
+one's. Like Triton, a call naming no version gets the newest loaded (the candidate); the
+ensemble's steps are pinned to the serving version.
 """
 
 import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -54,6 +59,7 @@ class FakeModels:
     profile: str = "lite"
     repository: Path = REPOSITORY
     ready: bool = True  # a test may take the server down (then: not ready, 503s)
+    candidates: dict[str, int] = field(default_factory=dict)  # member -> its candidate version
 
     def __post_init__(self) -> None:
         profile_dir = self.repository / self.profile
@@ -63,6 +69,11 @@ class FakeModels:
         self.configs[vote] = read_config(profile_dir / vote)
         for member in self.members:
             self.configs[member] = read_config(self.repository / "members" / member)
+        for member, version in self.candidates.items():
+            config = self.configs[member]
+            config.version_policy.specific.versions[:] = [1, version]
+            config.parameters["serving_version"].string_value = "1"
+            config.parameters["candidate_version"].string_value = str(version)
         params = {k: v.string_value for k, v in self.configs[vote].parameters.items()}
         self.vote_weights = parse_vote_weights(params.get("vote_weights", ""))
         # The rule the vote graph was exported with (model_repository/vote.toml).
@@ -72,10 +83,17 @@ class FakeModels:
             else None
         )
 
-    def infer(self, model: str, faces: np.ndarray) -> dict[str, np.ndarray]:
-        """The outputs `model` has in its config, each [batch, 1] FP32."""
+    def versions(self, model: str) -> list[str]:
+        """The versions loaded, oldest first."""
+        return [str(v) for v in self.configs[model].version_policy.specific.versions] or ["1"]
+
+    def infer(self, model: str, faces: np.ndarray, version: str = "") -> dict[str, np.ndarray]:
+        """The outputs `model` has in its config, each [batch, 1] FP32; a member's `version`
+        ("": the newest loaded)."""
         scores = {m: member_score(faces, i % 3) for i, m in enumerate(self.members)}
         if model in self.members:
+            if (version or self.versions(model)[-1]) == str(self.candidates.get(model)):
+                return {"P_FAKE": (1 - scores[model]).reshape(-1, 1)}
             return {"P_FAKE": scores[model].reshape(-1, 1)}
         vote = aggregate.vote(scores, self.vote_weights, self.vote_groups)
         outputs = {member_output(m): s.reshape(-1, 1) for m, s in scores.items()}
@@ -119,7 +137,7 @@ class FakeTritonService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return service_pb2.ModelMetadataResponse(
             name=request.name,
-            versions=["1"],
+            versions=self.models.versions(request.name),
             platform=config.platform or config.backend,
             inputs=describe(config.input),
             outputs=describe(config.output),
@@ -134,7 +152,11 @@ class FakeTritonService(service_pb2_grpc.GRPCInferenceServiceServicer):
         if tensor.shape[0] > config.max_batch_size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "batch over max_batch_size")
         faces = np.frombuffer(request.raw_input_contents[0], np.uint8).reshape(tensor.shape)
-        outputs = self.models.infer(request.model_name, faces)
+        if request.model_version and request.model_version not in self.models.versions(
+            request.model_name
+        ):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no version {request.model_version}")
+        outputs = self.models.infer(request.model_name, faces, request.model_version)
         wanted = [o.name for o in request.outputs] or list(outputs)
         response = service_pb2.ModelInferResponse(
             model_name=request.model_name, model_version="1", id=request.id
@@ -156,9 +178,12 @@ class FakeTriton:
 
 
 @contextlib.contextmanager
-def fake_triton(profile: str = "lite") -> Iterator[FakeTriton]:
-    """The fake, serving `profile` on a free local port until the block ends."""
-    models = FakeModels(profile)
+def fake_triton(
+    profile: str = "lite", candidates: dict[str, int] | None = None
+) -> Iterator[FakeTriton]:
+    """The fake, serving `profile` on a free local port until the block ends (with each of
+    `candidates`' members' candidate version loaded beside version 1)."""
+    models = FakeModels(profile, candidates=candidates or {})
     service = FakeTritonService(models)
     server = grpc.server(futures.ThreadPoolExecutor(4, thread_name_prefix="fake-triton"))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)

@@ -60,6 +60,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if purge is not None:
             purge.cancel()
+        if analyzer.shadow is not None:
+            await analyzer.shadow.close()
         await analyzer.server.close()
         if keeper is not None:
             keeper.store.close()

@@ -75,3 +75,15 @@ JOB_WORKER_UP = Gauge(
     "gateway_jobs_worker_up",
     "1 while the job worker's analysis loop answers (what its liveness probe reads), else 0",
 )
+
+# Shadow scoring (analysis/shadow.py): a candidate version scored beside a sampled answer.
+SHADOW_OUTCOMES = ("recorded", "failed", "busy", "no_candidate")
+SHADOW_REQUESTS = Counter(
+    "gateway_shadow_requests_total",
+    "Sampled answers shadow-scored with a candidate version, by outcome: recorded, failed "
+    "(logged; the answer was unaffected), busy (GATEWAY_SHADOW_CONCURRENCY reached: skipped), "
+    "no_candidate (no member of the answer has a candidate loaded)",
+    ["outcome"],
+)
+for _outcome in SHADOW_OUTCOMES:
+    SHADOW_REQUESTS.labels(_outcome)

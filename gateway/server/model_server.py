@@ -46,7 +46,9 @@ class ModelInfo:
     trained_on: str = ""  # what the weights were trained on (a member manifest says)
     versions: dict[str, dict] = field(default_factory=dict)  # fine-tuned versions' provenance
     group: str = ""  # its specialist group, for the vote rule max_of_groups
-    # a version newer than the serving one, not promoted (model_repository/README.md)
+    # A member's candidate: a version loaded beside the serving one and not served
+    # (model_repository/README.md), named by the policy block's `candidate_version`; scored
+    # only in the shadow of answers (analysis/shadow.py), never in them. None when none.
     candidate: str | None = None
 
 
@@ -193,7 +195,11 @@ class ModelServer:
         except InferenceServerException:
             ready = False
         size = params.get("input_size", "")
-        version = (metadata.get("versions") or [""])[-1]
+        loaded = metadata.get("versions") or [""]
+        # With a candidate loaded, two versions are: the one serving is the one its policy
+        # block names (the ensemble's step pins it), the candidate is shadow-scored only.
+        version = params.get("serving_version") or loaded[-1]
+        candidate = params.get("candidate_version", "")
         versions = {
             key.removeprefix("version_"): json.loads(value)
             for key, value in params.items()
@@ -219,8 +225,8 @@ class ModelServer:
             precision_reason=params.get("precision_reason", ""),
             trained_on=params.get("trained_on", ""),
             versions=versions,
-            candidate=params.get("candidate") or None,
             group=group,
+            candidate=candidate if candidate in loaded and candidate != version else None,
         )
 
     async def batch_limit(self, model: str) -> int:
@@ -243,14 +249,25 @@ class ModelServer:
     async def score_with_members(
         self, faces: np.ndarray, members: list[str]
     ) -> dict[str, np.ndarray]:
-        """P(fake) per face from each named member, called directly, concurrently."""
+        """P(fake) per face from each named member, called directly, concurrently: the
+        serving version of a member with a candidate loaded (Triton's default would be the
+        newest loaded, the candidate)."""
+        ensemble = await self.ensemble()
+        pinned = {m.name: m.version for m in ensemble.members if m.candidate}
         results = await asyncio.gather(
-            *(self._batched(name, faces, {name: OUTPUT_NAME}) for name in members)
+            *(
+                self._batched(name, faces, {name: OUTPUT_NAME}, pinned.get(name, ""))
+                for name in members
+            )
         )
         return {k: v for r in results for k, v in r.items()}
 
+    async def score_with_version(self, faces: np.ndarray, member: str, version: str) -> np.ndarray:
+        """P(fake) per face from one version of a member (a candidate's, for the shadow)."""
+        return (await self._batched(member, faces, {member: OUTPUT_NAME}, version))[member]
+
     async def _batched(
-        self, model: str, faces: np.ndarray, outputs: dict[str, str]
+        self, model: str, faces: np.ndarray, outputs: dict[str, str], version: str = ""
     ) -> dict[str, np.ndarray]:
         """Faces in batches of at most batch_limit(model), all in flight at once, so
         Triton's dynamic batcher and instances can overlap them. (Progress is the
@@ -258,14 +275,16 @@ class ModelServer:
         step = await self.batch_limit(model)
         batches = [faces[i : i + step] for i in range(0, len(faces), step)]
         results = await asyncio.gather(
-            *(self._infer(model, b, list(outputs.values())) for b in batches)
+            *(self._infer(model, b, list(outputs.values()), version) for b in batches)
         )
         return {
             key: np.concatenate([r[name].reshape(-1) for r in results]).astype(np.float32)
             for key, name in outputs.items()
         }
 
-    async def _infer(self, model: str, faces: np.ndarray, outputs: list[str]) -> dict:
+    async def _infer(
+        self, model: str, faces: np.ndarray, outputs: list[str], version: str = ""
+    ) -> dict:
         tensor = InferInput(INPUT_NAME, list(faces.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(faces))
         requested = [InferRequestedOutput(name) for name in outputs]
@@ -273,6 +292,7 @@ class ModelServer:
             self.client.infer,
             model,
             [tensor],
+            model_version=version,  # "": Triton's choice (the newest loaded)
             outputs=requested,
             client_timeout=self.timeout_s,
             # Triton's logs and trace spans carry the gateway's request id.

@@ -116,8 +116,9 @@ class ModelSummary(BaseModel):
     )
     candidate: str | None = Field(
         None,
-        description="the member's candidate: a version newer than the one serving, not "
-        "promoted (model_repository/README.md); its figures under versions[candidate]",
+        description="the member's candidate: a version loaded beside the one serving and not "
+        "served, only shadow-scored (model_repository/README.md); its figures under "
+        "versions[candidate]",
     )
     group: str = Field(
         "", description="specialist group when the vote is the maximum over groups' means"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.server.targets import grpc_target
@@ -648,6 +648,31 @@ class ReviewsSettings(BaseModel):
         None,
         description="seed of that draw, for a reproducible queue (tests, audits); unset: random",
     )
+
+    shadow_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of kept answers (files, job items) whose faces are also scored by "
+        "each member's candidate version (`python -m export.versions candidate`), after the "
+        "answer and never in it; the scores go to the review store's `shadow_scores` beside "
+        "the answer (needs `GATEWAY_REVIEWS_ENABLED`). `0`: off",
+    )
+    shadow_concurrency: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="shadow scorings running at once per process; a sampled answer beyond is "
+        "not shadowed (counted `busy`), so the shadow never queues work behind answers",
+    )
+
+    @model_validator(mode="after")
+    def shadow_needs_the_store(self) -> "ReviewsSettings":
+        # Shadow scores are kept beside the answers' records: without the store, nothing to
+        # key them by. Said at start, not silently ignored.
+        if self.shadow_share > 0 and not self.reviews_enabled:
+            raise ValueError("shadow_share > 0 needs reviews_enabled (the review store)")
+        return self
 
     def reviews_url(self) -> str:
         """The store's URL: the setting's, or the SQLite file in reviews_dir."""

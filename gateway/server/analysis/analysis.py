@@ -26,6 +26,7 @@ from gateway.server.analysis.scoring import (
     StreamedScoring,
     analysis_timeout,
 )
+from gateway.server.analysis.shadow import ShadowScoring
 from gateway.server.model_server import ModelServer
 from gateway.server.options import Options
 from gateway.server.reviews.keeper import Keeper
@@ -72,6 +73,7 @@ class Analyzer:
         doubts: Doubts | None = None,
         credentials: CredentialPolicy = UNTRUSTED,
         keeper: Keeper | None = None,
+        shadow: ShadowScoring | None = None,
     ) -> None:
         self.reader = reader
         self.extractor = extractor
@@ -86,6 +88,8 @@ class Analyzer:
         self.doubts = doubts or Doubts()  # when a verdict is uncertain (verdict/rules.py)
         self.credentials = credentials  # how content credentials are validated (trust anchors)
         self.keeper = keeper  # reviews on: answers' records kept to be reviewed
+        # GATEWAY_SHADOW_SHARE > 0: a share of kept answers scored by candidate versions too
+        self.shadow = shadow
 
     @classmethod
     def from_settings(cls, settings: Settings, executor: Executor) -> "Analyzer":
@@ -100,6 +104,8 @@ class Analyzer:
             settings.max_batch,
         )
         extractor = FaceExtractor(load_detector(settings.detector_config()), settings.crop_config())
+        keeper = Keeper.from_settings(settings)
+        store = keeper.store if keeper is not None else None
         return cls(
             MediaReader(settings.media_limits(), settings.video_hwaccel),
             extractor,
@@ -112,7 +118,8 @@ class Analyzer:
             sparse=SparseConfig(every=settings.detect_every),
             doubts=Doubts.from_settings(settings),
             credentials=settings.credential_policy(),
-            keeper=Keeper.from_settings(settings),
+            keeper=keeper,
+            shadow=ShadowScoring.from_settings(settings, server, store),
         )
 
     async def analyze(
@@ -196,6 +203,8 @@ class Analyzer:
             answer.answer_id = await self.keeper.answer(
                 answer, crops, options.owner, options.source
             )
+        if self.shadow is not None:  # after the answer, beside it: never in it
+            self.shadow.sample(answer, crops, selection, self.strategy)
         clock.stage("total", clock.start)
         answer.timings_ms = schemas.Timings(**clock.timings)
         return answer

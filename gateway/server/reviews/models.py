@@ -89,3 +89,25 @@ class Review(Base):
     created: Mapped[datetime] = mapped_column(index=True)
     expires: Mapped[datetime] = mapped_column(index=True)
     answer: Mapped[Answer] = relationship(back_populates="review")
+
+
+class ShadowScore(Base):
+    """One member's candidate version scored in the shadow of an answer (analysis/shadow.py):
+    its per-face and video scores beside the serving version's, never in the answer. It goes
+    with its answer (the answer's retention, or its review's), and joins reviews by
+    answer_id: what the candidate would have said about a reviewed answer."""
+
+    __tablename__ = "shadow_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    answer_id: Mapped[str] = mapped_column(ForeignKey("answers.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime]
+    model: Mapped[str] = mapped_column(String(64))  # the member
+    serving_version: Mapped[str] = mapped_column(String(16))
+    candidate_version: Mapped[str] = mapped_column(String(16))
+    # The raw video score (the decisive track's vote) with the serving version, as the answer
+    # had it, and with the candidate's scores in this member's place.
+    serving_video: Mapped[float] = mapped_column(Float)
+    candidate_video: Mapped[float] = mapped_column(Float)
+    # Every face of the answer: {frame, face, track, serving, candidate} (this member's P(fake)).
+    faces: Mapped[list[dict[str, Any]]] = mapped_column(JSON)

@@ -44,6 +44,19 @@ class Record:
     explanations: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class Shadow:
+    """One member's candidate version scored beside its serving version on an answer's faces
+    (analysis/shadow.py); a row of the store's shadow_scores."""
+
+    model: str
+    serving_version: str
+    candidate_version: str
+    serving_video: float  # the raw video score as the answer had it
+    candidate_video: float  # the same vote with the candidate's scores in the member's place
+    faces: list[dict[str, Any]]  # {frame, face, track, serving, candidate}
+
+
 def png(crop: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
     if not ok:  # a crop is always a small RGB array: this would be a bug

@@ -21,9 +21,9 @@ from sqlalchemy import Engine, Select, case, create_engine, delete, event, func,
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from gateway.server.reviews.models import Answer, Base, Face, Review
+from gateway.server.reviews.models import Answer, Base, Face, Review, ShadowScore
 from gateway.server.reviews.queue import ORDER
-from gateway.server.reviews.record import Record, png
+from gateway.server.reviews.record import Record, Shadow, png
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -307,6 +307,23 @@ class ReviewStore:
             if owner is not None:
                 chosen = chosen.where(Review.owner == owner)
             return list(session.scalars(chosen.order_by(Review.created, Review.id)))
+
+    # --- shadow scores (analysis/shadow.py) ---------------------------------------------
+
+    def keep_shadow(self, answer_id: str, shadows: list[Shadow]) -> None:
+        """A candidate version's scores in the shadow of a kept answer, one row per member."""
+        created = now()
+        with self.session() as session:
+            session.add_all(
+                ShadowScore(answer_id=answer_id, created=created, **vars(shadow))
+                for shadow in shadows
+            )
+
+    def shadow_scores(self, answer_id: str) -> list[ShadowScore]:
+        """The shadow rows of an answer (for comparisons joined to its review), by member."""
+        with self.session() as session:
+            query = select(ShadowScore).where(ShadowScore.answer_id == answer_id)
+            return list(session.scalars(query.order_by(ShadowScore.model, ShadowScore.id)))
 
     # --- retention -------------------------------------------------------------------
 
