@@ -6,6 +6,7 @@ In process over the fake Triton (its candidate answers 1 - the serving P(fake), 
 naming no version gets it, as Triton's newest loaded), and once against the real lite Triton
 with a second version of meso4 loaded beside version 1."""
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -243,7 +244,7 @@ def test_shadow_scores_against_the_real_triton(
     root = tmp_path_factory.mktemp("shadow-stack")
     repo = lite_copy(root)
     one_minus(repo / "members/meso4/1/model.onnx", repo / "members/meso4/2/model.onnx")
-    versions.make_candidate(repo, "meso4", 2)
+    versions.serve(repo, "meso4", "1")  # version 1 serves; 2 is loaded beside it below
     served = TritonSettings(
         profile="lite",
         http_port=free_port(),
@@ -255,6 +256,7 @@ def test_shadow_scores_against_the_real_triton(
     on_dir, off_dir = root / "on", root / "off"
     with (
         LocalTriton(served) as triton,
+        candidate_loaded(repo, triton.settings.http_url),
         start_gateway(triton.settings.grpc_url, on_dir, **stack_settings(on_dir, 1.0)) as on,
         start_gateway(triton.settings.grpc_url, off_dir, **stack_settings(off_dir, 0.0)) as off,
     ):
@@ -275,6 +277,15 @@ def test_shadow_scores_against_the_real_triton(
         for stored in row.faces:  # version 2 is 1 - version 1: the answer had version 1's
             assert stored["candidate"] == pytest.approx(1 - stored["serving"], abs=1e-4)
         assert row.serving_video == pytest.approx(answer["raw_score"], abs=1e-9)
+
+
+@contextlib.contextmanager
+def candidate_loaded(repo: Path, http_url: str) -> Iterator[None]:
+    """meso4's version 2 loaded beside version 1 on the running Triton, as an operator does."""
+    versions.main(["--repository", str(repo), "candidate", "meso4", "2", "--triton-url", http_url])
+    ready = httpx.get(f"{http_url}/v2/models/meso4", timeout=30).json()["versions"]
+    assert sorted(ready) == ["1", "2"]
+    yield
 
 
 def stack_settings(tmp: Path, share: float) -> dict:
