@@ -1,3 +1,4 @@
+# ruff: noqa: F811 — the store fixtures are imported from test_reviews, then used
 """Shadow scoring (issue 28): a candidate version loaded beside the serving one scores a share
 of answers' faces after the answer, never in it; both versions' scores land in the review
 store's shadow_scores, keyed by the answer_id.
@@ -10,6 +11,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,11 +24,13 @@ from export import versions
 from export.repository import profile_members
 from gateway.server import metrics
 from gateway.server.reviews.models import ShadowScore
+from gateway.server.reviews.record import Shadow
 from gateway.server.reviews.store import ReviewStore
 from gateway.server.settings import Settings
 from model_repository.local_triton import LocalTriton, TritonSettings
 from tests.conftest import REPOSITORY, InProcessGateway, free_port, inprocess_gateway, start_gateway
 from tests.stack import OBAMA, TWO_PEOPLE
+from tests.test_reviews import a_record, postgres_url, store  # noqa: F401 — fixtures
 
 KEY = "shadow-test-key-0123"
 AS_KEY = {"X-API-Key": KEY}
@@ -159,6 +163,29 @@ def test_a_failing_shadow_leaves_the_answer_alone(
     assert same(detect(shadowing, OBAMA)) == same(answer)
     # (plain's answer: no candidate there)
     assert counted(before) == {"failed": 2, "busy": 1, "no_candidate": 1}
+
+
+def a_shadow(model: str = "meso4") -> Shadow:
+    faces = [{"frame": 0, "face": 0, "track": 0, "serving": 0.25, "candidate": 0.75}]
+    return Shadow(model, "1", "2", 0.25, 0.75, faces)
+
+
+def test_shadow_rows_live_and_go_with_their_answer(store: ReviewStore) -> None:
+    """On SQLite and PostgreSQL: rows kept per member, purged with an unreviewed answer, kept
+    with a reviewed one until its review goes."""
+    kept = store.keep(a_record(1), "key:alice", 60)
+    reviewed = store.keep(a_record(2), "key:alice", 60)
+    store.keep_shadow(kept, [a_shadow("meso4"), a_shadow("mesoinception4")])
+    store.keep_shadow(reviewed, [a_shadow()])
+    (row, _) = store.shadow_scores(kept)
+    assert (row.model, row.serving_video, row.candidate_video) == ("meso4", 0.25, 0.75)
+    assert row.faces == a_shadow().faces
+    review = store.review(reviewed, "key:alice", "fake", None, None, 3600)
+    assert review is not None
+    store.purge(datetime.now(UTC) + timedelta(seconds=120))
+    assert store.shadow_scores(kept) == [] and len(store.shadow_scores(reviewed)) == 1
+    store.purge(datetime.now(UTC) + timedelta(seconds=3700))
+    assert store.shadow_scores(reviewed) == []
 
 
 def test_a_share_without_the_review_store_is_refused() -> None:
