@@ -120,7 +120,8 @@ calibrate: $(VENV)/.installed
 # Fine-tune a member on your own media; the result is model_repository/members/<MEMBER>/<n>/.
 MEMBER ?= meso4
 # From the review store instead: REVIEWS=sqlite:///.build/reviews/reviews.db (or postgresql+psycopg://...).
-# The new version is a candidate: it serves once `python -m export.versions serve` promotes it.
+# The new version is the candidate (loaded beside the serving one, shadow-scored, not served):
+# it serves once `python -m export.versions serve` promotes it.
 train: $(VENV)/.installed
 	@test -n "$(DATA)$(REVIEWS)" || (echo "make train DATA=folder-with-real-and-fake | REVIEWS=database-url [MEMBER=meso4]"; exit 2)
 	$(PY) -m export.train $(if $(REVIEWS),--reviews $(REVIEWS),--data $(DATA)) --member $(MEMBER) $(TRAIN_ARGS)

@@ -16,16 +16,10 @@ into every config of the member (or removes it for latest), and with
 model: Triton serves the old version until the new one is ready, so the
 gateway keeps answering. The gateway reads the serving version from Triton.
 
-A member's **candidate** (model_repository/README.md) is a version Triton loads beside
-the serving one and does not serve. `candidate <model> <n>`, and export.train for the
-version it writes, put one policy block into every config of the member: the policy
-lists both (`specific { versions: [serving, n] }`) and the parameters `serving_version`
-and `candidate_version` say which is which (the gateway reads them from Triton); every
-profile's ensemble step of the model is pinned to the serving version (`model_version:
-serving`; -1 would take the newest loaded, the candidate). The gateway scores the
-candidate only in the shadow of a share of answers (GATEWAY_SHADOW_SHARE);
-export.compare measures it. `serve` (a promotion, a rollback) drops the candidate and
-the pin.
+A member's candidate, as model_repository/README.md defines it, is written by
+`candidate` (make_candidate; export.train calls it for the version it writes): a policy
+block with both versions, `serving_version` and `candidate_version`, and the ensemble's
+step pinned to the serving version. `serve` (a promotion, a rollback) drops it.
 """
 
 import argparse

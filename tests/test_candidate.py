@@ -135,18 +135,20 @@ def repo(tmp_path: Path) -> Path:
 def test_a_new_version_is_a_candidate_until_promoted_and_rolled_back(repo: Path) -> None:
     assert versions.serving(repo, "meso4") == 1 and versions.candidate(repo, "meso4") is None
     assert versions.pin_serving(repo, "meso4") == 1  # what training does first
-    (repo / "members/meso4/2").mkdir()  # then the new version
+    (repo / "members/meso4/2").mkdir()  # then the new version, not loaded by the pin
+    assert versions.serving(repo, "meso4") == 1 and versions.candidate(repo, "meso4") is None
+    assert versions.make_candidate(repo, "meso4", 2) == 1  # what training does last
     assert versions.serving(repo, "meso4") == 1 and versions.candidate(repo, "meso4") == 2
-    versions.serve(repo, "meso4", "1")  # training's pin again, now naming the candidate
     for config in versions.config_files(repo / "members/meso4"):
         text = config.read_text()
-        assert "versions: [1]" in text
-        assert 'key: "candidate" value: { string_value: "2" }' in text
+        assert "versions: [1, 2]" in text
+        assert 'key: "serving_version" value: { string_value: "1" }' in text
+        assert 'key: "candidate_version" value: { string_value: "2" }' in text
     versions.serve(repo, "meso4", "2")  # promotion
     assert versions.serving(repo, "meso4") == 2 and versions.candidate(repo, "meso4") is None
     assert "candidate" not in (repo / "members/meso4/config.pbtxt").read_text()
-    versions.serve(repo, "meso4", "1")  # rollback: 2 is the candidate again
-    assert versions.candidate(repo, "meso4") == 2
+    versions.serve(repo, "meso4", "1")  # rollback: 2 is no candidate, until named again
+    assert versions.serving(repo, "meso4") == 1 and versions.candidate(repo, "meso4") is None
     versions.serve(repo, "meso4", "latest")
     assert versions.serving(repo, "meso4") == 2 and versions.candidate(repo, "meso4") is None
 
@@ -246,7 +248,7 @@ def meso4(url: str) -> dict:
 
 
 @pytest.mark.stack
-def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
+def test_reviews_make_a_candidate_compared_shadowed_then_promoted_and_rolled_back(
     exported: Path, tmp_path: Path
 ) -> None:
     import shutil
@@ -286,9 +288,11 @@ def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
             reviews_enabled="true",
             reviews_dir=str(tmp_path / "reviews"),
             api_keys=KEY,
+            shadow_share="1",  # every answer kept is shadow-scored by a candidate, if any
         ) as gateway,
     ):
         # 1. Reviews of real answers, labelled as the clips' folders say.
+        before: dict[str, dict] = {}  # each clip's answer by version 1 alone
         for label, names in CLIPS.items():
             for name in names:
                 with (data / label / name).open("rb") as file:
@@ -299,6 +303,7 @@ def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
                         headers=AS_KEY,
                         timeout=120,
                     ).json()
+                before[name] = answer
                 created = httpx.post(
                     f"{gateway.url}/api/reviews",
                     json={"answer_id": answer["answer_id"], "label": label},
@@ -331,6 +336,33 @@ def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
         assert shown["versions"]["2"]["comparison"] == expected
         assert shown["versions"]["2"]["comparison"]["shared_clips"]["figures"]["auc"]["candidate"]
         assert shown["versions"]["2"]["reviews"] == report["reviews"]
+        # 3b. The candidate, loaded beside version 1, is shadow-scored; answers are unchanged.
+        name = CLIPS["real"][0]
+        with (data / "real" / name).open("rb") as file:
+            again = httpx.post(
+                f"{gateway.url}/api/detect",
+                params={"frames": 6},
+                files={"file": (name, file)},
+                headers=AS_KEY,
+                timeout=120,
+            ).json()
+        per_request = ("answer_id", "request_id", "timings_ms")
+        assert {k: v for k, v in again.items() if k not in per_request} == {
+            k: v for k, v in before[name].items() if k not in per_request
+        }
+        store = ReviewStore.open(url)
+        try:
+            deadline = time.monotonic() + 60
+            while not (rows := store.shadow_scores(again["answer_id"])):
+                assert time.monotonic() < deadline, "no shadow row"
+                time.sleep(0.2)
+        finally:
+            store.close()
+        ((row,),) = [rows]
+        assert (row.model, row.serving_version, row.candidate_version) == ("meso4", "1", "2")
+        faces = [f for frame in again["frames"] for f in frame["faces"]]
+        assert [r["serving"] for r in row.faces] == [f["models"]["meso4"] for f in faces]
+        assert [r["candidate"] for r in row.faces] != [r["serving"] for r in row.faces]
         # 4. Promotion and rollback, one command each, while the gateway answers.
         failures: list[str] = []
         answered: list[int] = []
@@ -363,7 +395,7 @@ def test_reviews_make_a_candidate_compared_then_promoted_and_rolled_back(
             stop.set()
             asker.join()
     assert (promoted["version"], promoted["candidate"]) == ("2", None)
-    assert (rolled_back["version"], rolled_back["candidate"]) == ("1", "2")
+    assert (rolled_back["version"], rolled_back["candidate"]) == ("1", None)  # dropped
     assert answered and not failures, failures
     print(f"the review loop end to end: {time.monotonic() - started:.0f} s")
 

@@ -104,9 +104,12 @@ def meso4(url: str) -> dict:
 
 def test_new_version_serves_and_rolls_back_while_the_gateway_answers(served: tuple) -> None:
     repo, triton, gateway = served
-    # Training pinned the version serving: the new one is a candidate until promoted.
+    # Training made the new version the candidate: loaded beside version 1, which serves
+    # (the ensemble's step names it), until promoted.
     trained = meso4(gateway.url)
     assert (trained["version"], trained["candidate"]) == ("1", "2")
+    ensemble = (repo / "lite/deepfake_ensemble/config.pbtxt").read_text()
+    assert 'model_name: "meso4"\n      model_version: 1\n' in ensemble
     assert set(trained["versions"]) == {"2"}
     promote = ["--repository", str(repo), "serve", "meso4", "2"]
     versions.main([*promote, "--triton-url", triton.http_url])

@@ -114,12 +114,6 @@ class ModelSummary(BaseModel):
         description="fine-tuned versions in the repository and their provenance "
         "(python -m export.train); `version` is the one serving",
     )
-    candidate: str | None = Field(
-        None,
-        description="the member's candidate: a version loaded beside the one serving and not "
-        "served, only shadow-scored (model_repository/README.md); its figures under "
-        "versions[candidate]",
-    )
     group: str = Field(
         "", description="specialist group when the vote is the maximum over groups' means"
     )
@@ -149,6 +143,18 @@ class CalibrationInfo(BaseModel):
     caveat: str = Field(description="how far to trust the figures")
 
 
+class ModelListing(ModelSummary):
+    """A member as GET /api/models lists it. (An answer's models say what answered: never
+    the candidate, so it is not named there and answers stay the same beside one.)"""
+
+    candidate: str | None = Field(
+        None,
+        description="the member's candidate: a version loaded beside the one serving and not "
+        "served, only shadow-scored (model_repository/README.md); its figures under "
+        "versions[candidate]",
+    )
+
+
 class ModelsAnswer(BaseModel):
     ensemble: str
     profile: str
@@ -156,7 +162,7 @@ class ModelsAnswer(BaseModel):
         "mean", description="mean (weighted mean of all) or max_of_groups (most fake group mean)"
     )
     ready: bool
-    models: list[ModelSummary]
+    models: list[ModelListing]
     calibration: CalibrationInfo | None = Field(
         None, description="the video score's calibration; null: scores are the raw vote"
     )

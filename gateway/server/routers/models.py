@@ -9,7 +9,6 @@ from gateway.server import schemas
 from gateway.server.deps import PdfPrinterDep, ServerDep, SettingsDep
 from gateway.server.errors import ApiError
 from gateway.server.openapi import MODEL_SERVER_ERRORS, errors_doc
-from gateway.server.verdict.selection import model_summary
 from preprocess.calibration import Calibration
 from preprocess.media import FORMATS
 
@@ -65,7 +64,9 @@ async def models(server: ServerDep) -> schemas.ModelsAnswer:
         profile=ensemble.profile,
         vote_rule=ensemble.rule,
         ready=ensemble.ready,
-        models=[model_summary(m) for m in ensemble.members],
+        models=[
+            schemas.ModelListing.model_validate(m, from_attributes=True) for m in ensemble.members
+        ],
         calibration=calibration_info(ensemble.calibration),
     )
 
