@@ -132,7 +132,9 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_new_version_is_a_candidate_until_promoted_and_rolled_back(repo: Path) -> None:
+def test_a_new_version_is_a_candidate_until_promoted_and_rolled_back(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert versions.serving(repo, "meso4") == 1 and versions.candidate(repo, "meso4") is None
     assert versions.pin_serving(repo, "meso4") == 1  # what training does first
     (repo / "members/meso4/2").mkdir()  # then the new version, not loaded by the pin
@@ -144,6 +146,8 @@ def test_a_new_version_is_a_candidate_until_promoted_and_rolled_back(repo: Path)
         assert "versions: [1, 2]" in text
         assert 'key: "serving_version" value: { string_value: "1" }' in text
         assert 'key: "candidate_version" value: { string_value: "2" }' in text
+    versions.main(["--repository", str(repo), "list", "meso4"])
+    assert capsys.readouterr().out.splitlines()[-1] == "serving 1, candidate 2"
     versions.serve(repo, "meso4", "2")  # promotion
     assert versions.serving(repo, "meso4") == 2 and versions.candidate(repo, "meso4") is None
     assert "candidate" not in (repo / "members/meso4/config.pbtxt").read_text()
