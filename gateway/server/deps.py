@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Query
 from starlette.requests import HTTPConnection
 
 from gateway.server.admission import Admission, Holding, LiveSessions, UploadSlots
@@ -18,6 +18,7 @@ from gateway.server.live.readers import StreamReaders
 from gateway.server.model_server import ModelServer
 from gateway.server.report import PdfPrinter
 from gateway.server.reviews.store import ReviewStore
+from gateway.server.security import tenant_of
 from gateway.server.settings import Settings
 
 
@@ -84,6 +85,20 @@ async def holding() -> AsyncIterator[Holding]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_owner(connection: HTTPConnection, settings: SettingsDep) -> str:
+    """Whose jobs and reviews the request reaches: its key's non-reversible id, or one tenant
+    for all without keys (security.tenant_of)."""
+    return tenant_of(connection.headers, settings.api_keys)
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]
+# A page of a caller's jobs or reviews: SQLite, PostgreSQL and Redis take 64-bit offsets, so
+# a larger one is a 422, not a 500. The route gives the defaults (offset 0, limit 20).
+MAX_OFFSET = 10**9
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+PageLimit = Annotated[int, Query(ge=1, le=100)]
 AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
 ServerDep = Annotated[ModelServer, Depends(get_server)]
 ExecutorDep = Annotated[Executor, Depends(get_executor)]

@@ -6,9 +6,11 @@ document's error texts are built from the same table (gateway/server/openapi.py'
 `errors_doc`), and preprocess's `MediaError`s carry only a code, mapped here once. The
 table is gateway/README.md's "Errors" table too (tests/test_errors.py keeps them equal)."""
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +21,7 @@ from starlette.routing import Match
 from preprocess.media import MediaError
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,28 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class Store:
+    """A store the routes call on a thread (the job queue's, the reviews'): its failures
+    (`failures`: unreachable, full) are the catalogue's `code`, a 503 to retry, not a 500."""
+
+    name: str  # for the operator's log line
+    failures: tuple[type[Exception], ...]
+    code: str
+    message: str
+    retry_after_s: int = 30
+
+    async def call(self, call: Callable[..., T], *args: object) -> T:
+        """`call(*args)` on a thread, its store's failure raised as this store's ApiError."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except self.failures as exc:
+            log.error("%s unavailable: %s", self.name, exc)  # a retry or an operator: both see it
+            raise ApiError(
+                self.code, self.message, {"Retry-After": str(self.retry_after_s)}
+            ) from exc
 
 
 def from_media_error(error: MediaError) -> ApiError:

@@ -10,9 +10,9 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,15 +20,22 @@ from redis import RedisError
 
 from gateway.server import ndjson
 from gateway.server.analysis.queries import DetectQuery
-from gateway.server.deps import JobsDep, SettingsDep, UploadsDep
-from gateway.server.errors import ApiError
+from gateway.server.deps import (
+    JobsDep,
+    OwnerDep,
+    PageLimit,
+    PageOffset,
+    SettingsDep,
+    UploadsDep,
+    get_owner,
+)
+from gateway.server.errors import ApiError, Store
 from gateway.server.jobs.engine import Jobs
 from gateway.server.jobs.spool import JobFolder, discard, job_form
 from gateway.server.jobs.views import JobAnswer, JobList, job_view
 from gateway.server.jobs.webhook import callback_policy, check_callback_url
 from gateway.server.media_urls import MediaUrls, media_policy, receive_media
 from gateway.server.openapi import UPLOAD_ERRORS, errors_doc, upload_doc
-from gateway.server.security import tenant_of
 from gateway.server.settings import MB, Settings
 from gateway.server.uploads import Form, Pace, Upload
 
@@ -49,9 +56,15 @@ SUBMIT_ERRORS = errors_doc(
 )
 LIST_ERRORS = errors_doc("invalid_request", "jobs_unavailable")
 JOB_ERRORS = errors_doc("job_not_found", "invalid_request", "jobs_unavailable")
-STORE_RETRY_S = 30
-MAX_OFFSET = 10**9  # SQLite and Redis take 64-bit offsets: a larger one is a 422, not a 500
-T = TypeVar("T")
+# The queue's store (Redis, SQLite) unreachable or full (Redis past its maxmemory refuses
+# writes) is a 503 to retry, not a 500.
+STORE = Store(
+    "job store",
+    (RedisError, sqlite3.OperationalError),
+    "jobs_unavailable",
+    "the job queue cannot take or read jobs now; retry later",
+)
+in_store = STORE.call
 
 
 @dataclass
@@ -64,25 +77,6 @@ class JobQuery(DetectQuery):
 
     def options(self) -> dict[str, object]:
         return {k: v for k, v in super().options().items() if k != "callback_url"}
-
-
-def owner_of(request: Request, settings: Settings) -> str:
-    """The API key's non-reversible id, or one tenant for all without keys."""
-    return tenant_of(request.headers, settings.api_keys)
-
-
-async def in_store(call: Callable[..., T], *args: object) -> T:
-    """`call(*args)` on a thread: the queue's store (Redis, SQLite) unreachable or full —
-    Redis past its maxmemory refuses writes — is a 503 to retry, not a 500."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except (RedisError, sqlite3.OperationalError) as exc:
-        log.error("job store unavailable: %s", exc)  # a retry or an operator: both must see it
-        raise ApiError(
-            "jobs_unavailable",
-            "the job queue cannot take or read jobs now; retry later",
-            {"Retry-After": str(STORE_RETRY_S)},
-        ) from exc
 
 
 def not_found(job_id: str) -> ApiError:
@@ -132,7 +126,7 @@ def reservation_ttl_s(settings: Settings) -> float:
 
 async def owned_job(jobs: Jobs, request: Request, job_id: str, settings: Settings) -> dict:
     job = await in_store(jobs.store.job, job_id)
-    if job is None or job["owner"] != owner_of(request, settings):
+    if job is None or job["owner"] != get_owner(request, settings):
         raise not_found(job_id)
     return job
 
@@ -155,7 +149,7 @@ async def submit(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
-    owner = owner_of(request, settings)
+    owner = get_owner(request, settings)
     if query.callback_url is not None:
         await check_callback(query.callback_url, settings)
     job_id = uuid.uuid4().hex
@@ -283,14 +277,9 @@ async def replay(jobs: Jobs, job_id: str) -> JSONResponse:
     "(GET /api/jobs/{id} has them).",
 )
 async def list_jobs(
-    request: Request,
-    jobs: JobsDep,
-    settings: SettingsDep,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    jobs: JobsDep, owner: OwnerDep, offset: PageOffset = 0, limit: PageLimit = 20
 ) -> dict:
     store = jobs.store
-    owner = owner_of(request, settings)
     ids, total = await in_store(store.owned, owner, offset, limit)
     found = [await in_store(store.job, i) for i in ids]
     views = [job_view(job, results=False) for job in found if job is not None]

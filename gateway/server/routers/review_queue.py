@@ -9,15 +9,14 @@ Its own path, not /api/reviews/queue: there "queue" would also be a review's id 
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 
-from gateway.server.deps import ReviewsDep, SettingsDep
+from gateway.server.deps import OwnerDep, ReviewsDep
 from gateway.server.errors import ApiError
 from gateway.server.openapi import errors_doc
 from gateway.server.reviews.models import ID_LENGTH
 from gateway.server.reviews.views import QueueProgress, ReviewQueue, progress_view, queue_item
 from gateway.server.routers.reviews import LIST_ERRORS, in_store
-from gateway.server.security import tenant_of
 
 router = APIRouter(prefix="/api/review-queue", tags=["reviews"])
 AnswerId = Annotated[str, Path(max_length=ID_LENGTH)]
@@ -36,12 +35,8 @@ SKIP_ERRORS = errors_doc(
     "progress. Label one with `POST /api/reviews`; skipping sends it to the back.",
 )
 async def review_queue(
-    request: Request,
-    reviews: ReviewsDep,
-    settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=20)] = 1,
+    reviews: ReviewsDep, owner: OwnerDep, limit: Annotated[int, Query(ge=1, le=20)] = 1
 ) -> ReviewQueue:
-    owner = tenant_of(request.headers, settings.api_keys)
     items, progress = await in_store(reviews.queue, owner, limit)
     return ReviewQueue(items=[queue_item(a) for a in items], progress=progress_view(progress))
 
@@ -53,10 +48,7 @@ async def review_queue(
     description="The queued answer goes to the back of this key's queue (still reviewable); "
     "the progress after.",
 )
-async def skip_queued(
-    request: Request, answer_id: AnswerId, reviews: ReviewsDep, settings: SettingsDep
-) -> QueueProgress:
-    owner = tenant_of(request.headers, settings.api_keys)
+async def skip_queued(answer_id: AnswerId, reviews: ReviewsDep, owner: OwnerDep) -> QueueProgress:
     progress = await in_store(reviews.skip, answer_id, owner)
     if progress is None:
         raise ApiError(

@@ -6,17 +6,15 @@ The store and what it keeps are gateway/server/reviews/; this only translates HT
 never reaches another's answers or reviews: each is found by its id and its owner.
 """
 
-import asyncio
 import logging
-from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.server.deps import ReviewsDep, SettingsDep
-from gateway.server.errors import ApiError
+from gateway.server.deps import OwnerDep, PageLimit, PageOffset, ReviewsDep, SettingsDep
+from gateway.server.errors import ApiError, Store
 from gateway.server.openapi import errors_doc
 from gateway.server.reviews.models import ID_LENGTH
 from gateway.server.reviews.store import AlreadyReviewed
@@ -27,14 +25,17 @@ from gateway.server.reviews.views import (
     review_view,
     summary,
 )
-from gateway.server.security import tenant_of
 
 log = logging.getLogger("gateway.reviews")
 router = APIRouter(prefix="/api/reviews", tags=["reviews"])
 ReviewId = Annotated[str, Path(max_length=ID_LENGTH)]
-STORE_RETRY_S = 30
-MAX_OFFSET = 10**9  # SQLite and PostgreSQL take 64-bit offsets: a larger one is a 422
-T = TypeVar("T")
+STORE = Store(
+    "review store",
+    (SQLAlchemyError,),
+    "reviews_unavailable",
+    "the review store cannot be reached now; retry later",
+)
+in_store = STORE.call
 
 CREATE_ERRORS = errors_doc(
     "invalid_request",
@@ -47,19 +48,6 @@ LIST_ERRORS = errors_doc("invalid_request", "reviews_disabled", "reviews_unavail
 REVIEW_ERRORS = errors_doc(
     "invalid_request", "review_not_found", "reviews_disabled", "reviews_unavailable"
 )
-
-
-async def in_store(call: Callable[..., T], *args: object) -> T:
-    """`call(*args)` on a thread; a database that fails to answer is a 503 to retry."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except SQLAlchemyError as exc:
-        log.error("review store unavailable: %s", exc)
-        raise ApiError(
-            "reviews_unavailable",
-            "the review store cannot be reached now; retry later",
-            {"Retry-After": str(STORE_RETRY_S)},
-        ) from exc
 
 
 def review_not_found(review_id: str) -> ApiError:
@@ -77,9 +65,12 @@ def review_not_found(review_id: str) -> ApiError:
     "GATEWAY_REVIEWS_RETENTION_S. One review per answer.",
 )
 async def create_review(
-    request: Request, body: ReviewRequest, reviews: ReviewsDep, settings: SettingsDep
+    request: Request,
+    body: ReviewRequest,
+    reviews: ReviewsDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
 ) -> JSONResponse:
-    owner = tenant_of(request.headers, settings.api_keys)
     try:
         review = await in_store(
             reviews.review,
@@ -111,24 +102,17 @@ async def create_review(
 
 @router.get("", response_model=ReviewList, responses=LIST_ERRORS)
 async def list_reviews(
-    request: Request,
-    reviews: ReviewsDep,
-    settings: SettingsDep,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    reviews: ReviewsDep, owner: OwnerDep, offset: PageOffset = 0, limit: PageLimit = 20
 ) -> ReviewList:
     """This API key's reviews, newest first (without their crops: read one for them)."""
-    owner = tenant_of(request.headers, settings.api_keys)
     page, total = await in_store(reviews.reviews, owner, offset, limit)
     return ReviewList(reviews=[summary(r) for r in page], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{review_id}", response_model=ReviewView, responses=REVIEW_ERRORS)
-async def get_review(
-    request: Request, review_id: ReviewId, reviews: ReviewsDep, settings: SettingsDep
-) -> ReviewView:
+async def get_review(review_id: ReviewId, reviews: ReviewsDep, owner: OwnerDep) -> ReviewView:
     """One review with its answer's record: the crops and every member's scores."""
-    review = await in_store(reviews.get, review_id, tenant_of(request.headers, settings.api_keys))
+    review = await in_store(reviews.get, review_id, owner)
     if review is None:
         raise review_not_found(review_id)
     return review_view(review)
@@ -142,9 +126,8 @@ async def get_review(
     description="The review, its answer's record and crops are deleted at once.",
 )
 async def delete_review(
-    request: Request, review_id: ReviewId, reviews: ReviewsDep, settings: SettingsDep
+    request: Request, review_id: ReviewId, reviews: ReviewsDep, owner: OwnerDep
 ) -> Response:
-    owner = tenant_of(request.headers, settings.api_keys)
     if not await in_store(reviews.delete, review_id, owner):
         raise review_not_found(review_id)
     log.info("review deleted", extra={"request_id": request.state.request_id})
