@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,15 +47,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def on_free_ports(**fields: Any) -> TritonSettings:
+    """A local Triton's settings (`fields`) with its three ports free on this machine."""
+    return TritonSettings(
+        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), **fields
+    )
+
+
 def triton_process(profile: str, work_dir: Path, config_name: str = "cpu") -> LocalTriton:
     """A local Triton for `profile` on free ports, not started yet (`with` starts it);
     `config_name` cpu, or cpu_fast (export/runtimes.py)."""
-    settings = TritonSettings(
+    settings = on_free_ports(
         profile=profile,
         config_name=config_name,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
         # Our own backend folder: other Tritons on the machine may be assembling theirs.
         work_dir=work_dir / f"triton-{profile}",
     )

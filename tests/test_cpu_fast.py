@@ -28,7 +28,8 @@ from gateway.server.model_server import ModelServer
 from model_repository.cpu_features import BF16_UNITS, NO_UNITS, VNNI_UNITS, CpuUnits
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.assets import sha256_of
-from tests.conftest import ASSETS, MEDIA, REPOSITORY, free_port
+from tests.conftest import ASSETS, MEDIA, REPOSITORY
+from tests.stack import on_free_ports
 
 MEMBER = "xception"
 # The CPU each precision is served for (injected: this machine may have either or neither).
@@ -131,11 +132,8 @@ def fast_triton(
         check = quantize.quantize_member(solo_repository, MEMBER, crops)
     else:
         check = runtimes.check_bf16(solo_repository, MEMBER, crops)
-    settings = TritonSettings(
+    settings = on_free_ports(
         profile="solo",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
         config_name=runtimes.CONFIG_NAME,
         repository=solo_repository,
         work_dir=tmp_path_factory.mktemp(f"triton-{precision}"),

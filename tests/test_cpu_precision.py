@@ -26,7 +26,8 @@ from model_repository import cpu_features
 from model_repository.cpu_features import BF16_UNITS, NO_UNITS, VNNI_UNITS, CpuUnits
 from model_repository.local_triton import LocalTriton, TritonSettings
 from preprocess.assets import sha256_of
-from tests.conftest import REPOSITORY, free_port, start_gateway
+from tests.conftest import REPOSITORY, start_gateway
+from tests.stack import on_free_ports
 
 BF16_CPU = frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
 VNNI_CPU = frozenset({"avx2", "avx512f", "avx512_vnni"})
@@ -232,11 +233,8 @@ def test_api_models_states_each_members_precision_and_why(exported: Path, tmp_pa
     """A real Triton started under cpu_fast for a CPU with BF16 units (injected), the real
     gateway over it: /api/models says what each member computes in and why."""
     repo = lite_repository(exported, tmp_path)
-    settings = TritonSettings(
+    settings = on_free_ports(
         profile="lite",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
         config_name=runtimes.CONFIG_NAME,
         repository=repo,
         work_dir=tmp_path / "triton",

@@ -30,6 +30,7 @@ from model_repository.local_triton import (
 )
 from tests.conftest import FAKE_CLIP, free_port, start_gateway
 from tests.manifests import Rendering, expand
+from tests.stack import on_free_ports
 from tests.test_deploy_invariants import TRITON_GPU_METRICS, TRITON_METRICS
 
 # The full tier only (make test): gateway and Triton processes.
@@ -182,10 +183,7 @@ def deployed_triton(
         "MODEL_PROFILE": "lite",
         "TRITON_ADMIN_KEY": ADMIN_KEY,
     }
-    settings = TritonSettings(
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+    settings = on_free_ports(
         work_dir=tmp_path_factory.mktemp("deployed-triton"),
     )
     ports = {

@@ -12,9 +12,10 @@ import pytest
 from export.repository import profile_members
 from gateway.server.model_server import parse_vote_groups, parse_vote_weights
 from gateway.server.verdict import aggregate
-from model_repository.local_triton import LocalTriton, TritonSettings
+from model_repository.local_triton import LocalTriton
 from preprocess.tensors import member_output
 from tests.conftest import ROOT, free_port, local_triton, resized
+from tests.stack import on_free_ports
 from tests.triton_client import infer, model_config
 
 # The full tier only (make test): tritonserver processes.
@@ -51,12 +52,9 @@ def test_a_broken_repository_is_reported_with_the_servers_log(tmp_path: Path) ->
     repo = tmp_path / "repo"
     for folder in ("members", "full"):
         (repo / folder).mkdir(parents=True)
-    settings = TritonSettings(
+    settings = on_free_ports(
         repository=repo,
         work_dir=tmp_path / "work",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
     )
     with pytest.raises(RuntimeError, match="deepfake_ensemble"), LocalTriton(settings):
         pass
