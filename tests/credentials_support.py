@@ -11,6 +11,7 @@ from pathlib import Path
 
 import av
 import c2pa
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -113,6 +114,12 @@ class Authority:
                 b.set_remote_url(remote_url)
             b.sign(signer, mime, io.BytesIO(media), out)
         return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def authority() -> Authority:
+    """One signing authority per test module (each makes its own keys: slow to make)."""
+    return Authority.made()
 
 
 def _builder(

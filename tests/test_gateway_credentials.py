@@ -1,6 +1,8 @@
 """Content credentials in the answer and the verdict: media signed here (tests/credentials_support)
 sent to the gateway in process over the fake model server, and once to the real gateway."""
 
+# ruff: noqa: F811 — the authority fixture is imported from credentials_support, then used
+
 import asyncio
 import time
 from pathlib import Path
@@ -17,15 +19,11 @@ from tests.credentials_support import (
     CREATED_AT,
     Authority,
     altered,
+    authority,  # noqa: F401 — a fixture
     image_bytes,
     write,
 )
 from tests.stack import OBAMA, REAL_CLIP
-
-
-@pytest.fixture(scope="module")
-def authority() -> Authority:
-    return Authority.made()
 
 
 @pytest.fixture(scope="module")

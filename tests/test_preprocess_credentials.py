@@ -1,6 +1,8 @@
 """preprocess/credentials.py: content credentials read from signed media made here (JPEG, PNG,
 WebP, a shared MP4 clip and a MOV remuxed from it by PyAV), altered files, hostile bytes, trust."""
 
+# ruff: noqa: F811 — the authority fixture is imported from credentials_support, then used
+
 import http.server
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -22,16 +24,12 @@ from tests.credentials_support import (
     CREATED_AT,
     Authority,
     altered,
+    authority,  # noqa: F401 — a fixture
     image_bytes,
     remux_mov,
     write,
 )
 from tests.stack import REAL_CLIP, serve_http
-
-
-@pytest.fixture(scope="module")
-def authority() -> Authority:
-    return Authority.made()
 
 
 def read(path: Path, policy: CredentialPolicy = UNTRUSTED) -> ContentCredentials | None:
