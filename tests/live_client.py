@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import websocket
+from fastapi.testclient import TestClient
 
 from tests.stack import FAKE_CLIP, MEDIA, REAL_CLIP  # noqa: F401 — the live tests take them from here
 
@@ -38,6 +39,23 @@ def jpeg_frames(clip: Path, count: int, step: int = 3, long_side: int = 640) -> 
     capture.release()
     assert len(frames) == count, f"{clip} has fewer than {count * step} frames"
     return frames
+
+
+def live_session(
+    client: TestClient, start: dict, frames: list[bytes], headers: dict | None = None
+) -> tuple[dict, list[dict]]:
+    """One live session in process (FastAPI's TestClient): started with `start`, each frame
+    sent and answered in turn, stopped. The start's answer and the frames' answers."""
+    with client.websocket_connect("/api/live", headers=headers or {}) as ws:
+        ws.send_text(json.dumps({"start": start}))
+        started = ws.receive_json()
+        answers = []
+        for jpeg in frames:
+            ws.send_bytes(jpeg)
+            answers.append(ws.receive_json())
+        ws.send_text(json.dumps({"stop": True}))
+        assert ws.receive_json()["reason"] == "stopped"
+    return started, answers
 
 
 def blank_jpeg(width: int, height: int) -> bytes:

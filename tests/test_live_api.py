@@ -31,6 +31,7 @@ from tests.live_client import (
     blank_jpeg,
     jpeg_frames,
     judge,
+    live_session,
 )
 from tests.stack import metric
 
@@ -126,15 +127,8 @@ def test_live_answers_are_the_files_judging_path(api: InProcessGateway) -> None:
     """In process: several people, a window shorter than the clip, every member called; each
     frame's tracks, decisive score and verdict are what verdict/judge.py gives."""
     clip = MEDIA / "videos/real/face_recognition_short_hamilton_clip.mp4"
-    with api.client.websocket_connect("/api/live") as ws:
-        ws.send_text(json.dumps({"start": {"models": "all", "window": 4, "threshold": 0.45}}))
-        started = ws.receive_json()
-        answers = []
-        for jpeg in jpeg_frames(clip, 14, step=5):
-            ws.send_bytes(jpeg)
-            answers.append(ws.receive_json())
-        ws.send_text(json.dumps({"stop": True}))
-        assert ws.receive_json()["reason"] == "stopped"
+    start = {"models": "all", "window": 4, "threshold": 0.45}
+    started, answers = live_session(api.client, start, jpeg_frames(clip, 14, step=5))
     assert max(len(a["tracks"]) for a in answers) >= 2  # several people at once
     assert any(len(t["frames"]) == 4 for a in answers for t in a["tracks"])  # a full window
     models = api.client.get("/api/models").json()

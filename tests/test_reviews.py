@@ -6,6 +6,7 @@ The store runs against SQLite and a real PostgreSQL server (tests/postgres_suppo
 the API in process over the fake model server, and once against the real lite stack."""
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from gateway.server.security import key_id
 from model_repository.local_triton import TritonSettings
 from tests.conftest import MEDIA, InProcessGateway, inprocess_gateway, start_gateway
 from tests.fake_triton import member_score
-from tests.live_client import jpeg_frames
+from tests.live_client import jpeg_frames, live_session
 from tests.postgres_support import PASSWORD, postgres_server
 from tests.stack import OBAMA, TWO_PEOPLE
 
@@ -148,13 +149,19 @@ def test_an_expired_answer_is_not_reviewable_before_the_purge(store: ReviewStore
 # --- the API in process --------------------------------------------------------------------
 
 
+def reviews_gateway(
+    tmp: Path, **settings: object
+) -> contextlib.AbstractContextManager[InProcessGateway]:
+    """The gateway in process with reviews on, its SQLite store (unless `settings` name a
+    database) in `tmp`."""
+    return inprocess_gateway(tmp, reviews_enabled=True, reviews_dir=tmp / "reviews", **settings)
+
+
 @pytest.fixture(scope="module")
 def reviewing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     """The gateway in process with reviews on (SQLite), two API keys."""
     tmp = tmp_path_factory.mktemp("reviews")
-    with inprocess_gateway(
-        tmp, reviews_enabled=True, reviews_dir=tmp / "reviews", api_keys=[ALICE, BOB]
-    ) as gateway:
+    with reviews_gateway(tmp, api_keys=[ALICE, BOB]) as gateway:
         yield gateway
 
 
@@ -252,15 +259,8 @@ def test_a_job_items_answer_is_reviewed(reviewing: InProcessGateway) -> None:
 
 
 def test_a_live_sessions_verdict_is_reviewed(reviewing: InProcessGateway) -> None:
-    with reviewing.client.websocket_connect("/api/live", headers=AS_ALICE) as ws:
-        ws.send_text(json.dumps({"start": {"window": 4}}))
-        started = ws.receive_json()
-        answers = []
-        for jpeg in jpeg_frames(CLIP, 6, step=5):
-            ws.send_bytes(jpeg)
-            answers.append(ws.receive_json())
-        ws.send_text(json.dumps({"stop": True}))
-        assert ws.receive_json()["reason"] == "stopped"
+    frames = jpeg_frames(CLIP, 6, step=5)
+    started, answers = live_session(reviewing.client, {"window": 4}, frames, AS_ALICE)
     last = answers[-1]
     response = review(reviewing, started["answer_id"], AS_ALICE)
     assert response.status_code == 201, response.text
@@ -342,10 +342,8 @@ def test_bad_list_and_review_ids_get_their_json_4xx(reviewing: InProcessGateway)
 
 def test_the_purge_runs_in_the_gateway(tmp_path: Path) -> None:
     """An unreviewed answer is gone after its retention: the lifespan's purge deletes it."""
-    with inprocess_gateway(
+    with reviews_gateway(
         tmp_path,
-        reviews_enabled=True,
-        reviews_dir=tmp_path / "reviews",
         reviews_answer_retention_s=0.5,
         reviews_purge_interval_s=0.2,
     ) as gateway:
@@ -377,10 +375,8 @@ def test_with_reviews_off_answers_have_no_id_and_the_routes_say_so(
 def test_the_api_stores_in_postgresql(tmp_path: Path, postgres_url: str) -> None:
     """The gateway itself on PostgreSQL: URL and password (a Secret) apart, as in Kubernetes."""
     empty_database(postgres_url)
-    with inprocess_gateway(
+    with reviews_gateway(
         tmp_path,
-        reviews_enabled=True,
-        reviews_dir=tmp_path / "reviews",
         reviews_database_url=postgres_url,
         reviews_database_password=PASSWORD,
         api_keys=[ALICE],

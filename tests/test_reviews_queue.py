@@ -5,7 +5,6 @@ model server. The page itself: tests/test_reviews_web.py."""
 
 # ruff: noqa: F811 — the store fixtures are imported from test_reviews, then used
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +19,8 @@ from gateway.server.reviews.record import Record
 from gateway.server.reviews.store import QueueProgress, ReviewStore, alembic_config, make_engine
 from gateway.server.reviews.views import NO_HEATMAPS_ASKED, NO_HEATMAPS_LIVE
 from gateway.server.verdict.reasons import CATALOGUE
-from tests.conftest import InProcessGateway, inprocess_gateway
-from tests.live_client import jpeg_frames
+from tests.conftest import InProcessGateway
+from tests.live_client import jpeg_frames, live_session
 from tests.stack import OBAMA
 from tests.test_reviews import (  # noqa: F401 — fixtures
     ALICE,
@@ -31,6 +30,7 @@ from tests.test_reviews import (  # noqa: F401 — fixtures
     CLIP,
     a_record,
     postgres_url,
+    reviews_gateway,
     store,
 )
 
@@ -150,10 +150,8 @@ def test_an_expired_answer_leaves_the_queue(store: ReviewStore) -> None:
 def queueing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     """Reviews on, every confident answer sampled into the queue, two keys."""
     tmp = tmp_path_factory.mktemp("queue")
-    with inprocess_gateway(
+    with reviews_gateway(
         tmp,
-        reviews_enabled=True,
-        reviews_dir=tmp / "reviews",
         reviews_queue_sample_share=1.0,
         explain_grid=2,  # the fake model server takes gRPC messages up to 4 MB
         api_keys=[ALICE, BOB],
@@ -250,14 +248,9 @@ def test_the_queue_shows_why_faces_heatmaps_and_scores_per_key(
 def test_a_live_sessions_verdict_is_queued_and_says_why_no_heatmaps(
     queueing: InProcessGateway,
 ) -> None:
-    with queueing.client.websocket_connect("/api/live", headers=AS_BOB) as ws:
-        ws.send_text(json.dumps({"start": {"window": 4}}))
-        started = ws.receive_json()
-        for jpeg in jpeg_frames(CLIP, 4, step=5):
-            ws.send_bytes(jpeg)
-            last = ws.receive_json()
-        ws.send_text(json.dumps({"stop": True}))
-        assert ws.receive_json()["reason"] == "stopped"
+    frames = jpeg_frames(CLIP, 4, step=5)
+    started, answers = live_session(queueing.client, {"window": 4}, frames, AS_BOB)
+    last = answers[-1]
     assert last["verdict"] in ("fake", "real", "uncertain")  # every one of these is queued
     [item] = [
         i
@@ -274,10 +267,8 @@ def test_a_live_sessions_verdict_is_queued_and_says_why_no_heatmaps(
 
 
 def test_with_a_share_of_zero_only_doubtful_answers_are_queued(tmp_path: Path) -> None:
-    with inprocess_gateway(
+    with reviews_gateway(
         tmp_path,
-        reviews_enabled=True,
-        reviews_dir=tmp_path / "reviews",
         reviews_queue_sample_share=0.0,
     ) as gateway:
         score = detect(gateway, {})["score"]
