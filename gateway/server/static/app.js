@@ -15,12 +15,6 @@ const DECISIVE_COLOUR = "#b35c00";
 const VOTE = "ensemble"; // the answer's name for the vote of the models
 // Plot margins in CSS pixels; the width follows the page so text keeps its size.
 const PLOT = { left: 40, right: 12, top: 12, bottom: 32, minWidth: 280, maxHeight: 260 };
-const VERDICT_WORDS = {
-  fake: "Likely fake",
-  real: "Likely real",
-  uncertain: "Uncertain",
-  no_face: "No face found",
-};
 
 // The gateway's defaults until GET /api tells (it may refuse without an API key).
 const service = {
@@ -30,25 +24,9 @@ const service = {
   threshold: 0.5,
   ready: false,
 };
-// An API key, when the operator set GATEWAY_API_KEYS: kept for this tab only.
-const KEY_STORE = "deepfake-api-key";
 let current = null; // the XMLHttpRequest in flight, if any
 let shown = null; // the answer on screen, redrawn when the width changes
 let downloadUrl = null;
-
-const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child != null) node.append(child);
-  return node;
-}
 
 function svg(tag, attrs = {}) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
@@ -56,20 +34,9 @@ function svg(tag, attrs = {}) {
   return node;
 }
 
-const pct = (p) => (p == null ? "—" : `${(p * 100).toFixed(1)}%`);
 const seconds = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
 
 // --- service facts --------------------------------------------------------------------
-
-function keyHeaders() {
-  const key = sessionStorage.getItem(KEY_STORE);
-  return key ? { "X-API-Key": key } : {};
-}
-
-function askForKey(message) {
-  $("key-form").hidden = false;
-  $("key-help").textContent = message;
-}
 
 async function loadService() {
   const status = $("service");
@@ -81,7 +48,7 @@ async function loadService() {
     if (response.status === 401) {
       status.dataset.status = "locked";
       status.textContent = "This service needs an API key.";
-      askForKey(sessionStorage.getItem(KEY_STORE) ? "That key was refused; check it." : "");
+      askForKey();
       return;
     }
     const info = await response.json();
@@ -111,11 +78,7 @@ async function loadService() {
 }
 
 function useKey(event) {
-  event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (key) sessionStorage.setItem(KEY_STORE, key);
-  else sessionStorage.removeItem(KEY_STORE);
-  $("api-key").value = "";
+  takeKey(event);
   clearError();
   loadService();
 }

@@ -1,7 +1,7 @@
 // Several files (or links) at once: one job (POST /api/jobs), a queue table that follows
 // GET /api/jobs/{id}; a row opens that file's full result (the same view as a
 // single upload). The job id is kept in the URL (?job=), so a reload brings the
-// batch back. Uses app.js's helpers ($, el, keyHeaders, showResult, errors).
+// batch back. Uses common.js's helpers ($, el, keyHeaders) and app.js's (showResult, errors).
 "use strict";
 
 const JOB_POLL_MS = 1000;

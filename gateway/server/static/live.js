@@ -4,16 +4,11 @@
 // Plain JavaScript, no build step, nothing fetched beyond this gateway.
 "use strict";
 
-const KEY_STORE = "deepfake-api-key"; // the same tab-only key as the file page
 const MAX_WAITING = 2; // frames sent and not yet answered: beyond, skip (no queue here)
 const CHART_POINTS = 90; // per person
 const PALETTE = ["#0b63b6", "#b35c00", "#7b3fa0", "#00786f", "#a8326a", "#4d6b00"];
-const VERDICT_WORDS = {
-  fake: "Likely fake",
-  real: "Likely real",
-  uncertain: "Uncertain",
-  no_face: "No face in view",
-};
+// A live frame without a face is not a file without one: nobody is in view right now.
+const LIVE_VERDICT_WORDS = { ...VERDICT_WORDS, no_face: "No face in view" };
 const CLOSE_WORDS = {
   4401: "An API key is needed, or the one given was refused.",
   4408: "Closed after a while without frames.",
@@ -22,7 +17,6 @@ const CLOSE_WORDS = {
   1011: "The gateway failed; see its logs.",
 };
 
-const $ = (id) => document.getElementById(id);
 const live = {
   stream: null, // the MediaStream
   socket: null,
@@ -55,7 +49,7 @@ function socketUrl() {
   const url = new URL("api/live", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   // Browsers cannot set headers on a WebSocket: the key travels as a query parameter.
-  const key = sessionStorage.getItem(KEY_STORE);
+  const key = storedKey();
   if (key) url.searchParams.set("api_key", key);
   return url.href;
 }
@@ -103,7 +97,7 @@ function connect() {
     if (live.socket !== socket) return;
     const words = CLOSE_WORDS[event.code];
     if (words) showError(words);
-    if (event.code === 4401) $("key-form").hidden = false;
+    if (event.code === 4401) askForKey();
     finish();
   });
 }
@@ -184,7 +178,7 @@ function showVerdict(verdict, score, reasons) {
   const kind = verdict || "none";
   $("verdict").dataset.verdict = kind;
   $("verdict-box").dataset.verdict = kind;
-  $("verdict").textContent = verdict ? VERDICT_WORDS[verdict] : "Not started";
+  $("verdict").textContent = verdict ? LIVE_VERDICT_WORDS[verdict] : "Not started";
   $("score").dataset.score = score === null || score === undefined ? "" : String(score);
   $("score").textContent =
     score === null || score === undefined
@@ -264,9 +258,7 @@ function finish() {
 }
 
 function useKey(event) {
-  event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (key) sessionStorage.setItem(KEY_STORE, key);
+  takeKey(event);
   $("key-form").hidden = true;
   showError("");
 }

@@ -4,13 +4,6 @@
 // Plain JavaScript, no build step, nothing fetched beyond this gateway.
 "use strict";
 
-const KEY_STORE = "deepfake-api-key"; // the same tab-only key as the file page
-const VERDICT_WORDS = {
-  fake: "Likely fake",
-  real: "Likely real",
-  uncertain: "Uncertain",
-  no_face: "No face found",
-};
 const WHY_WORDS = {
   disputed: "disputed (the models' groups disagree)",
   uncertain: "uncertain",
@@ -19,26 +12,7 @@ const WHY_WORDS = {
 const SOURCE_WORDS = { detect: "a checked file", job: "a batch's file", live: "a live session" };
 const SHORTCUTS = { f: "fake", r: "real", s: "skip" };
 
-const $ = (id) => document.getElementById(id);
 const queue = { item: null, busy: false };
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child != null) node.append(child);
-  return node;
-}
-
-const pct = (p) => (p == null ? "—" : `${(p * 100).toFixed(1)}%`);
-
-function keyHeaders() {
-  const key = sessionStorage.getItem(KEY_STORE);
-  return key ? { "X-API-Key": key } : {};
-}
 
 function showError(text) {
   $("error").textContent = text;
@@ -63,10 +37,7 @@ async function call(path, options = {}) {
   });
   if (response.status === 401) {
     $("review").dataset.state = "locked";
-    $("key-form").hidden = false;
-    $("key-help").textContent = sessionStorage.getItem(KEY_STORE)
-      ? "That key was refused; check it."
-      : "This service needs an API key.";
+    askForKey("This service needs an API key.");
     return null;
   }
   $("key-form").hidden = true;
@@ -211,11 +182,7 @@ function onKey(event) {
 }
 
 function useKey(event) {
-  event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (key) sessionStorage.setItem(KEY_STORE, key);
-  else sessionStorage.removeItem(KEY_STORE);
-  $("api-key").value = "";
+  takeKey(event);
   loadNext();
 }
 
