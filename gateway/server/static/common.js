@@ -1,6 +1,6 @@
-// What the pages share (/, /live, /review): the tab-only API key and the small DOM helpers.
-// A classic script each page loads before its own (deferred scripts run in order, in one
-// global scope), so the pages read these names as their own. No build step, no modules.
+// What the pages share (/, /live, /review): the tab-only API key and its form, and the small
+// DOM helpers. A classic script each page loads before its own (deferred scripts run in order,
+// in one global scope), so the pages read these names as their own. No build step, no modules.
 "use strict";
 
 // An API key, when the operator set GATEWAY_API_KEYS: kept for this tab only, one for all
@@ -52,3 +52,18 @@ function takeKey(event) {
   else sessionStorage.removeItem(KEY_STORE);
   $("api-key").value = "";
 }
+
+/** The API key form, hidden until the gateway refuses a call: one form for every page, put
+ * at the end of the page's header here rather than written again in each page's HTML. */
+function keyForm() {
+  return el(
+    "form",
+    { id: "key-form", class: "key-form", hidden: "" },
+    el("label", { for: "api-key", text: "API key" }),
+    el("input", { type: "password", id: "api-key", autocomplete: "off", required: "" }),
+    el("button", { type: "submit", text: "Use key" }),
+    el("span", { id: "key-help", class: "hint", "aria-live": "polite" }),
+  );
+}
+
+document.querySelector("header.top").append(keyForm());
