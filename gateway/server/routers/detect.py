@@ -23,13 +23,13 @@ from gateway.server.deps import (
     HeldUntilSent,
     SettingsDep,
     UploadsDep,
+    get_owner,
 )
 from gateway.server.errors import ApiError, error_response, from_media_error
 from gateway.server.media_urls import MediaUrl, media_policy, receive_media
 from gateway.server.ndjson import line
 from gateway.server.openapi import ANALYSIS_ERRORS, UPLOAD_ERRORS, errors_doc, upload_doc
 from gateway.server.options import Options, options_for
-from gateway.server.security import tenant_of
 from gateway.server.settings import Settings
 from gateway.server.uploads import Form, Pace, TempFiles, Upload
 from preprocess.media import MediaError, sniff
@@ -75,7 +75,7 @@ def options(request: Request, upload: Upload, query: DetectQuery, settings: Sett
         sha256=upload.sha256,
         request_id=request.state.request_id,
         upload_ms=upload.seconds * 1000,
-        owner=tenant_of(request.headers, settings.api_keys),
+        owner=get_owner(request, settings),
     )
 
 

@@ -16,6 +16,7 @@ from gateway.server.deps import (
     LiveSessionsDep,
     SettingsDep,
     StreamReadersDep,
+    get_owner,
 )
 from gateway.server.errors import ApiError
 from gateway.server.live.carriers import serve_socket, socket_client, socket_owner, start_ndjson
@@ -27,7 +28,7 @@ from gateway.server.live.protocol import (
 )
 from gateway.server.live.session import SocketQuota
 from gateway.server.openapi import errors_doc
-from gateway.server.security import RateLimiter, origin_allowed, tenant_of
+from gateway.server.security import RateLimiter, origin_allowed
 
 router = APIRouter()
 
@@ -100,6 +101,6 @@ async def live_url(
     # Given back when the stream ends (or its client stops reading): start_ndjson's
     # `release`; if it never starts, as this request ends.
     place = await held.take(sessions, client)
-    owner = tenant_of(request.headers, settings.api_keys)
+    owner = get_owner(request, settings)
     events = await start_ndjson(analyzer, settings, readers, options, place.give, owner)
     return StreamingResponse(events, media_type="application/x-ndjson")
