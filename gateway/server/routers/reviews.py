@@ -38,6 +38,7 @@ STORE = Store(
 in_store = STORE.call
 
 CREATE_ERRORS = errors_doc(
+    "http_error",  # a body that is not JSON text at all (FastAPI's 400), as POST /api/live's
     "invalid_request",
     "answer_not_found",
     "already_reviewed",
