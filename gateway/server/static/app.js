@@ -229,10 +229,21 @@ function framesWanted() {
   return Number.isFinite(value) ? Math.min(300, Math.max(1, value)) : service.frames;
 }
 
-/** The operating point this request asks for: the field's, else the gateway's own. */
+/** The operating point this request asks for where the field moved it from the gateway's
+ * own (null: the gateway's, so an operator's GATEWAY_THRESHOLD is never overridden). */
 function thresholdWanted() {
   const value = Number.parseFloat($("threshold").value);
-  return Number.isFinite(value) ? Math.min(1, Math.max(0, value)) : service.threshold;
+  if (!Number.isFinite(value)) return null;
+  const wanted = Math.min(1, Math.max(0, value));
+  return wanted === service.threshold ? null : wanted;
+}
+
+/** The request's query: `fields`, and the threshold where one is wanted. */
+function withThreshold(fields) {
+  const query = new URLSearchParams(fields);
+  const threshold = thresholdWanted();
+  if (threshold !== null) query.set("threshold", String(threshold));
+  return query;
 }
 
 function start(file) {
@@ -269,11 +280,7 @@ function begin(file) {
 
 function upload(file, body, contentType) {
   const xhr = new XMLHttpRequest();
-  const query = new URLSearchParams({
-    thumbnails: "true",
-    frames: String(framesWanted()),
-    threshold: String(thresholdWanted()),
-  });
+  const query = withThreshold({ thumbnails: "true", frames: String(framesWanted()) });
   if ($("explain").checked) query.set("explain", "true");
   if ($("all-models").checked) query.set("models", "all");
   let seen = 0; // characters of responseText already parsed

@@ -53,10 +53,7 @@ async function submitJob(payload, headers, status) {
   $("job").dataset.status = "uploading";
   $("job-status").textContent = status;
   $("job-table").tBodies[0].replaceChildren();
-  const query = new URLSearchParams({
-    frames: String(framesWanted()),
-    threshold: String(thresholdWanted()),
-  });
+  const query = withThreshold({ frames: String(framesWanted()) });
   let response;
   let body = null;
   try {
