@@ -24,7 +24,7 @@ from gateway.server.model_server import Ensemble, ModelInfo
 from gateway.server.schemas import DetectAnswer, ModelsAnswer
 from gateway.server.verdict.aggregate import Strategy
 from gateway.server.verdict.judge import Judge
-from gateway.server.verdict.rules import Doubts, Evidence
+from gateway.server.verdict.rules import FALLBACK_BAND, Doubts, Evidence
 from gateway.server.verdict.selection import Selection, notes
 from preprocess.calibration import Calibration, sigmoid, vote_key
 from tests.conftest import MEDIA, REPOSITORY, Gateway, InProcessGateway
@@ -288,6 +288,22 @@ def test_the_verdict_cuts_the_calibrated_score_and_keeps_the_raw_one() -> None:
     assert alone.tracks([[0, 1]], {"df": scores["df"]}, PLAIN).score == pytest.approx(0.55)
     assert any("not calibrated" in n for n in notes(alone.selection))
     assert not any("not calibrated" in n for n in notes(selection(cal)))
+
+
+def test_an_unset_band_is_the_calibrations_measured_one_where_the_score_is_calibrated() -> None:
+    """GATEWAY_UNCERTAIN_BAND unset: the band make calibrate measured, around a calibrated
+    score; a raw score (another vote) keeps the fallback, whose scale it is; a set band wins."""
+    key = vote_key("max_of_groups", {"df": 1, "f2f": 1}, {"df": "swap", "f2f": "f2f"})
+    cal = replace(calibration(2.0, -1.0, key), uncertain_band=0.3)
+    unset = Doubts(band=None, group_margin=1.0, min_face_frames=1, min_face_scale=0.0)
+    assert unset.band_for(selection(cal)) == 0.3
+    assert unset.band_for(selection(cal, {"df": 1.0})) == FALLBACK_BAND
+    assert replace(unset, band=0.01).band_for(selection(cal)) == 0.01
+    track = [[0, 1, 2, 3]]
+    clear = {"df": np.full(4, 0.7, np.float32), "f2f": np.full(4, 0.1, np.float32)}  # -> 0.666
+    doubted = Judge(selection(cal), Strategy(), 0.5, unset).tracks(track, clear, PLAIN)
+    assert doubted.verdict == "uncertain" and doubted.reasons[0].code == "near_threshold"
+    assert judge(cal).tracks(track, clear, PLAIN).verdict == "fake"  # band 0.05
 
 
 # --- the service ----------------------------------------------------------------------

@@ -345,7 +345,8 @@ def test_the_real_gateway_detects_a_clip_by_url(real_gateway: str, egress: Egres
             uploaded = ok_answer(client.detect_response(clip))
             assert (by_url["verdict"], by_url["score"]) == (uploaded["verdict"], uploaded["score"])
             assert by_url["sha256"] == uploaded["sha256"]
-        assert by_url["verdict"] == "real"
+        # the real clip's (the verdict is uncertain: within the measured band, the default)
+        assert by_url["score"] < 0.5
 
 
 def test_the_real_gateway_runs_a_job_from_urls(real_gateway: str, egress: Egress) -> None:
@@ -354,8 +355,10 @@ def test_the_real_gateway_runs_a_job_from_urls(real_gateway: str, egress: Egress
     urls = [egress.source.url("/fake.mp4"), egress.source.url(f"/real.mp4?{PRESIGNED}")]
     job = wait_job(jobs.http, jobs.submit_urls(urls)["id"], timeout=600)
     jobs.close()
-    verdicts = [(i["filename"], i["status"], i["result"]["verdict"]) for i in job["items"]]
-    assert verdicts == [("fake.mp4", "done", "fake"), ("real.mp4", "done", "real")]
+    # Which clip each item judged: the side of the threshold its score lies on (the real
+    # clip's verdict is uncertain, within the measured band the gateway uses by default).
+    sides = [(i["filename"], i["status"], i["result"]["score"] >= 0.5) for i in job["items"]]
+    assert sides == [("fake.mp4", "done", True), ("real.mp4", "done", False)]
     assert time.monotonic() - started < 600
 
 
@@ -371,9 +374,9 @@ def test_the_cli_detects_a_url_and_makes_a_job_of_several(
         cli.main(["detect", *urls, "--url", real_gateway, "--frames", "8", "--out", str(out)]) == 0
     )
     rows = json.loads(out.with_suffix(".json").read_text())
-    assert [(r["file"], r["verdict"]) for r in rows] == [
-        (egress.source.url("/fake.mp4"), "fake"),  # shown without the presigned query
-        (egress.source.url("/real.mp4"), "real"),
+    assert [(r["file"], r["score"] >= 0.5) for r in rows] == [
+        (egress.source.url("/fake.mp4"), True),  # shown without the presigned query
+        (egress.source.url("/real.mp4"), False),  # its verdict: uncertain (the measured band)
     ]
     assert all(len(r["sha256"]) == 64 for r in rows)
 

@@ -37,24 +37,23 @@ def codes(answer: DetectAnswer) -> list[str]:
 
 def test_a_threshold_at_the_score_is_uncertain_and_says_why(api: InProcessGateway) -> None:
     """The request's threshold sets the operating point; a score within the band of it is
-    uncertain, with near_threshold; far from it, plainly fake or real without reasons."""
+    uncertain, with near_threshold; further, plainly fake or real without reasons. The band
+    is the measured one (GATEWAY_UNCERTAIN_BAND unset, the committed calibration's), which
+    GET /api/models shows: wide, so a threshold 0.3 above the score is still too close."""
+    band = api.client.get("/api/models").json()["calibration"]["uncertain_band"]
     first = detect(api, OBAMA)
-    assert first.score is not None
+    assert first.score is not None and first.score - band - 0.05 >= 0.0
     before = counted(api, "uncertain")
     near = detect(api, OBAMA, threshold=round(first.score, 4))
     assert (near.verdict, codes(near)) == ("uncertain", ["near_threshold"])
     assert near.score == pytest.approx(first.score)
     assert f"{near.score:.3f}" in near.reasons[0].message
+    assert f"within {band:.3f} of the threshold" in near.reasons[0].message
     assert counted(api, "uncertain") == before + 1
-    low, high = max(first.score - 0.3, 0.0), min(first.score + 0.3, 1.0)
-    assert (
-        detect(api, OBAMA, threshold=low).verdict,
-        detect(api, OBAMA, threshold=high).verdict,
-    ) == (
-        "fake",
-        "real",
-    )
-    assert detect(api, OBAMA, threshold=high).reasons == []
+    below = detect(api, OBAMA, threshold=first.score - band - 0.05)
+    assert (below.verdict, below.reasons) == ("fake", [])
+    for inside in (first.score - band + 0.01, min(first.score + 0.3, 1.0)):
+        assert codes(detect(api, OBAMA, threshold=inside)) == ["near_threshold"]
 
 
 def test_the_report_shows_the_verdict_and_its_reasons(api: InProcessGateway) -> None:
@@ -67,14 +66,20 @@ def test_the_report_shows_the_verdict_and_its_reasons(api: InProcessGateway) -> 
 
 
 def test_the_band_is_a_setting(tmp_path: Path) -> None:
-    """GATEWAY_UNCERTAIN_BAND 0: the threshold at the score is the plain cut (fake); 0.5: the
-    whole range is uncertain (unset: default_band's, tests/test_verdict_rules.py)."""
+    """GATEWAY_UNCERTAIN_BAND 0: the threshold at the score is the plain cut (fake); 0.05: plain
+    on either side beyond it; 0.5: the whole range is uncertain (unset: the measured band,
+    above, and tests/test_calibration.py)."""
     with inprocess_gateway(tmp_path / "none", uncertain_band=0.0) as gateway:
         score = detect(gateway, OBAMA).score
         assert score is not None
         threshold = round(score, 4)
         at = detect(gateway, OBAMA, threshold=threshold)
         assert (at.verdict, at.reasons) == ("fake" if score >= threshold else "real", [])
+    with inprocess_gateway(tmp_path / "narrow", uncertain_band=0.05) as gateway:
+        for threshold, verdict in ((score - 0.1, "fake"), (score + 0.1, "real")):
+            plain = detect(gateway, OBAMA, threshold=threshold)
+            assert (plain.verdict, plain.reasons) == (verdict, [])
+        assert codes(detect(gateway, OBAMA, threshold=score + 0.04)) == ["near_threshold"]
     with inprocess_gateway(tmp_path / "wide", uncertain_band=0.5) as gateway:
         for threshold in (max(score - 0.45, 0.0), score, min(score + 0.45, 1.0)):
             assert detect(gateway, OBAMA, threshold=threshold).verdict == "uncertain"

@@ -88,8 +88,7 @@ def test_the_band_follows_the_requests_threshold() -> None:
 
 def test_an_unset_band_is_the_one_default_band_gives() -> None:
     doubts = Doubts(band=None)
-    assert doubts.band_for(selection().ensemble) == default_band(selection().ensemble)
-    assert default_band(selection().ensemble) == FALLBACK_BAND
+    assert doubts.band_for(selection()) == default_band(selection()) == FALLBACK_BAND
     inside = 0.5 + FALLBACK_BAND / 2
     assert judged(flat(inside), Doubts(band=None, min_face_frames=1)).verdict == "uncertain"
     assert judged(flat(inside), Doubts(band=0.0, min_face_frames=1)).verdict == "fake"

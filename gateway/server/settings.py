@@ -263,8 +263,8 @@ class AnalysisSettings(BaseModel):
         ge=0.0,
         le=0.5,
         description="half-width of the band around the threshold inside which the verdict is "
-        "`uncertain` (`near_threshold`); unset: the one gateway/server/verdict/rules.py "
-        "`default_band` gives (the calibration's measured band)",
+        "`uncertain` (`near_threshold`); unset: the band `make calibrate` measured where the "
+        "score is calibrated, else 0.05",
     )
     uncertain_group_margin: float = Field(
         0.75,

@@ -12,7 +12,6 @@ from typing import Protocol
 import numpy as np
 
 from gateway.server import schemas
-from gateway.server.model_server import Ensemble
 from gateway.server.schemas import Verdict
 from gateway.server.settings import Settings
 from gateway.server.verdict.aggregate import TrackScore, group_means, is_short
@@ -26,17 +25,19 @@ from preprocess.tensors import is_fake
 FALLBACK_BAND = 0.05
 
 
-def default_band(ensemble: Ensemble) -> float:
-    """The band when GATEWAY_UNCERTAIN_BAND is unset. The calibration records the band it
-    measured beside the vote rule; once the ensemble carries it, return it here."""
-    return FALLBACK_BAND
+def default_band(selection: Selection) -> float:
+    """The band when GATEWAY_UNCERTAIN_BAND is unset: the one `make calibrate` measured on
+    the calibrated scores, where this request's score is calibrated; else the fallback
+    (a raw vote's scale is not the one that band was measured on)."""
+    calibration = selection.calibration
+    return FALLBACK_BAND if calibration is None else calibration.uncertain_band
 
 
 @dataclass(frozen=True)
 class Doubts:
     """The rules' settings (GATEWAY_UNCERTAIN_*): gateway/README.md states each."""
 
-    band: float | None = None  # None: default_band(the ensemble)
+    band: float | None = None  # None: default_band(the request's selection)
     group_margin: float = 0.75
     min_face_frames: int = 4
     min_face_scale: float = 0.5
@@ -52,8 +53,8 @@ class Doubts:
             crop_margin=settings.crop_config().margin,
         )
 
-    def band_for(self, ensemble: Ensemble) -> float:
-        return default_band(ensemble) if self.band is None else self.band
+    def band_for(self, selection: Selection) -> float:
+        return default_band(selection) if self.band is None else self.band
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def doubts_of(
     track's own."""
     cut = track.score if score is None else score
     found = [
-        near_threshold(cut, threshold, doubts.band_for(selection.ensemble)),
+        near_threshold(cut, threshold, doubts.band_for(selection)),
         groups_disagree(track, selection, doubts.group_margin),
         few_face_frames(evidence, doubts.min_face_frames),
         small_faces(track, evidence, selection, doubts),
