@@ -221,11 +221,12 @@ def lite_repository(exported: Path, root: Path) -> Path:
         (member / "1").mkdir()
         os.symlink(exported / "members" / name / "1" / "model.onnx", member / "1" / "model.onnx")
     (repo / runtimes.CHOICE_FILE).write_text('[bf16_units]\nmeso4 = "bf16"\n')
-    # meso4 is trained: bf16 serves only with a check of its graph that kept the scores.
-    # Set, not measured (the measured check is tests/test_cpu_fast.py's).
+    # meso4 is trained: bf16 serves only with a check of its graph that kept the scores,
+    # made on a CPU with BF16 units. Set, not measured (tests/test_cpu_fast.py measures).
     fp32 = repo / "members" / "meso4" / "1" / "model.onnx"
     check = quantize.Check(sha256_of(fp32), True, 8, 0.001, 4, 4, {})
-    fp32.with_name(runtimes.BF16_CHECK).write_text(json.dumps(asdict(check)))
+    record = asdict(check) | {runtimes.CHECKED_ON: BF16_UNITS}
+    fp32.with_name(runtimes.BF16_CHECK).write_text(json.dumps(record))
     return repo
 
 
