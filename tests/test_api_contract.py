@@ -85,6 +85,9 @@ def schemathesis(url: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
+# A whole Schemathesis run (about 15 s on 2 cores): `make test`, keeping the fast tier near
+# a minute.
+@pytest.mark.stack
 def test_the_api_does_what_its_openapi_document_says(served: str, tmp_path: Path) -> None:
     result = schemathesis(served, tmp_path)
     summary = result.stdout[-6000:]
