@@ -251,6 +251,20 @@ def meso4(url: str) -> dict:
     return next(m for m in models if m["name"] == "meso4")
 
 
+def detect_six(url: str, clip: Path) -> dict:
+    """The gateway's answer for `clip` over 6 sampled frames, as the test's key."""
+    import httpx
+
+    with clip.open("rb") as file:
+        return httpx.post(
+            f"{url}/api/detect",
+            params={"frames": 6},
+            files={"file": (clip.name, file)},
+            headers=AS_KEY,
+            timeout=120,
+        ).json()
+
+
 def scored(answer: dict) -> dict:
     """An answer but for what differs per request, and the models' recorded `versions` (the
     repository's catalogue, which now lists version 2: what answered is `version`)."""
@@ -270,8 +284,9 @@ def test_reviews_make_a_candidate_compared_shadowed_then_promoted_and_rolled_bac
     import httpx
 
     from export.repository import profile_members
-    from model_repository.local_triton import LocalTriton, TritonSettings
-    from tests.conftest import MEDIA, REPOSITORY, free_port, start_gateway
+    from model_repository.local_triton import LocalTriton
+    from tests.conftest import MEDIA, REPOSITORY, start_gateway
+    from tests.stack import on_free_ports
 
     started = time.monotonic()
     data, shared, repo = tmp_path / "clips", tmp_path / "shared", tmp_path / "repo"
@@ -283,11 +298,8 @@ def test_reviews_make_a_candidate_compared_shadowed_then_promoted_and_rolled_bac
     shutil.copytree(REPOSITORY / "lite", repo / "lite")
     for member in profile_members(REPOSITORY, "lite"):
         shutil.copytree(REPOSITORY / "members" / member, repo / "members" / member)
-    settings = TritonSettings(
+    settings = on_free_ports(
         profile="lite",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
         repository=repo,
         work_dir=tmp_path / "triton",
     )
@@ -307,14 +319,7 @@ def test_reviews_make_a_candidate_compared_shadowed_then_promoted_and_rolled_bac
         before: dict[str, dict] = {}  # each clip's answer by version 1 alone
         for label, names in CLIPS.items():
             for name in names:
-                with (data / label / name).open("rb") as file:
-                    answer = httpx.post(
-                        f"{gateway.url}/api/detect",
-                        params={"frames": 6},
-                        files={"file": (name, file)},
-                        headers=AS_KEY,
-                        timeout=120,
-                    ).json()
+                answer = detect_six(gateway.url, data / label / name)
                 before[name] = answer
                 created = httpx.post(
                     f"{gateway.url}/api/reviews",
@@ -350,14 +355,7 @@ def test_reviews_make_a_candidate_compared_shadowed_then_promoted_and_rolled_bac
         assert shown["versions"]["2"]["reviews"] == report["reviews"]
         # 3b. The candidate, loaded beside version 1, is shadow-scored; answers are unchanged.
         name = CLIPS["real"][0]
-        with (data / "real" / name).open("rb") as file:
-            again = httpx.post(
-                f"{gateway.url}/api/detect",
-                params={"frames": 6},
-                files={"file": (name, file)},
-                headers=AS_KEY,
-                timeout=120,
-            ).json()
+        again = detect_six(gateway.url, data / "real" / name)
         assert scored(again) == scored(before[name])
         store = ReviewStore.open(url)
         try:

@@ -27,9 +27,9 @@ from gateway.server.reviews.models import ShadowScore
 from gateway.server.reviews.record import Shadow
 from gateway.server.reviews.store import ReviewStore
 from gateway.server.settings import Settings
-from model_repository.local_triton import LocalTriton, TritonSettings
-from tests.conftest import REPOSITORY, InProcessGateway, free_port, inprocess_gateway, start_gateway
-from tests.stack import OBAMA, TWO_PEOPLE
+from model_repository.local_triton import LocalTriton
+from tests.conftest import REPOSITORY, InProcessGateway, inprocess_gateway, start_gateway
+from tests.stack import OBAMA, TWO_PEOPLE, on_free_ports
 from tests.test_reviews import a_record, postgres_url, store  # noqa: F401 — fixtures
 
 KEY = "shadow-test-key-0123"
@@ -272,11 +272,8 @@ def test_shadow_scores_against_the_real_triton(
     repo = lite_copy(root)
     one_minus(repo / "members/meso4/1/model.onnx", repo / "members/meso4/2/model.onnx")
     versions.serve(repo, "meso4", "1")  # version 1 serves; 2 is loaded beside it below
-    served = TritonSettings(
+    served = on_free_ports(
         profile="lite",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
         repository=repo,
         work_dir=root / "triton",
     )

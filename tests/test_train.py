@@ -14,8 +14,9 @@ import pytest
 
 from export import data, train, versions
 from export.repository import profile_members
-from model_repository.local_triton import LocalTriton, TritonSettings
-from tests.conftest import MEDIA, REPOSITORY, free_port, start_gateway
+from model_repository.local_triton import LocalTriton
+from tests.conftest import MEDIA, REPOSITORY, start_gateway
+from tests.stack import on_free_ports
 
 # Two source scenes, each real and manipulated: one scene of each class trains,
 # the other validates (the split is by file, deterministic).
@@ -82,11 +83,8 @@ def test_the_split_is_by_file_and_deterministic(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def served(trained: tuple, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     repo, _ = trained
-    settings = TritonSettings(
+    settings = on_free_ports(
         profile="lite",
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
         repository=repo,
         work_dir=tmp_path_factory.mktemp("triton-versions"),
     )
