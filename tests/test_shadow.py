@@ -214,6 +214,7 @@ def test_a_candidate_loads_beside_the_serving_version_which_the_ensemble_pins(
     tmp_path: Path,
 ) -> None:
     repo = lite_copy(tmp_path)
+    (repo / "members/meso4/1").mkdir(exist_ok=True)  # the configs are what counts: no export
     (repo / "members/meso4/2").mkdir()
     assert versions.make_candidate(repo, "meso4", 2) == 1
     for config in (repo / "members/meso4").rglob("*.pbtxt"):
