@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.optimize import minimize
 
+from export import reviews
 from export.data import data_digest, labelled_files
 from preprocess.calibration import Calibration, logit, vote_key
 from preprocess.tensors import FAKE_AT
@@ -281,8 +282,6 @@ def reviewed_scores(
     """The review store's labelled answers as clips (export/reviews.py): each review's raw
     score as its answer gave it, labelled as the reviewer said; and each review's file
     (sha256), its source: one file's reviews are one group."""
-    from export import reviews
-
     found = reviews.scores(url, reviews.password(), owner)
     clips, facts, faceless = samples(
         client, [(r.review_id, r.label, r.raw, r.models) for r in found]
@@ -456,13 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.calibrate", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the running gateway")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real/ and fake/")
-    parser.add_argument(
-        "--reviews",
-        metavar="DATABASE_URL",
-        help="fit on the review store's labelled answers instead of DATA (their raw scores "
-        "as answered; the gateway at --url says the profile and vote)",
+    reviews.add_arguments(
+        parser,
+        "fit on the review store's labelled answers instead of DATA (their raw scores as "
+        "answered; the gateway at --url says the profile and vote)",
     )
-    parser.add_argument("--reviews-owner", help="only this key id's reviews (default: all)")
     parser.add_argument("--method", choices=("platt", "temperature"), default="platt")
     parser.add_argument("--target", type=float, default=TARGET, help="accuracy outside the band")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="resamples")
@@ -479,11 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             clips, facts, faceless = raw_scores(client, args.data)
     names = [c.name for c in clips]
     if args.reviews:
-        from export.reviews import reviews_digest
-
         groups = source_groups(names, files)
         learnt = {c.name: "fake" if c.label else "real" for c in clips}
-        data = {"data": "reviews", "data_sha256": reviews_digest(learnt)}
+        data = {"data": "reviews", "data_sha256": reviews.reviews_digest(learnt)}
     else:
         groups = source_groups(names, read_sources(args.data))
         data = {

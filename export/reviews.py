@@ -7,6 +7,7 @@ Read through the reviews room's store (gateway/server/reviews/store.py), never b
 the media files were never kept, so the crops are all there is.
 """
 
+import argparse
 import hashlib
 import logging
 import os
@@ -18,6 +19,16 @@ import numpy as np
 from export.data import LABELS
 
 log = logging.getLogger("export.reviews")
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, what: str, source: argparse._ActionsContainer | None = None
+) -> None:
+    """`--reviews DATABASE_URL` (`what` the command does with them; in `source`, the group
+    of a command's data sources, where it has one) and `--reviews-owner`, as make train and
+    make calibrate take them."""
+    (source or parser).add_argument("--reviews", metavar="DATABASE_URL", help=what)
+    parser.add_argument("--reviews-owner", help="only this key id's reviews (default: all)")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from torch import nn
 
 from export import members as manifests
+from export import reviews
 from export.data import LABELS, data_digest, labelled_files
 from export.onnx_writer import FacesToPFake, export_onnx
 from export.repository import Provenance
@@ -305,8 +306,6 @@ def from_folder(config: TrainConfig) -> Prepared:
 def from_reviews(config: TrainConfig) -> Prepared:
     """The review store's faces, split by file (sha256): the reviews' own crops, so no
     frame sampling (`frames` does not apply)."""
-    from export import reviews
-
     assert config.reviews is not None
     found = reviews.load(config.reviews, reviews.password(), config.reviews_owner)
     train_files, val_files = split_by(
@@ -404,13 +403,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="a folder with real/ and fake/")
-    source.add_argument(
-        "--reviews",
-        metavar="DATABASE_URL",
-        help="the review store (sqlite:///.build/reviews/reviews.db, postgresql+psycopg://...; "
+    reviews.add_arguments(
+        parser,
+        "the review store (sqlite:///.build/reviews/reviews.db, postgresql+psycopg://...; "
         "its password from GATEWAY_REVIEWS_DATABASE_PASSWORD)",
+        source,
     )
-    parser.add_argument("--reviews-owner", help="only this key id's reviews (default: all)")
     parser.add_argument("--member", default="meso4")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     for name in ("frames", "epochs", "patience", "batch_size", "seed"):
